@@ -1,0 +1,21 @@
+//! Berth's domain nouns and the contract between the daemon and its workers.
+//!
+//! This crate owns task identity (`TaskId`, `TaskKind`), the label schema that
+//! makes a container self-describing (`TaskLabels`), the worker's environment
+//! contract (`worker_env`), its exit codes (`WorkerExit`) and its result record
+//! (`ResultRecord`). It does no I/O and knows nothing of Docker, HTTP or GitHub.
+
+mod id;
+mod labels;
+mod result;
+
+pub mod worker_env;
+
+pub use worker_env::{Secret, WorkerEnvError, WorkerTask};
+
+pub use id::{InvalidTaskId, TaskId, TaskKind, UnknownTaskKind};
+pub use labels::{LabelError, SCHEMA_VERSION, TaskLabels, is_repo_name, label};
+pub use result::{ResultRecord, ResultStatus, WorkerExit};
+
+#[cfg(test)]
+mod tests;

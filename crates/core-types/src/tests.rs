@@ -1,0 +1,162 @@
+use std::collections::BTreeMap;
+
+use crate::worker_env::{self, WorkerEnvError, WorkerTask};
+use crate::*;
+
+fn sample_labels() -> TaskLabels {
+    TaskLabels {
+        task_id: TaskId::new("review-octo-repo-7-ab12").unwrap(),
+        kind: TaskKind::Review,
+        repo: "octo/repo".into(),
+        number: 7,
+        head_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        delivery: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
+        deadline_unix: 1_900_000_000,
+        check_run: Some(42),
+        installation: Some(9),
+    }
+}
+
+#[test]
+fn task_id_accepts_lowercase_digits_and_dashes() {
+    for ok in ["a", "review-1", "0abc", "x".repeat(63).as_str()] {
+        assert!(TaskId::new(ok).is_ok(), "{ok}");
+    }
+}
+
+#[test]
+fn task_id_rejects_everything_else() {
+    for bad in ["", "-a", "A", "a_b", "a.b", "a b", "ä", "x".repeat(64).as_str(), "a/b"] {
+        let err = TaskId::new(bad).unwrap_err();
+        assert!(err.to_string().starts_with("invalid task id"), "{err}");
+    }
+}
+
+#[test]
+fn task_id_names_its_container() {
+    assert_eq!(TaskId::new("abc-1").unwrap().container_name(), "berth-abc-1");
+}
+
+#[test]
+fn labels_round_trip() {
+    let labels = sample_labels();
+    let encoded = labels.to_labels();
+    assert_eq!(TaskLabels::from_btree(&encoded).unwrap(), labels);
+    let minimal = TaskLabels { head_sha: None, delivery: None, check_run: None, installation: None, ..labels };
+    assert_eq!(TaskLabels::from_btree(&minimal.to_labels()).unwrap(), minimal);
+}
+
+#[test]
+fn every_label_key_is_under_berth() {
+    for key in sample_labels().to_labels().keys() {
+        assert!(key.starts_with("berth."), "{key}");
+    }
+}
+
+#[test]
+fn labels_have_the_contract_keys() {
+    let encoded = sample_labels().to_labels();
+    assert_eq!(encoded["berth.managed"], "true");
+    assert_eq!(encoded["berth.task-id"], "review-octo-repo-7-ab12");
+    assert_eq!(encoded["berth.schema"], "1");
+}
+
+#[test]
+fn unknown_schema_is_reported_not_guessed() {
+    let mut encoded = sample_labels().to_labels();
+    encoded.insert(label::SCHEMA.into(), "2".into());
+    assert_eq!(
+        TaskLabels::from_btree(&encoded).unwrap_err(),
+        LabelError::UnknownSchema { found: Some("2".into()) }
+    );
+    encoded.remove(label::SCHEMA);
+    assert_eq!(TaskLabels::from_btree(&encoded).unwrap_err(), LabelError::UnknownSchema { found: None });
+}
+
+#[test]
+fn foreign_and_damaged_labels_are_errors() {
+    assert_eq!(TaskLabels::from_btree(&BTreeMap::new()).unwrap_err(), LabelError::NotManaged);
+    let mut encoded = sample_labels().to_labels();
+    encoded.remove(label::REPO);
+    assert_eq!(TaskLabels::from_btree(&encoded).unwrap_err(), LabelError::Missing { key: label::REPO });
+    let mut encoded = sample_labels().to_labels();
+    encoded.insert(label::NUMBER.into(), "seven".into());
+    assert_eq!(
+        TaskLabels::from_btree(&encoded).unwrap_err(),
+        LabelError::Invalid { key: label::NUMBER, value: "seven".into() }
+    );
+    let mut encoded = sample_labels().to_labels();
+    encoded.insert(label::KIND.into(), "deploy".into());
+    assert!(matches!(TaskLabels::from_btree(&encoded), Err(LabelError::Invalid { key: label::KIND, .. })));
+}
+
+#[test]
+fn worker_exit_codes_match_the_contract() {
+    let codes: Vec<_> = [
+        WorkerExit::Success,
+        WorkerExit::AgentFailed,
+        WorkerExit::SetupFailed,
+        WorkerExit::DeadlineExceeded,
+        WorkerExit::Cancelled,
+    ]
+    .iter()
+    .map(|exit| (exit.code(), WorkerExit::from_code(exit.code().into()) == Some(*exit)))
+    .collect();
+    assert_eq!(codes, [(0, true), (1, true), (2, true), (3, true), (4, true)]);
+    assert_eq!(WorkerExit::from_code(137), None);
+}
+
+#[test]
+fn result_record_is_one_line_and_found_after_other_output() {
+    let record = ResultRecord {
+        berth_result: ResultRecord::VERSION,
+        task: "t-1".into(),
+        status: ResultStatus::Success,
+        summary: "all good\nreally".into(),
+        branch: None,
+        commit: None,
+    };
+    let line = record.to_line();
+    assert!(!line.contains('\n'));
+    assert_eq!(line, r#"{"berth_result":1,"task":"t-1","status":"success","summary":"all good\nreally"}"#);
+    let output = format!("cloning\n{{\"not\": \"it\"}}\n{line}\n");
+    assert_eq!(ResultRecord::find_last(&output), Some(record));
+    assert_eq!(ResultRecord::find_last("no record here\n"), None);
+}
+
+fn env_of(task: &WorkerTask) -> impl Fn(&'static str) -> Option<String> {
+    let env: Vec<_> = task.to_env();
+    move |name| env.iter().find(|(key, _)| *key == name).map(|(_, value)| value.clone())
+}
+
+#[test]
+fn worker_task_round_trips_through_the_environment() {
+    let task = WorkerTask {
+        task_id: TaskId::new("t-1").unwrap(),
+        kind: TaskKind::Implement,
+        repo: "octo/repo".into(),
+        number: 3,
+        clone_url: "file:///srv/repo.git".into(),
+        head_ref: Some("main".into()),
+        head_sha: None,
+        prompt: "/berth implement please".into(),
+        agent_command: "agent --task {kind}".into(),
+        deadline_unix: 1_900_000_000,
+        token: Some(worker_env::Secret::new("ghs_secret")),
+    };
+    assert_eq!(WorkerTask::from_env(env_of(&task)).unwrap(), task);
+    assert!(!format!("{task:?}").contains("ghs_secret"));
+}
+
+#[test]
+fn worker_task_names_the_bad_variable() {
+    let lookup = |name: &'static str| match name {
+        worker_env::TASK_ID => Some("t-1".to_owned()),
+        worker_env::TASK_KIND => Some("deploy".to_owned()),
+        _ => None,
+    };
+    let err = WorkerTask::from_env(lookup).unwrap_err();
+    assert!(matches!(err, WorkerEnvError::Invalid { name: worker_env::TASK_KIND, .. }), "{err}");
+    let err = WorkerTask::from_env(|_| None).unwrap_err();
+    assert_eq!(err.to_string(), "BERTH_TASK_ID is not set");
+}

@@ -1,0 +1,164 @@
+//! The worker's input: the environment variables a worker container gets.
+//!
+//! The daemon encodes a [`WorkerTask`] with [`WorkerTask::to_env`]; the
+//! worker decodes it with [`WorkerTask::from_env`]. The token is the only
+//! secret here, and it is scoped to the task's one repository.
+
+use std::fmt;
+
+use crate::{TaskId, TaskKind, labels::is_repo_name};
+
+/// `BERTH_TASK_ID`: the task id.
+pub const TASK_ID: &str = "BERTH_TASK_ID";
+/// `BERTH_TASK_KIND`: `review` or `implement`.
+pub const TASK_KIND: &str = "BERTH_TASK_KIND";
+/// `BERTH_REPO`: `owner/name`.
+pub const REPO: &str = "BERTH_REPO";
+/// `BERTH_NUMBER`: issue or pull request number.
+pub const NUMBER: &str = "BERTH_NUMBER";
+/// `BERTH_CLONE_URL`: what git clones (https, git or file URL).
+pub const CLONE_URL: &str = "BERTH_CLONE_URL";
+/// `BERTH_HEAD_REF`: branch to check out (a review's head branch, an implement's base).
+pub const HEAD_REF: &str = "BERTH_HEAD_REF";
+/// `BERTH_HEAD_SHA`: commit to check out, when known.
+pub const HEAD_SHA: &str = "BERTH_HEAD_SHA";
+/// `BERTH_PROMPT`: the trigger's text, handed to the agent as its prompt.
+pub const PROMPT: &str = "BERTH_PROMPT";
+/// `BERTH_AGENT_COMMAND`: the command line the worker runs.
+pub const AGENT_COMMAND: &str = "BERTH_AGENT_COMMAND";
+/// `BERTH_DEADLINE`: hard deadline, seconds since the Unix epoch.
+pub const DEADLINE: &str = "BERTH_DEADLINE";
+/// `BERTH_GITHUB_TOKEN`: installation token scoped to the one repository.
+pub const GITHUB_TOKEN: &str = "BERTH_GITHUB_TOKEN";
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is handed on.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Everything a worker needs to run one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerTask {
+    /// The task id.
+    pub task_id: TaskId,
+    /// The kind of task.
+    pub kind: TaskKind,
+    /// `owner/name`.
+    pub repo: String,
+    /// Issue or pull request number.
+    pub number: u64,
+    /// What git clones.
+    pub clone_url: String,
+    /// Branch to check out, if any.
+    pub head_ref: Option<String>,
+    /// Commit to check out, if known.
+    pub head_sha: Option<String>,
+    /// The trigger's text.
+    pub prompt: String,
+    /// The agent command line.
+    pub agent_command: String,
+    /// Hard deadline, seconds since the Unix epoch.
+    pub deadline_unix: u64,
+    /// Repository-scoped installation token, when the clone needs one.
+    pub token: Option<Secret>,
+}
+
+/// Why the environment does not describe a task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerEnvError {
+    /// A required variable is not set.
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    /// A variable holds a value that does not parse.
+    #[error("{name} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl WorkerTask {
+    /// The environment of the worker container, as `(name, value)` pairs.
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            (TASK_ID, self.task_id.to_string()),
+            (TASK_KIND, self.kind.to_string()),
+            (REPO, self.repo.clone()),
+            (NUMBER, self.number.to_string()),
+            (CLONE_URL, self.clone_url.clone()),
+            (PROMPT, self.prompt.clone()),
+            (AGENT_COMMAND, self.agent_command.clone()),
+            (DEADLINE, self.deadline_unix.to_string()),
+        ];
+        if let Some(head_ref) = &self.head_ref {
+            env.push((HEAD_REF, head_ref.clone()));
+        }
+        if let Some(head_sha) = &self.head_sha {
+            env.push((HEAD_SHA, head_sha.clone()));
+        }
+        if let Some(token) = &self.token {
+            env.push((GITHUB_TOKEN, token.expose().to_owned()));
+        }
+        env
+    }
+
+    /// Reads a task from an environment lookup (`std::env::var` in the worker).
+    ///
+    /// # Errors
+    /// The first variable that is missing or does not parse.
+    pub fn from_env(lookup: impl Fn(&'static str) -> Option<String>) -> Result<Self, WorkerEnvError> {
+        let present = |name: &'static str| lookup(name).filter(|value| !value.is_empty());
+        let required = |name: &'static str| present(name).ok_or(WorkerEnvError::Missing(name));
+        let invalid = |name: &'static str, reason: String| WorkerEnvError::Invalid { name, reason };
+
+        let task_id = TaskId::new(required(TASK_ID)?).map_err(|err| invalid(TASK_ID, err.to_string()))?;
+        let kind = required(TASK_KIND)?.parse().map_err(|err: crate::UnknownTaskKind| invalid(TASK_KIND, err.to_string()))?;
+        let repo = required(REPO)?;
+        if !is_repo_name(&repo) {
+            return Err(invalid(REPO, format!("{repo:?} is not owner/name")));
+        }
+        let number = required(NUMBER)?;
+        let number = number.parse().map_err(|_| invalid(NUMBER, format!("{number:?} is not a number")))?;
+        let deadline = required(DEADLINE)?;
+        let deadline_unix =
+            deadline.parse().map_err(|_| invalid(DEADLINE, format!("{deadline:?} is not seconds since the epoch")))?;
+        let head_sha = present(HEAD_SHA);
+        if let Some(sha) = &head_sha {
+            if sha.len() < 7 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(HEAD_SHA, format!("{sha:?} is not a commit id")));
+            }
+        }
+        Ok(Self {
+            task_id,
+            kind,
+            repo,
+            number,
+            clone_url: required(CLONE_URL)?,
+            head_ref: present(HEAD_REF),
+            head_sha,
+            prompt: lookup(PROMPT).unwrap_or_default(),
+            agent_command: required(AGENT_COMMAND)?,
+            deadline_unix,
+            token: present(GITHUB_TOKEN).map(Secret::new),
+        })
+    }
+}

@@ -1,0 +1,337 @@
+//! [`Dispatcher`]: task-level container operations over a [`ContainerEngine`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use core_types::{LabelError, TaskId, TaskLabels, label};
+use futures_util::StreamExt;
+use tracing::{debug, info, instrument};
+
+use crate::engine::{
+    ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus, ExitInfo, LogChunk, LogStream,
+    WaitCondition,
+};
+use crate::{DispatchError, HardenedProfile};
+
+/// How often a wait on a created container re-checks by inspect, covering the
+/// moment between a `next-exit` wait being sent and being registered.
+const CREATED_WAIT_RECHECK: Duration = Duration::from_secs(2);
+
+/// What every worker container gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatcherConfig {
+    /// The worker image.
+    pub image: String,
+    /// The Docker network workers join.
+    pub network: String,
+    /// Limits and privileges.
+    pub profile: HardenedProfile,
+    /// Overrides the image's entrypoint (e.g. `["/usr/local/bin/berth-worker"]`).
+    pub entrypoint: Option<Vec<String>>,
+}
+
+/// A container that carries `berth.managed=true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedContainer {
+    /// Its id.
+    pub id: ContainerId,
+    /// Its name.
+    pub name: String,
+    /// The task its labels describe, or why they do not read.
+    pub task: Result<TaskLabels, LabelError>,
+    /// All its labels, as found.
+    pub labels: BTreeMap<String, String>,
+    /// Its state.
+    pub status: ContainerStatus,
+    /// When it was created.
+    pub created_at: Option<SystemTime>,
+}
+
+impl ManagedContainer {
+    fn from_state(state: ContainerState) -> Option<Self> {
+        if state.labels.get(label::MANAGED).map(String::as_str) != Some("true") {
+            return None;
+        }
+        Some(Self {
+            task: TaskLabels::from_btree(&state.labels),
+            id: state.id,
+            name: state.name,
+            labels: state.labels,
+            status: state.status,
+            created_at: state.created_at,
+        })
+    }
+}
+
+/// The result of [`Dispatcher::create`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    /// The task's container.
+    pub id: ContainerId,
+    /// True when the container already existed for this task (a repeated create).
+    pub adopted: bool,
+    /// Its state right after create (or as found, when adopted).
+    pub status: ContainerStatus,
+}
+
+/// Runs, watches, finds and cleans up worker containers.
+#[derive(Debug, Clone)]
+pub struct Dispatcher<E> {
+    engine: E,
+    config: DispatcherConfig,
+}
+
+impl<E: ContainerEngine> Dispatcher<E> {
+    /// A dispatcher over `engine`.
+    pub fn new(engine: E, config: DispatcherConfig) -> Self {
+        Self { engine, config }
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &DispatcherConfig {
+        &self.config
+    }
+
+    /// The container a task gets: name, labels, environment, and the profile.
+    pub fn container_spec(&self, task: &TaskLabels, env: &[(&str, String)], cmd: Option<Vec<String>>) -> ContainerSpec {
+        spec_for(&self.config, task, env, cmd)
+    }
+
+    /// Creates the task's container, or adopts the one a previous create made.
+    ///
+    /// # Errors
+    /// [`DispatchError::NameTaken`] when `berth-<task id>` belongs to anything
+    /// but this task; [`DispatchError::ImageMissing`]; engine failures.
+    #[instrument(skip_all, fields(task_id = %task.task_id))]
+    pub async fn create(
+        &self,
+        task: &TaskLabels,
+        env: &[(&str, String)],
+        cmd: Option<Vec<String>>,
+    ) -> Result<Launched, DispatchError> {
+        let spec = self.container_spec(task, env, cmd);
+        if let Some(id) = self.engine.create(&spec).await? {
+            debug!(container_id = %id, "container created");
+            return Ok(Launched { id, adopted: false, status: ContainerStatus::Created });
+        }
+        // 409: the name is taken. Adopt it only if it is this very task.
+        let name_taken = |reason: String| DispatchError::NameTaken {
+            task_id: task.task_id.clone(),
+            name: spec.name.clone(),
+            reason,
+        };
+        let Some(existing) = self.engine.inspect(&spec.name).await? else {
+            // Removed between our create and inspect: try once more.
+            return match self.engine.create(&spec).await? {
+                Some(id) => Ok(Launched { id, adopted: false, status: ContainerStatus::Created }),
+                None => Err(name_taken("it was recreated concurrently".to_owned())),
+            };
+        };
+        let Some(existing) = ManagedContainer::from_state(existing) else {
+            return Err(name_taken("it is not managed by berth".to_owned()));
+        };
+        match &existing.task {
+            Ok(labels) if labels.task_id == task.task_id => {
+                info!(container_id = %existing.id, "adopted existing container");
+                Ok(Launched { id: existing.id, adopted: true, status: existing.status })
+            }
+            Ok(labels) => Err(name_taken(format!("it belongs to task {}", labels.task_id))),
+            Err(err) => Err(name_taken(err.to_string())),
+        }
+    }
+
+    /// Starts a created container. Starting a running one changes nothing.
+    ///
+    /// # Errors
+    /// Engine failures; [`DispatchError::ContainerNotFound`].
+    pub async fn start(&self, id: &ContainerId) -> Result<(), DispatchError> {
+        self.engine.start(id).await?;
+        debug!(container_id = %id, "container started");
+        Ok(())
+    }
+
+    /// Creates (or adopts) and starts the task's container.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::create`] and [`Dispatcher::start`].
+    pub async fn launch(
+        &self,
+        task: &TaskLabels,
+        env: &[(&str, String)],
+        cmd: Option<Vec<String>>,
+    ) -> Result<Launched, DispatchError> {
+        let launched = self.create(task, env, cmd).await?;
+        if launched.status == ContainerStatus::Created {
+            self.start(&launched.id).await?;
+        }
+        Ok(launched)
+    }
+
+    /// The container's state now ([`ContainerStatus::Missing`] when it is gone).
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn status(&self, id: &ContainerId) -> Result<ContainerStatus, DispatchError> {
+        Ok(self.engine.inspect(id.as_str()).await?.map_or(ContainerStatus::Missing, |state| state.status))
+    }
+
+    /// Finds a task's container by its name, if it exists and is ours.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn find(&self, task_id: &TaskId) -> Result<Option<ManagedContainer>, DispatchError> {
+        let found = self.engine.inspect(&task_id.container_name()).await?.and_then(ManagedContainer::from_state);
+        Ok(found.filter(|container| container.labels.get(label::TASK_ID).map(String::as_str) == Some(task_id.as_str())))
+    }
+
+    /// Every managed container, in any state. Nothing without
+    /// `berth.managed=true` is ever returned.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn list(&self) -> Result<Vec<ManagedContainer>, DispatchError> {
+        let states = self.engine.list_by_label(label::MANAGED, "true").await?;
+        Ok(states.into_iter().filter_map(ManagedContainer::from_state).collect())
+    }
+
+    /// Waits until the container has exited and returns how, whatever state
+    /// it is in now (created, running or already exited).
+    ///
+    /// # Errors
+    /// Engine failures; [`DispatchError::ContainerNotFound`] when it is gone.
+    pub async fn wait(&self, id: &ContainerId) -> Result<ExitInfo, DispatchError> {
+        match self.status(id).await? {
+            ContainerStatus::Exited(exit) => return Ok(exit),
+            ContainerStatus::Missing => {
+                return Err(DispatchError::ContainerNotFound { container: id.to_string(), operation: "wait for" });
+            }
+            // `not-running` returns at once for a created container; wait for
+            // its next exit instead, and re-check in case it exits before that
+            // wait is registered.
+            ContainerStatus::Created => {
+                let wait = self.engine.wait(id, WaitCondition::NextExit);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        result = &mut wait => { result?; break; }
+                        () = tokio::time::sleep(CREATED_WAIT_RECHECK) => {
+                            if let ContainerStatus::Exited(exit) = self.status(id).await? {
+                                return Ok(exit);
+                            }
+                        }
+                    }
+                }
+            }
+            ContainerStatus::Running { .. } | ContainerStatus::Removing => {
+                self.engine.wait(id, WaitCondition::NotRunning).await?;
+            }
+        }
+        self.exit_info(id).await
+    }
+
+    /// Waits for a container this process has just started, then returns how
+    /// it ended. Skips the first inspect of [`Dispatcher::wait`].
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn wait_started(&self, id: &ContainerId) -> Result<ExitInfo, DispatchError> {
+        self.engine.wait(id, WaitCondition::NotRunning).await?;
+        self.exit_info(id).await
+    }
+
+    async fn exit_info(&self, id: &ContainerId) -> Result<ExitInfo, DispatchError> {
+        match self.status(id).await? {
+            ContainerStatus::Exited(exit) => Ok(exit),
+            ContainerStatus::Missing => {
+                Err(DispatchError::ContainerNotFound { container: id.to_string(), operation: "inspect the exit of" })
+            }
+            _ => Err(DispatchError::WaitEnded { container: id.to_string() }),
+        }
+    }
+
+    /// The container's output, stdout and stderr interleaved as they came.
+    pub fn logs(&self, id: &ContainerId, follow: bool) -> LogStream {
+        self.engine.logs(id, follow, None)
+    }
+
+    /// All output so far as text (stdout and stderr interleaved).
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn logs_text(&self, id: &ContainerId) -> Result<String, DispatchError> {
+        let mut logs = self.engine.logs(id, false, None);
+        let mut text = Vec::new();
+        while let Some(chunk) = logs.next().await {
+            text.extend_from_slice(chunk?.bytes());
+        }
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+
+    /// Only stdout so far, as text (where the result record is).
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn stdout_text(&self, id: &ContainerId) -> Result<String, DispatchError> {
+        let mut logs = self.engine.logs(id, false, None);
+        let mut text = Vec::new();
+        while let Some(chunk) = logs.next().await {
+            if let LogChunk::Stdout(bytes) = chunk? {
+                text.extend_from_slice(&bytes);
+            }
+        }
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Stopping a stopped container
+    /// changes nothing.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<(), DispatchError> {
+        self.engine.stop(id, grace).await?;
+        info!(container_id = %id, "container stopped");
+        Ok(())
+    }
+
+    /// SIGKILL at once.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn kill(&self, id: &ContainerId) -> Result<(), DispatchError> {
+        self.engine.kill(id).await
+    }
+
+    /// Removes the container; a container already gone is not an error.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn remove(&self, id: &ContainerId) -> Result<(), DispatchError> {
+        self.engine.remove(id).await?;
+        debug!(container_id = %id, "container removed");
+        Ok(())
+    }
+}
+
+/// The container a task gets under `config`.
+pub(crate) fn spec_for(
+    config: &DispatcherConfig,
+    task: &TaskLabels,
+    env: &[(&str, String)],
+    cmd: Option<Vec<String>>,
+) -> ContainerSpec {
+    ContainerSpec {
+        name: task.task_id.container_name(),
+        image: config.image.clone(),
+        labels: task.to_labels(),
+        env: env.iter().map(|(name, value)| format!("{name}={value}")).collect(),
+        entrypoint: config.entrypoint.clone(),
+        cmd,
+        network: config.network.clone(),
+        profile: config.profile.clone(),
+    }
+}

@@ -1,0 +1,353 @@
+//! The Docker Engine behind the [`ContainerEngine`] seam, over bollard.
+//!
+//! This is the only module that names `bollard::`. It translates the
+//! engine's Option-heavy models into ours at the boundary and turns the
+//! engine's status codes into [`DispatchError`]s that say what was being done.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use crate::engine::{
+    ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus, ExitInfo, LogChunk, LogStream,
+    WaitCondition,
+};
+use crate::{DispatchError, DockerError};
+
+/// How many inspects a listing runs at once.
+const LIST_INSPECT_CONCURRENCY: usize = 16;
+
+/// The Docker Engine API on a unix socket.
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    endpoint: String,
+}
+
+fn status_code(err: &BollardError) -> Option<u16> {
+    match err {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+impl DockerEngine {
+    /// Connects to the local engine: `DOCKER_HOST` when it names a unix
+    /// socket, else `/var/run/docker.sock`; negotiates the API version.
+    ///
+    /// # Errors
+    /// [`DispatchError::EngineUnreachable`] when the socket does not answer.
+    pub async fn connect_local() -> Result<Self, DispatchError> {
+        let endpoint = "the local docker socket (DOCKER_HOST or /var/run/docker.sock)".to_owned();
+        let docker = Docker::connect_with_unix_defaults()
+            .map_err(|source| DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) })?;
+        Self::negotiate(docker, endpoint).await
+    }
+
+    /// Connects to the engine on the unix socket at `path`.
+    ///
+    /// # Errors
+    /// [`DispatchError::EngineUnreachable`] when the socket does not answer.
+    pub async fn connect_unix(path: &str) -> Result<Self, DispatchError> {
+        let endpoint = path.to_owned();
+        let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|source| DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) })?;
+        Self::negotiate(docker, endpoint).await
+    }
+
+    async fn negotiate(docker: Docker, endpoint: String) -> Result<Self, DispatchError> {
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|source| DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) })?;
+        Ok(Self { docker, endpoint })
+    }
+
+    /// Where this engine was reached.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The engine's version and API version, e.g. `("20.10.24", "1.41")`.
+    ///
+    /// # Errors
+    /// [`DispatchError::EngineUnreachable`] when the engine does not answer.
+    pub async fn version(&self) -> Result<(String, String), DispatchError> {
+        let version = self.docker.version().await.map_err(|source| DispatchError::EngineUnreachable {
+            endpoint: self.endpoint.clone(),
+            source: DockerError(source),
+        })?;
+        Ok((version.version.unwrap_or_default(), version.api_version.unwrap_or_default()))
+    }
+
+    /// Whether an image is present locally.
+    ///
+    /// # Errors
+    /// When the engine cannot be asked.
+    pub async fn image_exists(&self, image: &str) -> Result<bool, DispatchError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(err) if status_code(&err) == Some(404) => Ok(false),
+            Err(source) => Err(DispatchError::EngineCall {
+                operation: "inspect image of",
+                container: image.to_owned(),
+                source: DockerError(source),
+            }),
+        }
+    }
+
+    /// Builds `tag` from an in-memory tar context with the classic builder
+    /// (no registry needed for `FROM scratch`). `progress` gets each line the
+    /// build prints.
+    ///
+    /// # Errors
+    /// [`DispatchError::BuildFailed`] with the builder's message.
+    pub async fn build_image(
+        &self,
+        tag: &str,
+        context_tar: Vec<u8>,
+        mut progress: impl FnMut(&str) + Send,
+    ) -> Result<(), DispatchError> {
+        let options = BuildImageOptionsBuilder::new().t(tag).rm(true).forcerm(true).build();
+        let failed = |reason: String| DispatchError::BuildFailed { image: tag.to_owned(), reason };
+        let mut build = self.docker.build_image(options, None, Some(bollard::body_full(context_tar.into())));
+        while let Some(step) = build.next().await {
+            let info = step.map_err(|err| failed(DockerError(err).to_string()))?;
+            if let Some(detail) = info.error_detail {
+                return Err(failed(detail.message.unwrap_or_else(|| "unknown build error".to_owned())));
+            }
+            if let Some(line) = info.stream.as_deref().map(str::trim_end).filter(|line| !line.is_empty()) {
+                progress(line);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an image; a missing one is not an error.
+    ///
+    /// # Errors
+    /// When the engine refuses (for example, a container still uses it).
+    pub async fn remove_image(&self, image: &str) -> Result<(), DispatchError> {
+        let options = RemoveImageOptionsBuilder::new().force(true).build();
+        match self.docker.remove_image(image, Some(options), None).await {
+            Ok(_) => Ok(()),
+            Err(err) if status_code(&err) == Some(404) => Ok(()),
+            Err(source) => Err(DispatchError::EngineCall {
+                operation: "remove image of",
+                container: image.to_owned(),
+                source: DockerError(source),
+            }),
+        }
+    }
+
+    fn call_failed(operation: &'static str, container: &str, source: BollardError) -> DispatchError {
+        if status_code(&source) == Some(404) {
+            DispatchError::ContainerNotFound { container: container.to_owned(), operation }
+        } else {
+            DispatchError::EngineCall { operation, container: container.to_owned(), source: DockerError(source) }
+        }
+    }
+}
+
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let profile = &spec.profile;
+    let mut security_opt = Vec::new();
+    if profile.no_new_privileges {
+        security_opt.push("no-new-privileges".to_owned());
+    }
+    let host_config = HostConfig {
+        memory: Some(profile.memory_bytes),
+        memory_swap: Some(profile.memory_swap_bytes),
+        nano_cpus: Some(profile.nano_cpus),
+        pids_limit: Some(profile.pids_limit),
+        cap_drop: Some(vec!["ALL".to_owned()]),
+        cap_add: (!profile.cap_add.is_empty()).then(|| profile.cap_add.clone()),
+        security_opt: Some(security_opt),
+        init: Some(profile.init),
+        privileged: Some(false),
+        network_mode: Some(spec.network.clone()),
+        // Keep the exited container: its exit code, OOM flag and logs are
+        // read after it ends (an auto-removed container loses all three).
+        auto_remove: Some(false),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        user: Some(profile.user.clone()),
+        env: Some(spec.env.clone()),
+        entrypoint: spec.entrypoint.clone(),
+        cmd: spec.cmd.clone(),
+        labels: Some(spec.labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect()),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+impl ContainerEngine for DockerEngine {
+    async fn create(&self, spec: &ContainerSpec) -> Result<Option<ContainerId>, DispatchError> {
+        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        match self.docker.create_container(Some(options), create_body(spec)).await {
+            Ok(created) => Ok(Some(ContainerId::new(created.id))),
+            Err(err) if status_code(&err) == Some(409) => Ok(None),
+            Err(err) if status_code(&err) == Some(404) => Err(DispatchError::ImageMissing { image: spec.image.clone() }),
+            Err(source) => Err(DispatchError::EngineCall {
+                operation: "create",
+                container: spec.name.clone(),
+                source: DockerError(source),
+            }),
+        }
+    }
+
+    async fn start(&self, id: &ContainerId) -> Result<(), DispatchError> {
+        self.docker.start_container(id.as_str(), None).await.map_err(|source| {
+            if status_code(&source) == Some(404) {
+                DispatchError::ContainerNotFound { container: id.to_string(), operation: "start" }
+            } else {
+                DispatchError::StartFailed { container: id.to_string(), source: DockerError(source) }
+            }
+        })
+    }
+
+    async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerState>, DispatchError> {
+        let response = match self.docker.inspect_container(id_or_name, None::<InspectContainerOptions>).await {
+            Ok(response) => response,
+            Err(err) if status_code(&err) == Some(404) => return Ok(None),
+            Err(source) => return Err(Self::call_failed("inspect", id_or_name, source)),
+        };
+        let state = response.state.unwrap_or_default();
+        let started_at = state.started_at.as_deref().and_then(parse_time);
+        let status = match state.status {
+            Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => ContainerStatus::Exited(ExitInfo {
+                code: state.exit_code.unwrap_or(-1),
+                oom_killed: state.oom_killed.unwrap_or(false),
+                started_at,
+                finished_at: state.finished_at.as_deref().and_then(parse_time),
+            }),
+            Some(ContainerStateStatusEnum::REMOVING) => ContainerStatus::Removing,
+            _ => ContainerStatus::Running { started_at },
+        };
+        Ok(Some(ContainerState {
+            id: ContainerId::new(response.id.unwrap_or_default()),
+            name: response.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+            labels: response.config.and_then(|config| config.labels).unwrap_or_default().into_iter().collect(),
+            status,
+            created_at: response.created.as_deref().and_then(parse_time),
+        }))
+    }
+
+    async fn wait(&self, id: &ContainerId, condition: WaitCondition) -> Result<i64, DispatchError> {
+        let condition = match condition {
+            WaitCondition::NotRunning => "not-running",
+            WaitCondition::NextExit => "next-exit",
+        };
+        let options = WaitContainerOptionsBuilder::new().condition(condition).build();
+        let mut wait = self.docker.wait_container(id.as_str(), Some(options));
+        match wait.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // A non-zero exit is an outcome, not a failure of ours.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(source)) => Err(Self::call_failed("wait for", id.as_str(), source)),
+            None => Err(DispatchError::WaitEnded { container: id.to_string() }),
+        }
+    }
+
+    async fn list_by_label(&self, label: &str, value: &str) -> Result<Vec<ContainerState>, DispatchError> {
+        let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| DispatchError::ListFailed { source: DockerError(source) })?;
+        let ids: Vec<String> = summaries.into_iter().filter_map(|summary| summary.id).collect();
+        // A container removed between the list and its inspect is simply gone.
+        let states: Vec<Option<ContainerState>> = stream::iter(ids)
+            .map(|id| async move { self.inspect(&id).await })
+            .buffered(LIST_INSPECT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(states.into_iter().flatten().collect())
+    }
+
+    fn logs(&self, id: &ContainerId, follow: bool, tail: Option<u64>) -> LogStream {
+        let tail = tail.map_or_else(|| "all".to_owned(), |lines| lines.to_string());
+        let options = LogsOptionsBuilder::new().follow(follow).stdout(true).stderr(true).tail(&tail).build();
+        let container = id.to_string();
+        let stream = self.docker.logs(id.as_str(), Some(options)).filter_map(move |item| {
+            let container = container.clone();
+            async move {
+                match item {
+                    Ok(bollard::container::LogOutput::StdOut { message })
+                    | Ok(bollard::container::LogOutput::Console { message }) => Some(Ok(LogChunk::Stdout(message))),
+                    Ok(bollard::container::LogOutput::StdErr { message }) => Some(Ok(LogChunk::Stderr(message))),
+                    Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                    Err(source) => Some(Err(Self::call_failed("read logs of", &container, source))),
+                }
+            }
+        });
+        Box::pin(stream)
+    }
+
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<(), DispatchError> {
+        let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(seconds).build();
+        self.docker.stop_container(id.as_str(), Some(options)).await.map_err(|source| Self::call_failed("stop", id.as_str(), source))
+    }
+
+    async fn kill(&self, id: &ContainerId) -> Result<(), DispatchError> {
+        let options = KillContainerOptionsBuilder::new().signal("KILL").build();
+        match self.docker.kill_container(id.as_str(), Some(options)).await {
+            Ok(()) => Ok(()),
+            // 409: not running, which is what a kill wants anyway.
+            Err(err) if status_code(&err) == Some(409) => Ok(()),
+            Err(source) => Err(Self::call_failed("kill", id.as_str(), source)),
+        }
+    }
+
+    async fn remove(&self, id: &ContainerId) -> Result<(), DispatchError> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match self.docker.remove_container(id.as_str(), Some(options)).await {
+            Ok(()) => Ok(()),
+            // 404: already gone; 409: a removal is already in progress.
+            Err(err) if matches!(status_code(&err), Some(404 | 409)) => Ok(()),
+            Err(source) => Err(Self::call_failed("remove", id.as_str(), source)),
+        }
+    }
+}
+
+/// Parses the engine's RFC 3339 UTC timestamps (`2026-11-29T03:19:31.123456789Z`).
+/// The zero time the engine reports for "never" is `None`.
+pub(crate) fn parse_time(text: &str) -> Option<SystemTime> {
+    let (date, time) = text.split_once('T')?;
+    let mut date_parts = date.splitn(3, '-').map(|part| part.parse::<i64>().ok());
+    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
+    if year < 1970 {
+        return None;
+    }
+    let time = time.strip_suffix('Z')?;
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut clock_parts = clock.splitn(3, ':').map(|part| part.parse::<i64>().ok());
+    let (hour, minute, second) = (clock_parts.next()??, clock_parts.next()??, clock_parts.next()??);
+    let nanos: String = fraction.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let nanos: u32 = nanos.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos))
+}

@@ -1,0 +1,130 @@
+//! The dispatcher's one error type.
+
+use std::fmt;
+
+use core_types::TaskId;
+
+/// A failure of the container engine, kept opaque so callers cannot match on
+/// the engine client's internals.
+#[derive(Debug)]
+pub struct DockerError(pub(crate) bollard::errors::Error);
+
+impl fmt::Display for DockerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            // bollard's own text repeats "Docker responded with status code"; keep the message.
+            bollard::errors::Error::DockerResponseServerError { status_code, message } => {
+                write!(f, "engine answered {status_code}: {message}")
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+impl std::error::Error for DockerError {}
+
+/// What went wrong while driving containers, named after the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The engine could not be reached at all.
+    #[error("cannot reach the docker engine at {endpoint}")]
+    EngineUnreachable {
+        /// The socket or URL tried.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: DockerError,
+    },
+    /// The worker image is not present on the engine (and is never pulled).
+    #[error("worker image {image} is not present on the engine (build or load it first; berth never pulls)")]
+    ImageMissing {
+        /// The image reference.
+        image: String,
+    },
+    /// Creating the task's container failed.
+    #[error("failed to create container for task {task_id}")]
+    CreateFailed {
+        /// The task.
+        task_id: TaskId,
+        /// Why.
+        #[source]
+        source: DockerError,
+    },
+    /// The name `berth-<task id>` is held by a container that is not this task.
+    #[error("container name {name} is taken by a container that is not task {task_id} ({reason})")]
+    NameTaken {
+        /// The task.
+        task_id: TaskId,
+        /// The container name.
+        name: String,
+        /// Why the holder is not this task.
+        reason: String,
+    },
+    /// The container is gone (or never existed).
+    #[error("container {container} not found while trying to {operation}")]
+    ContainerNotFound {
+        /// Name or id.
+        container: String,
+        /// What we were doing.
+        operation: &'static str,
+    },
+    /// Starting failed.
+    #[error("failed to start container {container}")]
+    StartFailed {
+        /// Name or id.
+        container: String,
+        /// Why.
+        #[source]
+        source: DockerError,
+    },
+    /// Any other engine call failed.
+    #[error("failed to {operation} container {container}")]
+    EngineCall {
+        /// What we were doing.
+        operation: &'static str,
+        /// Name or id.
+        container: String,
+        /// Why.
+        #[source]
+        source: DockerError,
+    },
+    /// Listing containers failed.
+    #[error("failed to list managed containers")]
+    ListFailed {
+        /// Why.
+        #[source]
+        source: DockerError,
+    },
+    /// The wait stream ended without an exit status.
+    #[error("wait for container {container} ended without an exit status")]
+    WaitEnded {
+        /// Name or id.
+        container: String,
+    },
+    /// A container carries `berth.managed=true` but its labels do not read.
+    #[error("container {container} has unreadable berth labels")]
+    BadLabels {
+        /// Name or id.
+        container: String,
+        /// Why.
+        #[source]
+        source: core_types::LabelError,
+    },
+    /// Building an image failed.
+    #[error("failed to build image {image}: {reason}")]
+    BuildFailed {
+        /// The tag being built.
+        image: String,
+        /// What the build said.
+        reason: String,
+    },
+    /// Preparing an image's files on the host failed.
+    #[error("failed to prepare image context: {what}")]
+    ContextFailed {
+        /// What was being prepared.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,3 @@
+//! End-to-end tests against the real Docker Engine. See `tests/src/lib.rs`.
+
+mod dispatcher;
