@@ -1,1 +1,150 @@
-fn main() {}
+//! Dispatcher benchmark: N trivial hardened tasks (create, start, wait,
+//! remove) through Berth's dispatcher, through raw bollard calls, through
+//! `docker run --rm`, and through four `docker` CLI calls, interleaved in
+//! one run so the machine's drift hits all four alike.
+//!
+//! `cargo bench -p tests --bench dispatch` (N from `BERTH_BENCH_N`, default 30).
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use tests::{STUB, dispatcher, task_labels, test_image, unique_task_id};
+
+const METHODS: [&str; 4] = ["berth dispatcher", "raw bollard", "docker run --rm", "docker CLI x4"];
+
+fn hardened_cli_flags() -> Vec<String> {
+    [
+        "--memory=2g",
+        "--memory-swap=2g",
+        "--cpus=2",
+        "--pids-limit=512",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--init",
+        "--user=65532:65532",
+        "--network=none",
+        "--label=berth.bench=true",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn docker(args: &[String]) -> String {
+    let output = Command::new("docker").args(args).output().expect("docker CLI runs");
+    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+async fn raw_bollard(docker: &bollard::Docker, image: &str, name: &str) {
+    let host_config = HostConfig {
+        memory: Some(2 << 30),
+        memory_swap: Some(2 << 30),
+        nano_cpus: Some(2_000_000_000),
+        pids_limit: Some(512),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        init: Some(true),
+        privileged: Some(false),
+        network_mode: Some("none".into()),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(image.into()),
+        user: Some("65532:65532".into()),
+        entrypoint: Some(vec![STUB.into()]),
+        cmd: Some(vec!["exit".into(), "0".into()]),
+        labels: Some(HashMap::from([("berth.bench".into(), "true".into())])),
+        host_config: Some(host_config),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::new().name(name).build();
+    let created = docker.create_container(Some(options), body).await.expect("create");
+    docker.start_container(&created.id, None).await.expect("start");
+    let wait = WaitContainerOptionsBuilder::new().condition("not-running").build();
+    let exit =
+        docker.wait_container(&created.id, Some(wait)).next().await.expect("wait answers").expect("exit 0");
+    assert_eq!(exit.status_code, 0);
+    let remove = RemoveContainerOptionsBuilder::new().force(true).build();
+    docker.remove_container(&created.id, Some(remove)).await.expect("remove");
+}
+
+fn stats(samples: &mut [Duration]) -> (f64, f64, f64) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64;
+    let median = ms(samples[samples.len() / 2]);
+    let p90 = ms(samples[(samples.len() * 9 / 10).min(samples.len() - 1)]);
+    (mean, median, p90)
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("BERTH_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let image = test_image().await.to_owned();
+    let dispatcher = dispatcher().await;
+    let raw = bollard::Docker::connect_with_unix_defaults()
+        .expect("socket")
+        .negotiate_version()
+        .await
+        .expect("engine");
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); METHODS.len()];
+    let flags = hardened_cli_flags();
+
+    // One warm-up round of each, not counted.
+    for round in 0..=n {
+        for (method, samples) in samples.iter_mut().enumerate() {
+            let name = format!("berth-bench-{}-{round}-{method}", std::process::id());
+            let started = Instant::now();
+            match method {
+                0 => {
+                    let task_id = unique_task_id("bench");
+                    let launched = dispatcher
+                        .launch(&task_labels(&task_id), &[], Some(vec!["exit".into(), "0".into()]))
+                        .await
+                        .expect("launch");
+                    let exit = dispatcher.wait_started(&launched.id).await.expect("wait");
+                    assert_eq!(exit.code, 0);
+                    dispatcher.remove(&launched.id).await.expect("remove");
+                }
+                1 => raw_bollard(&raw, &image, &name).await,
+                2 => {
+                    let mut args = vec!["run".to_owned(), "--rm".to_owned(), format!("--name={name}")];
+                    args.extend(flags.iter().cloned());
+                    args.extend([format!("--entrypoint={STUB}"), image.clone(), "exit".into(), "0".into()]);
+                    docker(&args);
+                }
+                _ => {
+                    let mut args = vec!["create".to_owned(), format!("--name={name}")];
+                    args.extend(flags.iter().cloned());
+                    args.extend([format!("--entrypoint={STUB}"), image.clone(), "exit".into(), "0".into()]);
+                    let id = docker(&args);
+                    docker(&["start".into(), id.clone()]);
+                    assert_eq!(docker(&["wait".into(), id.clone()]), "0");
+                    docker(&["rm".into(), id]);
+                }
+            }
+            if round > 0 {
+                samples.push(started.elapsed());
+            }
+        }
+    }
+
+    let results: Vec<_> = samples.iter_mut().map(|samples| stats(samples)).collect();
+    let (raw_mean, raw_median, _) = results[1];
+    println!("{n} trivial hardened tasks per method (create, start, wait, remove), interleaved\n");
+    println!("| method | mean ms | median ms | p90 ms | mean / raw bollard | median / raw bollard |");
+    println!("|---|---|---|---|---|---|");
+    for (method, (mean, median, p90)) in METHODS.iter().zip(&results) {
+        println!(
+            "| {method} | {mean:.1} | {median:.1} | {p90:.1} | {:.3} | {:.3} |",
+            mean / raw_mean,
+            median / raw_median
+        );
+    }
+}

@@ -1,1 +1,21 @@
-//! x
+//! `berth`: the daemon and the operator CLI.
+//!
+//! This crate owns the HTTP side (webhook verification, trigger and trust
+//! policy, health and status routes), the journal, and the operator commands.
+//! It drives containers only through `dispatcher` and never names bollard.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod events;
+pub mod journal;
+pub mod metrics;
+pub mod ps;
+pub mod server;
+pub mod signature;
+pub mod tasks;
+pub mod triggers;
+
+#[cfg(test)]
+mod tests;

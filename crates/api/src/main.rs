@@ -1,1 +1,27 @@
-fn main() {}
+//! The `berth` binary: parses the command line, sets up logging and signals,
+//! and hands over to the library. Exit codes: 0 done, 1 failed, 2 bad configuration.
+
+use std::process::ExitCode;
+
+use api::config::{Cli, Command};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            let config = match args.validate() {
+                Ok(config) => config,
+                Err(err) => return api::cli::config_error(&err),
+            };
+            api::cli::init_tracing(config.json_logs);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(api::cli::cancel_on_signal(shutdown.clone()));
+            api::daemon::run(config, shutdown).await
+        }
+        Command::Ps(args) => api::cli::ps(&args).await,
+    };
+    api::cli::exit_code(result)
+}

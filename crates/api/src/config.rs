@@ -1,0 +1,407 @@
+//! The command line and the daemon's settings.
+//!
+//! Every setting of `berth serve` is a flag with a `BERTH_*` environment
+//! fallback. Values are taken as text and validated in one place
+//! ([`ServeArgs::validate`]), so a bad setting stops start-up with one line
+//! naming it (exit code 2). Secrets are read from the environment or a file
+//! and never printed: clap hides their environment values in `--help`, and
+//! their `Debug` says `<redacted>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use core_types::Secret;
+
+use crate::triggers::Policy;
+
+/// Berth: GitHub events in, hardened agent containers out, every task reported.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of `berth`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(Box<ServeArgs>),
+    /// List tasks from Docker's labels (works while the daemon is down).
+    Ps(PsArgs),
+}
+
+/// `berth ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Include exited workers.
+    #[arg(long, short)]
+    pub all: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `berth serve`: every setting of the daemon.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BERTH_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Allow listening on all interfaces (0.0.0.0 or ::); refused otherwise.
+    #[arg(long, env = "BERTH_ALLOW_PUBLIC_BIND")]
+    pub allow_public_bind: bool,
+    /// HMAC secret of the GitHub App's webhook.
+    #[arg(long, env = "BERTH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// File holding the webhook secret (instead of BERTH_WEBHOOK_SECRET).
+    #[arg(long, env = "BERTH_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// The previous webhook secret, still accepted while a rotation is under way.
+    #[arg(long, env = "BERTH_WEBHOOK_SECRET_PREVIOUS", hide_env_values = true)]
+    pub webhook_secret_previous: Option<String>,
+    /// GitHub App id.
+    #[arg(long, env = "BERTH_GITHUB_APP_ID")]
+    pub github_app_id: Option<String>,
+    /// PEM file of the App's private key (PKCS#1 as GitHub issues it, or PKCS#8).
+    #[arg(long, env = "BERTH_GITHUB_PRIVATE_KEY_FILE")]
+    pub github_private_key_file: Option<PathBuf>,
+    /// GitHub REST base URL (GitHub Enterprise, or a local fake in tests).
+    #[arg(long, env = "BERTH_GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: String,
+    /// Image the workers run (built from this repository's Dockerfile; never pulled).
+    #[arg(long, env = "BERTH_WORKER_IMAGE", default_value = "berth:latest")]
+    pub worker_image: String,
+    /// Docker network of the workers.
+    #[arg(long, env = "BERTH_WORKER_NETWORK", default_value = "bridge")]
+    pub worker_network: String,
+    /// Running workers at once; more wait in a queue.
+    #[arg(long, env = "BERTH_MAX_WORKERS", default_value = "4")]
+    pub max_workers: String,
+    /// Memory limit per worker (`512m`, `2g`); swap is set equal, so no extra swap.
+    #[arg(long, env = "BERTH_WORKER_MEMORY", default_value = "2g")]
+    pub worker_memory: String,
+    /// CPUs per worker (`2`, `0.5`).
+    #[arg(long, env = "BERTH_WORKER_CPUS", default_value = "2")]
+    pub worker_cpus: String,
+    /// Most processes per worker.
+    #[arg(long, env = "BERTH_WORKER_PIDS_LIMIT", default_value = "512")]
+    pub worker_pids_limit: String,
+    /// Add back CHOWN, FOWNER, SETUID and SETGID for images whose entrypoint drops privileges.
+    #[arg(long, env = "BERTH_WORKER_PRIVILEGE_DROP_CAPS")]
+    pub worker_privilege_drop_caps: bool,
+    /// Hard deadline per task (`90s`, `30m`, `2h`).
+    #[arg(long, env = "BERTH_TASK_TIMEOUT", default_value = "30m")]
+    pub task_timeout: String,
+    /// Grace between SIGTERM and SIGKILL when a worker is stopped.
+    #[arg(long, env = "BERTH_STOP_GRACE", default_value = "10s")]
+    pub stop_grace: String,
+    /// Where the journal lives.
+    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth")]
+    pub state_dir: PathBuf,
+    /// How long deliveries are remembered for dedupe (at least 3 days).
+    #[arg(long, env = "BERTH_DELIVERY_RETENTION", default_value = "72h")]
+    pub delivery_retention: String,
+    /// Bearer token for /api/*; without it /api/* is refused.
+    #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Comma-separated logins allowed to trigger; empty means OWNER, MEMBER or COLLABORATOR.
+    #[arg(long, env = "BERTH_TRUSTED_USERS", default_value = "")]
+    pub trusted_users: String,
+    /// Comma-separated `owner/name` or `owner/*` patterns; empty means every repository.
+    #[arg(long, env = "BERTH_ALLOWED_REPOS", default_value = "")]
+    pub allowed_repos: String,
+    /// The command prefix in comments.
+    #[arg(long, env = "BERTH_COMMAND_PREFIX", default_value = "/berth")]
+    pub command_prefix: String,
+    /// Review pull requests automatically when opened, reopened, ready or pushed to.
+    #[arg(long, env = "BERTH_AUTO_REVIEW")]
+    pub auto_review: bool,
+    /// The command a worker runs for a task (placeholders in the README).
+    #[arg(long, env = "BERTH_AGENT_COMMAND", default_value = DEFAULT_AGENT_COMMAND)]
+    pub agent_command: String,
+    /// Log format: `human` or `json`.
+    #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "human")]
+    pub log_format: String,
+}
+
+/// The agent command when none is configured.
+pub const DEFAULT_AGENT_COMMAND: &str = "agent --kind {kind} --repo {repo} --number {number} --prompt-file {prompt_file} --summary-file {summary_file}";
+
+/// One setting that is missing or invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {setting}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable naming the setting.
+    pub setting: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { setting, reason: reason.into() }
+}
+
+/// The daemon's settings, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// The current webhook secret.
+    pub webhook_secret: Secret,
+    /// The previous webhook secret, during a rotation.
+    pub webhook_secret_previous: Option<Secret>,
+    /// The GitHub App id.
+    pub github_app_id: u64,
+    /// The App's private key (PEM).
+    pub github_private_key: Secret,
+    /// The REST base URL, without a trailing slash.
+    pub github_api_url: String,
+    /// Worker image.
+    pub worker_image: String,
+    /// Worker network.
+    pub worker_network: String,
+    /// Running workers at once.
+    pub max_workers: usize,
+    /// Worker memory in bytes.
+    pub worker_memory_bytes: i64,
+    /// Worker CPUs in billionths.
+    pub worker_nano_cpus: i64,
+    /// Worker pids limit.
+    pub worker_pids_limit: i64,
+    /// Whether workers get the privilege-drop capabilities back.
+    pub worker_privilege_drop_caps: bool,
+    /// Hard deadline per task.
+    pub task_timeout: Duration,
+    /// SIGTERM-to-SIGKILL grace.
+    pub stop_grace: Duration,
+    /// Journal directory.
+    pub state_dir: PathBuf,
+    /// Delivery retention.
+    pub delivery_retention: Duration,
+    /// Admin token for /api/*.
+    pub admin_token: Option<Secret>,
+    /// Trigger and trust rules.
+    pub policy: Policy,
+    /// The agent command.
+    pub agent_command: String,
+    /// Emit JSON logs.
+    pub json_logs: bool,
+}
+
+/// Parses `90s`, `30m`, `2h`, `1d` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 30m or 2h"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?} has unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+/// Parses `512m`, `2g`, `1024k` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<i64, String> {
+    let text = text.trim().to_ascii_lowercase();
+    let text = text.trim_end_matches(['b', 'i']);
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().map_err(|_| format!("{text:?} is not a size like 512m or 2g"))?;
+    let factor: i64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("{text:?} has unknown unit {unit:?} (use k, m or g)")),
+    };
+    number.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
+}
+
+fn read_secret_file(setting: &'static str, path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| invalid(setting, format!("cannot read {}: {err}", path.display())))?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.is_empty() {
+        return Err(invalid(setting, format!("{} is empty", path.display())));
+    }
+    Ok(Secret::new(text))
+}
+
+impl ServeArgs {
+    /// Checks every setting and returns the typed configuration.
+    ///
+    /// # Errors
+    /// The first setting that is missing or invalid.
+    pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
+        let bind: SocketAddr = self.bind.parse().map_err(|_| {
+            invalid("BERTH_BIND", format!("{:?} is not an address like 127.0.0.1:8080", self.bind))
+        })?;
+        if bind.ip().is_unspecified() && !self.allow_public_bind {
+            return Err(invalid(
+                "BERTH_BIND",
+                format!(
+                    "{bind} listens on every interface; bind one private address or set BERTH_ALLOW_PUBLIC_BIND=true"
+                ),
+            ));
+        }
+        let webhook_secret = match (&self.webhook_secret, &self.webhook_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "BERTH_WEBHOOK_SECRET",
+                    "set either BERTH_WEBHOOK_SECRET or BERTH_WEBHOOK_SECRET_FILE, not both",
+                ));
+            }
+            (Some(secret), None) if !secret.is_empty() => Secret::new(secret.clone()),
+            (None, Some(path)) => read_secret_file("BERTH_WEBHOOK_SECRET_FILE", path)?,
+            _ => return Err(invalid("BERTH_WEBHOOK_SECRET", "required (or BERTH_WEBHOOK_SECRET_FILE)")),
+        };
+        let webhook_secret_previous =
+            self.webhook_secret_previous.clone().filter(|value| !value.is_empty()).map(Secret::new);
+        let github_app_id =
+            self.github_app_id.as_deref().ok_or_else(|| invalid("BERTH_GITHUB_APP_ID", "required"))?;
+        let github_app_id: u64 = github_app_id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+            invalid("BERTH_GITHUB_APP_ID", format!("{github_app_id:?} is not a positive number"))
+        })?;
+        let key_path = self
+            .github_private_key_file
+            .as_ref()
+            .ok_or_else(|| invalid("BERTH_GITHUB_PRIVATE_KEY_FILE", "required"))?;
+        let github_private_key = read_secret_file("BERTH_GITHUB_PRIVATE_KEY_FILE", key_path)?;
+        check_private_key(github_private_key.expose()).map_err(|reason| {
+            invalid("BERTH_GITHUB_PRIVATE_KEY_FILE", format!("{}: {reason}", key_path.display()))
+        })?;
+        let github_api_url = self.github_api_url.trim_end_matches('/').to_owned();
+        if !(github_api_url.starts_with("https://") || github_api_url.starts_with("http://")) {
+            return Err(invalid("BERTH_GITHUB_API_URL", format!("{github_api_url:?} is not an http(s) URL")));
+        }
+        if self.worker_image.trim().is_empty() {
+            return Err(invalid("BERTH_WORKER_IMAGE", "must not be empty"));
+        }
+        if self.worker_network.trim().is_empty() || self.worker_network == "host" {
+            return Err(invalid("BERTH_WORKER_NETWORK", "must name a network other than host"));
+        }
+        let max_workers: usize =
+            self.max_workers.parse().ok().filter(|count| *count > 0).ok_or_else(|| {
+                invalid("BERTH_MAX_WORKERS", format!("{:?} is not a positive number", self.max_workers))
+            })?;
+        let worker_memory_bytes =
+            parse_size(&self.worker_memory).map_err(|reason| invalid("BERTH_WORKER_MEMORY", reason))?;
+        if worker_memory_bytes < 6 * 1024 * 1024 {
+            return Err(invalid("BERTH_WORKER_MEMORY", "must be at least 6m (Docker's minimum)"));
+        }
+        let cpus: f64 = self
+            .worker_cpus
+            .parse()
+            .ok()
+            .filter(|cpus: &f64| cpus.is_finite() && *cpus > 0.0 && *cpus <= 1024.0)
+            .ok_or_else(|| {
+                invalid(
+                    "BERTH_WORKER_CPUS",
+                    format!("{:?} is not a number of CPUs like 2 or 0.5", self.worker_cpus),
+                )
+            })?;
+        #[expect(clippy::cast_possible_truncation, reason = "bounded to 1024 CPUs above")]
+        let worker_nano_cpus = (cpus * 1e9).round() as i64;
+        let worker_pids_limit: i64 =
+            self.worker_pids_limit.parse().ok().filter(|limit| *limit > 0).ok_or_else(|| {
+                invalid(
+                    "BERTH_WORKER_PIDS_LIMIT",
+                    format!("{:?} is not a positive number", self.worker_pids_limit),
+                )
+            })?;
+        let task_timeout =
+            parse_duration(&self.task_timeout).map_err(|reason| invalid("BERTH_TASK_TIMEOUT", reason))?;
+        if task_timeout.is_zero() {
+            return Err(invalid("BERTH_TASK_TIMEOUT", "must be longer than zero"));
+        }
+        let stop_grace =
+            parse_duration(&self.stop_grace).map_err(|reason| invalid("BERTH_STOP_GRACE", reason))?;
+        let delivery_retention = parse_duration(&self.delivery_retention)
+            .map_err(|reason| invalid("BERTH_DELIVERY_RETENTION", reason))?;
+        if delivery_retention < Duration::from_secs(72 * 3600) {
+            return Err(invalid(
+                "BERTH_DELIVERY_RETENTION",
+                "must be at least 72h (GitHub redelivers for 3 days)",
+            ));
+        }
+        let admin_token = self.admin_token.clone().filter(|token| !token.is_empty());
+        if let Some(token) = &admin_token {
+            if token.len() < 16 {
+                return Err(invalid("BERTH_ADMIN_TOKEN", "must be at least 16 characters"));
+            }
+        }
+        let command_prefix = self.command_prefix.trim().to_owned();
+        if command_prefix.is_empty() || command_prefix.contains(char::is_whitespace) {
+            return Err(invalid("BERTH_COMMAND_PREFIX", "must be one word like /berth"));
+        }
+        let allowed_repos = list(&self.allowed_repos);
+        if let Some(bad) = allowed_repos.iter().find(|pattern| {
+            !(core_types::is_repo_name(pattern)
+                || pattern.strip_suffix("/*").is_some_and(|owner| !owner.is_empty() && !owner.contains('/')))
+        }) {
+            return Err(invalid("BERTH_ALLOWED_REPOS", format!("{bad:?} is not owner/name or owner/*")));
+        }
+        if self.agent_command.trim().is_empty() {
+            return Err(invalid("BERTH_AGENT_COMMAND", "must not be empty"));
+        }
+        let json_logs = match self.log_format.as_str() {
+            "human" => false,
+            "json" => true,
+            other => return Err(invalid("BERTH_LOG_FORMAT", format!("{other:?} is not human or json"))),
+        };
+        Ok(ServeConfig {
+            bind,
+            webhook_secret,
+            webhook_secret_previous,
+            github_app_id,
+            github_private_key,
+            github_api_url,
+            worker_image: self.worker_image.clone(),
+            worker_network: self.worker_network.clone(),
+            max_workers,
+            worker_memory_bytes,
+            worker_nano_cpus,
+            worker_pids_limit,
+            worker_privilege_drop_caps: self.worker_privilege_drop_caps,
+            task_timeout,
+            stop_grace,
+            state_dir: self.state_dir.clone(),
+            delivery_retention,
+            admin_token: admin_token.map(Secret::new),
+            policy: Policy {
+                command_prefix,
+                trusted_users: list(&self.trusted_users),
+                allowed_repos,
+                auto_review: self.auto_review,
+            },
+            agent_command: self.agent_command.clone(),
+            json_logs,
+        })
+    }
+}
+
+/// A light check that the key is a PEM private key (PKCS#1 or PKCS#8).
+fn check_private_key(pem: &str) -> Result<(), &'static str> {
+    let pem = pem.trim();
+    let rsa =
+        pem.starts_with("-----BEGIN RSA PRIVATE KEY-----") && pem.ends_with("-----END RSA PRIVATE KEY-----");
+    let pkcs8 = pem.starts_with("-----BEGIN PRIVATE KEY-----") && pem.ends_with("-----END PRIVATE KEY-----");
+    if rsa || pkcs8 {
+        Ok(())
+    } else {
+        Err("not a PEM private key (expected BEGIN RSA PRIVATE KEY or BEGIN PRIVATE KEY)")
+    }
+}

@@ -1,0 +1,454 @@
+//! Trigger rules and the trust policy: what an event asks Berth to do, and
+//! whether the one asking may.
+//!
+//! Pure logic over parsed events; no I/O. Every refusal carries its reason,
+//! which goes into the 202 body and the log.
+
+use core_types::{TaskId, TaskKind};
+use sha2::{Digest, Sha256};
+
+use crate::events::{Account, Event, IssueCommentEvent, IssuesEvent, PullRequestEvent};
+use crate::tasks::{CancelCause, CancelRequest};
+
+/// The label that asks for an implementation.
+pub const IMPLEMENT_LABEL: &str = "berth:implement";
+
+/// Associations trusted when no explicit list of users is configured.
+const TRUSTED_ASSOCIATIONS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
+
+/// Who may trigger what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The command prefix, `/berth` by default (matched case-insensitively).
+    pub command_prefix: String,
+    /// Logins allowed to trigger; empty means by author association.
+    pub trusted_users: Vec<String>,
+    /// `owner/name` or `owner/*` patterns; empty means every repository.
+    pub allowed_repos: Vec<String>,
+    /// Review pull requests automatically when opened or pushed to.
+    pub auto_review: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            command_prefix: "/berth".to_owned(),
+            trusted_users: Vec::new(),
+            allowed_repos: Vec::new(),
+            auto_review: false,
+        }
+    }
+}
+
+/// A task to queue, as far as the delivery describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRequest {
+    /// Review or implement.
+    pub kind: TaskKind,
+    /// `owner/name`.
+    pub repo: String,
+    /// Issue or pull request number.
+    pub number: u64,
+    /// Head commit, when the payload carries it.
+    pub head_sha: Option<String>,
+    /// Head branch (review) or base branch (implement), when known.
+    pub head_ref: Option<String>,
+    /// The repository's clone URL.
+    pub clone_url: String,
+    /// The trigger's text.
+    pub prompt: String,
+    /// Who asked.
+    pub sender: String,
+    /// The App installation.
+    pub installation: Option<u64>,
+    /// The triggering comment.
+    pub comment_id: Option<u64>,
+}
+
+impl TaskRequest {
+    /// The key that makes a second trigger for the same work a duplicate while
+    /// the first is queued or running: repository, number, kind and, for
+    /// reviews, the head when known.
+    pub fn dedupe_key(&self) -> String {
+        match (&self.kind, &self.head_sha) {
+            (TaskKind::Review, Some(sha)) => format!("{}#{}:{}@{sha}", self.repo, self.number, self.kind),
+            _ => format!("{}#{}:{}", self.repo, self.number, self.kind),
+        }
+    }
+
+    /// The task id for this request made by `delivery`: readable, unique per
+    /// delivery, and at most 63 characters.
+    pub fn task_id(&self, delivery: &str) -> TaskId {
+        let digest = Sha256::digest(format!("{delivery}\n{}", self.dedupe_key()).as_bytes());
+        let suffix = hex::encode(&digest[..4]);
+        let name = self.repo.rsplit('/').next().unwrap_or(&self.repo);
+        let slug: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        let slug = slug.trim_matches('-');
+        let tail = format!("-{}-{suffix}", self.number);
+        let head = self.kind.as_str();
+        let room = 63 - head.len() - tail.len() - 1;
+        let slug: String = slug.chars().take(room).collect();
+        let slug = slug.trim_end_matches('-');
+        let id = if slug.is_empty() { format!("{head}{tail}") } else { format!("{head}-{slug}{tail}") };
+        TaskId::new(id).expect("built only from [a-z0-9-] and within the length limit")
+    }
+}
+
+/// What a delivery asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Queue a task.
+    Queue(TaskRequest),
+    /// Cancel the queued and running tasks it names.
+    Cancel(CancelRequest),
+    /// A push: cancel the reviews of the old head and maybe queue one for the new.
+    Supersede {
+        /// The reviews to cancel.
+        cancel: CancelRequest,
+        /// The automatic review of the new head, if enabled and trusted.
+        queue: Option<TaskRequest>,
+    },
+    /// Nothing to do, and why.
+    Ignore(String),
+}
+
+/// A recognised command in a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `review [args]`.
+    Review(String),
+    /// `implement [args]`.
+    Implement(String),
+    /// `cancel`.
+    Cancel,
+    /// The prefix with a word Berth does not know.
+    Unknown(String),
+}
+
+/// Finds the command at the start of a comment: leading white space and CRLF
+/// tolerated, the prefix and command matched case-insensitively, the rest of
+/// the first line kept as arguments.
+pub fn parse_command(prefix: &str, body: &str) -> Option<Command> {
+    let body = body.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+    let first_line = body.lines().next().unwrap_or("").trim_end_matches('\r').trim_end();
+    let head = first_line.get(..prefix.len())?;
+    if !head.eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let rest = &first_line[prefix.len()..];
+    // `/berthx` is not `/berth`.
+    if !(rest.is_empty() || rest.starts_with(char::is_whitespace)) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let args = args.trim().to_owned();
+    Some(match word.to_ascii_lowercase().as_str() {
+        "review" => Command::Review(args),
+        "implement" => Command::Implement(args),
+        "cancel" | "stop" => Command::Cancel,
+        other => Command::Unknown(other.to_owned()),
+    })
+}
+
+impl Policy {
+    fn repo_allowed(&self, repo: &str) -> bool {
+        self.allowed_repos.is_empty()
+            || self.allowed_repos.iter().any(|pattern| match pattern.strip_suffix("/*") {
+                Some(owner) => {
+                    repo.split_once('/').is_some_and(|(repo_owner, _)| repo_owner.eq_ignore_ascii_case(owner))
+                }
+                None => pattern.eq_ignore_ascii_case(repo),
+            })
+    }
+
+    /// Whether `login`, with `association` for what it wrote, may trigger.
+    fn trusts(&self, login: &str, association: Option<&str>) -> Result<(), String> {
+        if !self.trusted_users.is_empty() {
+            return if self.trusted_users.iter().any(|user| user.eq_ignore_ascii_case(login)) {
+                Ok(())
+            } else {
+                Err(format!("sender @{login} is not in BERTH_TRUSTED_USERS"))
+            };
+        }
+        match association {
+            Some(association) if TRUSTED_ASSOCIATIONS.contains(&association) => Ok(()),
+            Some(association) => Err(format!(
+                "sender @{login} is not trusted (author association {association}; OWNER, MEMBER or COLLABORATOR needed)"
+            )),
+            None => Err(format!("sender @{login} is not trusted (no author association in the payload)")),
+        }
+    }
+
+    /// Decides what an event asks for.
+    pub fn decide(&self, event: &Event) -> Decision {
+        match event {
+            Event::Ping => Decision::Ignore("ping: the App's webhook is set up".to_owned()),
+            Event::Installation { event, action } => Decision::Ignore(format!(
+                "{event} {}: acknowledged, no task",
+                action.as_deref().unwrap_or("event")
+            )),
+            Event::Other { event } => Decision::Ignore(format!("event {event} is not one berth acts on")),
+            Event::IssueComment(comment) => self.decide_comment(comment),
+            Event::Issues(issues) => self.decide_issues(issues),
+            Event::PullRequest(pull) => self.decide_pull_request(pull),
+        }
+    }
+
+    fn gate(&self, repo: &str, sender: &Account) -> Result<(), String> {
+        if !self.repo_allowed(repo) {
+            return Err(format!("repository {repo} is not in BERTH_ALLOWED_REPOS"));
+        }
+        if sender.is_bot() {
+            return Err(format!("sender @{} is a bot; bots never trigger", sender.login));
+        }
+        Ok(())
+    }
+
+    fn decide_comment(&self, event: &IssueCommentEvent) -> Decision {
+        if event.action != "created" {
+            return Decision::Ignore(format!("issue_comment {}: only new comments trigger", event.action));
+        }
+        let repo = &event.repository.full_name;
+        if let Err(reason) = self.gate(repo, &event.sender) {
+            return Decision::Ignore(reason);
+        }
+        if event.comment.user.is_bot() {
+            return Decision::Ignore(format!(
+                "comment author @{} is a bot; bots never trigger",
+                event.comment.user.login
+            ));
+        }
+        let body = event.comment.body.as_deref().unwrap_or("");
+        let Some(command) = parse_command(&self.command_prefix, body) else {
+            return Decision::Ignore(format!("no {} command in the comment", self.command_prefix));
+        };
+        let login = &event.sender.login;
+        if let Err(reason) = self.trusts(login, event.comment.author_association.as_deref()) {
+            return Decision::Ignore(reason);
+        }
+        if let Some(ignore) = missing_clone_url(&event.repository) {
+            return ignore;
+        }
+        let is_pull = event.issue.pull_request.is_some();
+        let number = event.issue.number;
+        let request = |kind| TaskRequest {
+            kind,
+            repo: repo.clone(),
+            number,
+            head_sha: None,
+            head_ref: match kind {
+                TaskKind::Review => None,
+                TaskKind::Implement => event.repository.default_branch.clone(),
+            },
+            clone_url: clone_url(&event.repository),
+            prompt: normalize_text(body),
+            sender: login.clone(),
+            installation: event.installation.map(|installation| installation.id),
+            comment_id: Some(event.comment.id),
+        };
+        match command {
+            Command::Review(_) if is_pull => Decision::Queue(request(TaskKind::Review)),
+            Command::Review(_) => Decision::Ignore(format!(
+                "{} review needs a pull request; #{number} is an issue",
+                self.command_prefix
+            )),
+            Command::Implement(_) if !is_pull => Decision::Queue(request(TaskKind::Implement)),
+            Command::Implement(_) => Decision::Ignore(format!(
+                "{} implement needs an issue; #{number} is a pull request",
+                self.command_prefix
+            )),
+            Command::Cancel => Decision::Cancel(CancelRequest {
+                repo: repo.clone(),
+                number,
+                cause: CancelCause::Command,
+                by: login.clone(),
+                kind: None,
+                except_head: None,
+                reason: format!("cancelled by @{login}"),
+            }),
+            Command::Unknown(word) => Decision::Ignore(format!(
+                "unknown command {:?} (known: review, implement, cancel)",
+                format!("{} {word}", self.command_prefix)
+            )),
+        }
+    }
+
+    fn decide_issues(&self, event: &IssuesEvent) -> Decision {
+        let repo = &event.repository.full_name;
+        let number = event.issue.number;
+        match event.action.as_str() {
+            "closed" => {
+                if !self.repo_allowed(repo) {
+                    return Decision::Ignore(format!("repository {repo} is not in BERTH_ALLOWED_REPOS"));
+                }
+                Decision::Cancel(closed(repo, number, &event.sender.login, "issue"))
+            }
+            "labeled" => {
+                let label = event.label.as_ref().map_or("", |label| label.name.as_str());
+                if !label.eq_ignore_ascii_case(IMPLEMENT_LABEL) {
+                    return Decision::Ignore(format!("label {label:?} is not {IMPLEMENT_LABEL}"));
+                }
+                if event.issue.pull_request.is_some() {
+                    return Decision::Ignore(format!(
+                        "{IMPLEMENT_LABEL} on a pull request; it applies to issues"
+                    ));
+                }
+                if let Err(reason) = self.gate(repo, &event.sender) {
+                    return Decision::Ignore(reason);
+                }
+                // Adding a label needs triage access to the repository, so the
+                // one who labelled is trusted by GitHub itself unless an explicit
+                // list says otherwise.
+                let login = &event.sender.login;
+                if !self.trusted_users.is_empty() {
+                    if let Err(reason) = self.trusts(login, None) {
+                        return Decision::Ignore(reason);
+                    }
+                }
+                if let Some(ignore) = missing_clone_url(&event.repository) {
+                    return ignore;
+                }
+                let title = event.issue.title.as_deref().unwrap_or("");
+                let body = event.issue.body.as_deref().unwrap_or("");
+                Decision::Queue(TaskRequest {
+                    kind: TaskKind::Implement,
+                    repo: repo.clone(),
+                    number,
+                    head_sha: None,
+                    head_ref: event.repository.default_branch.clone(),
+                    clone_url: clone_url(&event.repository),
+                    prompt: normalize_text(&format!("{title}\n\n{body}")),
+                    sender: login.clone(),
+                    installation: event.installation.map(|installation| installation.id),
+                    comment_id: None,
+                })
+            }
+            other => Decision::Ignore(format!("issues {other}: no task")),
+        }
+    }
+
+    fn decide_pull_request(&self, event: &PullRequestEvent) -> Decision {
+        let repo = &event.repository.full_name;
+        let pull = &event.pull_request;
+        let number = pull.number;
+        match event.action.as_str() {
+            "closed" => {
+                if !self.repo_allowed(repo) {
+                    return Decision::Ignore(format!("repository {repo} is not in BERTH_ALLOWED_REPOS"));
+                }
+                Decision::Cancel(closed(repo, number, &event.sender.login, "pull request"))
+            }
+            "synchronize" => {
+                let cancel = CancelRequest {
+                    repo: repo.clone(),
+                    number,
+                    cause: CancelCause::Superseded,
+                    by: event.sender.login.clone(),
+                    kind: Some(TaskKind::Review),
+                    except_head: Some(pull.head.sha.clone()),
+                    reason: format!("superseded by a push of {}", short_sha(&pull.head.sha)),
+                };
+                let queue = match self.auto_review_request(event) {
+                    Ok(request) => Some(request),
+                    Err(_) if !self.auto_review => None,
+                    Err(reason) => {
+                        tracing::info!(repo = %repo, number, reason = %reason, "automatic review skipped");
+                        None
+                    }
+                };
+                Decision::Supersede { cancel, queue }
+            }
+            "opened" | "reopened" | "ready_for_review" => match self.auto_review_request(event) {
+                Ok(request) => Decision::Queue(request),
+                Err(reason) => Decision::Ignore(reason),
+            },
+            other => Decision::Ignore(format!("pull_request {other}: no task")),
+        }
+    }
+
+    /// The automatic review of a pull request's head, when enabled and allowed.
+    fn auto_review_request(&self, event: &PullRequestEvent) -> Result<TaskRequest, String> {
+        let pull = &event.pull_request;
+        if !self.auto_review {
+            return Err(format!(
+                "pull_request {}: automatic review is off (BERTH_AUTO_REVIEW)",
+                event.action
+            ));
+        }
+        let repo = &event.repository.full_name;
+        self.gate(repo, &event.sender)?;
+        if pull.draft == Some(true) {
+            return Err(format!("pull request #{} is a draft", pull.number));
+        }
+        match &pull.head.repo {
+            None => return Err(format!("pull request #{} comes from a deleted fork", pull.number)),
+            Some(head) if !head.full_name.eq_ignore_ascii_case(repo) => {
+                return Err(format!(
+                    "pull request #{} comes from the fork {}; forks get no task",
+                    pull.number, head.full_name
+                ));
+            }
+            Some(_) => {}
+        }
+        if missing_clone_url(&event.repository).is_some() {
+            return Err(format!("payload for {repo} has no repository.clone_url"));
+        }
+        // Trust is evaluated for whoever acted now (the pusher on synchronize),
+        // not for the pull request's original author.
+        let login = &event.sender.login;
+        let association = match &pull.user {
+            Some(author) if author.login.eq_ignore_ascii_case(login) => pull.author_association.as_deref(),
+            _ => None,
+        };
+        self.trusts(login, association)?;
+        Ok(TaskRequest {
+            kind: TaskKind::Review,
+            repo: repo.clone(),
+            number: pull.number,
+            head_sha: Some(pull.head.sha.clone()),
+            head_ref: Some(pull.head.branch.clone()),
+            clone_url: clone_url(&event.repository),
+            prompt: normalize_text(pull.title.as_deref().unwrap_or("")),
+            sender: login.clone(),
+            installation: event.installation.map(|installation| installation.id),
+            comment_id: None,
+        })
+    }
+}
+
+fn closed(repo: &str, number: u64, login: &str, what: &str) -> CancelRequest {
+    CancelRequest {
+        repo: repo.to_owned(),
+        number,
+        cause: CancelCause::Closed,
+        by: login.to_owned(),
+        kind: None,
+        except_head: None,
+        reason: format!("{what} closed by @{login}"),
+    }
+}
+
+fn clone_url(repository: &crate::events::Repository) -> String {
+    // Checked by `missing_clone_url` before any request is built.
+    repository.clone_url.clone().unwrap_or_default()
+}
+
+/// GitHub always sends `repository.clone_url`; without it a worker could not clone.
+fn missing_clone_url(repository: &crate::events::Repository) -> Option<Decision> {
+    repository.clone_url.as_deref().is_none_or(str::is_empty).then(|| {
+        Decision::Ignore(format!("payload for {} has no repository.clone_url", repository.full_name))
+    })
+}
+
+fn short_sha(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
+}
+
+/// CRLF to LF, so agents and commands see one kind of line ending.
+fn normalize_text(text: &str) -> String {
+    text.replace("\r\n", "\n")
+}
