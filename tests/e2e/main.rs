@@ -1,3 +1,4 @@
 //! End-to-end tests against the real Docker Engine. See `tests/src/lib.rs`.
 
 mod dispatcher;
+mod intake;

@@ -38,7 +38,11 @@ pub async fn engine() -> DockerEngine {
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its path");
     // target/<profile>/deps/<test binary>
-    exe.parent().and_then(Path::parent).and_then(Path::parent).expect("test binary under target/<profile>/deps").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps")
+        .to_owned()
 }
 
 fn profile_dir() -> PathBuf {
@@ -149,15 +153,159 @@ impl Drop for Cleanup {
         let names = std::mem::take(&mut self.names);
         // Drop cannot await; a short-lived runtime on its own thread can.
         let handle = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime builds");
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime builds");
             runtime.block_on(async move {
                 let Ok(docker) = bollard::Docker::connect_with_unix_defaults() else { return };
                 for name in names {
-                    let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
+                    let options =
+                        bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
                     let _ = docker.remove_container(&name, Some(options)).await;
                 }
             });
         });
         let _ = handle.join();
+    }
+}
+
+/// A minimal HTTP/1.1 exchange over a fresh connection: enough for tests
+/// to talk to the daemon and to fakes without an HTTP client dependency.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    // Chunked bodies: keep it simple and strip the chunk framing of small answers.
+    Ok((status, dechunk(&body)))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else { return body.to_owned() };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { return body.to_owned() };
+        if size == 0 {
+            return out;
+        }
+        let Some(chunk) = after.get(..size) else { return body.to_owned() };
+        out.push_str(chunk);
+        rest = after.get(size + 2..).unwrap_or("");
+    }
+}
+
+/// HMAC-SHA256 signature header for `body`, as GitHub sends it.
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    api::signature::sign(secret, body)
+}
+
+/// Writes a fresh RSA private key (PKCS#1 PEM, as GitHub issues them) into `dir`.
+pub fn rsa_key(dir: &Path) -> PathBuf {
+    let path = dir.join("app-key.pem");
+    let status = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&path)
+        .arg("2048")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl genrsa failed");
+    path
+}
+
+/// A running `berth serve`, killed when dropped.
+pub struct Daemon {
+    /// The child process.
+    pub child: tokio::process::Child,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Its stderr log, kept for assertions.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `berth serve` with these `BERTH_*` settings and waits until it listens.
+    pub async fn start(env: &[(&str, String)]) -> Daemon {
+        use tokio::io::AsyncBufReadExt;
+        let binaries = tokio::task::spawn_blocking(workspace_binaries).await.expect("build task runs");
+        let mut command = tokio::process::Command::new(binaries.join("berth"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BERTH_LOG_FORMAT", "json")
+            .env("BERTH_BIND", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            command.env("DOCKER_HOST", host);
+        }
+        let mut child = command.spawn().expect("berth starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if value["fields"]["message"] == "listening" {
+                        if let Some(addr) = value["fields"]["address"].as_str().and_then(|a| a.parse().ok()) {
+                            if let Some(tx) = addr_tx.take() {
+                                let _ = tx.send(addr);
+                            }
+                        }
+                    }
+                }
+                sink.lock().expect("log lock").push_str(&(line + "\n"));
+            }
+        });
+        let addr = tokio::time::timeout(std::time::Duration::from_secs(30), addr_rx)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("berth did not start listening; log:\n{}", log.lock().expect("log lock"))
+            })
+            .unwrap_or_else(|_| {
+                panic!("berth exited before listening; log:\n{}", log.lock().expect("log lock"))
+            });
+        Daemon { child, addr, log }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Everything it logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").clone()
     }
 }
