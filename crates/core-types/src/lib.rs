@@ -11,7 +11,7 @@ mod result;
 
 pub mod worker_env;
 
-pub use worker_env::{Secret, WorkerEnvError, WorkerTask};
+pub use worker_env::{Secret, WorkerEnvError, WorkerOptions, WorkerTask};
 
 pub use id::{InvalidTaskId, TaskId, TaskKind, UnknownTaskKind};
 pub use labels::{LabelError, SCHEMA_VERSION, TaskLabels, is_repo_name, label};

@@ -42,7 +42,8 @@ fn labels_round_trip() {
     let labels = sample_labels();
     let encoded = labels.to_labels();
     assert_eq!(TaskLabels::from_btree(&encoded).unwrap(), labels);
-    let minimal = TaskLabels { head_sha: None, delivery: None, check_run: None, installation: None, ..labels };
+    let minimal =
+        TaskLabels { head_sha: None, delivery: None, check_run: None, installation: None, ..labels };
     assert_eq!(TaskLabels::from_btree(&minimal.to_labels()).unwrap(), minimal);
 }
 
@@ -159,4 +160,38 @@ fn worker_task_names_the_bad_variable() {
     assert!(matches!(err, WorkerEnvError::Invalid { name: worker_env::TASK_KIND, .. }), "{err}");
     let err = WorkerTask::from_env(|_| None).unwrap_err();
     assert_eq!(err.to_string(), "BERTH_TASK_ID is not set");
+}
+
+#[test]
+fn worker_options_round_trip_through_the_environment() {
+    let options = worker_env::WorkerOptions {
+        base_ref: Some("main".into()),
+        author_name: Some("Berth Bot".into()),
+        author_email: Some("bot@example.invalid".into()),
+        grace_secs: Some(2),
+        secret_vars: vec!["ANTHROPIC_API_KEY".into(), "OTHER_KEY".into()],
+        work_dir: Some("/tmp/work".into()),
+    };
+    let env = options.to_env();
+    let lookup =
+        |name: &'static str| env.iter().find(|(key, _)| *key == name).map(|(_, value)| value.clone());
+    assert_eq!(worker_env::WorkerOptions::from_env(lookup).unwrap(), options);
+    let unset = worker_env::WorkerOptions::default();
+    assert!(unset.to_env().is_empty());
+    assert_eq!(worker_env::WorkerOptions::from_env(|_| None).unwrap(), unset);
+}
+
+#[test]
+fn worker_options_name_the_bad_variable() {
+    let with = |name: &'static str, value: &'static str| {
+        move |wanted: &'static str| (wanted == name).then(|| value.to_owned())
+    };
+    let err = worker_env::WorkerOptions::from_env(with(worker_env::GRACE_SECS, "soon")).unwrap_err();
+    assert_eq!(err.to_string(), r#"BERTH_GRACE_SECS is invalid: "soon" is not a number of seconds"#);
+    let err = worker_env::WorkerOptions::from_env(with(worker_env::SECRET_VARS, "GOOD, 9bad")).unwrap_err();
+    assert!(matches!(err, WorkerEnvError::Invalid { name: worker_env::SECRET_VARS, .. }), "{err}");
+    let err = worker_env::WorkerOptions::from_env(with(worker_env::GIT_AUTHOR_EMAIL, "a>b")).unwrap_err();
+    assert!(matches!(err, WorkerEnvError::Invalid { name: worker_env::GIT_AUTHOR_EMAIL, .. }), "{err}");
+    let lists = worker_env::WorkerOptions::from_env(with(worker_env::SECRET_VARS, " A_KEY ,,B ")).unwrap();
+    assert_eq!(lists.secret_vars, ["A_KEY", "B"]);
 }

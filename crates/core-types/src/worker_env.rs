@@ -3,6 +3,10 @@
 //! The daemon encodes a [`WorkerTask`] with [`WorkerTask::to_env`]; the
 //! worker decodes it with [`WorkerTask::from_env`]. The token is the only
 //! secret here, and it is scoped to the task's one repository.
+//!
+//! [`WorkerOptions`] holds the optional settings (base branch, commit author,
+//! grace period, names of further secret variables, work directory); each one
+//! has a documented default that the worker applies when it is unset.
 
 use std::fmt;
 
@@ -30,6 +34,19 @@ pub const AGENT_COMMAND: &str = "BERTH_AGENT_COMMAND";
 pub const DEADLINE: &str = "BERTH_DEADLINE";
 /// `BERTH_GITHUB_TOKEN`: installation token scoped to the one repository.
 pub const GITHUB_TOKEN: &str = "BERTH_GITHUB_TOKEN";
+
+/// `BERTH_BASE_REF`: a review's base branch, fetched so the agent can diff against it.
+pub const BASE_REF: &str = "BERTH_BASE_REF";
+/// `BERTH_GIT_AUTHOR_NAME`: author and committer name of an implement task's commit.
+pub const GIT_AUTHOR_NAME: &str = "BERTH_GIT_AUTHOR_NAME";
+/// `BERTH_GIT_AUTHOR_EMAIL`: author and committer email of an implement task's commit.
+pub const GIT_AUTHOR_EMAIL: &str = "BERTH_GIT_AUTHOR_EMAIL";
+/// `BERTH_GRACE_SECS`: seconds between SIGTERM and SIGKILL when the agent is stopped.
+pub const GRACE_SECS: &str = "BERTH_GRACE_SECS";
+/// `BERTH_SECRET_VARS`: comma-separated names of further variables whose values are redacted.
+pub const SECRET_VARS: &str = "BERTH_SECRET_VARS";
+/// `BERTH_WORK_DIR`: where the worker puts the clone, the prompt and the summary.
+pub const WORK_DIR: &str = "BERTH_WORK_DIR";
 
 /// A secret that never prints.
 #[derive(Clone, PartialEq, Eq)]
@@ -131,7 +148,9 @@ impl WorkerTask {
         let invalid = |name: &'static str, reason: String| WorkerEnvError::Invalid { name, reason };
 
         let task_id = TaskId::new(required(TASK_ID)?).map_err(|err| invalid(TASK_ID, err.to_string()))?;
-        let kind = required(TASK_KIND)?.parse().map_err(|err: crate::UnknownTaskKind| invalid(TASK_KIND, err.to_string()))?;
+        let kind = required(TASK_KIND)?
+            .parse()
+            .map_err(|err: crate::UnknownTaskKind| invalid(TASK_KIND, err.to_string()))?;
         let repo = required(REPO)?;
         if !is_repo_name(&repo) {
             return Err(invalid(REPO, format!("{repo:?} is not owner/name")));
@@ -139,13 +158,14 @@ impl WorkerTask {
         let number = required(NUMBER)?;
         let number = number.parse().map_err(|_| invalid(NUMBER, format!("{number:?} is not a number")))?;
         let deadline = required(DEADLINE)?;
-        let deadline_unix =
-            deadline.parse().map_err(|_| invalid(DEADLINE, format!("{deadline:?} is not seconds since the epoch")))?;
+        let deadline_unix = deadline
+            .parse()
+            .map_err(|_| invalid(DEADLINE, format!("{deadline:?} is not seconds since the epoch")))?;
         let head_sha = present(HEAD_SHA);
-        if let Some(sha) = &head_sha {
-            if sha.len() < 7 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid(HEAD_SHA, format!("{sha:?} is not a commit id")));
-            }
+        if let Some(sha) = &head_sha
+            && (sha.len() < 7 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(invalid(HEAD_SHA, format!("{sha:?} is not a commit id")));
         }
         Ok(Self {
             task_id,
@@ -161,4 +181,92 @@ impl WorkerTask {
             token: present(GITHUB_TOKEN).map(Secret::new),
         })
     }
+}
+
+/// The optional worker settings; each has a default the worker applies when unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerOptions {
+    /// A review's base branch (fetched for diffs); unused by an implement task.
+    pub base_ref: Option<String>,
+    /// Commit author name (default: `berth`).
+    pub author_name: Option<String>,
+    /// Commit author email (default: `berth@localhost`).
+    pub author_email: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL (default: 5).
+    pub grace_secs: Option<u64>,
+    /// Names of further environment variables whose values are secrets.
+    pub secret_vars: Vec<String>,
+    /// Work directory (default: `$HOME/work`).
+    pub work_dir: Option<String>,
+}
+
+impl WorkerOptions {
+    /// The set options as `(name, value)` pairs.
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        let mut put = |name: &'static str, value: Option<String>| {
+            if let Some(value) = value {
+                env.push((name, value));
+            }
+        };
+        put(BASE_REF, self.base_ref.clone());
+        put(GIT_AUTHOR_NAME, self.author_name.clone());
+        put(GIT_AUTHOR_EMAIL, self.author_email.clone());
+        put(GRACE_SECS, self.grace_secs.map(|secs| secs.to_string()));
+        put(SECRET_VARS, (!self.secret_vars.is_empty()).then(|| self.secret_vars.join(",")));
+        put(WORK_DIR, self.work_dir.clone());
+        env
+    }
+
+    /// Reads the options from an environment lookup; unset or empty means the default.
+    ///
+    /// # Errors
+    /// The first variable that is set but does not parse.
+    pub fn from_env(lookup: impl Fn(&'static str) -> Option<String>) -> Result<Self, WorkerEnvError> {
+        let present = |name: &'static str| lookup(name).filter(|value| !value.trim().is_empty());
+        let invalid = |name: &'static str, reason: String| WorkerEnvError::Invalid { name, reason };
+        let grace_secs = match present(GRACE_SECS) {
+            Some(text) => Some(
+                text.trim()
+                    .parse()
+                    .map_err(|_| invalid(GRACE_SECS, format!("{text:?} is not a number of seconds")))?,
+            ),
+            None => None,
+        };
+        let secret_vars: Vec<String> = present(SECRET_VARS)
+            .map(|list| {
+                list.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect()
+            })
+            .unwrap_or_default();
+        if let Some(bad) = secret_vars.iter().find(|name| !is_env_name(name)) {
+            return Err(invalid(SECRET_VARS, format!("{bad:?} is not a variable name")));
+        }
+        let author_email = present(GIT_AUTHOR_EMAIL);
+        if let Some(email) = &author_email
+            && email.contains(['<', '>', '\n'])
+        {
+            return Err(invalid(GIT_AUTHOR_EMAIL, format!("{email:?} is not an email address")));
+        }
+        let author_name = present(GIT_AUTHOR_NAME);
+        if let Some(name) = &author_name
+            && name.contains(['<', '>', '\n'])
+        {
+            return Err(invalid(GIT_AUTHOR_NAME, format!("{name:?} holds '<', '>' or a newline")));
+        }
+        Ok(Self {
+            base_ref: present(BASE_REF),
+            author_name,
+            author_email,
+            grace_secs,
+            secret_vars,
+            work_dir: present(WORK_DIR),
+        })
+    }
+}
+
+/// Whether `name` is a portable environment variable name.
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }

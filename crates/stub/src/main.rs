@@ -2,15 +2,31 @@
 //! container looks like from inside. Tests and `berth demo` put it in their
 //! offline images; it is never part of a production deployment.
 //!
-//! Usage: `berth-stub <mode> [args]`, where mode is one of
-//! `exit N`, `sleep SECS`, `ignore-term SECS`, `alloc MIB`, `probe`, `print TEXT...`.
+//! Usage: `berth-stub <mode> [args] [then <mode> [args]]...`, where mode is one of
+//! `exit N`, `sleep SECS`, `ignore-term SECS`, `alloc MIB`, `probe`, `print TEXT...`,
+//! `eprint TEXT...` (to stderr), `write PATH TEXT...`, `cat PATH`, `env NAME...`
+//! (`NAME=value` lines), `env-err NAME...` (the same on stderr), `pwd`,
+//! `stamp` (`stamp <unix nanos>`), and `tree SECS`: two children that ignore
+//! SIGTERM for SECS, one in the stub's process group and one in a group of
+//! its own, reported as `tree pids <same-group> <own-group>` then `tree ready`.
+//! Steps joined by `then` run in order; the first failing step ends the run.
 
-use std::io::Write;
-use std::process::ExitCode;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    for step in args.split(|arg| arg == "then") {
+        let code = run_step(step);
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_step(args: &[String]) -> ExitCode {
     let arg = |index: usize| args.get(index).map(String::as_str).unwrap_or("");
     let number = |index: usize| arg(index).parse::<u64>().unwrap_or(0);
     match arg(0) {
@@ -43,11 +59,88 @@ fn main() -> ExitCode {
             say(&args[1..].join(" "));
             ExitCode::SUCCESS
         }
+        "eprint" => {
+            let _ = writeln!(std::io::stderr(), "{}", args[1..].join(" "));
+            ExitCode::SUCCESS
+        }
+        "write" => {
+            let path = std::path::Path::new(arg(1));
+            if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            match std::fs::write(path, format!("{}\n", args[2..].join(" "))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail(&format!("write {}: {err}", path.display())),
+            }
+        }
+        "cat" => match std::fs::read_to_string(arg(1)) {
+            Ok(text) => {
+                say(text.trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(&format!("cat {}: {err}", arg(1))),
+        },
+        "env" | "env-err" => {
+            for name in &args[1..] {
+                let line = format!("{name}={}", std::env::var(name).unwrap_or_default());
+                if arg(0) == "env" {
+                    say(&line);
+                } else {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        "pwd" => {
+            say(&std::env::current_dir().map(|dir| dir.display().to_string()).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        "stamp" => {
+            let nanos =
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_nanos()).unwrap_or(0);
+            say(&format!("stamp {nanos}"));
+            ExitCode::SUCCESS
+        }
+        "tree" => tree(arg(1)),
         other => {
             let _ = writeln!(std::io::stderr(), "berth-stub: unknown mode {other:?}");
             ExitCode::from(64)
         }
     }
+}
+
+fn fail(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "berth-stub: {message}");
+    ExitCode::from(70)
+}
+
+/// Two children that ignore SIGTERM: one in this process group, one in a
+/// group of its own (so a group kill misses it). Each reports once it has
+/// installed SIG_IGN, so a signal sent after `tree ready` is really ignored.
+fn tree(seconds: &str) -> ExitCode {
+    let Ok(exe) = std::env::current_exe() else { return fail("cannot find my own executable") };
+    let mut pids = Vec::new();
+    for own_group in [false, true] {
+        let mut command = Command::new(&exe);
+        command.args(["ignore-term", seconds]).stdin(Stdio::null()).stdout(Stdio::piped());
+        if own_group {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => return fail(&format!("spawn a child: {err}")),
+        };
+        let mut ready = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = BufReader::new(stdout).read_line(&mut ready);
+        }
+        pids.push(child.id().to_string());
+        // The child lives on; this process never waits for it.
+        drop(child);
+    }
+    say(&format!("tree pids {}", pids.join(" ")));
+    say("tree ready");
+    ExitCode::SUCCESS
 }
 
 fn say(line: &str) {
@@ -70,7 +163,9 @@ fn probe() -> String {
     let field = |name: &str| {
         status
             .lines()
-            .find_map(|line| line.strip_prefix(name).map(|rest| rest.trim_start_matches(':').trim().to_owned()))
+            .find_map(|line| {
+                line.strip_prefix(name).map(|rest| rest.trim_start_matches(':').trim().to_owned())
+            })
             .unwrap_or_else(|| "?".to_owned())
     };
     let first_of = |paths: &[&str]| {
@@ -97,7 +192,10 @@ fn probe() -> String {
         ),
         (
             "memsw_limit",
-            first_of(&["/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes", "/sys/fs/cgroup/memory.swap.max"]),
+            first_of(&[
+                "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes",
+                "/sys/fs/cgroup/memory.swap.max",
+            ]),
         ),
         ("pids_limit", first_of(&["/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max"])),
         ("cpu_quota", first_of(&["/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max"])),
@@ -105,5 +203,9 @@ fn probe() -> String {
         ("docker_sock", std::path::Path::new("/var/run/docker.sock").exists().to_string()),
         ("pid1", first_of(&["/proc/1/comm"])),
     ];
-    pairs.iter().map(|(key, value)| format!("{key}={}", value.replace(' ', "_"))).collect::<Vec<_>>().join(" ")
+    pairs
+        .iter()
+        .map(|(key, value)| format!("{key}={}", value.replace(' ', "_")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

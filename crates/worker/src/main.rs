@@ -1,1 +1,48 @@
-fn main() {}
+//! `berth-worker`: the entrypoint of every worker container. It reads its
+//! task from the environment, runs it, prints the result record last, and
+//! exits with the documented code (see the README's "Worker" section).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use worker::OrphanSweep;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cancel = CancellationToken::new();
+    let signals = shutdown_signal(cancel.clone());
+    // Processes the agent orphans (double forks, setsid daemons) are
+    // re-parented here rather than to init, so the worker can kill them.
+    let sweep = match nix::sys::prctl::set_child_subreaper(true) {
+        Ok(()) => OrphanSweep::Enabled,
+        Err(_) => OrphanSweep::Disabled,
+    };
+    let env: BTreeMap<String, String> = std::env::vars_os()
+        .map(|(name, value)| (name.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()))
+        .collect();
+    let exit = worker::run(&env, cancel, sweep).await;
+    signals.abort();
+    ExitCode::from(u8::try_from(exit.code()).unwrap_or(u8::MAX))
+}
+
+/// Cancels on SIGTERM (the daemon's stop, forwarded by init) or SIGINT.
+/// The handlers are installed before this returns, so no early signal is lost.
+fn shutdown_signal(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    tokio::spawn(async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            // Without handlers the default action (exit) still ends the worker.
+            _ => std::future::pending::<()>().await,
+        }
+        cancel.cancel();
+    })
+}

@@ -1,0 +1,89 @@
+//! The worker's one error type, and [`Halt`]: why a step did not finish.
+//!
+//! A failing *agent* is not an error here; it is an outcome (exit 1). These
+//! are the worker's own failures (bad input, clone, commit, push), which end
+//! the task with exit 2, and the two interruptions (deadline, cancel).
+
+use std::error::Error as _;
+use std::io;
+use std::path::PathBuf;
+
+use crate::command::CommandError;
+
+/// What went wrong in the worker itself, named after what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A task variable is missing or unusable for this kind of task.
+    #[error("{variable} is invalid: {reason}")]
+    InvalidVariable {
+        /// The variable.
+        variable: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `BERTH_AGENT_COMMAND` cannot be split or names an unknown placeholder.
+    #[error("BERTH_AGENT_COMMAND is invalid")]
+    AgentCommand(#[source] CommandError),
+    /// The work directory (clone, prompt, summary) could not be prepared.
+    #[error("cannot prepare {path}")]
+    WorkDir {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `git` itself could not be started.
+    #[error("cannot run git (is it installed and on PATH?)")]
+    GitSpawn(#[source] io::Error),
+    /// A git step failed; `detail` is the end of git's own output.
+    #[error("{step} failed ({status}): {detail}")]
+    Git {
+        /// What the worker was doing.
+        step: &'static str,
+        /// How git ended.
+        status: String,
+        /// The last lines git printed (redacted).
+        detail: String,
+    },
+    /// The agent program could not be started.
+    #[error("cannot start the agent {program:?}")]
+    AgentSpawn {
+        /// argv\[0\] of the agent command.
+        program: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl WorkerError {
+    /// The message with every cause, `outer: inner: ...`, on one line.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = self.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}
+
+/// Why a step stopped short.
+#[derive(Debug)]
+pub(crate) enum Halt {
+    /// The worker's own failure: exit 2.
+    Failed(WorkerError),
+    /// The deadline passed during `during`: exit 3.
+    DeadlinePassed { during: &'static str },
+    /// The worker got SIGTERM: exit 4.
+    Cancelled,
+}
+
+impl From<WorkerError> for Halt {
+    fn from(err: WorkerError) -> Self {
+        Halt::Failed(err)
+    }
+}

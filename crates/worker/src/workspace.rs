@@ -1,0 +1,275 @@
+//! The work directory and the repository in it: cloning at the right commit
+//! before the agent runs, committing and pushing its changes after.
+//!
+//! Layout under the work directory: `repo/` (the clone, the agent's working
+//! directory), `prompt.md` (the trigger's text) and `summary.md` (where the
+//! agent writes its summary). The two files live outside the clone so they
+//! are never committed.
+//!
+//! A review fetches the pull request's head commit (and its base branch, when
+//! given, so the agent can diff against the merge base) with full history and
+//! checks it out detached. An implement task clones the base branch shallowly
+//! (depth 1 is all a new branch needs) and creates `berth/issue-<n>` on it.
+
+use std::path::{Path, PathBuf};
+
+use core_types::{TaskKind, WorkerTask, worker_env};
+
+use crate::error::{Halt, WorkerError};
+use crate::git::Git;
+use crate::output::Output;
+use crate::process::Limits;
+
+/// Where a task's files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) work_dir: PathBuf,
+    pub(crate) repo: PathBuf,
+    pub(crate) prompt_file: PathBuf,
+    pub(crate) summary_file: PathBuf,
+}
+
+/// What was checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Checkout {
+    /// The commit checked out.
+    pub(crate) head: String,
+    /// An implement task's new branch.
+    pub(crate) branch: Option<String>,
+    /// The base branch, when known.
+    pub(crate) base_ref: Option<String>,
+}
+
+/// An implement task's pushed result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Published {
+    pub(crate) branch: String,
+    pub(crate) commit: String,
+}
+
+/// The branch an implement task pushes.
+pub(crate) fn implement_branch(number: u64) -> String {
+    format!("berth/issue-{number}")
+}
+
+impl Layout {
+    pub(crate) fn new(work_dir: &Path) -> Self {
+        Self {
+            work_dir: work_dir.to_owned(),
+            repo: work_dir.join("repo"),
+            prompt_file: work_dir.join("prompt.md"),
+            summary_file: work_dir.join("summary.md"),
+        }
+    }
+
+    /// Creates the work directory, writes the prompt, and clears what a
+    /// previous run in the same directory may have left.
+    pub(crate) fn create(&self, prompt: &str) -> Result<(), WorkerError> {
+        let failed = |path: &Path| {
+            let path = path.to_owned();
+            move |source| WorkerError::WorkDir { path, source }
+        };
+        std::fs::create_dir_all(&self.work_dir).map_err(failed(&self.work_dir))?;
+        if self.repo.exists() {
+            std::fs::remove_dir_all(&self.repo).map_err(failed(&self.repo))?;
+        }
+        if self.summary_file.exists() {
+            std::fs::remove_file(&self.summary_file).map_err(failed(&self.summary_file))?;
+        }
+        std::fs::write(&self.prompt_file, prompt).map_err(failed(&self.prompt_file))
+    }
+}
+
+/// Refuses a ref that git could read as an option or a refspec.
+pub(crate) fn check_ref(variable: &'static str, value: &str) -> Result<(), WorkerError> {
+    let reason = if value.starts_with('-') {
+        Some("it starts with '-'")
+    } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("it holds whitespace or control characters")
+    } else if value.contains([':', '?', '*', '[', '\\', '^', '~'])
+        || value.contains("..")
+        || value.contains("@{")
+    {
+        Some("it holds characters git does not allow in a ref name")
+    } else if value.ends_with('/') || value.ends_with(".lock") || value.starts_with('/') {
+        Some("it is not a valid ref name")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => {
+            Err(WorkerError::InvalidVariable { variable, reason: format!("{value:?}: {reason}") })
+        }
+        None => Ok(()),
+    }
+}
+
+/// `refs/heads/x` or `x` as a branch's short name.
+fn short_branch(reference: &str) -> &str {
+    reference.strip_prefix("refs/heads/").unwrap_or(reference)
+}
+
+/// Clones the repository at the task's commit into `layout.repo`.
+pub(crate) async fn prepare(
+    task: &WorkerTask,
+    base_ref: Option<&str>,
+    git: &Git,
+    layout: &Layout,
+    limits: &Limits,
+    output: &Output,
+) -> Result<Checkout, Halt> {
+    match task.kind {
+        TaskKind::Review => prepare_review(task, base_ref, git, layout, limits, output).await,
+        TaskKind::Implement => prepare_implement(task, git, layout, limits, output).await,
+    }
+}
+
+async fn prepare_review(
+    task: &WorkerTask,
+    base_ref: Option<&str>,
+    git: &Git,
+    layout: &Layout,
+    limits: &Limits,
+    output: &Output,
+) -> Result<Checkout, Halt> {
+    let repo_path = layout.repo.to_string_lossy().into_owned();
+    git.run(&layout.work_dir, &["init", "--quiet", "--", &repo_path], "git init", limits, output).await?;
+    let repo = layout.repo.as_path();
+    git.run(repo, &["remote", "add", "origin", &task.clone_url], "git remote add", limits, output).await?;
+    let fetch = |what: &str| -> Vec<String> {
+        ["fetch", "--quiet", "--no-tags", "--", "origin", what].map(str::to_owned).to_vec()
+    };
+    let run = |args: Vec<String>, step: &'static str| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        git.run(repo, &args, step, limits, output).await
+    };
+    let target = match (&task.head_sha, &task.head_ref) {
+        (Some(sha), head_ref) => match run(fetch(sha), "fetching the head commit").await {
+            Ok(_) => sha.clone(),
+            Err(Halt::Failed(err)) => {
+                let Some(head_ref) = head_ref else { return Err(Halt::Failed(err)) };
+                // Not every server serves a commit by id; the branch holds it.
+                output.note(&format!(
+                    "fetching {sha} by id failed ({}); fetching {head_ref} instead",
+                    err.chain()
+                ));
+                run(fetch(head_ref), "fetching the head branch").await?;
+                let commit = format!("{sha}^{{commit}}");
+                if run(["cat-file", "-e", &commit].map(str::to_owned).to_vec(), "finding the head commit")
+                    .await
+                    .is_err()
+                {
+                    return Err(Halt::Failed(WorkerError::InvalidVariable {
+                        variable: worker_env::HEAD_SHA,
+                        reason: format!("commit {sha} is not on {head_ref} at {}", task.clone_url),
+                    }));
+                }
+                sha.clone()
+            }
+            Err(halt) => return Err(halt),
+        },
+        (None, Some(head_ref)) => {
+            run(fetch(head_ref), "fetching the head branch").await?;
+            "FETCH_HEAD".to_owned()
+        }
+        (None, None) => {
+            return Err(Halt::Failed(WorkerError::InvalidVariable {
+                variable: worker_env::HEAD_SHA,
+                reason: "a review needs BERTH_HEAD_SHA or BERTH_HEAD_REF".to_owned(),
+            }));
+        }
+    };
+    if let Some(base) = base_ref {
+        let name = short_branch(base);
+        let source = if base.starts_with("refs/") { base.to_owned() } else { format!("refs/heads/{base}") };
+        run(fetch(&format!("+{source}:refs/remotes/origin/{name}")), "fetching the base branch").await?;
+    }
+    run(
+        ["checkout", "--quiet", "--detach", &target].map(str::to_owned).to_vec(),
+        "checking out the head commit",
+    )
+    .await?;
+    let head = run(["rev-parse", "HEAD"].map(str::to_owned).to_vec(), "reading the head commit").await?;
+    Ok(Checkout { head, branch: None, base_ref: base_ref.map(|base| short_branch(base).to_owned()) })
+}
+
+async fn prepare_implement(
+    task: &WorkerTask,
+    git: &Git,
+    layout: &Layout,
+    limits: &Limits,
+    output: &Output,
+) -> Result<Checkout, Halt> {
+    let repo_path = layout.repo.to_string_lossy().into_owned();
+    let mut clone = vec!["clone", "--quiet", "--no-tags", "--single-branch", "--depth=1"];
+    if let Some(base) = &task.head_ref {
+        clone.extend(["--branch", short_branch(base)]);
+    }
+    clone.extend(["--", &task.clone_url, &repo_path]);
+    git.run(&layout.work_dir, &clone, "cloning the base branch", limits, output).await?;
+    let repo = layout.repo.as_path();
+    let base = git
+        .run(repo, &["rev-parse", "--abbrev-ref", "HEAD"], "reading the base branch", limits, output)
+        .await?;
+    let branch = implement_branch(task.number);
+    git.run(repo, &["checkout", "--quiet", "-b", &branch], "creating the task branch", limits, output)
+        .await?;
+    let head = git.run(repo, &["rev-parse", "HEAD"], "reading the base commit", limits, output).await?;
+    Ok(Checkout { head, branch: Some(branch), base_ref: Some(base) })
+}
+
+/// Commits what the agent left and pushes the task branch. `Ok(None)` when
+/// there is nothing to push (no changes, no new commits).
+pub(crate) async fn publish(
+    task: &WorkerTask,
+    checkout: &Checkout,
+    git: &Git,
+    layout: &Layout,
+    limits: &Limits,
+    output: &Output,
+) -> Result<Option<Published>, Halt> {
+    let repo = layout.repo.as_path();
+    let branch = checkout.branch.clone().unwrap_or_else(|| implement_branch(task.number));
+    let status = git
+        .run(
+            repo,
+            &["status", "--porcelain", "--untracked-files=all"],
+            "reading the agent's changes",
+            limits,
+            output,
+        )
+        .await?;
+    if !status.is_empty() {
+        git.run(repo, &["add", "--all"], "staging the agent's changes", limits, output).await?;
+        let message = commit_message(task);
+        git.run(repo, &["commit", "--quiet", "--no-verify", "-m", &message], "committing", limits, output)
+            .await?;
+    }
+    let commit = git.run(repo, &["rev-parse", "HEAD"], "reading the new commit", limits, output).await?;
+    if commit == checkout.head {
+        return Ok(None);
+    }
+    output.note(&format!("pushing {branch} at {commit}"));
+    // To the clone URL, not `origin`: the agent may have repointed its remote.
+    // Forced: the branch is Berth's own, and a new run replaces the last one.
+    let refspec = format!("HEAD:refs/heads/{branch}");
+    git.run(
+        repo,
+        &["push", "--quiet", "--no-verify", "--force", "--", &task.clone_url, &refspec],
+        "pushing",
+        limits,
+        output,
+    )
+    .await?;
+    Ok(Some(Published { branch, commit }))
+}
+
+/// The message of an implement task's commit.
+pub(crate) fn commit_message(task: &WorkerTask) -> String {
+    format!(
+        "berth: implement #{number}\n\nChanges made by the agent for {repo}#{number} (berth task {task_id}).\n",
+        number = task.number,
+        repo = task.repo,
+        task_id = task.task_id,
+    )
+}
