@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// Image the workers run (built from this repository's Dockerfile; never pulled).
     #[arg(long, env = "BERTH_WORKER_IMAGE", default_value = "berth:latest")]
     pub worker_image: String,
+    /// Entrypoint of worker containers (the same image runs the daemon by default).
+    #[arg(long, env = "BERTH_WORKER_ENTRYPOINT", default_value = "/usr/local/bin/berth-worker")]
+    pub worker_entrypoint: String,
     /// Docker network of the workers.
     #[arg(long, env = "BERTH_WORKER_NETWORK", default_value = "bridge")]
     pub worker_network: String,
@@ -162,6 +165,8 @@ pub struct ServeConfig {
     pub github_api_url: String,
     /// Worker image.
     pub worker_image: String,
+    /// Worker entrypoint.
+    pub worker_entrypoint: String,
     /// Worker network.
     pub worker_network: String,
     /// Running workers at once.
@@ -290,6 +295,9 @@ impl ServeArgs {
         if self.worker_image.trim().is_empty() {
             return Err(invalid("BERTH_WORKER_IMAGE", "must not be empty"));
         }
+        if !self.worker_entrypoint.starts_with('/') {
+            return Err(invalid("BERTH_WORKER_ENTRYPOINT", "must be an absolute path inside the image"));
+        }
         if self.worker_network.trim().is_empty() || self.worker_network == "host" {
             return Err(invalid("BERTH_WORKER_NETWORK", "must name a network other than host"));
         }
@@ -370,6 +378,7 @@ impl ServeArgs {
             github_private_key,
             github_api_url,
             worker_image: self.worker_image.clone(),
+            worker_entrypoint: self.worker_entrypoint.clone(),
             worker_network: self.worker_network.clone(),
             max_workers,
             worker_memory_bytes,

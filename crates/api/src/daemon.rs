@@ -1,12 +1,16 @@
-//! `berth serve`: wires the journal, the engine and the HTTP server together
-//! and runs them until shutdown.
+//! `berth serve`: wires the journal, the engine, GitHub and the HTTP server
+//! together and runs them until shutdown.
+//!
+//! The HTTP server starts first, so deliveries are journalled even while the
+//! engine is unreachable; the runner starts once the engine answers, and
+//! `/readyz` turns 200 only then.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use dispatcher::DockerEngine;
+use dispatcher::{Dispatcher, DispatcherConfig, DockerEngine, HardenedProfile};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -14,36 +18,59 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::ServeConfig;
+use crate::github::{GitHub, RetryPolicy};
 use crate::journal::{Journal, now_unix};
 use crate::metrics::Metrics;
+use crate::runner::{Runner, RunnerConfig};
 use crate::server::{AppState, router, serve};
 use crate::signature::WebhookSecrets;
 
 /// How often old deliveries are pruned from the journal.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// The worker profile the settings describe.
+pub fn worker_profile(config: &ServeConfig) -> HardenedProfile {
+    let mut profile = HardenedProfile::strict().with_memory(config.worker_memory_bytes);
+    profile.nano_cpus = config.worker_nano_cpus;
+    profile.pids_limit = config.worker_pids_limit;
+    if config.worker_privilege_drop_caps {
+        profile = profile.with_privilege_drop_caps();
+    }
+    profile
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 ///
 /// # Errors
-/// When the journal cannot be opened or the address cannot be bound.
+/// When the journal cannot be opened, the address cannot be bound, or the
+/// GitHub App key is unusable.
 pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let journal = Journal::open(&config.state_dir).context("cannot open the journal (BERTH_STATE_DIR)")?;
     info!(path = %journal.path().display(), "journal open");
+    let metrics = Arc::new(Metrics::default());
+    let github = GitHub::new(
+        &config.github_api_url,
+        config.github_app_id,
+        &config.github_private_key,
+        RetryPolicy::default(),
+        metrics.clone(),
+    )?;
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {} (BERTH_BIND)", config.bind))?;
-    info!(address = %listener.local_addr().map_or_else(|_| config.bind.to_string(), |addr| addr.to_string()), "listening");
+    let address = listener.local_addr().map_or_else(|_| config.bind.to_string(), |addr| addr.to_string());
+    info!(address = %address, "listening");
 
     let state = AppState {
         secrets: WebhookSecrets::new(config.webhook_secret.clone(), config.webhook_secret_previous.clone()),
         policy: Arc::new(config.policy.clone()),
         journal: journal.clone(),
         ready: Arc::new(AtomicBool::new(false)),
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
         wake: Arc::new(Notify::new()),
     };
     let tracker = TaskTracker::new();
-    tracker.spawn(become_ready(state.ready.clone(), shutdown.clone()));
+    tracker.spawn(start_runner(config.clone(), state.clone(), github, shutdown.clone(), tracker.clone()));
     tracker.spawn(prune_deliveries(journal, config.delivery_retention, shutdown.clone()));
 
     serve(listener, router(state), shutdown.clone()).await.context("the HTTP server failed")?;
@@ -56,20 +83,54 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     Ok(())
 }
 
-/// Marks the daemon ready once the engine answers, retrying until it does.
-async fn become_ready(ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+/// Connects to the engine (retrying until it answers), then runs the scheduler.
+async fn start_runner(
+    config: ServeConfig,
+    state: AppState,
+    github: GitHub,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let Some(engine) = connect(&shutdown).await else { return };
+    let dispatcher = Dispatcher::new(
+        engine,
+        DispatcherConfig {
+            image: config.worker_image.clone(),
+            network: config.worker_network.clone(),
+            profile: worker_profile(&config),
+            entrypoint: Some(vec![config.worker_entrypoint.clone()]),
+        },
+    );
+    let runner = Runner::new(
+        state.journal.clone(),
+        dispatcher,
+        github,
+        RunnerConfig {
+            max_workers: config.max_workers,
+            task_timeout: config.task_timeout,
+            stop_grace: config.stop_grace,
+            agent_command: config.agent_command.clone(),
+            memory_bytes: config.worker_memory_bytes,
+        },
+        state.metrics.clone(),
+        state.wake.clone(),
+        shutdown.clone(),
+        tracker,
+    );
+    state.ready.store(true, Ordering::Release);
+    info!("docker reachable; ready");
+    runner.run().await;
+}
+
+async fn connect(shutdown: &CancellationToken) -> Option<DockerEngine> {
     let mut delay = Duration::from_millis(200);
     loop {
         match DockerEngine::connect_local().await {
-            Ok(_) => {
-                ready.store(true, Ordering::Release);
-                info!("docker reachable; ready");
-                return;
-            }
+            Ok(engine) => return Some(engine),
             Err(err) => warn!(error = %err, "docker not reachable yet; /readyz answers 503"),
         }
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(10));

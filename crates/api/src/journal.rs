@@ -28,6 +28,8 @@ const DELIVERIES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("
 const TASKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("tasks");
 /// Dedupe key of a queued or running task → its task id.
 const ACTIVE: TableDefinition<'static, &str, &str> = TableDefinition::new("active");
+/// Finished tasks whose report has not reached GitHub yet → "".
+const UNREPORTED: TableDefinition<'static, &str, &str> = TableDefinition::new("unreported");
 /// Counters (`seq`: the order tasks were accepted in).
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 
@@ -195,6 +197,7 @@ impl Journal {
             txn.open_table(TASKS).map_err(storage_of("open"))?;
             txn.open_table(ACTIVE).map_err(storage_of("open"))?;
             txn.open_table(META).map_err(storage_of("open"))?;
+            txn.open_table(UNREPORTED).map_err(storage_of("open"))?;
             txn.commit().map_err(storage_of("open"))?;
         }
         let (writer, ops) = mpsc::unbounded_channel();
@@ -279,6 +282,43 @@ impl Journal {
         }
         tasks.sort_by_key(|task| task.seq);
         Ok(tasks)
+    }
+
+    /// Tasks that are queued or running, in the order accepted.
+    ///
+    /// # Errors
+    /// Storage failures or a damaged record.
+    pub fn active_tasks(&self) -> Result<Vec<TaskRecord>, JournalError> {
+        self.tasks_listed_in(ACTIVE, true)
+    }
+
+    /// Finished tasks whose report has not reached GitHub, in the order accepted.
+    ///
+    /// # Errors
+    /// Storage failures or a damaged record.
+    pub fn unreported_tasks(&self) -> Result<Vec<TaskRecord>, JournalError> {
+        self.tasks_listed_in(UNREPORTED, false)
+    }
+
+    fn tasks_listed_in(
+        &self,
+        index: TableDefinition<'static, &str, &str>,
+        id_in_value: bool,
+    ) -> Result<Vec<TaskRecord>, JournalError> {
+        let txn = self.db.begin_read().map_err(storage_of("read"))?;
+        let listed = txn.open_table(index).map_err(storage_of("read"))?;
+        let tasks = txn.open_table(TASKS).map_err(storage_of("read"))?;
+        let mut records = Vec::new();
+        for entry in listed.iter().map_err(storage_of("read"))? {
+            let (key, value) = entry.map_err(storage_of("read"))?;
+            let task_id = if id_in_value { value.value().to_owned() } else { key.value().to_owned() };
+            if let Some(bytes) = tasks.get(task_id.as_str()).map_err(storage_of("read"))? {
+                records.push(decode::<TaskRecord>(&task_id, bytes.value())?);
+            }
+        }
+        records.sort_by_key(|task| task.seq);
+        records.dedup_by_key(|task| task.seq);
+        Ok(records)
     }
 
     /// One delivery.
@@ -491,6 +531,12 @@ fn update_in(
     let mut record: TaskRecord = decode(task_id.as_str(), &value)?;
     update(&mut record);
     tasks.insert(task_id.as_str(), encode(&record).as_slice()).map_err(storage_of("write"))?;
+    let mut unreported = txn.open_table(UNREPORTED).map_err(storage_of("write"))?;
+    if record.state == TaskState::Finished && !record.reported {
+        unreported.insert(task_id.as_str(), "").map_err(storage_of("write"))?;
+    } else {
+        unreported.remove(task_id.as_str()).map_err(storage_of("write"))?;
+    }
     if record.state == TaskState::Finished {
         let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
         let key = record.dedupe_key.as_str();

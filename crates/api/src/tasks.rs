@@ -111,12 +111,30 @@ pub struct TaskRecord {
     /// How it ended, in a word (`success`, `failure`, `timed_out`, ...), once finished.
     #[serde(default)]
     pub conclusion: Option<String>,
+    /// The report's title, once finished.
+    #[serde(default)]
+    pub title: Option<String>,
     /// The report's summary, once finished.
     #[serde(default)]
     pub summary: Option<String>,
     /// When it finished.
     #[serde(default)]
     pub finished_unix: Option<u64>,
+    /// The check run reporting it, once created.
+    #[serde(default)]
+    pub check_run: Option<u64>,
+    /// When its worker started.
+    #[serde(default)]
+    pub started_unix: Option<u64>,
+    /// The worker's exit code, once it ended.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// For an implement task: the pull request opened from its branch.
+    #[serde(default)]
+    pub pull_request: Option<String>,
+    /// Whether the final report reached GitHub.
+    #[serde(default)]
+    pub reported: bool,
 }
 
 impl TaskRecord {
@@ -142,8 +160,14 @@ impl TaskRecord {
             cancel: None,
             dedupe_key,
             conclusion: None,
+            title: None,
             summary: None,
             finished_unix: None,
+            check_run: None,
+            started_unix: None,
+            exit_code: None,
+            pull_request: None,
+            reported: false,
         }
     }
 }

@@ -1,0 +1,448 @@
+//! A local stand-in for the GitHub REST API: a real HTTP server on loopback
+//! that answers the calls Berth makes with GitHub's shapes and records every
+//! request. `berth demo` runs against it, and so do the end-to-end tests
+//! (this machine cannot reach GitHub). Failures can be injected: 5xx for a
+//! number of calls, or refused App credentials.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// The `Authorization` header's scheme and a hint of its kind (`jwt` or `token`), never the secret.
+    pub auth: String,
+    /// JSON body, if any.
+    pub body: Value,
+    /// The status answered.
+    pub status: u16,
+}
+
+/// Everything the fake knows and has seen.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    next_id: u64,
+    /// Every request, in order.
+    pub requests: Vec<Recorded>,
+    /// Check runs by id.
+    pub check_runs: BTreeMap<u64, Value>,
+    /// Comments by id, with `repo` and `number` fields added.
+    pub comments: BTreeMap<u64, Value>,
+    /// Reactions posted: (repo, comment id, content).
+    pub reactions: Vec<(String, u64, String)>,
+    /// Pull requests Berth opened.
+    pub pulls_created: Vec<Value>,
+    /// Pull request heads by `repo#number`: (sha, branch, head repo or None).
+    pub pulls: HashMap<String, (String, String, Option<String>)>,
+    /// Branch heads by `repo@branch`.
+    pub branches: HashMap<String, String>,
+    /// Tokens issued: the request bodies (repositories and permissions) and the token.
+    pub tokens: Vec<(Value, String)>,
+    /// The App's webhook deliveries, as `GET /app/hook/deliveries` lists them.
+    pub deliveries: Vec<Value>,
+    /// Delivery ids Berth asked to redeliver.
+    pub redeliveries: Vec<u64>,
+    /// Answer the next N API calls with this status.
+    pub fail_next: Option<(u16, u32)>,
+    /// Refuse the App's JWT with 401.
+    pub reject_credentials: bool,
+}
+
+impl FakeState {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id + 1000
+    }
+}
+
+/// A running fake GitHub.
+#[derive(Debug, Clone)]
+pub struct FakeGitHub {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state, for assertions and set-up.
+    pub state: Arc<Mutex<FakeState>>,
+    shutdown: CancellationToken,
+}
+
+type Shared = Arc<Mutex<FakeState>>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, FakeState> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl FakeGitHub {
+    /// Starts the fake on a free loopback port.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state: Shared = Arc::default();
+        let shutdown = CancellationToken::new();
+        let app = routes(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+        Ok(Self { addr, state, shutdown })
+    }
+
+    /// The base URL to give Berth as `BERTH_GITHUB_API_URL`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Runs `f` on the state.
+    pub fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut lock(&self.state))
+    }
+
+    /// Sets a pull request's head.
+    pub fn set_pull(&self, repo: &str, number: u64, sha: &str, branch: &str, head_repo: Option<&str>) {
+        self.with(|state| {
+            state.pulls.insert(
+                format!("{repo}#{number}"),
+                (sha.to_owned(), branch.to_owned(), head_repo.map(str::to_owned)),
+            );
+        });
+    }
+
+    /// Sets a branch's head.
+    pub fn set_branch(&self, repo: &str, branch: &str, sha: &str) {
+        self.with(|state| state.branches.insert(format!("{repo}@{branch}"), sha.to_owned()));
+    }
+
+    /// Completed check runs.
+    pub fn completed_check_runs(&self) -> Vec<Value> {
+        self.with(|state| {
+            state.check_runs.values().filter(|run| run["status"] == "completed").cloned().collect()
+        })
+    }
+}
+
+fn routes(state: Shared) -> Router {
+    Router::new()
+        .route("/app/installations/{id}/access_tokens", post(access_token))
+        .route("/app/hook/deliveries", get(list_deliveries))
+        .route("/app/hook/deliveries/{id}/attempts", post(redeliver))
+        .route("/repos/{owner}/{repo}/installation", get(repo_installation))
+        .route("/repos/{owner}/{repo}/pulls/{number}", get(pull))
+        .route("/repos/{owner}/{repo}/pulls", get(list_pulls).post(create_pull))
+        .route("/repos/{owner}/{repo}/commits/{reference}", get(commit))
+        .route("/repos/{owner}/{repo}/commits/{reference}/check-runs", get(list_check_runs))
+        .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
+        .route("/repos/{owner}/{repo}/check-runs/{id}", patch(update_check_run))
+        .route("/repos/{owner}/{repo}/issues/comments/{id}/reactions", post(react))
+        .route("/repos/{owner}/{repo}/issues/{number}/comments", get(list_comments).post(create_comment))
+        .route("/repos/{owner}/{repo}/issues/comments/{id}", patch(update_comment))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state)
+}
+
+fn auth_kind(headers: &HeaderMap) -> String {
+    let value = headers.get("authorization").and_then(|value| value.to_str().ok()).unwrap_or("");
+    let (scheme, credential) = value.split_once(' ').unwrap_or((value, ""));
+    let kind = if credential.split('.').count() == 3 {
+        "jwt"
+    } else if credential.is_empty() {
+        "none"
+    } else {
+        "token"
+    };
+    format!("{scheme} {kind}")
+}
+
+async fn record(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path =
+        request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), ToString::to_string);
+    let auth = auth_kind(request.headers());
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let json_body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let injected = {
+        let mut state = lock(&state);
+        let app_route = path.starts_with("/app/") || path.ends_with("/installation");
+        if state.reject_credentials && app_route {
+            Some(StatusCode::UNAUTHORIZED)
+        } else if auth.ends_with("none") {
+            Some(StatusCode::UNAUTHORIZED)
+        } else {
+            match state.fail_next {
+                Some((status, left)) if left > 0 => {
+                    state.fail_next = if left > 1 { Some((status, left - 1)) } else { None };
+                    StatusCode::from_u16(status).ok()
+                }
+                _ => None,
+            }
+        }
+    };
+    let response = match injected {
+        Some(status) => {
+            let message = if status == StatusCode::UNAUTHORIZED { "Bad credentials" } else { "Server Error" };
+            (status, Json(json!({"message": message, "documentation_url": "https://docs.github.com/rest"})))
+                .into_response()
+        }
+        None => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+    };
+    lock(&state).requests.push(Recorded {
+        method: method.to_string(),
+        path,
+        auth,
+        body: json_body,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})),
+    )
+        .into_response()
+}
+
+async fn access_token(
+    State(state): State<Shared>,
+    Path(id): Path<u64>,
+    body: Option<Json<Value>>,
+) -> Response {
+    let mut state = lock(&state);
+    let n = state.id();
+    let token = format!("ghs_fake{n:034}");
+    let request = body.map_or(Value::Null, |Json(body)| body);
+    state.tokens.push((request.clone(), token.clone()));
+    let expires = "2099-01-01T00:00:00Z";
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "token": token,
+            "expires_at": expires,
+            "permissions": request.get("permissions").cloned().unwrap_or(json!({"checks": "write", "issues": "write", "pull_requests": "write", "contents": "write", "metadata": "read"})),
+            "repository_selection": if request.get("repositories").is_some() { "selected" } else { "all" },
+            "installation_id": id,
+        })),
+    )
+        .into_response()
+}
+
+async fn repo_installation(Path((owner, repo)): Path<(String, String)>) -> Response {
+    Json(json!({"id": 1, "app_id": 1, "account": {"login": owner}, "repository_selection": "all", "target_type": "Organization", "repo": repo}))
+        .into_response()
+}
+
+fn repo_json(full_name: &str) -> Value {
+    json!({"full_name": full_name, "name": full_name.rsplit('/').next(), "clone_url": format!("https://github.invalid/{full_name}.git")})
+}
+
+async fn pull(
+    State(state): State<Shared>,
+    Path((owner, repo, number)): Path<(String, String, u64)>,
+) -> Response {
+    let full = format!("{owner}/{repo}");
+    let state = lock(&state);
+    let Some((sha, branch, head_repo)) = state.pulls.get(&format!("{full}#{number}")).cloned() else {
+        return not_found();
+    };
+    Json(json!({
+        "number": number,
+        "state": "open",
+        "head": {"sha": sha, "ref": branch, "repo": head_repo.as_deref().map(repo_json)},
+        "base": {"sha": "0000000000000000000000000000000000000000", "ref": "main", "repo": repo_json(&full)},
+        "html_url": format!("https://github.invalid/{full}/pull/{number}"),
+    }))
+    .into_response()
+}
+
+async fn list_pulls(
+    State(state): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let full = format!("{owner}/{repo}");
+    let head = query.get("head").cloned().unwrap_or_default();
+    let state = lock(&state);
+    let found: Vec<Value> = state
+        .pulls_created
+        .iter()
+        .filter(|pull| {
+            pull["repo"] == full.as_str()
+                && format!("{owner}:{}", pull["head"]["ref"].as_str().unwrap_or("")) == head
+        })
+        .cloned()
+        .collect();
+    Json(Value::Array(found)).into_response()
+}
+
+async fn create_pull(
+    State(state): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let full = format!("{owner}/{repo}");
+    let mut state = lock(&state);
+    let number = state.id();
+    let pull = json!({
+        "number": number,
+        "repo": full,
+        "title": body["title"],
+        "body": body["body"],
+        "head": {"ref": body["head"]},
+        "base": {"ref": body["base"]},
+        "state": "open",
+        "html_url": format!("https://github.invalid/{full}/pull/{number}"),
+    });
+    state.pulls_created.push(pull.clone());
+    (StatusCode::CREATED, Json(pull)).into_response()
+}
+
+async fn commit(
+    State(state): State<Shared>,
+    Path((owner, repo, reference)): Path<(String, String, String)>,
+) -> Response {
+    let state = lock(&state);
+    match state.branches.get(&format!("{owner}/{repo}@{reference}")) {
+        Some(sha) => Json(json!({"sha": sha})).into_response(),
+        None => not_found(),
+    }
+}
+
+async fn list_check_runs(
+    State(state): State<Shared>,
+    Path((owner, repo, reference)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let full = format!("{owner}/{repo}");
+    let state = lock(&state);
+    let runs: Vec<Value> = state
+        .check_runs
+        .values()
+        .filter(|run| run["repo"] == full.as_str() && run["head_sha"] == reference.as_str())
+        .filter(|run| query.get("check_name").is_none_or(|name| run["name"] == name.as_str()))
+        .cloned()
+        .collect();
+    Json(json!({"total_count": runs.len(), "check_runs": runs})).into_response()
+}
+
+async fn create_check_run(
+    State(state): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut state = lock(&state);
+    let id = state.id();
+    let mut run = body;
+    run["id"] = json!(id);
+    run["repo"] = json!(format!("{owner}/{repo}"));
+    state.check_runs.insert(id, run.clone());
+    (StatusCode::CREATED, Json(run)).into_response()
+}
+
+async fn update_check_run(
+    State(state): State<Shared>,
+    Path((_, _, id)): Path<(String, String, u64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut state = lock(&state);
+    let Some(run) = state.check_runs.get_mut(&id) else { return not_found() };
+    if let (Some(run), Some(changes)) = (run.as_object_mut(), body.as_object()) {
+        for (key, value) in changes {
+            run.insert(key.clone(), value.clone());
+        }
+    }
+    Json(run.clone()).into_response()
+}
+
+async fn react(
+    State(state): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let content = body["content"].as_str().unwrap_or("").to_owned();
+    let mut state = lock(&state);
+    let full = format!("{owner}/{repo}");
+    let exists = state.reactions.iter().any(|(r, c, k)| *r == full && *c == id && *k == content);
+    if !exists {
+        state.reactions.push((full, id, content.clone()));
+    }
+    let status = if exists { StatusCode::OK } else { StatusCode::CREATED };
+    (status, Json(json!({"id": id, "content": content}))).into_response()
+}
+
+async fn list_comments(
+    State(state): State<Shared>,
+    Path((owner, repo, number)): Path<(String, String, u64)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let full = format!("{owner}/{repo}");
+    let per_page: usize = query.get("per_page").and_then(|value| value.parse().ok()).unwrap_or(30);
+    let page: usize = query.get("page").and_then(|value| value.parse().ok()).unwrap_or(1).max(1);
+    let state = lock(&state);
+    let comments: Vec<Value> = state
+        .comments
+        .values()
+        .filter(|comment| comment["repo"] == full.as_str() && comment["number"] == number)
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .cloned()
+        .collect();
+    Json(Value::Array(comments)).into_response()
+}
+
+async fn create_comment(
+    State(state): State<Shared>,
+    Path((owner, repo, number)): Path<(String, String, u64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut state = lock(&state);
+    let id = state.id();
+    let comment = json!({"id": id, "repo": format!("{owner}/{repo}"), "number": number, "body": body["body"], "user": {"login": "berth[bot]", "type": "Bot"}});
+    state.comments.insert(id, comment.clone());
+    (StatusCode::CREATED, Json(comment)).into_response()
+}
+
+async fn update_comment(
+    State(state): State<Shared>,
+    Path((_, _, id)): Path<(String, String, u64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut state = lock(&state);
+    let Some(comment) = state.comments.get_mut(&id) else { return not_found() };
+    comment["body"] = body["body"].clone();
+    Json(comment.clone()).into_response()
+}
+
+async fn list_deliveries(State(state): State<Shared>) -> Response {
+    Json(Value::Array(lock(&state).deliveries.clone())).into_response()
+}
+
+async fn redeliver(State(state): State<Shared>, Path(id): Path<u64>, method: Method) -> Response {
+    debug_assert_eq!(method, Method::POST);
+    lock(&state).redeliveries.push(id);
+    (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+}

@@ -1,0 +1,557 @@
+//! GitHub, through octocrab, against `BERTH_GITHUB_API_URL`.
+//!
+//! The App authenticates with its JWT; each installation gets an octocrab
+//! client that caches its installation token until shortly before it
+//! expires; each worker gets its own token scoped to one repository and to
+//! the permissions its kind needs. octocrab's own retry is off (it repeats
+//! POSTs on 5xx, which posted a comment four times); Berth retries 5xx, 429
+//! and transport errors itself with backoff, and makes every write
+//! idempotent: check runs are found by their external id, comments by a
+//! hidden marker, pull requests by their head branch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use core_types::{Secret, TaskId, TaskKind};
+use octocrab::Octocrab;
+use octocrab::models::{AppId, InstallationId};
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+
+/// How Berth retries GitHub calls that failed with 5xx, 429 or a transport error.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Delay before the first retry; doubled each time, capped at `max_delay`.
+    pub first_delay: Duration,
+    /// Longest delay between attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { attempts: 10, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) }
+    }
+}
+
+/// A GitHub call that failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum GitHubError {
+    /// GitHub refused the App's credentials.
+    #[error(
+        "GitHub refused the App's credentials ({status}: {message}) while trying to {what}; check BERTH_GITHUB_APP_ID and BERTH_GITHUB_PRIVATE_KEY_FILE"
+    )]
+    Credentials {
+        /// What was being done.
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// GitHub's message.
+        message: String,
+    },
+    /// GitHub answered with a final 4xx.
+    #[error("GitHub answered {status} ({message}) while trying to {what}")]
+    Rejected {
+        /// What was being done.
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// GitHub's message.
+        message: String,
+    },
+    /// 5xx, 429 or transport errors past the retry budget.
+    #[error("GitHub kept failing while trying to {what} ({attempts} attempts; last: {last})")]
+    Unavailable {
+        /// What was being done.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The answer did not have the expected shape.
+    #[error("unexpected answer from GitHub while trying to {what}: {detail}")]
+    Unexpected {
+        /// What was being done.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The client could not be set up.
+    #[error("cannot set up the GitHub client: {0}")]
+    Setup(String),
+}
+
+/// How one attempt failed.
+enum Attempt {
+    Retry { status: Option<u16>, text: String },
+    Final { status: u16, message: String },
+    Other(String),
+}
+
+fn classify(err: octocrab::Error) -> Attempt {
+    match err {
+        octocrab::Error::GitHub { source, .. } => {
+            let status = source.status_code.as_u16();
+            if status >= 500
+                || status == 429
+                || (status == 403 && source.message.to_lowercase().contains("rate limit"))
+            {
+                Attempt::Retry { status: Some(status), text: format!("{status} {}", source.message) }
+            } else {
+                Attempt::Final { status, message: source.message }
+            }
+        }
+        octocrab::Error::Json { source, .. } => Attempt::Other(source.to_string()),
+        octocrab::Error::Serde { source, .. } => Attempt::Other(source.to_string()),
+        // Transport errors (connection refused, reset, timeout) are worth another try.
+        other => Attempt::Retry { status: None, text: format!("{other}") },
+    }
+}
+
+/// The permissions a worker's token gets, by kind.
+pub fn worker_permissions(kind: TaskKind) -> Value {
+    match kind {
+        TaskKind::Review => json!({"contents": "read", "pull_requests": "write", "metadata": "read"}),
+        TaskKind::Implement => {
+            json!({"contents": "write", "pull_requests": "write", "issues": "read", "metadata": "read"})
+        }
+    }
+}
+
+/// A pull request's head, as dispatch needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullHead {
+    /// Head commit.
+    pub sha: String,
+    /// Head branch.
+    pub branch: String,
+    /// `owner/name` of the head repository (`None` for a deleted fork).
+    pub repo: Option<String>,
+    /// `open` or `closed`.
+    pub state: String,
+}
+
+/// The GitHub App, as Berth uses it.
+#[derive(Clone)]
+pub struct GitHub {
+    app: Octocrab,
+    installations: Arc<Mutex<HashMap<u64, Octocrab>>>,
+    retry: RetryPolicy,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHub").finish_non_exhaustive()
+    }
+}
+
+/// The hidden marker that names a task in its result comment.
+pub fn comment_marker(task_id: &TaskId) -> String {
+    format!("<!-- berth:task={task_id} -->")
+}
+
+impl GitHub {
+    /// The App at `api_url` with id `app_id` and its PEM private key.
+    ///
+    /// # Errors
+    /// An unusable key or URL.
+    pub fn new(
+        api_url: &str,
+        app_id: u64,
+        private_key: &Secret,
+        retry: RetryPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, GitHubError> {
+        let key = octocrab::EncodingKey::from_rsa_pem(private_key.expose().as_bytes()).map_err(|err| {
+            GitHubError::Setup(format!("BERTH_GITHUB_PRIVATE_KEY_FILE is not a usable RSA key: {err}"))
+        })?;
+        let app = Octocrab::builder()
+            .base_uri(api_url)
+            .map_err(|err| GitHubError::Setup(format!("BERTH_GITHUB_API_URL {api_url:?}: {err}")))?
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .app(AppId(app_id), key)
+            .build()
+            .map_err(|err| GitHubError::Setup(err.to_string()))?;
+        Ok(Self { app, installations: Arc::default(), retry, metrics })
+    }
+
+    fn installation(&self, installation: u64) -> Result<Octocrab, GitHubError> {
+        let mut clients = self.installations.lock().expect("installation cache lock is never poisoned");
+        if let Some(client) = clients.get(&installation) {
+            return Ok(client.clone());
+        }
+        let client = self
+            .app
+            .installation(InstallationId(installation))
+            .map_err(|err| GitHubError::Setup(err.to_string()))?;
+        clients.insert(installation, client.clone());
+        Ok(client)
+    }
+
+    /// Runs `call` with Berth's retry policy, counting calls by status.
+    async fn with_retry<F, Fut>(&self, what: &str, app_level: bool, mut call: F) -> Result<Value, GitHubError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<Value, octocrab::Error>>,
+    {
+        let mut delay = self.retry.first_delay;
+        let mut last = String::new();
+        for attempt in 1..=self.retry.attempts {
+            match call(attempt).await {
+                Ok(value) => {
+                    self.metrics.inc(
+                        "berth_github_calls_total",
+                        "GitHub API calls by status class",
+                        &[("status", "2xx")],
+                    );
+                    return Ok(value);
+                }
+                Err(err) => match classify(err) {
+                    Attempt::Final { status, message } => {
+                        let class = format!("{status}");
+                        self.metrics.inc(
+                            "berth_github_calls_total",
+                            "GitHub API calls by status class",
+                            &[("status", &class)],
+                        );
+                        return Err(
+                            if status == 401 || (app_level && status == 403 && message.contains("JWT")) {
+                                GitHubError::Credentials { what: what.to_owned(), status, message }
+                            } else {
+                                GitHubError::Rejected { what: what.to_owned(), status, message }
+                            },
+                        );
+                    }
+                    Attempt::Other(detail) => {
+                        return Err(GitHubError::Unexpected { what: what.to_owned(), detail });
+                    }
+                    Attempt::Retry { status, text } => {
+                        let class =
+                            status.map_or_else(|| "transport".to_owned(), |status| status.to_string());
+                        self.metrics.inc(
+                            "berth_github_calls_total",
+                            "GitHub API calls by status class",
+                            &[("status", &class)],
+                        );
+                        warn!(what, attempt, error = %text, "GitHub call failed; retrying");
+                        last = text;
+                    }
+                },
+            }
+            if attempt < self.retry.attempts {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(self.retry.max_delay);
+            }
+        }
+        Err(GitHubError::Unavailable { what: what.to_owned(), attempts: self.retry.attempts, last })
+    }
+
+    /// The installation that owns `repo` (when the payload did not say).
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn repo_installation(&self, repo: &str) -> Result<u64, GitHubError> {
+        let what = format!("find the App's installation on {repo}");
+        let route = format!("/repos/{repo}/installation");
+        let value = self.with_retry(&what, true, |_| self.app.get::<Value, _, ()>(&route, None)).await?;
+        value["id"].as_u64().ok_or_else(|| GitHubError::Unexpected { what, detail: "no id".to_owned() })
+    }
+
+    /// A token for one worker: this repository only, and the permissions of its kind.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn worker_token(
+        &self,
+        installation: u64,
+        repo: &str,
+        kind: TaskKind,
+    ) -> Result<Secret, GitHubError> {
+        let what = format!("create a worker token for {repo}");
+        let name = repo.rsplit('/').next().unwrap_or(repo);
+        let body = json!({"repositories": [name], "permissions": worker_permissions(kind)});
+        let route = format!("/app/installations/{installation}/access_tokens");
+        let value = self.with_retry(&what, true, |_| self.app.post::<_, Value>(&route, Some(&body))).await?;
+        value["token"]
+            .as_str()
+            .map(Secret::new)
+            .ok_or_else(|| GitHubError::Unexpected { what, detail: "no token in the answer".to_owned() })
+    }
+
+    /// A pull request's head.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn pull_head(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+    ) -> Result<PullHead, GitHubError> {
+        let client = self.installation(installation)?;
+        let what = format!("read pull request {repo}#{number}");
+        let route = format!("/repos/{repo}/pulls/{number}");
+        let value = self.with_retry(&what, false, |_| client.get::<Value, _, ()>(&route, None)).await?;
+        let text = |pointer: &str| value.pointer(pointer).and_then(Value::as_str).map(str::to_owned);
+        Ok(PullHead {
+            sha: text("/head/sha").ok_or_else(|| GitHubError::Unexpected {
+                what: what.clone(),
+                detail: "no head.sha".to_owned(),
+            })?,
+            branch: text("/head/ref").unwrap_or_default(),
+            repo: text("/head/repo/full_name"),
+            state: text("/state").unwrap_or_else(|| "open".to_owned()),
+        })
+    }
+
+    /// The commit a branch points at.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn branch_head(
+        &self,
+        installation: u64,
+        repo: &str,
+        branch: &str,
+    ) -> Result<String, GitHubError> {
+        let client = self.installation(installation)?;
+        let what = format!("read branch {branch} of {repo}");
+        let route = format!("/repos/{repo}/commits/{branch}");
+        let value = self.with_retry(&what, false, |_| client.get::<Value, _, ()>(&route, None)).await?;
+        value["sha"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| GitHubError::Unexpected { what, detail: "no sha".to_owned() })
+    }
+
+    /// Creates the task's check run `berth/<kind>` in progress, or finds the
+    /// one an earlier attempt created (by its external id, the task id).
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn start_check_run(
+        &self,
+        installation: u64,
+        repo: &str,
+        head_sha: &str,
+        task_id: &TaskId,
+        kind: TaskKind,
+        details_url: Option<&str>,
+    ) -> Result<u64, GitHubError> {
+        let client = self.installation(installation)?;
+        let name = format!("berth/{kind}");
+        let what = format!("create check run {name} on {repo}@{head_sha}");
+        let mut body = json!({
+            "name": name,
+            "head_sha": head_sha,
+            "status": "in_progress",
+            "external_id": task_id.as_str(),
+            "output": {"title": format!("{kind} in progress"), "summary": format!("Berth task `{task_id}` is running.")},
+        });
+        if let Some(url) = details_url {
+            body["details_url"] = json!(url);
+        }
+        let create = format!("/repos/{repo}/check-runs");
+        let find = format!("/repos/{repo}/commits/{head_sha}/check-runs");
+        let value = self
+            .with_retry(&what, false, |attempt| {
+                let (client, body, create, find, name) = (&client, &body, &create, &find, &name);
+                async move {
+                    if attempt > 1 {
+                        // The first attempt may have been applied before it failed.
+                        let query = [("check_name", name.as_str()), ("filter", "all")];
+                        let found: Value = client.get(find, Some(&query)).await?;
+                        if let Some(run) = found["check_runs"]
+                            .as_array()
+                            .and_then(|runs| runs.iter().find(|run| run["external_id"] == task_id.as_str()))
+                        {
+                            return Ok(run.clone());
+                        }
+                    }
+                    client.post::<_, Value>(create, Some(body)).await
+                }
+            })
+            .await?;
+        value["id"]
+            .as_u64()
+            .ok_or_else(|| GitHubError::Unexpected { what, detail: "no check run id".to_owned() })
+    }
+
+    /// Completes a check run. Completing it again with the same result changes nothing.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn complete_check_run(
+        &self,
+        installation: u64,
+        repo: &str,
+        check_run: u64,
+        conclusion: &str,
+        title: &str,
+        summary: &str,
+    ) -> Result<(), GitHubError> {
+        let client = self.installation(installation)?;
+        let what = format!("complete check run {check_run} on {repo}");
+        let body = json!({
+            "status": "completed",
+            "conclusion": conclusion,
+            "output": {"title": title, "summary": truncate(summary, 60_000)},
+        });
+        let route = format!("/repos/{repo}/check-runs/{check_run}");
+        self.with_retry(&what, false, |_| client.patch::<Value, _, _>(&route, Some(&body))).await?;
+        Ok(())
+    }
+
+    /// Reacts to the triggering comment (idempotent on GitHub's side).
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn react(
+        &self,
+        installation: u64,
+        repo: &str,
+        comment_id: u64,
+        content: &str,
+    ) -> Result<(), GitHubError> {
+        let client = self.installation(installation)?;
+        let what = format!("react to comment {comment_id} on {repo}");
+        let body = json!({"content": content});
+        let route = format!("/repos/{repo}/issues/comments/{comment_id}/reactions");
+        self.with_retry(&what, false, |_| client.post::<_, Value>(&route, Some(&body))).await?;
+        Ok(())
+    }
+
+    /// Posts the task's result comment, or edits the one that carries its marker.
+    /// Returns the comment's id.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn upsert_comment(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+        task_id: &TaskId,
+        body: &str,
+    ) -> Result<u64, GitHubError> {
+        let client = self.installation(installation)?;
+        let marker = comment_marker(task_id);
+        let text = format!("{marker}\n{}", truncate(body, 60_000));
+        let what = format!("comment on {repo}#{number}");
+        let list = format!("/repos/{repo}/issues/{number}/comments");
+        let value = self
+            .with_retry(&what, false, |_| {
+                let (client, list, marker, text) = (&client, &list, &marker, &text);
+                async move {
+                    // Look for our marker on every attempt: an earlier attempt may have posted.
+                    let mut page = 1_u32;
+                    loop {
+                        let query = [("per_page", "100".to_owned()), ("page", page.to_string())];
+                        let comments: Value = client.get(list, Some(&query)).await?;
+                        let comments = comments.as_array().cloned().unwrap_or_default();
+                        if let Some(existing) = comments.iter().find(|comment| {
+                            comment["body"].as_str().is_some_and(|body| body.contains(marker.as_str()))
+                        }) {
+                            if existing["body"].as_str() == Some(text.as_str()) {
+                                return Ok(existing.clone());
+                            }
+                            let id = existing["id"].as_u64().unwrap_or_default();
+                            let edit = format!("/repos/{repo}/issues/comments/{id}");
+                            return client.patch::<Value, _, _>(&edit, Some(&json!({"body": text}))).await;
+                        }
+                        if comments.len() < 100 {
+                            break;
+                        }
+                        page += 1;
+                    }
+                    client.post::<_, Value>(list, Some(&json!({"body": text}))).await
+                }
+            })
+            .await?;
+        debug!(repo, number, %task_id, "result comment written");
+        value["id"]
+            .as_u64()
+            .ok_or_else(|| GitHubError::Unexpected { what, detail: "no comment id".to_owned() })
+    }
+
+    /// Opens a pull request from `branch` to `base`, or returns the open one
+    /// that already exists for that branch. Returns its number and URL.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn ensure_pull_request(
+        &self,
+        installation: u64,
+        repo: &str,
+        branch: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<(u64, String), GitHubError> {
+        let client = self.installation(installation)?;
+        let owner = repo.split('/').next().unwrap_or(repo);
+        let what = format!("open a pull request from {branch} on {repo}");
+        let route = format!("/repos/{repo}/pulls");
+        let value = self
+            .with_retry(&what, false, |_| {
+                let (client, route) = (&client, &route);
+                async move {
+                    let query = [("head", format!("{owner}:{branch}")), ("state", "open".to_owned())];
+                    let existing: Value = client.get(route, Some(&query)).await?;
+                    if let Some(pull) = existing.as_array().and_then(|pulls| pulls.first()) {
+                        return Ok(pull.clone());
+                    }
+                    let create = json!({"title": title, "head": branch, "base": base, "body": body});
+                    client.post::<_, Value>(route, Some(&create)).await
+                }
+            })
+            .await?;
+        let number = value["number"]
+            .as_u64()
+            .ok_or_else(|| GitHubError::Unexpected { what, detail: "no number".to_owned() })?;
+        Ok((number, value["html_url"].as_str().unwrap_or_default().to_owned()))
+    }
+
+    /// The App's recent webhook deliveries (newest first), one page.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn recent_deliveries(&self, per_page: u32) -> Result<Vec<Value>, GitHubError> {
+        let query = [("per_page", per_page.to_string())];
+        let value = self
+            .with_retry("list the App's webhook deliveries", true, |_| {
+                self.app.get::<Value, _, _>("/app/hook/deliveries", Some(&query))
+            })
+            .await?;
+        Ok(value.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Asks GitHub to deliver one delivery again.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError> {
+        let what = format!("ask for redelivery of delivery {delivery_id}");
+        let route = format!("/app/hook/deliveries/{delivery_id}/attempts");
+        self.with_retry(&what, true, |_| self.app.post::<_, Value>(&route, None::<&()>)).await?;
+        Ok(())
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n\n… (truncated)", &text[..end])
+}

@@ -1,0 +1,768 @@
+//! Running tasks: the scheduler (a global cap, queue order, cancels and
+//! supersedes), GitHub preparation before a worker starts, one monitor per
+//! started worker (exit, deadline or cancel), and the final report.
+//!
+//! State lives where DESIGN.md puts it: what a restarted daemon needs about a
+//! live worker is on its container's labels; accepted tasks, outcomes and
+//! whether they were reported are in the journal; what users see is on
+//! GitHub, written idempotently. The order of the last steps makes a crash
+//! at any point recoverable: the outcome goes into the journal before the
+//! container is removed, and the report is retried until it lands.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use core_types::worker_env::WorkerOptions;
+use core_types::{ResultRecord, Secret, TaskId, TaskKind, TaskLabels, WorkerTask};
+use dispatcher::{ContainerId, Dispatcher, DockerEngine, ExitInfo};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, instrument, warn};
+
+use crate::github::{GitHub, GitHubError};
+use crate::journal::{Journal, now_unix};
+use crate::metrics::Metrics;
+use crate::tasks::{CancelCause, CancelRequest, TaskRecord, TaskState};
+
+/// How often the scheduler looks at the journal when nothing wakes it.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What the runner needs beyond its parts.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Running workers at once.
+    pub max_workers: usize,
+    /// Hard deadline per task.
+    pub task_timeout: Duration,
+    /// SIGTERM-to-SIGKILL grace when a worker is stopped.
+    pub stop_grace: Duration,
+    /// The agent command handed to workers.
+    pub agent_command: String,
+    /// Worker memory limit, for the out-of-memory report.
+    pub memory_bytes: i64,
+}
+
+/// Why Berth itself stopped a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopCause {
+    /// The task's deadline passed.
+    Deadline,
+    /// A cancel was requested.
+    Cancel(CancelRequest),
+}
+
+/// How a task ended, before it is put into words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The worker ran and exited.
+    Exited {
+        /// Exit code, OOM flag and times.
+        exit: ExitInfo,
+        /// The worker's result record, if it printed one.
+        result: Option<ResultRecord>,
+        /// Set when Berth stopped it.
+        stopped: Option<StopCause>,
+    },
+    /// Cancelled before a worker started.
+    CancelledBeforeStart(CancelRequest),
+    /// Refused at dispatch (a fork, a closed pull request).
+    Refused(String),
+    /// Could not be prepared or started.
+    Failed(String),
+}
+
+/// The words of a report: a GitHub check run conclusion, a title and a summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// One of GitHub's conclusions.
+    pub conclusion: &'static str,
+    /// One line.
+    pub title: String,
+    /// Markdown.
+    pub summary: String,
+    /// The branch an implement task pushed.
+    pub branch: Option<String>,
+}
+
+fn human_bytes(bytes: i64) -> String {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+fn human_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    if seconds >= 3600 && seconds % 3600 == 0 {
+        format!("{}h", seconds / 3600)
+    } else if seconds >= 60 && seconds % 60 == 0 {
+        format!("{}m", seconds / 60)
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// Puts an ending into words. Every way a task can end reads differently.
+pub fn conclude(ending: &Ending, kind: TaskKind, timeout: Duration, memory_bytes: i64) -> Report {
+    let report = |conclusion, title: &str, summary: String| Report {
+        conclusion,
+        title: title.to_owned(),
+        summary,
+        branch: None,
+    };
+    match ending {
+        Ending::CancelledBeforeStart(cancel) => report(
+            "cancelled",
+            "Cancelled before it started",
+            format!("{} before a worker started.", capitalize(&cancel.reason)),
+        ),
+        Ending::Refused(reason) => {
+            report("neutral", "Not run", format!("Berth did not run this task: {reason}."))
+        }
+        Ending::Failed(reason) => {
+            report("failure", "Could not start", format!("Berth could not start this task: {reason}."))
+        }
+        Ending::Exited { exit, result, stopped } => {
+            let agent_summary = result.as_ref().map(|record| record.summary.clone()).unwrap_or_default();
+            let with_summary = |text: String| {
+                if agent_summary.trim().is_empty() { text } else { format!("{text}\n\n{agent_summary}") }
+            };
+            match stopped {
+                Some(StopCause::Deadline) => report(
+                    "timed_out",
+                    "Timed out",
+                    with_summary(format!("Ran past its deadline of {} and was stopped.", human_duration(timeout))),
+                ),
+                Some(StopCause::Cancel(cancel)) => match cancel.cause {
+                    CancelCause::Superseded => report("cancelled", "Superseded", format!("{}.", capitalize(&cancel.reason))),
+                    _ => report("cancelled", "Cancelled", format!("{}.", capitalize(&cancel.reason))),
+                },
+                None if exit.oom_killed => report(
+                    "failure",
+                    "Out of memory",
+                    format!("The worker ran out of memory (limit {}) and was killed by the kernel.", human_bytes(memory_bytes)),
+                ),
+                None => match exit.code {
+                    0 => {
+                        let title = match kind {
+                            TaskKind::Review => "Review done",
+                            TaskKind::Implement => "Implementation done",
+                        };
+                        let mut done = report("success", title, if agent_summary.is_empty() { "Done.".to_owned() } else { agent_summary.clone() });
+                        done.branch = result.as_ref().and_then(|record| record.branch.clone());
+                        done
+                    }
+                    1 => report("failure", "The agent failed", with_summary("The agent exited with an error.".to_owned())),
+                    2 => report("failure", "Setup failed", with_summary("The worker could not set up the task (clone, token or input).".to_owned())),
+                    3 => report("timed_out", "Timed out", with_summary("The agent ran past its deadline; the worker stopped it.".to_owned())),
+                    4 | 143 => report(
+                        "cancelled",
+                        "Stopped from outside",
+                        with_summary(format!("The worker was stopped from outside Berth (SIGTERM, exit {}).", exit.code)),
+                    ),
+                    137 => report(
+                        "failure",
+                        "Killed from outside",
+                        "The worker was killed from outside Berth (SIGKILL, exit 137) without running out of memory.".to_owned(),
+                    ),
+                    code => report("failure", "Worker failed", with_summary(format!("The worker exited with code {code}."))),
+                },
+            }
+        }
+    }
+}
+
+fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
+}
+
+/// Runs tasks from the journal on the engine and reports them to GitHub.
+pub struct Runner {
+    journal: Journal,
+    dispatcher: Dispatcher<DockerEngine>,
+    github: GitHub,
+    config: RunnerConfig,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    /// Tasks with a live preparation or monitor, and their cancel switches.
+    active: Mutex<HashMap<TaskId, (CancellationToken, Arc<Mutex<Option<CancelRequest>>>)>>,
+    /// Finished tasks whose report is being written now.
+    reporting: Mutex<HashSet<TaskId>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// What dispatch learned before the container was created.
+struct Prepared {
+    installation: u64,
+    head_sha: String,
+    head_ref: Option<String>,
+    check_run: Option<u64>,
+    token: Secret,
+}
+
+impl Runner {
+    /// A runner over these parts. Spawned work is tracked by `tracker` and
+    /// stops at `shutdown` without touching the workers.
+    #[expect(clippy::too_many_arguments, reason = "the runner's parts, wired once in the daemon")]
+    pub fn new(
+        journal: Journal,
+        dispatcher: Dispatcher<DockerEngine>,
+        github: GitHub,
+        config: RunnerConfig,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            journal,
+            dispatcher,
+            github,
+            config,
+            metrics,
+            wake,
+            active: Mutex::default(),
+            reporting: Mutex::default(),
+            shutdown,
+            tracker,
+        })
+    }
+
+    fn active(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<TaskId, (CancellationToken, Arc<Mutex<Option<CancelRequest>>>)>>
+    {
+        self.active.lock().expect("active map lock is never poisoned")
+    }
+
+    /// Number of tasks with a live preparation or monitor.
+    pub fn running(&self) -> usize {
+        self.active().len()
+    }
+
+    /// The scheduler loop: until shutdown, on every wake-up and every second,
+    /// carry out cancels, start queued tasks up to the cap, and retry reports.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            if let Err(err) = self.tick() {
+                error!(error = %err, "scheduler could not read the journal");
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// One pass of the scheduler.
+    ///
+    /// # Errors
+    /// When the journal cannot be read.
+    pub fn tick(self: &Arc<Self>) -> Result<(), crate::journal::JournalError> {
+        let tasks = self.journal.active_tasks()?;
+        let mut queued = 0_usize;
+        for task in &tasks {
+            let Some(cancel) = &task.cancel else { continue };
+            let active = self.active().get(&task.task_id).cloned();
+            match active {
+                Some((token, reason)) => {
+                    if !token.is_cancelled() {
+                        *reason.lock().expect("cancel reason lock is never poisoned") = Some(cancel.clone());
+                        token.cancel();
+                    }
+                }
+                None if task.state == TaskState::Queued => {
+                    self.finish_later(task.clone(), Ending::CancelledBeforeStart(cancel.clone()));
+                }
+                None => {}
+            }
+        }
+        for task in tasks.into_iter().filter(|task| task.state == TaskState::Queued && task.cancel.is_none())
+        {
+            let mut active = self.active();
+            if active.contains_key(&task.task_id) {
+                continue;
+            }
+            if active.len() >= self.config.max_workers {
+                queued += 1;
+                continue;
+            }
+            let token = self.shutdown.child_token();
+            let reason = Arc::new(Mutex::new(None));
+            active.insert(task.task_id.clone(), (token.clone(), reason.clone()));
+            drop(active);
+            let runner = Arc::clone(self);
+            self.tracker.spawn(async move { runner.run_task(task, token, reason).await });
+        }
+        self.metrics.set("berth_queue_depth", "Tasks waiting for a worker slot", &[], queued as f64);
+        self.metrics.set(
+            "berth_workers_running",
+            "Tasks with a live worker or preparation",
+            &[],
+            self.running() as f64,
+        );
+        for task in self.journal.unreported_tasks()? {
+            self.report_later(task);
+        }
+        Ok(())
+    }
+
+    fn finish_later(self: &Arc<Self>, task: TaskRecord, ending: Ending) {
+        let runner = Arc::clone(self);
+        self.tracker.spawn(async move { runner.finish(task, ending, None).await });
+    }
+
+    fn report_later(self: &Arc<Self>, task: TaskRecord) {
+        if !self.reporting.lock().expect("reporting lock is never poisoned").insert(task.task_id.clone()) {
+            return;
+        }
+        let runner = Arc::clone(self);
+        self.tracker.spawn(async move {
+            let task_id = task.task_id.clone();
+            runner.report(task).await;
+            runner.reporting.lock().expect("reporting lock is never poisoned").remove(&task_id);
+        });
+    }
+
+    #[instrument(skip_all, fields(task_id = %task.task_id))]
+    async fn run_task(
+        self: Arc<Self>,
+        task: TaskRecord,
+        cancel: CancellationToken,
+        reason: Arc<Mutex<Option<CancelRequest>>>,
+    ) {
+        let started = Instant::now();
+        let outcome = self.dispatch_and_watch(&task, &cancel, &reason).await;
+        match outcome {
+            // Shutdown: the worker (if any) keeps running; the next start finds it.
+            None => {}
+            Some((ending, container)) => {
+                let kind = task.kind.as_str();
+                self.metrics.add(
+                    "berth_task_duration_seconds_sum",
+                    "Total time tasks took, by kind",
+                    &[("kind", kind)],
+                    started.elapsed().as_secs_f64(),
+                );
+                self.metrics.inc(
+                    "berth_task_duration_seconds_count",
+                    "Tasks timed, by kind",
+                    &[("kind", kind)],
+                );
+                self.finish(task.clone(), ending, container).await;
+            }
+        }
+        self.active().remove(&task.task_id);
+        self.wake.notify_one();
+    }
+
+    /// Prepares, creates, starts and watches one task's worker. `None` on shutdown.
+    async fn dispatch_and_watch(
+        &self,
+        task: &TaskRecord,
+        cancel: &CancellationToken,
+        reason: &Arc<Mutex<Option<CancelRequest>>>,
+    ) -> Option<(Ending, Option<ContainerId>)> {
+        let prepared = tokio::select! {
+            () = self.shutdown.cancelled() => return None,
+            prepared = self.prepare(task) => prepared,
+        };
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(ending) => return Some((ending, None)),
+        };
+        if cancel.is_cancelled() {
+            let request = reason.lock().expect("cancel reason lock is never poisoned").clone();
+            if let Some(request) = request {
+                return Some((Ending::CancelledBeforeStart(request), None));
+            }
+            return None;
+        }
+        let deadline_unix = now_unix() + self.config.task_timeout.as_secs();
+        let labels = TaskLabels {
+            task_id: task.task_id.clone(),
+            kind: task.kind,
+            repo: task.repo.clone(),
+            number: task.number,
+            head_sha: Some(prepared.head_sha.clone()),
+            delivery: Some(task.delivery.clone()),
+            deadline_unix,
+            check_run: prepared.check_run,
+            installation: Some(prepared.installation),
+        };
+        let worker = WorkerTask {
+            task_id: task.task_id.clone(),
+            kind: task.kind,
+            repo: task.repo.clone(),
+            number: task.number,
+            clone_url: task.clone_url.clone(),
+            head_ref: prepared.head_ref.clone(),
+            head_sha: Some(prepared.head_sha.clone()),
+            prompt: task.prompt.clone(),
+            agent_command: self.config.agent_command.clone(),
+            deadline_unix,
+            token: Some(prepared.token.clone()),
+        };
+        // The worker's own grace for its agent fits inside ours for the container.
+        let options = WorkerOptions {
+            grace_secs: Some(self.config.stop_grace.as_secs().saturating_sub(2).max(1)),
+            ..WorkerOptions::default()
+        };
+        let mut env = worker.to_env();
+        env.extend(options.to_env());
+        let launched = match self.dispatcher.create(&labels, &env, None).await {
+            Ok(launched) => launched,
+            Err(err) => return Some((Ending::Failed(format!("{err:#}")), None)),
+        };
+        let container = launched.id.clone();
+        let now = now_unix();
+        let update = self
+            .journal
+            .update_task(
+                &task.task_id,
+                Box::new(move |record| {
+                    record.state = TaskState::Dispatched;
+                    record.started_unix = Some(now);
+                }),
+            )
+            .await;
+        if let Err(err) = update {
+            warn!(error = %err, "could not record the dispatch; the container's labels still name the task");
+        }
+        // The reaction overlaps with the start; it is not a serial tax on it.
+        let react = async {
+            if let Some(comment) = task.comment_id {
+                if let Err(err) = self.github.react(prepared.installation, &task.repo, comment, "eyes").await
+                {
+                    warn!(error = %err, "could not react to the triggering comment");
+                }
+            }
+        };
+        let (started, ()) = tokio::join!(self.dispatcher.start(&container), react);
+        if let Err(err) = started {
+            return Some((Ending::Failed(format!("{err:#}")), Some(container)));
+        }
+        info!(container_id = %container, "worker started");
+        let deadline = tokio::time::Instant::now() + self.config.task_timeout;
+        self.watch(&container, deadline, cancel, reason).await.map(|ending| (ending, Some(container)))
+    }
+
+    /// Waits for the worker's exit, its deadline or a cancel; `None` on shutdown.
+    async fn watch(
+        &self,
+        container: &ContainerId,
+        deadline: tokio::time::Instant,
+        cancel: &CancellationToken,
+        reason: &Arc<Mutex<Option<CancelRequest>>>,
+    ) -> Option<Ending> {
+        let stopped = tokio::select! {
+            exit = self.dispatcher.wait(container) => {
+                return Some(self.collect(container, exit, None).await);
+            }
+            () = tokio::time::sleep_until(deadline) => StopCause::Deadline,
+            () = cancel.cancelled() => {
+                match reason.lock().expect("cancel reason lock is never poisoned").clone() {
+                    Some(request) => StopCause::Cancel(request),
+                    // The parent token was cancelled: daemon shutdown. Leave the worker alone.
+                    None => return None,
+                }
+            }
+        };
+        info!(container_id = %container, cause = ?stopped, "stopping worker");
+        if let Err(err) = self.dispatcher.stop(container, self.config.stop_grace).await {
+            warn!(error = %err, "stop failed; killing");
+            let _ = self.dispatcher.kill(container).await;
+        }
+        let exit = self.dispatcher.wait(container).await;
+        Some(self.collect(container, exit, Some(stopped)).await)
+    }
+
+    async fn collect(
+        &self,
+        container: &ContainerId,
+        exit: Result<ExitInfo, dispatcher::DispatchError>,
+        stopped: Option<StopCause>,
+    ) -> Ending {
+        match exit {
+            Ok(exit) => {
+                let result = match self.dispatcher.stdout_text(container).await {
+                    Ok(stdout) => ResultRecord::find_last(&stdout),
+                    Err(err) => {
+                        warn!(error = %err, "could not read the worker's output");
+                        None
+                    }
+                };
+                Ending::Exited { exit, result, stopped }
+            }
+            Err(err) => Ending::Failed(format!("lost track of the worker: {err:#}")),
+        }
+    }
+
+    /// GitHub work that must precede the container: installation, head,
+    /// worker token and check run. Independent calls run concurrently.
+    async fn prepare(&self, task: &TaskRecord) -> Result<Prepared, Ending> {
+        let failed = |err: GitHubError| Ending::Failed(err.to_string());
+        let installation = match task.installation {
+            Some(installation) => installation,
+            None => self.github.repo_installation(&task.repo).await.map_err(failed)?,
+        };
+        let head = async {
+            match (task.kind, &task.head_sha) {
+                (_, Some(sha)) => Ok((sha.clone(), task.head_ref.clone())),
+                (TaskKind::Review, None) => {
+                    let pull =
+                        self.github.pull_head(installation, &task.repo, task.number).await.map_err(failed)?;
+                    match &pull.repo {
+                        None => {
+                            return Err(Ending::Refused(
+                                "the pull request comes from a deleted fork".to_owned(),
+                            ));
+                        }
+                        Some(head) if !head.eq_ignore_ascii_case(&task.repo) => {
+                            return Err(Ending::Refused(format!(
+                                "the pull request comes from the fork {head}; forks get no task"
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                    if pull.state != "open" {
+                        return Err(Ending::Refused("the pull request is closed".to_owned()));
+                    }
+                    Ok((pull.sha, Some(pull.branch)))
+                }
+                (TaskKind::Implement, None) => {
+                    let base = task.head_ref.clone().unwrap_or_else(|| "main".to_owned());
+                    let sha =
+                        self.github.branch_head(installation, &task.repo, &base).await.map_err(failed)?;
+                    Ok((sha, Some(base)))
+                }
+            }
+        };
+        let token = self.github.worker_token(installation, &task.repo, task.kind);
+        let (head, token) = tokio::join!(head, token);
+        let (head_sha, head_ref) = head?;
+        let token = token.map_err(failed)?;
+        let check_run = match task.check_run {
+            Some(check_run) => check_run,
+            None => self
+                .github
+                .start_check_run(installation, &task.repo, &head_sha, &task.task_id, task.kind, None)
+                .await
+                .map_err(failed)?,
+        };
+        let (sha, branch) = (head_sha.clone(), head_ref.clone());
+        let recorded = self
+            .journal
+            .update_task(
+                &task.task_id,
+                Box::new(move |record| {
+                    record.installation = Some(installation);
+                    record.head_sha = Some(sha);
+                    record.head_ref = branch;
+                    record.check_run = Some(check_run);
+                }),
+            )
+            .await;
+        if let Err(err) = recorded {
+            return Err(Ending::Failed(format!("could not record the check run: {err}")));
+        }
+        Ok(Prepared { installation, head_sha, head_ref, check_run: Some(check_run), token })
+    }
+
+    /// Records the outcome, removes the container, and reports.
+    async fn finish(self: &Arc<Self>, task: TaskRecord, ending: Ending, container: Option<ContainerId>) {
+        let report = conclude(&ending, task.kind, self.config.task_timeout, self.config.memory_bytes);
+        let exit_code = match &ending {
+            Ending::Exited { exit, .. } => Some(exit.code),
+            _ => None,
+        };
+        let kind = task.kind.as_str();
+        self.metrics.inc(
+            "berth_tasks_finished_total",
+            "Finished tasks by kind and conclusion",
+            &[("kind", kind), ("conclusion", report.conclusion)],
+        );
+        match &ending {
+            Ending::Exited { exit, stopped: None, .. } if exit.oom_killed => {
+                self.metrics.inc("berth_oom_total", "Workers killed for memory", &[]);
+            }
+            Ending::Exited { stopped: Some(StopCause::Deadline), .. } => {
+                self.metrics.inc("berth_timeouts_total", "Workers stopped at their deadline", &[]);
+            }
+            Ending::Exited { stopped: Some(StopCause::Cancel(_)), .. } | Ending::CancelledBeforeStart(_) => {
+                self.metrics.inc("berth_cancels_total", "Tasks cancelled", &[]);
+            }
+            _ => {}
+        }
+        info!(task_id = %task.task_id, conclusion = report.conclusion, title = %report.title, "task ended");
+        let (conclusion, title, summary, branch) = (
+            report.conclusion.to_owned(),
+            report.title.clone(),
+            report.summary.clone(),
+            report.branch.clone(),
+        );
+        let now = now_unix();
+        let updated = self
+            .journal
+            .update_task(
+                &task.task_id,
+                Box::new(move |record| {
+                    record.state = TaskState::Finished;
+                    record.conclusion = Some(conclusion);
+                    record.title = Some(title);
+                    record.summary = Some(summary);
+                    record.finished_unix = Some(now);
+                    record.exit_code = exit_code;
+                    record.pull_request = branch.map(|branch| format!("branch:{branch}"));
+                }),
+            )
+            .await;
+        match updated {
+            Ok(Some(record)) => {
+                if let Some(container) = container {
+                    if let Err(err) = self.dispatcher.remove(&container).await {
+                        warn!(error = %err, "could not remove the worker container");
+                    }
+                }
+                self.report_later(record);
+            }
+            Ok(None) => warn!(task_id = %task.task_id, "task vanished from the journal"),
+            // The container stays; the next start collects it again.
+            Err(err) => error!(error = %err, "could not record the outcome"),
+        }
+    }
+
+    /// Writes the final report to GitHub: the pull request for an implement
+    /// task that pushed, the result comment, and the completed check run.
+    /// Each write is idempotent, so a retried report changes nothing twice.
+    #[instrument(skip_all, fields(task_id = %task.task_id))]
+    async fn report(&self, task: TaskRecord) {
+        let Some(conclusion) = task.conclusion.clone() else { return };
+        let summary = task.summary.clone().unwrap_or_default();
+        let result = self.write_report(&task, &conclusion, &summary).await;
+        match result {
+            Ok(pull_request) => {
+                let marked = self
+                    .journal
+                    .update_task(
+                        &task.task_id,
+                        Box::new(move |record| {
+                            record.reported = true;
+                            if pull_request.is_some() {
+                                record.pull_request = pull_request;
+                            }
+                        }),
+                    )
+                    .await;
+                if let Err(err) = marked {
+                    warn!(error = %err, "report sent but not recorded; it will be sent again (idempotently)");
+                }
+                info!(conclusion = %conclusion, "reported to GitHub");
+            }
+            Err(err) => {
+                error!(error = %err, repo = %task.repo, number = task.number, "report to GitHub failed; will retry");
+                tokio::select! {
+                    () = self.shutdown.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+            }
+        }
+    }
+
+    async fn write_report(
+        &self,
+        task: &TaskRecord,
+        conclusion: &str,
+        summary: &str,
+    ) -> Result<Option<String>, GitHubError> {
+        let installation = match task.installation {
+            Some(installation) => installation,
+            None => self.github.repo_installation(&task.repo).await?,
+        };
+        let title = task.title.clone().unwrap_or_else(|| report_title(task, conclusion));
+        let mut pull_request = None;
+        let branch = task.pull_request.as_deref().and_then(|text| text.strip_prefix("branch:"));
+        if let (TaskKind::Implement, Some(branch)) = (task.kind, branch) {
+            let base = task.head_ref.clone().unwrap_or_else(|| "main".to_owned());
+            let body = format!("Closes #{}.\n\n{summary}", task.number);
+            let pr_title = format!("Berth: implement #{}", task.number);
+            let (number, url) = self
+                .github
+                .ensure_pull_request(installation, &task.repo, branch, &base, &pr_title, &body)
+                .await?;
+            pull_request = Some(if url.is_empty() { format!("#{number}") } else { url });
+        } else if let Some(existing) = task.pull_request.clone().filter(|text| !text.starts_with("branch:")) {
+            pull_request = Some(existing);
+        }
+        let mut comment = format!("**Berth {}: {title}**\n\n{summary}", task.kind);
+        if let Some(pull_request) = &pull_request {
+            comment.push_str(&format!("\n\nPull request: {pull_request}"));
+        }
+        comment.push_str(&format!("\n\n<sub>task `{}` · conclusion `{conclusion}`</sub>", task.task_id));
+        self.github.upsert_comment(installation, &task.repo, task.number, &task.task_id, &comment).await?;
+        if let Some(check_run) = task.check_run {
+            self.github
+                .complete_check_run(installation, &task.repo, check_run, conclusion, &title, summary)
+                .await?;
+        }
+        Ok(pull_request)
+    }
+
+    /// Asks the task's worker (or its queue entry) to be cancelled.
+    ///
+    /// # Errors
+    /// When the journal cannot record the request.
+    pub async fn request_cancel(
+        &self,
+        task_id: &TaskId,
+        by: &str,
+    ) -> Result<Option<TaskRecord>, crate::journal::JournalError> {
+        let by = by.to_owned();
+        let record = self
+            .journal
+            .update_task(
+                task_id,
+                Box::new(move |record| {
+                    if record.state != TaskState::Finished && record.cancel.is_none() {
+                        record.cancel = Some(CancelRequest {
+                            repo: record.repo.clone(),
+                            number: record.number,
+                            cause: CancelCause::Operator,
+                            by: by.clone(),
+                            kind: None,
+                            except_head: None,
+                            reason: format!("cancelled by {by}"),
+                        });
+                    }
+                }),
+            )
+            .await?;
+        self.wake.notify_one();
+        Ok(record)
+    }
+}
+
+fn report_title(task: &TaskRecord, conclusion: &str) -> String {
+    match conclusion {
+        "success" => match task.kind {
+            TaskKind::Review => "Review done".to_owned(),
+            TaskKind::Implement => "Implementation done".to_owned(),
+        },
+        "timed_out" => "Timed out".to_owned(),
+        "cancelled" => "Cancelled".to_owned(),
+        "neutral" => "Not run".to_owned(),
+        _ => "Failed".to_owned(),
+    }
+}
