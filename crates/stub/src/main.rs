@@ -10,6 +10,9 @@
 //! SIGTERM for SECS, one in the stub's process group and one in a group of
 //! its own, reported as `tree pids <same-group> <own-group>` then `tree ready`.
 //! Steps joined by `then` run in order; the first failing step ends the run.
+//! `prompt-steps PROMPT_FILE SUMMARY_FILE` is the agent of end-to-end tests
+//! and the demo: it writes a summary, then runs the steps written after the
+//! command in the prompt (`/berth review sleep 60` runs `sleep 60`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
@@ -102,6 +105,7 @@ fn run_step(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         "tree" => tree(arg(1)),
+        "prompt-steps" => prompt_steps(arg(1), arg(2)),
         other => {
             let _ = writeln!(std::io::stderr(), "berth-stub: unknown mode {other:?}");
             ExitCode::from(64)
@@ -208,4 +212,34 @@ fn probe() -> String {
         .map(|(key, value)| format!("{key}={}", value.replace(' ', "_")))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Runs the steps that follow the `/berth <command>` words of the prompt's
+/// first line, after writing a summary that names them.
+fn prompt_steps(prompt_file: &str, summary_file: &str) -> ExitCode {
+    let prompt = match std::fs::read_to_string(prompt_file) {
+        Ok(prompt) => prompt,
+        Err(err) => return fail(&format!("read prompt {prompt_file}: {err}")),
+    };
+    let first_line = prompt.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
+    let steps: Vec<String> = first_line.split_whitespace().skip(2).map(str::to_owned).collect();
+    let summary = if steps.is_empty() {
+        "The stub agent looked at the change and found nothing to say.".to_owned()
+    } else {
+        format!("The stub agent ran: `{}`.", steps.join(" "))
+    };
+    if let Err(err) = std::fs::write(summary_file, summary) {
+        return fail(&format!("write summary {summary_file}: {err}"));
+    }
+    say(&format!("stub agent: {} step(s)", steps.len()));
+    for step in steps.split(|arg| arg == "then") {
+        if step.is_empty() {
+            continue;
+        }
+        let code = run_step(step);
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+    }
+    ExitCode::SUCCESS
 }
