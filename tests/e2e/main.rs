@@ -2,3 +2,5 @@
 
 mod dispatcher;
 mod intake;
+mod running;
+mod worker;

@@ -29,6 +29,9 @@ use crate::tasks::{CancelCause, CancelRequest, TaskRecord, TaskState};
 /// How often the scheduler looks at the journal when nothing wakes it.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long after the worker's own deadline and grace Berth stops it itself.
+const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
+
 /// What the runner needs beyond its parts.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -157,7 +160,11 @@ pub fn conclude(ending: &Ending, kind: TaskKind, timeout: Duration, memory_bytes
                     }
                     1 => report("failure", "The agent failed", with_summary("The agent exited with an error.".to_owned())),
                     2 => report("failure", "Setup failed", with_summary("The worker could not set up the task (clone, token or input).".to_owned())),
-                    3 => report("timed_out", "Timed out", with_summary("The agent ran past its deadline; the worker stopped it.".to_owned())),
+                    3 => report(
+                        "timed_out",
+                        "Timed out",
+                        with_summary(format!("The agent ran past its deadline of {}; the worker stopped it.", human_duration(timeout))),
+                    ),
                     4 | 143 => report(
                         "cancelled",
                         "Stopped from outside",
@@ -455,7 +462,10 @@ impl Runner {
             return Some((Ending::Failed(format!("{err:#}")), Some(container)));
         }
         info!(container_id = %container, "worker started");
-        let deadline = tokio::time::Instant::now() + self.config.task_timeout;
+        // The worker enforces the deadline itself and reports it; Berth's own
+        // stop comes after the worker's grace, as a backstop.
+        let deadline =
+            tokio::time::Instant::now() + self.config.task_timeout + self.config.stop_grace + BACKSTOP_MARGIN;
         self.watch(&container, deadline, cancel, reason).await.map(|ending| (ending, Some(container)))
     }
 
