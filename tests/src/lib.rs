@@ -24,6 +24,11 @@ pub const STUB: &str = "/usr/local/bin/berth-stub";
 /// Where the worker lives in the test image.
 pub const WORKER: &str = "/usr/local/bin/berth-worker";
 
+/// `PATH` in the test image.
+const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub mod git_server;
+
 /// Connects to the local engine, or fails the test with one clear line.
 pub async fn engine() -> DockerEngine {
     match DockerEngine::connect_local().await {
@@ -69,8 +74,8 @@ pub fn workspace_binaries() -> PathBuf {
 
 static IMAGE: OnceCell<String> = OnceCell::const_new();
 
-/// The offline test image (`FROM scratch` with berth-worker and berth-stub),
-/// built once per test run.
+/// The offline test image (`FROM scratch` with berth-worker, berth-stub and
+/// this host's git), built once per test run.
 pub async fn test_image() -> &'static str {
     IMAGE
         .get_or_init(|| async {
@@ -82,6 +87,8 @@ pub async fn test_image() -> &'static str {
                 .add_executable(&binaries.join("berth-worker"), WORKER)
                 .expect("worker binary is built")
                 .entrypoint(&[WORKER]);
+            // The worker clones and pushes with the real git.
+            context.add_git().expect("git is installed on this host").env("PATH", IMAGE_PATH);
             let tar = context.to_tar().expect("context builds");
             let engine = engine().await;
             engine.build_image(TEST_IMAGE, tar, |_| {}).await.expect("test image builds");

@@ -21,6 +21,7 @@ enum Entry {
     File { source: PathBuf, mode: u32 },
     Bytes { data: Vec<u8>, mode: u32 },
     Dir { mode: u32 },
+    Symlink { target: String },
 }
 
 /// A build context: a root filesystem and the Dockerfile that copies it.
@@ -131,6 +132,8 @@ impl ImageContext {
             let in_tar = format!("rootfs/{path}");
             match entry {
                 Entry::Dir { mode } => append(&in_tar, &[], *mode, tar::EntryType::Directory)?,
+                // Appended below, once `append` no longer borrows the builder.
+                Entry::Symlink { .. } => {}
                 Entry::Bytes { data, mode } => append(&in_tar, data, *mode, tar::EntryType::Regular)?,
                 Entry::File { source, mode } => {
                     let data = std::fs::read(source).map_err(context_failed(format!("read {}", source.display())))?;
@@ -138,7 +141,105 @@ impl ImageContext {
                 }
             }
         }
+        for (path, entry) in &self.entries {
+            if let Entry::Symlink { target } = entry {
+                let in_tar = format!("rootfs/{path}");
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                header.set_mtime(0);
+                builder
+                    .append_link(&mut header, &in_tar, target)
+                    .map_err(context_failed(format!("add the link {in_tar} to the context")))?;
+            }
+        }
         builder.into_inner().map_err(context_failed("finish the context archive"))
+    }
+
+    /// Adds a symbolic link at `in_image` pointing to `target` (absolute, or
+    /// relative to the link's directory).
+    pub fn add_symlink(&mut self, in_image: &str, target: &str) -> &mut Self {
+        self.entries.insert(normalize(in_image), Entry::Symlink { target: target.to_owned() });
+        self
+    }
+
+    /// Adds a host directory tree at `in_image`: its directories, regular
+    /// files (with their modes) and symbolic links. Other file types are skipped.
+    ///
+    /// # Errors
+    /// When the tree cannot be read.
+    pub fn add_tree(&mut self, source: &Path, in_image: &str) -> Result<&mut Self, DispatchError> {
+        use std::os::unix::fs::PermissionsExt;
+        let read_failed = |path: &Path| context_failed(format!("read {}", path.display()));
+        let root = normalize(in_image);
+        let metadata = std::fs::metadata(source).map_err(read_failed(source))?;
+        self.entries.insert(root.clone(), Entry::Dir { mode: metadata.permissions().mode() & 0o7777 });
+        let mut pending = vec![(source.to_owned(), root)];
+        while let Some((dir, in_image_dir)) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(read_failed(&dir))? {
+                let entry = entry.map_err(read_failed(&dir))?;
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let target_path = format!("{in_image_dir}/{name}");
+                let metadata = std::fs::symlink_metadata(&path).map_err(read_failed(&path))?;
+                let mode = metadata.permissions().mode() & 0o7777;
+                if metadata.file_type().is_symlink() {
+                    let target = std::fs::read_link(&path).map_err(read_failed(&path))?;
+                    self.entries.insert(
+                        target_path,
+                        Entry::Symlink { target: target.to_string_lossy().into_owned() },
+                    );
+                } else if metadata.is_dir() {
+                    self.entries.insert(target_path.clone(), Entry::Dir { mode });
+                    pending.push((path, target_path));
+                } else if metadata.is_file() {
+                    self.entries.insert(target_path, Entry::File { source: path, mode });
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Adds this host's git so that clones, fetches and pushes work in the
+    /// image: the `git` executable (with its libraries) in git's exec path and
+    /// as `/usr/bin/git`, the built-ins git runs as separate programs
+    /// (`git-upload-pack`, `git-receive-pack`, `git-upload-archive`), its
+    /// HTTP(S) transport helper when present, and its templates directory.
+    ///
+    /// # Errors
+    /// When git is not installed here or its files cannot be read.
+    pub fn add_git(&mut self) -> Result<&mut Self, DispatchError> {
+        let output =
+            Command::new("git").arg("--exec-path").output().map_err(context_failed("run git --exec-path"))?;
+        let exec_path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        let in_exec_path = |name: &str| format!("{}/{name}", exec_path.display());
+        self.add_executable(&exec_path.join("git"), &in_exec_path("git"))?;
+        if Path::new("/usr/bin/git") != exec_path.join("git") {
+            self.add_symlink("/usr/bin/git", &in_exec_path("git"));
+        }
+        for builtin in ["git-upload-pack", "git-receive-pack", "git-upload-archive"] {
+            self.add_symlink(&in_exec_path(builtin), "git");
+        }
+        let remote_http = exec_path.join("git-remote-http");
+        if remote_http.exists() {
+            self.add_executable(&remote_http, &in_exec_path("git-remote-http"))?;
+            for scheme in ["https", "ftp", "ftps"] {
+                self.add_symlink(&in_exec_path(&format!("git-remote-{scheme}")), "git-remote-http");
+            }
+        }
+        // The templates live at <prefix>/share/git-core/templates for an exec
+        // path of <prefix>/libexec/git-core (or Debian's <prefix>/lib/git-core).
+        let templates = exec_path
+            .parent()
+            .and_then(Path::parent)
+            .map(|prefix| prefix.join("share/git-core/templates"))
+            .filter(|templates| templates.is_dir());
+        if let Some(templates) = templates {
+            let in_image = templates.to_string_lossy().into_owned();
+            self.add_tree(&templates, &in_image)?;
+        }
+        Ok(self)
     }
 }
 
