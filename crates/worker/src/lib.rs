@@ -114,18 +114,14 @@ impl Outcome {
         Self { exit, summary: summary.into(), branch: None, commit: None }
     }
 
-    fn halted(halt: Halt, grace: Duration) -> Self {
+    fn halted(halt: Halt) -> Self {
         match halt {
             Halt::Failed(err) => Self::new(WorkerExit::SetupFailed, format!("Setup failed: {}", err.chain())),
             Halt::DeadlinePassed { during } => Self::new(
                 WorkerExit::DeadlineExceeded,
-                format!(
-                    "The task ran past its deadline while {during}; it was stopped (SIGKILL after {grace:?})."
-                ),
+                format!("The task ran past its deadline while {during}; git was stopped."),
             ),
-            Halt::Cancelled => {
-                Self::new(WorkerExit::Cancelled, "Cancelled: the worker got SIGTERM before the agent ran.")
-            }
+            Halt::Cancelled => Self::new(WorkerExit::Cancelled, "Cancelled: the worker got SIGTERM."),
         }
     }
 
@@ -196,7 +192,7 @@ async fn execute(
     output: &Output,
 ) -> Outcome {
     if limits.cancel.is_cancelled() {
-        return Outcome::halted(Halt::Cancelled, settings.grace);
+        return Outcome::halted(Halt::Cancelled);
     }
     if Instant::now() >= limits.deadline {
         return Outcome::new(
@@ -207,14 +203,11 @@ async fn execute(
     let Ready { command, checkout, layout, git } = match set_up(task, options, settings, limits, output).await
     {
         Ok(ready) => ready,
-        Err(halt) => return Outcome::halted(halt, settings.grace),
+        Err(halt) => return Outcome::halted(halt),
     };
     let argv = command.render(&placeholder_values(task, &layout, &checkout));
     let Some((program, args)) = argv.split_first() else {
-        return Outcome::halted(
-            Halt::Failed(WorkerError::AgentCommand(command::CommandError::Empty)),
-            settings.grace,
-        );
+        return Outcome::halted(Halt::Failed(WorkerError::AgentCommand(command::CommandError::Empty)));
     };
     let stdin = match std::fs::File::open(&layout.prompt_file) {
         Ok(file) => Stdio::from(file),
@@ -237,7 +230,7 @@ async fn execute(
         Ok(finished) => finished,
         Err(source) => {
             let err = WorkerError::AgentSpawn { program: program.clone(), source };
-            return Outcome::halted(Halt::Failed(err), settings.grace);
+            return Outcome::halted(Halt::Failed(err));
         }
     };
     output.note(&format!(
@@ -268,7 +261,7 @@ async fn execute(
                             err.chain()
                         ),
                     ),
-                    Err(halt) => Outcome::halted(halt, settings.grace),
+                    Err(halt) => Outcome::halted(halt),
                 }
             }
         },
