@@ -69,6 +69,7 @@ async fn a_worker_past_its_memory_limit_comes_back_oom_killed() {
         network: "none".into(),
         profile: HardenedProfile::strict().with_memory(32 * 1024 * 1024),
         entrypoint: Some(vec![STUB.into()]),
+        instance: tests::test_instance(),
     })
     .await;
     let id = unique_task_id("oom");
@@ -81,7 +82,10 @@ async fn a_worker_past_its_memory_limit_comes_back_oom_killed() {
 }
 
 fn parse_probe(output: &str) -> BTreeMap<String, String> {
-    let line = output.lines().find(|line| line.starts_with("pid=")).unwrap_or_else(|| panic!("no probe line in {output:?}"));
+    let line = output
+        .lines()
+        .find(|line| line.starts_with("pid="))
+        .unwrap_or_else(|| panic!("no probe line in {output:?}"));
     line.split_whitespace()
         .filter_map(|pair| pair.split_once('='))
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
@@ -114,7 +118,8 @@ async fn the_hardened_profile_holds_inside_the_running_container() {
 
     // And the same from the engine's side.
     let docker = bollard::Docker::connect_with_unix_defaults().unwrap();
-    let inspect = docker.inspect_container(launched.id.as_str(), None::<InspectContainerOptions>).await.unwrap();
+    let inspect =
+        docker.inspect_container(launched.id.as_str(), None::<InspectContainerOptions>).await.unwrap();
     let host = inspect.host_config.unwrap();
     assert_eq!(host.memory, Some(2_147_483_648));
     assert_eq!(host.memory_swap, Some(2_147_483_648));
@@ -221,9 +226,13 @@ async fn stop_is_fast_for_sigterm_and_kills_after_the_grace_otherwise() {
     let polite_took = started.elapsed();
     let exit = dispatcher.wait(&launched.id).await.unwrap();
     assert_eq!(exit.code, 143, "SIGTERM, forwarded by init, ends it");
-    assert!(polite_took < grace, "a process that dies on SIGTERM does not wait out the grace ({polite_took:?})");
+    assert!(
+        polite_took < grace,
+        "a process that dies on SIGTERM does not wait out the grace ({polite_took:?})"
+    );
 
-    let launched = dispatcher.launch(&task_labels(&stubborn), &[], args(&["ignore-term", "300"])).await.unwrap();
+    let launched =
+        dispatcher.launch(&task_labels(&stubborn), &[], args(&["ignore-term", "300"])).await.unwrap();
     // Let it install its SIG_IGN before we signal it.
     let mut logs = dispatcher.logs(&launched.id, true);
     let first = logs.next().await.unwrap().unwrap();
@@ -244,7 +253,10 @@ async fn logs_are_read_and_followed_to_the_end() {
     let dispatcher = dispatcher().await;
     let id = unique_task_id("logs");
     let _cleanup = Cleanup::tasks(&[&id]);
-    let created = dispatcher.create(&task_labels(&id), &[], args(&["print", "hello", "from", "the", "worker"])).await.unwrap();
+    let created = dispatcher
+        .create(&task_labels(&id), &[], args(&["print", "hello", "from", "the", "worker"]))
+        .await
+        .unwrap();
     let mut follow = dispatcher.logs(&created.id, true);
     dispatcher.start(&created.id).await.unwrap();
     let mut followed = Vec::new();
@@ -270,6 +282,7 @@ async fn engine_errors_say_what_was_being_done() {
         network: "none".into(),
         profile: HardenedProfile::strict(),
         entrypoint: None,
+        instance: tests::test_instance(),
     })
     .await;
     let id = unique_task_id("no-image");

@@ -2,5 +2,6 @@
 
 mod dispatcher;
 mod intake;
+mod recovery;
 mod running;
 mod worker;

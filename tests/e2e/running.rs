@@ -23,6 +23,7 @@ pub(crate) struct Rig {
     pub(crate) repo_name: String,
     pub(crate) main_sha: String,
     pub(crate) head_sha: String,
+    pub(crate) env: Vec<(&'static str, String)>,
     _dir: tempfile::TempDir,
     _cleanup: RepoCleanup,
 }
@@ -82,6 +83,7 @@ impl Rig {
             ("BERTH_STOP_GRACE", "4s".to_owned()),
             ("BERTH_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("RUST_LOG", "info,api=debug".to_owned()),
+            ("BERTH_INSTANCE", repo_name.clone()),
         ];
         for (key, value) in settings {
             env.retain(|(existing, _)| existing != key);
@@ -89,7 +91,30 @@ impl Rig {
         }
         let daemon = Daemon::start(&env).await;
         let cleanup = RepoCleanup(repo.clone());
-        Rig { fake, daemon, server, seed, repo, repo_name, main_sha, head_sha, _dir: dir, _cleanup: cleanup }
+        Rig {
+            fake,
+            daemon,
+            server,
+            seed,
+            repo,
+            repo_name,
+            main_sha,
+            head_sha,
+            env,
+            _dir: dir,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// SIGKILLs the daemon (nothing of it runs after this returns).
+    pub(crate) async fn kill_daemon(&mut self) {
+        let _ = self.daemon.child.start_kill();
+        let _ = self.daemon.child.wait().await;
+    }
+
+    /// Starts the daemon again on the same journal and settings.
+    pub(crate) async fn start_daemon(&mut self) {
+        self.daemon = Daemon::start(&self.env).await;
     }
 
     fn repository(&self) -> Value {

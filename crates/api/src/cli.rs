@@ -76,6 +76,7 @@ pub async fn ps(args: &PsArgs) -> anyhow::Result<()> {
             network: String::new(),
             profile: dispatcher::HardenedProfile::strict(),
             entrypoint: None,
+            instance: core_types::DEFAULT_INSTANCE.to_owned(),
         },
     );
     let rows = crate::ps::rows(&dispatcher, args.all).await?;

@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Grace between SIGTERM and SIGKILL when a worker is stopped.
     #[arg(long, env = "BERTH_STOP_GRACE", default_value = "10s")]
     pub stop_grace: String,
+    /// This deployment's name, written as `berth.instance` on its workers; a
+    /// daemon only ever touches its own instance's containers.
+    #[arg(long, env = "BERTH_INSTANCE", default_value = "default")]
+    pub instance: String,
     /// Where the journal lives.
     #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth")]
     pub state_dir: PathBuf,
@@ -183,6 +187,8 @@ pub struct ServeConfig {
     pub task_timeout: Duration,
     /// SIGTERM-to-SIGKILL grace.
     pub stop_grace: Duration,
+    /// This deployment's name.
+    pub instance: String,
     /// Journal directory.
     pub state_dir: PathBuf,
     /// Delivery retention.
@@ -351,6 +357,12 @@ impl ServeArgs {
                 return Err(invalid("BERTH_ADMIN_TOKEN", "must be at least 16 characters"));
             }
         }
+        if core_types::TaskId::new(self.instance.clone()).is_err() {
+            return Err(invalid(
+                "BERTH_INSTANCE",
+                format!("{:?} must be lowercase letters, digits and '-'", self.instance),
+            ));
+        }
         let command_prefix = self.command_prefix.trim().to_owned();
         if command_prefix.is_empty() || command_prefix.contains(char::is_whitespace) {
             return Err(invalid("BERTH_COMMAND_PREFIX", "must be one word like /berth"));
@@ -387,6 +399,7 @@ impl ServeArgs {
             worker_privilege_drop_caps: self.worker_privilege_drop_caps,
             task_timeout,
             stop_grace,
+            instance: self.instance.clone(),
             state_dir: self.state_dir.clone(),
             delivery_retention,
             admin_token: admin_token.map(Secret::new),

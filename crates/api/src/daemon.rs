@@ -25,6 +25,12 @@ use crate::runner::{Runner, RunnerConfig};
 use crate::server::{AppState, router, serve};
 use crate::signature::WebhookSecrets;
 
+/// How often the sweep reconciles when no engine event wakes it.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// How often GitHub's list of deliveries is checked for missed ones.
+const BACKFILL_EVERY: Duration = Duration::from_secs(600);
+
 /// How often old deliveries are pruned from the journal.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -99,6 +105,7 @@ async fn start_runner(
             network: config.worker_network.clone(),
             profile: worker_profile(&config),
             entrypoint: Some(vec![config.worker_entrypoint.clone()]),
+            instance: config.instance.clone(),
         },
     );
     let runner = Runner::new(
@@ -117,9 +124,47 @@ async fn start_runner(
         shutdown.clone(),
         tracker,
     );
+    // Reconcile before /readyz turns 200: find every worker again.
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match runner.reconcile().await {
+            Ok(done) => {
+                info!(?done, "start-up reconcile done");
+                break;
+            }
+            Err(err) => warn!(error = %format!("{err:#}"), "start-up reconcile failed; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+    runner.mark_started();
     state.ready.store(true, Ordering::Release);
-    info!("docker reachable; ready");
+    info!("docker reachable and workers reconciled; ready");
+    tracker_spawn(&runner, shutdown.clone());
     runner.run().await;
+}
+
+/// The sweep and the delivery backfill, next to the scheduler.
+fn tracker_spawn(runner: &Arc<Runner>, shutdown: CancellationToken) {
+    let sweeper = Arc::clone(runner);
+    tokio::spawn(async move { sweeper.sweep(SWEEP_EVERY).await });
+    let backfiller = Arc::clone(runner);
+    tokio::spawn(async move {
+        loop {
+            match backfiller.backfill().await {
+                Ok(0) => tracing::debug!("no missed deliveries"),
+                Ok(asked) => info!(asked, "asked GitHub to redeliver missed deliveries"),
+                Err(err) => warn!(error = %format!("{err:#}"), "could not check for missed deliveries"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(BACKFILL_EVERY) => {}
+            }
+        }
+    });
 }
 
 async fn connect(shutdown: &CancellationToken) -> Option<DockerEngine> {

@@ -30,6 +30,8 @@ const TASKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("tasks
 const ACTIVE: TableDefinition<'static, &str, &str> = TableDefinition::new("active");
 /// Finished tasks whose report has not reached GitHub yet → "".
 const UNREPORTED: TableDefinition<'static, &str, &str> = TableDefinition::new("unreported");
+/// Deliveries Berth asked GitHub to redeliver → when it asked.
+const REDELIVERIES: TableDefinition<'static, &str, u64> = TableDefinition::new("redeliveries");
 /// Counters (`seq`: the order tasks were accepted in).
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 
@@ -158,6 +160,14 @@ enum WriteOp {
         older_than_unix: u64,
         reply: oneshot::Sender<Result<usize, JournalError>>,
     },
+    Adopt {
+        record: Box<TaskRecord>,
+        reply: oneshot::Sender<Result<TaskRecord, JournalError>>,
+    },
+    MarkRedelivery {
+        guid: String,
+        reply: oneshot::Sender<Result<bool, JournalError>>,
+    },
 }
 
 /// A change to a task record, applied in the writer's transaction.
@@ -198,6 +208,7 @@ impl Journal {
             txn.open_table(ACTIVE).map_err(storage_of("open"))?;
             txn.open_table(META).map_err(storage_of("open"))?;
             txn.open_table(UNREPORTED).map_err(storage_of("open"))?;
+            txn.open_table(REDELIVERIES).map_err(storage_of("open"))?;
             txn.commit().map_err(storage_of("open"))?;
         }
         let (writer, ops) = mpsc::unbounded_channel();
@@ -254,6 +265,31 @@ impl Journal {
     pub async fn prune(&self, older_than_unix: u64) -> Result<usize, JournalError> {
         let (reply, answer) = oneshot::channel();
         self.writer.send(WriteOp::Prune { older_than_unix, reply }).map_err(|_| JournalError::WriterGone)?;
+        answer.await.map_err(|_| JournalError::WriterGone)?
+    }
+
+    /// Records a task found only on a container's labels (the journal never
+    /// knew it, or lost it), unless it is already known; returns the record kept.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn adopt(&self, record: TaskRecord) -> Result<TaskRecord, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteOp::Adopt { record: Box::new(record), reply })
+            .map_err(|_| JournalError::WriterGone)?;
+        answer.await.map_err(|_| JournalError::WriterGone)?
+    }
+
+    /// Notes that a redelivery of `guid` was asked for; false when it already was.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn mark_redelivery(&self, guid: &str) -> Result<bool, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteOp::MarkRedelivery { guid: guid.to_owned(), reply })
+            .map_err(|_| JournalError::WriterGone)?;
         answer.await.map_err(|_| JournalError::WriterGone)?
     }
 
@@ -361,6 +397,8 @@ enum Reply {
     Accept(oneshot::Sender<Result<Accepted, JournalError>>, Accepted),
     UpdateTask(oneshot::Sender<Result<Option<TaskRecord>, JournalError>>, Option<TaskRecord>),
     Prune(oneshot::Sender<Result<usize, JournalError>>, usize),
+    Adopt(oneshot::Sender<Result<TaskRecord, JournalError>>, TaskRecord),
+    MarkRedelivery(oneshot::Sender<Result<bool, JournalError>>, bool),
 }
 
 fn apply_batch(db: &Database, batch: Vec<WriteOp>) {
@@ -379,6 +417,15 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>) {
                 WriteOp::Prune { older_than_unix, reply } => {
                     Reply::Prune(reply, prune_in(&txn, older_than_unix)?)
                 }
+                WriteOp::Adopt { record, reply } => Reply::Adopt(reply, adopt_in(&txn, *record)?),
+                WriteOp::MarkRedelivery { guid, reply } => {
+                    let mut asked = txn.open_table(REDELIVERIES).map_err(storage_of("write"))?;
+                    let fresh = asked.get(guid.as_str()).map_err(storage_of("write"))?.is_none();
+                    if fresh {
+                        asked.insert(guid.as_str(), now_unix()).map_err(storage_of("write"))?;
+                    }
+                    Reply::MarkRedelivery(reply, fresh)
+                }
             });
         }
         txn.commit().map_err(storage_of("commit"))
@@ -393,6 +440,8 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>) {
             Reply::Accept(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
             Reply::UpdateTask(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
             Reply::Prune(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
+            Reply::Adopt(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
+            Reply::MarkRedelivery(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
         }
     }
     // Ops after the failing one (and the failing one) are dropped: their callers see the writer's error.
@@ -402,6 +451,8 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>) {
             WriteOp::Accept { reply, .. } => drop(reply.send(Err(error()))),
             WriteOp::UpdateTask { reply, .. } => drop(reply.send(Err(error()))),
             WriteOp::Prune { reply, .. } => drop(reply.send(Err(error()))),
+            WriteOp::Adopt { reply, .. } => drop(reply.send(Err(error()))),
+            WriteOp::MarkRedelivery { reply, .. } => drop(reply.send(Err(error()))),
         }
     }
 }
@@ -549,6 +600,27 @@ fn update_in(
         }
     }
     Ok(Some(record))
+}
+
+fn adopt_in(txn: &WriteTransaction, mut record: TaskRecord) -> Result<TaskRecord, JournalError> {
+    let mut tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
+    if let Some(existing) = tasks.get(record.task_id.as_str()).map_err(storage_of("write"))? {
+        return decode(record.task_id.as_str(), existing.value());
+    }
+    let mut meta = txn.open_table(META).map_err(storage_of("write"))?;
+    let seq = meta.get("seq").map_err(storage_of("write"))?.map_or(0, |value| value.value()) + 1;
+    meta.insert("seq", seq).map_err(storage_of("write"))?;
+    record.seq = seq;
+    tasks.insert(record.task_id.as_str(), encode(&record).as_slice()).map_err(storage_of("write"))?;
+    if record.state != TaskState::Finished {
+        let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
+        if active.get(record.dedupe_key.as_str()).map_err(storage_of("write"))?.is_none() {
+            active
+                .insert(record.dedupe_key.as_str(), record.task_id.as_str())
+                .map_err(storage_of("write"))?;
+        }
+    }
+    Ok(record)
 }
 
 fn prune_in(txn: &WriteTransaction, older_than_unix: u64) -> Result<usize, JournalError> {

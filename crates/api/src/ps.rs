@@ -22,6 +22,8 @@ pub struct PsRow {
     pub age_seconds: u64,
     /// Short container id.
     pub container: String,
+    /// The deployment that owns it.
+    pub instance: String,
     /// Problem with the labels, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -51,6 +53,7 @@ fn row(container: &ManagedContainer) -> PsRow {
             state: state_text(&container.status),
             age_seconds,
             container: container.id.to_string(),
+            instance: container.instance().to_owned(),
             problem: None,
         },
         Err(err) => PsRow {
@@ -60,6 +63,7 @@ fn row(container: &ManagedContainer) -> PsRow {
             state: state_text(&container.status),
             age_seconds,
             container: container.id.to_string(),
+            instance: container.instance().to_owned(),
             problem: Some(err.to_string()),
         },
     }
@@ -73,7 +77,7 @@ pub async fn rows<E: dispatcher::ContainerEngine>(
     dispatcher: &Dispatcher<E>,
     all: bool,
 ) -> anyhow::Result<Vec<PsRow>> {
-    let containers = dispatcher.list().await.context("cannot list berth's containers")?;
+    let containers = dispatcher.list_all_instances().await.context("cannot list berth's containers")?;
     let mut rows: Vec<PsRow> = containers
         .iter()
         .filter(|container| all || !matches!(container.status, ContainerStatus::Exited(_)))

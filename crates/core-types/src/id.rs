@@ -33,8 +33,7 @@ impl TaskId {
             Some("it is empty")
         } else if value.len() > MAX_TASK_ID_LEN {
             Some("it is longer than 63 characters")
-        } else if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        } else if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
             Some("only lowercase letters, digits and '-' are allowed")
         } else if value.starts_with('-') {
             Some("it must not start with '-'")

@@ -34,7 +34,13 @@ pub mod label {
     pub const CHECK_RUN: &str = "berth.check-run";
     /// GitHub App installation that owns the repository.
     pub const INSTALLATION: &str = "berth.installation";
+    /// Which Berth deployment owns the container (`default` when absent), so
+    /// two deployments can share one engine without touching each other's workers.
+    pub const INSTANCE: &str = "berth.instance";
 }
+
+/// The instance name of a container without `berth.instance`.
+pub const DEFAULT_INSTANCE: &str = "default";
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -177,8 +183,7 @@ impl TaskLabels {
 /// Whether `value` looks like GitHub's `owner/name`.
 pub fn is_repo_name(value: &str) -> bool {
     let allowed = |part: &str| {
-        !part.is_empty()
-            && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     };
     match value.split_once('/') {
         Some((owner, name)) => allowed(owner) && allowed(name),

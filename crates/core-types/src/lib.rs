@@ -14,7 +14,7 @@ pub mod worker_env;
 pub use worker_env::{Secret, WorkerEnvError, WorkerOptions, WorkerTask};
 
 pub use id::{InvalidTaskId, TaskId, TaskKind, UnknownTaskKind};
-pub use labels::{LabelError, SCHEMA_VERSION, TaskLabels, is_repo_name, label};
+pub use labels::{DEFAULT_INSTANCE, LabelError, SCHEMA_VERSION, TaskLabels, is_repo_name, label};
 pub use result::{ResultRecord, ResultStatus, WorkerExit};
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use futures_util::StreamExt;
 use tracing::{debug, info, instrument};
 
 use crate::engine::{
-    ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus, ExitInfo, LogChunk, LogStream,
-    WaitCondition,
+    ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus, ExitInfo, LogChunk,
+    LogStream, WaitCondition,
 };
 use crate::{DispatchError, HardenedProfile};
 
@@ -28,6 +28,8 @@ pub struct DispatcherConfig {
     pub profile: HardenedProfile,
     /// Overrides the image's entrypoint (e.g. `["/usr/local/bin/berth-worker"]`).
     pub entrypoint: Option<Vec<String>>,
+    /// This deployment's name (`berth.instance`); listings see only its containers.
+    pub instance: String,
 }
 
 /// A container that carries `berth.managed=true`.
@@ -48,6 +50,11 @@ pub struct ManagedContainer {
 }
 
 impl ManagedContainer {
+    /// The deployment that owns it (`default` when unlabelled).
+    pub fn instance(&self) -> &str {
+        self.labels.get(label::INSTANCE).map_or(core_types::DEFAULT_INSTANCE, String::as_str)
+    }
+
     fn from_state(state: ContainerState) -> Option<Self> {
         if state.labels.get(label::MANAGED).map(String::as_str) != Some("true") {
             return None;
@@ -98,7 +105,12 @@ impl<E: ContainerEngine> Dispatcher<E> {
     }
 
     /// The container a task gets: name, labels, environment, and the profile.
-    pub fn container_spec(&self, task: &TaskLabels, env: &[(&str, String)], cmd: Option<Vec<String>>) -> ContainerSpec {
+    pub fn container_spec(
+        &self,
+        task: &TaskLabels,
+        env: &[(&str, String)],
+        cmd: Option<Vec<String>>,
+    ) -> ContainerSpec {
         spec_for(&self.config, task, env, cmd)
     }
 
@@ -185,16 +197,28 @@ impl<E: ContainerEngine> Dispatcher<E> {
     /// # Errors
     /// Engine failures.
     pub async fn find(&self, task_id: &TaskId) -> Result<Option<ManagedContainer>, DispatchError> {
-        let found = self.engine.inspect(&task_id.container_name()).await?.and_then(ManagedContainer::from_state);
-        Ok(found.filter(|container| container.labels.get(label::TASK_ID).map(String::as_str) == Some(task_id.as_str())))
+        let found =
+            self.engine.inspect(&task_id.container_name()).await?.and_then(ManagedContainer::from_state);
+        Ok(found.filter(|container| {
+            container.labels.get(label::TASK_ID).map(String::as_str) == Some(task_id.as_str())
+        }))
     }
 
-    /// Every managed container, in any state. Nothing without
-    /// `berth.managed=true` is ever returned.
+    /// Every managed container of this instance, in any state. Nothing
+    /// without `berth.managed=true` is ever returned.
     ///
     /// # Errors
     /// Engine failures.
     pub async fn list(&self) -> Result<Vec<ManagedContainer>, DispatchError> {
+        let all = self.list_all_instances().await?;
+        Ok(all.into_iter().filter(|container| container.instance() == self.config.instance).collect())
+    }
+
+    /// Every managed container of every instance on the engine (`berth ps`).
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn list_all_instances(&self) -> Result<Vec<ManagedContainer>, DispatchError> {
         let states = self.engine.list_by_label(label::MANAGED, "true").await?;
         Ok(states.into_iter().filter_map(ManagedContainer::from_state).collect())
     }
@@ -208,7 +232,10 @@ impl<E: ContainerEngine> Dispatcher<E> {
         match self.status(id).await? {
             ContainerStatus::Exited(exit) => return Ok(exit),
             ContainerStatus::Missing => {
-                return Err(DispatchError::ContainerNotFound { container: id.to_string(), operation: "wait for" });
+                return Err(DispatchError::ContainerNotFound {
+                    container: id.to_string(),
+                    operation: "wait for",
+                });
             }
             // `not-running` returns at once for a created container; wait for
             // its next exit instead, and re-check in case it exits before that
@@ -247,9 +274,10 @@ impl<E: ContainerEngine> Dispatcher<E> {
     async fn exit_info(&self, id: &ContainerId) -> Result<ExitInfo, DispatchError> {
         match self.status(id).await? {
             ContainerStatus::Exited(exit) => Ok(exit),
-            ContainerStatus::Missing => {
-                Err(DispatchError::ContainerNotFound { container: id.to_string(), operation: "inspect the exit of" })
-            }
+            ContainerStatus::Missing => Err(DispatchError::ContainerNotFound {
+                container: id.to_string(),
+                operation: "inspect the exit of",
+            }),
             _ => Err(DispatchError::WaitEnded { container: id.to_string() }),
         }
     }
@@ -324,10 +352,12 @@ pub(crate) fn spec_for(
     env: &[(&str, String)],
     cmd: Option<Vec<String>>,
 ) -> ContainerSpec {
+    let mut labels = task.to_labels();
+    labels.insert(label::INSTANCE.to_owned(), config.instance.clone());
     ContainerSpec {
         name: task.task_id.container_name(),
         image: config.image.clone(),
-        labels: task.to_labels(),
+        labels,
         env: env.iter().map(|(name, value)| format!("{name}={value}")).collect(),
         entrypoint: config.entrypoint.clone(),
         cmd,

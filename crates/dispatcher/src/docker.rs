@@ -12,14 +12,15 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt, stream};
 
 use crate::engine::{
-    ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus, ExitInfo, LogChunk, LogStream,
-    WaitCondition,
+    ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus, ExitInfo, LogChunk,
+    LogStream, WaitCondition,
 };
 use crate::{DispatchError, DockerError};
 
@@ -48,8 +49,9 @@ impl DockerEngine {
     /// [`DispatchError::EngineUnreachable`] when the socket does not answer.
     pub async fn connect_local() -> Result<Self, DispatchError> {
         let endpoint = "the local docker socket (DOCKER_HOST or /var/run/docker.sock)".to_owned();
-        let docker = Docker::connect_with_unix_defaults()
-            .map_err(|source| DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) })?;
+        let docker = Docker::connect_with_unix_defaults().map_err(|source| {
+            DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) }
+        })?;
         Self::negotiate(docker, endpoint).await
     }
 
@@ -59,16 +61,18 @@ impl DockerEngine {
     /// [`DispatchError::EngineUnreachable`] when the socket does not answer.
     pub async fn connect_unix(path: &str) -> Result<Self, DispatchError> {
         let endpoint = path.to_owned();
-        let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
-            .map_err(|source| DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) })?;
+        let docker =
+            Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION).map_err(|source| {
+                DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) }
+            })?;
         Self::negotiate(docker, endpoint).await
     }
 
     async fn negotiate(docker: Docker, endpoint: String) -> Result<Self, DispatchError> {
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|source| DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) })?;
+        let docker = docker.negotiate_version().await.map_err(|source| DispatchError::EngineUnreachable {
+            endpoint: endpoint.clone(),
+            source: DockerError(source),
+        })?;
         Ok(Self { docker, endpoint })
     }
 
@@ -149,11 +153,34 @@ impl DockerEngine {
         }
     }
 
+    /// Resolves when the engine reports a change to a managed container (a
+    /// die, an OOM, a destroy) or when its event stream breaks. Events are
+    /// hints only: the engine drops them for slow readers and forgets them
+    /// when it restarts, so the caller resyncs by listing either way.
+    pub async fn next_change(&self) {
+        let filters = HashMap::from([
+            ("type", vec!["container".to_owned()]),
+            ("label", vec![format!("{}=true", core_types::label::MANAGED)]),
+            ("event", vec!["die".to_owned(), "oom".to_owned(), "destroy".to_owned()]),
+        ]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::new().filters(&filters).build();
+        let mut events = self.docker.events(Some(options));
+        match events.next().await {
+            Some(Ok(_)) => {}
+            // Broken or ended: the engine is restarting or gone. Do not spin.
+            Some(Err(_)) | None => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+
     fn call_failed(operation: &'static str, container: &str, source: BollardError) -> DispatchError {
         if status_code(&source) == Some(404) {
             DispatchError::ContainerNotFound { container: container.to_owned(), operation }
         } else {
-            DispatchError::EngineCall { operation, container: container.to_owned(), source: DockerError(source) }
+            DispatchError::EngineCall {
+                operation,
+                container: container.to_owned(),
+                source: DockerError(source),
+            }
         }
     }
 }
@@ -198,7 +225,9 @@ impl ContainerEngine for DockerEngine {
         match self.docker.create_container(Some(options), create_body(spec)).await {
             Ok(created) => Ok(Some(ContainerId::new(created.id))),
             Err(err) if status_code(&err) == Some(409) => Ok(None),
-            Err(err) if status_code(&err) == Some(404) => Err(DispatchError::ImageMissing { image: spec.image.clone() }),
+            Err(err) if status_code(&err) == Some(404) => {
+                Err(DispatchError::ImageMissing { image: spec.image.clone() })
+            }
             Err(source) => Err(DispatchError::EngineCall {
                 operation: "create",
                 container: spec.name.clone(),
@@ -218,7 +247,8 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerState>, DispatchError> {
-        let response = match self.docker.inspect_container(id_or_name, None::<InspectContainerOptions>).await {
+        let response = match self.docker.inspect_container(id_or_name, None::<InspectContainerOptions>).await
+        {
             Ok(response) => response,
             Err(err) if status_code(&err) == Some(404) => return Ok(None),
             Err(source) => return Err(Self::call_failed("inspect", id_or_name, source)),
@@ -227,19 +257,26 @@ impl ContainerEngine for DockerEngine {
         let started_at = state.started_at.as_deref().and_then(parse_time);
         let status = match state.status {
             Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
-            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => ContainerStatus::Exited(ExitInfo {
-                code: state.exit_code.unwrap_or(-1),
-                oom_killed: state.oom_killed.unwrap_or(false),
-                started_at,
-                finished_at: state.finished_at.as_deref().and_then(parse_time),
-            }),
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+                ContainerStatus::Exited(ExitInfo {
+                    code: state.exit_code.unwrap_or(-1),
+                    oom_killed: state.oom_killed.unwrap_or(false),
+                    started_at,
+                    finished_at: state.finished_at.as_deref().and_then(parse_time),
+                })
+            }
             Some(ContainerStateStatusEnum::REMOVING) => ContainerStatus::Removing,
             _ => ContainerStatus::Running { started_at },
         };
         Ok(Some(ContainerState {
             id: ContainerId::new(response.id.unwrap_or_default()),
             name: response.name.unwrap_or_default().trim_start_matches('/').to_owned(),
-            labels: response.config.and_then(|config| config.labels).unwrap_or_default().into_iter().collect(),
+            labels: response
+                .config
+                .and_then(|config| config.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             status,
             created_at: response.created.as_deref().and_then(parse_time),
         }))
@@ -288,8 +325,12 @@ impl ContainerEngine for DockerEngine {
             async move {
                 match item {
                     Ok(bollard::container::LogOutput::StdOut { message })
-                    | Ok(bollard::container::LogOutput::Console { message }) => Some(Ok(LogChunk::Stdout(message))),
-                    Ok(bollard::container::LogOutput::StdErr { message }) => Some(Ok(LogChunk::Stderr(message))),
+                    | Ok(bollard::container::LogOutput::Console { message }) => {
+                        Some(Ok(LogChunk::Stdout(message)))
+                    }
+                    Ok(bollard::container::LogOutput::StdErr { message }) => {
+                        Some(Ok(LogChunk::Stderr(message)))
+                    }
                     Ok(bollard::container::LogOutput::StdIn { .. }) => None,
                     Err(source) => Some(Err(Self::call_failed("read logs of", &container, source))),
                 }
@@ -301,7 +342,10 @@ impl ContainerEngine for DockerEngine {
     async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<(), DispatchError> {
         let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::new().t(seconds).build();
-        self.docker.stop_container(id.as_str(), Some(options)).await.map_err(|source| Self::call_failed("stop", id.as_str(), source))
+        self.docker
+            .stop_container(id.as_str(), Some(options))
+            .await
+            .map_err(|source| Self::call_failed("stop", id.as_str(), source))
     }
 
     async fn kill(&self, id: &ContainerId) -> Result<(), DispatchError> {

@@ -28,7 +28,6 @@ fn strict_profile_is_the_contract_default() {
 
 #[test]
 fn container_spec_carries_name_labels_env_and_profile() {
-
     let labels = TaskLabels {
         task_id: TaskId::new("t-1").unwrap(),
         kind: TaskKind::Review,
@@ -45,6 +44,7 @@ fn container_spec_carries_name_labels_env_and_profile() {
         network: "none".into(),
         profile: HardenedProfile::strict(),
         entrypoint: None,
+        instance: "default".into(),
     };
     let spec = crate::dispatcher::spec_for(&config, &labels, &[("A", "b".into())], None);
     assert_eq!(spec.name, "berth-t-1");
@@ -56,10 +56,15 @@ fn container_spec_carries_name_labels_env_and_profile() {
 #[test]
 fn ldd_output_lists_libraries_and_the_loader() {
     let output = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
-    let paths: Vec<_> = crate::image::parse_ldd(output).into_iter().map(|p| p.display().to_string()).collect();
+    let paths: Vec<_> =
+        crate::image::parse_ldd(output).into_iter().map(|p| p.display().to_string()).collect();
     assert_eq!(
         paths,
-        ["/lib/x86_64-linux-gnu/libgcc_s.so.1", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
+        [
+            "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2"
+        ]
     );
 }
 

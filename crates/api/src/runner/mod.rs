@@ -26,6 +26,10 @@ use crate::journal::{Journal, now_unix};
 use crate::metrics::Metrics;
 use crate::tasks::{CancelCause, CancelRequest, TaskRecord, TaskState};
 
+mod recovery;
+
+pub use recovery::Reconciled;
+
 /// How often the scheduler looks at the journal when nothing wakes it.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -201,6 +205,8 @@ pub struct Runner {
     reporting: Mutex<HashSet<TaskId>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Set once the start-up reconcile is done.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -243,7 +249,14 @@ impl Runner {
             reporting: Mutex::default(),
             shutdown,
             tracker,
+            started: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Marks the start-up reconcile as done; from then on the sweep leaves
+    /// young containers alone.
+    pub fn mark_started(&self) {
+        self.started.store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn active(
@@ -478,7 +491,7 @@ impl Runner {
         reason: &Arc<Mutex<Option<CancelRequest>>>,
     ) -> Option<Ending> {
         let stopped = tokio::select! {
-            exit = self.dispatcher.wait(container) => {
+            exit = self.wait_exit(container) => {
                 return Some(self.collect(container, exit, None).await);
             }
             () = tokio::time::sleep_until(deadline) => StopCause::Deadline,
@@ -495,7 +508,7 @@ impl Runner {
             warn!(error = %err, "stop failed; killing");
             let _ = self.dispatcher.kill(container).await;
         }
-        let exit = self.dispatcher.wait(container).await;
+        let exit = self.wait_exit(container).await;
         Some(self.collect(container, exit, Some(stopped)).await)
     }
 

@@ -1,0 +1,319 @@
+//! Recovery: finding workers again after a restart of the daemon (or of the
+//! engine), the periodic sweep, and backfilling deliveries GitHub could not
+//! hand over while Berth was down.
+//!
+//! Docker is the truth about live workers (their labels say everything a
+//! monitor needs); the journal is the truth about accepted work and outcomes.
+//! Reconcile brings the two together and is idempotent: a task that already
+//! has a monitor, a report in flight, or a finished record is left alone.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use core_types::{LabelError, TaskLabels};
+use dispatcher::{ContainerId, ContainerStatus, DispatchError, ExitInfo, ManagedContainer};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use super::{Ending, Runner};
+use crate::journal::now_unix;
+use crate::tasks::{TaskRecord, TaskState};
+
+/// Containers younger than this are left to whoever is creating them.
+const SWEEP_GRACE: Duration = Duration::from_secs(30);
+
+/// Deliveries older than this are not backfilled (GitHub keeps three days).
+const BACKFILL_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// What one reconcile pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Running workers a monitor was attached to.
+    pub reattached: usize,
+    /// Exited workers collected.
+    pub collected: usize,
+    /// Workers past their deadline, stopped.
+    pub overdue: usize,
+    /// Created workers handed back to the queue.
+    pub requeued: usize,
+    /// Journal tasks whose container had vanished.
+    pub vanished: usize,
+    /// Containers left alone (labels of an unknown schema, or damaged).
+    pub skipped: usize,
+}
+
+fn age(container: &ManagedContainer) -> Duration {
+    container
+        .created_at
+        .and_then(|created| SystemTime::now().duration_since(created).ok())
+        .unwrap_or(Duration::MAX)
+}
+
+/// A task record rebuilt from a container's labels, for a task the journal does not know.
+fn record_from_labels(labels: &TaskLabels) -> TaskRecord {
+    let request = crate::triggers::TaskRequest {
+        kind: labels.kind,
+        repo: labels.repo.clone(),
+        number: labels.number,
+        head_sha: labels.head_sha.clone(),
+        head_ref: None,
+        clone_url: String::new(),
+        prompt: String::new(),
+        sender: String::new(),
+        installation: labels.installation,
+        comment_id: None,
+    };
+    let delivery = labels.delivery.clone().unwrap_or_default();
+    let mut record = TaskRecord::queued(request, &delivery, 0, now_unix());
+    record.task_id = labels.task_id.clone();
+    record.state = TaskState::Dispatched;
+    record.check_run = labels.check_run;
+    record
+}
+
+impl Runner {
+    /// Waits for the container's exit, riding out engine restarts: a broken
+    /// wait is retried until the engine answers again.
+    pub(super) async fn wait_exit(&self, container: &ContainerId) -> Result<ExitInfo, DispatchError> {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.dispatcher.wait(container).await {
+                Ok(exit) => return Ok(exit),
+                Err(err @ DispatchError::ContainerNotFound { .. }) => return Err(err),
+                Err(err) => {
+                    warn!(container_id = %container, error = %err, "lost the wait on a worker; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Brings the journal and the engine together. Run at start before
+    /// `/readyz` turns 200, and periodically as the sweep.
+    ///
+    /// # Errors
+    /// When the engine cannot be listed or the journal read.
+    #[instrument(skip_all)]
+    pub async fn reconcile(self: &Arc<Self>) -> Result<Reconciled, anyhow::Error> {
+        let mut done = Reconciled::default();
+        let containers = self.dispatcher.list().await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut collections = tokio::task::JoinSet::new();
+        for container in containers {
+            let labels = match &container.task {
+                Ok(labels) => labels.clone(),
+                Err(err @ LabelError::UnknownSchema { .. }) => {
+                    warn!(container = %container.name, error = %err, "left alone: written by another berth version");
+                    done.skipped += 1;
+                    continue;
+                }
+                Err(err) => {
+                    warn!(container = %container.name, error = %err, "left alone: damaged berth labels");
+                    done.skipped += 1;
+                    continue;
+                }
+            };
+            seen.insert(labels.task_id.clone());
+            let busy = self.active().contains_key(&labels.task_id)
+                || self.reporting.lock().expect("reporting lock is never poisoned").contains(&labels.task_id);
+            if busy {
+                continue;
+            }
+            let record = match self.journal.task(&labels.task_id)? {
+                Some(record) => record,
+                None => {
+                    warn!(task_id = %labels.task_id, "the journal does not know this worker; adopting it from its labels");
+                    self.journal.adopt(record_from_labels(&labels)).await?
+                }
+            };
+            match &container.status {
+                ContainerStatus::Running { .. } => {
+                    let overdue = labels.deadline_unix
+                        + self.config.stop_grace.as_secs()
+                        + super::BACKSTOP_MARGIN.as_secs();
+                    if overdue <= now_unix() {
+                        done.overdue += 1;
+                    } else {
+                        done.reattached += 1;
+                    }
+                    self.reattach(record, container.id.clone(), labels.deadline_unix);
+                }
+                ContainerStatus::Exited(_) if record.state == TaskState::Finished => {
+                    // Outcome already recorded; only the removal was cut off.
+                    let _ = self.dispatcher.remove(&container.id).await;
+                }
+                ContainerStatus::Exited(exit) => {
+                    done.collected += 1;
+                    let runner = Arc::clone(self);
+                    let exit = exit.clone();
+                    let id = container.id.clone();
+                    self.active().insert(
+                        record.task_id.clone(),
+                        (CancellationToken::new(), Arc::new(Mutex::new(None))),
+                    );
+                    collections.spawn(async move {
+                        let task_id = record.task_id.clone();
+                        let ending = runner.collect(&id, Ok(exit), None).await;
+                        runner.finish(record, ending, Some(id)).await;
+                        runner.active().remove(&task_id);
+                    });
+                }
+                ContainerStatus::Created if age(&container) >= SWEEP_GRACE || !self.startup_done() => {
+                    // A queued worker: the scheduler starts it in turn, adopting the container.
+                    if record.state != TaskState::Finished {
+                        done.requeued += 1;
+                        self.journal
+                            .update_task(&record.task_id, Box::new(|task| task.state = TaskState::Queued))
+                            .await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        while collections.join_next().await.is_some() {}
+        // Journal tasks that were dispatched but whose container is gone.
+        for task in self.journal.active_tasks()? {
+            if task.state != TaskState::Dispatched
+                || seen.contains(&task.task_id)
+                || self.active().contains_key(&task.task_id)
+            {
+                continue;
+            }
+            // Re-read before concluding: the container may have been created since the listing.
+            if self.dispatcher.find(&task.task_id).await?.is_some() {
+                continue;
+            }
+            let fresh = task
+                .started_unix
+                .is_some_and(|started| now_unix().saturating_sub(started) < SWEEP_GRACE.as_secs());
+            if fresh && self.startup_done() {
+                continue;
+            }
+            done.vanished += 1;
+            let runner = Arc::clone(self);
+            self.tracker.spawn(async move {
+                let reason =
+                    "the worker's container disappeared while the task was running (removed from outside)"
+                        .to_owned();
+                runner.finish(task, Ending::Failed(reason), None).await;
+            });
+        }
+        if done != Reconciled::default() {
+            info!(?done, "reconciled workers with the journal");
+        }
+        self.metrics.add(
+            "berth_reattached_total",
+            "Running workers re-attached by reconcile",
+            &[],
+            done.reattached as f64,
+        );
+        self.metrics.add(
+            "berth_collected_total",
+            "Exited workers collected by reconcile",
+            &[],
+            done.collected as f64,
+        );
+        self.wake.notify_one();
+        Ok(done)
+    }
+
+    fn startup_done(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Attaches a monitor to a running worker found by its labels, with the
+    /// deadline its labels carry.
+    fn reattach(self: &Arc<Self>, record: TaskRecord, container: ContainerId, deadline_unix: u64) {
+        let token = self.shutdown.child_token();
+        let reason = Arc::new(Mutex::new(None));
+        self.active().insert(record.task_id.clone(), (token.clone(), reason.clone()));
+        let backstop = Duration::from_secs(deadline_unix.saturating_sub(now_unix()))
+            + self.config.stop_grace
+            + super::BACKSTOP_MARGIN;
+        let deadline = tokio::time::Instant::now() + backstop;
+        let runner = Arc::clone(self);
+        info!(task_id = %record.task_id, container_id = %container, "re-attached to a running worker");
+        self.tracker.spawn(async move {
+            let task_id = record.task_id.clone();
+            if let Some(ending) = runner.watch(&container, deadline, &token, &reason).await {
+                runner.finish(record, ending, Some(container)).await;
+            }
+            runner.active().remove(&task_id);
+            runner.wake.notify_one();
+        });
+    }
+
+    /// The sweep: reconcile every `every`, and whenever the engine's event
+    /// stream says a managed container changed or the stream broke.
+    pub async fn sweep(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+                () = self.dispatcher.engine().next_change() => {}
+            }
+            if let Err(err) = self.reconcile().await {
+                warn!(error = %format!("{err:#}"), "sweep could not reconcile; will retry");
+            }
+        }
+    }
+
+    /// Asks GitHub to redeliver the App's failed deliveries of the last
+    /// three days that the journal never saw, once each.
+    ///
+    /// # Errors
+    /// When GitHub cannot be asked.
+    pub async fn backfill(&self) -> Result<usize, anyhow::Error> {
+        let deliveries = self.github.recent_deliveries(100).await?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+        let mut asked = 0;
+        let ok = |delivery: &serde_json::Value| {
+            delivery["status_code"].as_u64().is_some_and(|code| (200..300).contains(&code))
+        };
+        for delivery in &deliveries {
+            let (Some(id), Some(guid)) = (delivery["id"].as_u64(), delivery["guid"].as_str()) else {
+                continue;
+            };
+            if ok(delivery) {
+                continue;
+            }
+            // Another attempt of the same delivery may have succeeded since.
+            if deliveries.iter().any(|other| other["guid"] == guid && ok(other)) {
+                continue;
+            }
+            let delivered =
+                delivery["delivered_at"].as_str().and_then(crate::runner::recovery::parse_github_time);
+            if delivered.is_some_and(|at| now.saturating_sub(at) > BACKFILL_WINDOW.as_secs()) {
+                continue;
+            }
+            if self.journal.delivery(guid)?.is_some() {
+                continue;
+            }
+            if !self.journal.mark_redelivery(guid).await? {
+                continue;
+            }
+            self.github.redeliver(id).await?;
+            info!(delivery = guid, "asked GitHub to redeliver a delivery Berth never received");
+            asked += 1;
+        }
+        Ok(asked)
+    }
+}
+
+/// Seconds since the epoch of GitHub's `2026-11-29T03:19:31Z`.
+pub(crate) fn parse_github_time(text: &str) -> Option<u64> {
+    let (date, time) = text.split_once('T')?;
+    let mut date_parts = date.splitn(3, '-').map(|part| part.parse::<i64>().ok());
+    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
+    let time = time.trim_end_matches('Z');
+    let time = time.split(['+', '.']).next()?;
+    let mut clock = time.splitn(3, ':').map(|part| part.parse::<i64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+}

@@ -1,0 +1,232 @@
+//! Recovery: every accepted task ends exactly once, reported once, through
+//! SIGKILLs of the daemon at any moment, exits while it was away, overdue
+//! workers, and deliveries GitHub could not hand over.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::running::Rig;
+
+fn queued(answer: &serde_json::Value) -> String {
+    assert_eq!(answer["outcome"], "queued", "{answer}");
+    answer["task"].as_str().unwrap().to_owned()
+}
+
+async fn running_workers(rig: &Rig) -> usize {
+    rig.containers()
+        .await
+        .iter()
+        .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+        .count()
+}
+
+/// Every task has exactly one completed check run and exactly one comment,
+/// and no container of the rig is left.
+async fn assert_each_reported_once(rig: &Rig, tasks: &[String], limit: Duration) {
+    for task in tasks {
+        rig.outcome(task, limit).await;
+    }
+    // Let in-flight report writes land before counting.
+    rig.until("comments for every task", Duration::from_secs(60), |state| {
+        tasks.iter().all(|task| {
+            let marker = format!("<!-- berth:task={task} -->");
+            state.comments.values().any(|c| c["body"].as_str().is_some_and(|b| b.contains(&marker)))
+        })
+    })
+    .await;
+    for task in tasks {
+        let runs = rig.fake.with(|state| {
+            state.check_runs.values().filter(|run| run["external_id"] == task.as_str()).count()
+        });
+        assert_eq!(runs, 1, "{task} has {runs} check runs");
+        assert_eq!(rig.comments_of(task).len(), 1, "{task} has several comments");
+        let run = rig.completed(task).unwrap();
+        assert_eq!(run["conclusion"], "success", "{task}: {run}");
+    }
+    for _ in 0..100 {
+        if rig.containers().await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("managed containers left: {:?}", rig.containers().await);
+}
+
+#[tokio::test]
+async fn a_sigkilled_daemon_finds_its_workers_again_and_reports_each_once() {
+    let mut rig = Rig::start("recover", &[("BERTH_MAX_WORKERS", "2".to_owned())]).await;
+    for number in 40..45 {
+        rig.fake.set_pull(&rig.repo, number, &rig.head_sha, "feature", Some(&rig.repo));
+    }
+    let long = queued(
+        &rig.deliver("issue_comment", "k-40", &rig.comment(40, true, "/berth review sleep 8", 40)).await,
+    );
+    let short = queued(
+        &rig.deliver("issue_comment", "k-41", &rig.comment(41, true, "/berth review sleep 1", 41)).await,
+    );
+    let waiting =
+        queued(&rig.deliver("issue_comment", "k-42", &rig.comment(42, true, "/berth review", 42)).await);
+    let started = std::time::Instant::now();
+    while running_workers(&rig).await < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "workers never ran\n{}", rig.daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Accepted just before the kill.
+    let last =
+        queued(&rig.deliver("issue_comment", "k-43", &rig.comment(43, true, "/berth review", 43)).await);
+    rig.kill_daemon().await;
+    // The short worker exits while the daemon is away.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        rig.containers()
+            .await
+            .iter()
+            .any(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::EXITED))
+    );
+    rig.start_daemon().await;
+    assert_each_reported_once(&rig, &[long, short, waiting, last], Duration::from_secs(120)).await;
+    let log = rig.daemon.log_text();
+    assert!(log.contains("re-attached to a running worker"), "the long worker was re-attached:\n{log}");
+}
+
+#[tokio::test]
+async fn chaos_random_sigkills_still_end_every_task_exactly_once() {
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("chaos seed {seed}");
+    let mut random = seed | 1;
+    let mut next = move |below: u64| {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        random % below
+    };
+    let mut rig = Rig::start("chaos", &[("BERTH_MAX_WORKERS", "3".to_owned())]).await;
+    let total = 30_u64;
+    for number in 100..100 + total {
+        rig.fake.set_pull(&rig.repo, number, &rig.head_sha, "feature", Some(&rig.repo));
+    }
+    let mut tasks = Vec::new();
+    let mut number = 100;
+    for round in 0..5 {
+        // A batch of deliveries, then a kill at a random moment.
+        for _ in 0..6 {
+            let step = if next(2) == 0 { "/berth review sleep 1" } else { "/berth review" };
+            let comment = rig.comment(number, true, step, number);
+            tasks.push(queued(&rig.deliver("issue_comment", &format!("chaos-{number}"), &comment).await));
+            number += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200 + next(3000))).await;
+        println!("chaos: SIGKILL {round}");
+        rig.kill_daemon().await;
+        tokio::time::sleep(Duration::from_millis(next(1500))).await;
+        rig.start_daemon().await;
+    }
+    assert_eq!(tasks.len(), total as usize);
+    assert_each_reported_once(&rig, &tasks, Duration::from_secs(300)).await;
+}
+
+#[tokio::test]
+async fn a_worker_past_its_deadline_while_the_daemon_was_down_is_stopped_at_start() {
+    let mut rig = Rig::start("overdue", &[]).await;
+    rig.kill_daemon().await;
+    // A worker a previous daemon left behind, whose deadline has passed.
+    let check_run = rig.fake.with(|state| {
+        let id = 90_001;
+        state.check_runs.insert(
+            id,
+            json!({"id": id, "name": "berth/review", "status": "in_progress", "external_id": "review-overdue-1", "head_sha": rig.head_sha, "repo": rig.repo}),
+        );
+        id
+    });
+    let task_id = core_types::TaskId::new("review-overdue-1").unwrap();
+    let labels = core_types::TaskLabels {
+        task_id: task_id.clone(),
+        kind: core_types::TaskKind::Review,
+        repo: rig.repo.clone(),
+        number: 7,
+        head_sha: Some(rig.head_sha.clone()),
+        delivery: Some("overdue-delivery".to_owned()),
+        deadline_unix: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 3600,
+        check_run: Some(check_run),
+        installation: Some(77),
+    };
+    let image = tests::test_image().await.to_owned();
+    let dispatcher = tests::dispatcher_with(dispatcher::DispatcherConfig {
+        image,
+        network: "none".to_owned(),
+        profile: dispatcher::HardenedProfile::strict(),
+        entrypoint: Some(vec![tests::STUB.to_owned()]),
+        instance: rig.repo_name.clone(),
+    })
+    .await;
+    dispatcher.launch(&labels, &[], Some(vec!["sleep".to_owned(), "600".to_owned()])).await.unwrap();
+    rig.start_daemon().await;
+    let run = rig.outcome(task_id.as_str(), Duration::from_secs(60)).await;
+    assert_eq!(run["conclusion"], "timed_out", "{run}");
+    assert_eq!(rig.comments_of(task_id.as_str()).len(), 1);
+    for _ in 0..50 {
+        if rig.containers().await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the overdue worker was not removed");
+}
+
+fn github_time(at: SystemTime) -> String {
+    let seconds = at.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let days = seconds.div_euclid(86_400);
+    let rest = seconds.rem_euclid(86_400);
+    // Civil date from days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+#[tokio::test]
+async fn missed_deliveries_are_redelivered_once() {
+    let mut rig = Rig::start("backfill", &[]).await;
+    let seen = rig.deliver("issue_comment", "seen-guid", &rig.comment(7, true, "hello", 1)).await;
+    assert_eq!(seen["outcome"], "ignored");
+    let now = SystemTime::now();
+    let old = now - Duration::from_secs(5 * 24 * 3600);
+    rig.fake.with(|state| {
+        state.deliveries = vec![
+            json!({"id": 11, "guid": "missed-guid", "status_code": 502, "status": "Bad Gateway", "delivered_at": github_time(now), "event": "issue_comment", "redelivery": false}),
+            json!({"id": 12, "guid": "seen-guid", "status_code": 503, "status": "Service Unavailable", "delivered_at": github_time(now), "event": "issue_comment", "redelivery": false}),
+            json!({"id": 13, "guid": "ok-guid", "status_code": 202, "status": "OK", "delivered_at": github_time(now), "event": "issue_comment", "redelivery": false}),
+            json!({"id": 14, "guid": "old-guid", "status_code": 0, "status": "timed out", "delivered_at": github_time(old), "event": "issue_comment", "redelivery": false}),
+            json!({"id": 15, "guid": "retried-guid", "status_code": 500, "delivered_at": github_time(now), "event": "issue_comment", "redelivery": false}),
+            json!({"id": 16, "guid": "retried-guid", "status_code": 202, "delivered_at": github_time(now), "event": "issue_comment", "redelivery": true}),
+        ];
+    });
+    // The backfill runs at start: restart to trigger it with the list in place.
+    rig.kill_daemon().await;
+    rig.start_daemon().await;
+    rig.until("the redelivery request", Duration::from_secs(30), |state| !state.redeliveries.is_empty())
+        .await;
+    rig.kill_daemon().await;
+    let listings = |state: &api::fake_github::FakeState| {
+        state.requests.iter().filter(|r| r.path.starts_with("/app/hook/deliveries?")).count()
+    };
+    let before = rig.fake.with(|state| listings(state));
+    rig.start_daemon().await;
+    rig.until("the backfill after the restart", Duration::from_secs(30), |state| listings(state) > before).await;
+    assert_eq!(
+        rig.fake.with(|state| state.redeliveries.clone()),
+        vec![11],
+        "only the missed one, and only once"
+    );
+    let listing = rig.fake.with(|state| {
+        state.requests.iter().find(|r| r.path.starts_with("/app/hook/deliveries")).unwrap().auth.clone()
+    });
+    assert_eq!(listing, "Bearer jwt", "listed with the App's JWT");
+}
