@@ -105,8 +105,15 @@ pub async fn dispatcher() -> Dispatcher<DockerEngine> {
         network: "none".to_owned(),
         profile: HardenedProfile::strict(),
         entrypoint: Some(vec![STUB.to_owned()]),
+        instance: test_instance(),
     })
     .await
+}
+
+/// The `berth.instance` of containers this test process makes directly, so
+/// daemons started by other tests never adopt them.
+pub fn test_instance() -> String {
+    format!("e2e-{}", std::process::id())
 }
 
 /// A dispatcher over the real engine with a given configuration.

@@ -9,9 +9,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{ConfigError, PsArgs};
 
-/// Installs the log subscriber: `RUST_LOG` (default `info`), human or JSON.
-pub fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the log subscriber: `RUST_LOG` (default `default`), human or JSON.
+pub fn init_tracing(json: bool, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -85,4 +85,127 @@ pub async fn ps(args: &PsArgs) -> anyhow::Result<()> {
     } else {
         print(&crate::ps::render_table(&rows))
     }
+}
+
+fn listing_dispatcher(engine: dispatcher::DockerEngine) -> dispatcher::Dispatcher<dispatcher::DockerEngine> {
+    // Reading needs no worker settings; this configuration is never used to create.
+    dispatcher::Dispatcher::new(
+        engine,
+        dispatcher::DispatcherConfig {
+            image: String::new(),
+            network: String::new(),
+            profile: dispatcher::HardenedProfile::strict(),
+            entrypoint: None,
+            instance: core_types::DEFAULT_INSTANCE.to_owned(),
+        },
+    )
+}
+
+/// `berth logs`: a worker's output, straight from Docker (works while the daemon is down).
+///
+/// # Errors
+/// A bad task id, Docker unreachable, or no container for the task.
+pub async fn logs(args: &crate::config::LogsArgs) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let task_id = core_types::TaskId::new(args.task.clone())?;
+    let dispatcher = listing_dispatcher(dispatcher::DockerEngine::connect_local().await?);
+    let Some(container) = dispatcher.find(&task_id).await? else {
+        anyhow::bail!(
+            "task {task_id} has no container (finished tasks are removed once reported; their outcome is in GET /api/tasks/{task_id})"
+        );
+    };
+    let mut stream = dispatcher.logs(&container.id, args.follow);
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        stdout.write_all(chunk?.bytes())?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+/// A small HTTP/1.1 request over one connection (the operator CLI talks to
+/// its own daemon on loopback; no client library needed).
+///
+/// # Errors
+/// Connection or protocol failures.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|err| {
+        anyhow::anyhow!("cannot reach the daemon at {addr}: {err} (is `berth serve` running? set --bind)")
+    })?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    if let Some(token) = bearer {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `berth cancel`: asks the running daemon, through its status API.
+///
+/// # Errors
+/// A bad task id, no token, the daemon unreachable, or a refusal.
+pub async fn cancel(args: &crate::config::CancelArgs) -> anyhow::Result<()> {
+    let task_id = core_types::TaskId::new(args.task.clone())?;
+    let token = args
+        .admin_token
+        .as_deref()
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("BERTH_ADMIN_TOKEN is not set; the status API needs it"))?;
+    let mut addr: std::net::SocketAddr =
+        args.bind.parse().map_err(|_| anyhow::anyhow!("BERTH_BIND {:?} is not an address", args.bind))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let (status, body) =
+        http_request(addr, "POST", &format!("/api/tasks/{task_id}/cancel"), Some(token)).await?;
+    match status {
+        200..=299 => print(&format!("cancel requested for {task_id}\n")),
+        _ => {
+            let reason = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|value| value["error"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            anyhow::bail!("the daemon refused to cancel {task_id} ({status}): {reason}")
+        }
+    }
+}
+
+/// The GitHub App manifest: exactly the permissions and events Berth uses.
+pub fn app_manifest(args: &crate::config::AppManifestArgs) -> serde_json::Value {
+    let url = args.url.trim_end_matches('/');
+    serde_json::json!({
+        "name": args.name,
+        "url": url,
+        "hook_attributes": {"url": format!("{url}/webhook"), "active": true},
+        "public": false,
+        "default_permissions": {
+            "checks": "write",
+            "contents": "write",
+            "issues": "write",
+            "pull_requests": "write",
+            "metadata": "read"
+        },
+        "default_events": ["issue_comment", "issues", "pull_request"]
+    })
+}
+
+/// `berth app-manifest`.
+///
+/// # Errors
+/// When stdout cannot be written.
+pub fn print_app_manifest(args: &crate::config::AppManifestArgs) -> anyhow::Result<()> {
+    print(&format!("{}\n", serde_json::to_string_pretty(&app_manifest(args))?))
 }

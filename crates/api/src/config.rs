@@ -32,6 +32,63 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// List tasks from Docker's labels (works while the daemon is down).
     Ps(PsArgs),
+    /// Print (or follow) a worker's output, straight from Docker.
+    Logs(LogsArgs),
+    /// Ask the running daemon to cancel a task.
+    Cancel(CancelArgs),
+    /// Check the Docker socket, the worker image, the App key, the bind address
+    /// and the state directory; print what is wrong and how to fix it.
+    Doctor(Box<ServeArgs>),
+    /// The whole flow on this machine with no GitHub account: a local image,
+    /// a signed sample delivery, a stub agent, the task's life printed.
+    Demo(DemoArgs),
+    /// Print the GitHub App manifest with the permissions and events Berth needs.
+    AppManifest(AppManifestArgs),
+}
+
+/// `berth logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The task id.
+    pub task: String,
+    /// Keep printing as the worker writes, until it exits.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+/// `berth cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The task id.
+    pub task: String,
+    /// The daemon's address.
+    #[arg(long, env = "BERTH_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// The daemon's admin token.
+    #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// `berth demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its journal and keys (a fresh temporary directory by default).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Tag of the demo's worker image.
+    #[arg(long, default_value = "berth-demo-worker:latest")]
+    pub image: String,
+}
+
+/// `berth app-manifest`.
+#[derive(Debug, Args)]
+pub struct AppManifestArgs {
+    /// The public base URL GitHub delivers to (the webhook is `<url>/webhook`).
+    #[arg(long)]
+    pub url: String,
+    /// The App's name on GitHub.
+    #[arg(long, default_value = "berth")]
+    pub name: String,
 }
 
 /// `berth ps`.

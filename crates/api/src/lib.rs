@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
+pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod fake_github;

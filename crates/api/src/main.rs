@@ -16,12 +16,20 @@ async fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(err) => return api::cli::config_error(&err),
             };
-            api::cli::init_tracing(config.json_logs);
+            api::cli::init_tracing(config.json_logs, "info");
             let shutdown = CancellationToken::new();
             tokio::spawn(api::cli::cancel_on_signal(shutdown.clone()));
             api::daemon::run(config, shutdown).await
         }
         Command::Ps(args) => api::cli::ps(&args).await,
+        Command::Logs(args) => api::cli::logs(&args).await,
+        Command::Cancel(args) => api::cli::cancel(&args).await,
+        Command::Doctor(args) => api::doctor::run(&args).await,
+        Command::Demo(args) => {
+            api::cli::init_tracing(false, "warn");
+            api::demo::run(&args).await
+        }
+        Command::AppManifest(args) => api::cli::print_app_manifest(&args),
     };
     api::cli::exit_code(result)
 }

@@ -153,6 +153,35 @@ impl DockerEngine {
         }
     }
 
+    /// The gateway address of a network: this host, as containers on that
+    /// network reach it. When the engine reports only the subnet, the gateway
+    /// is its first address (Docker's rule).
+    ///
+    /// # Errors
+    /// When the network does not exist or has no IPv4 subnet.
+    pub async fn network_gateway(&self, network: &str) -> Result<std::net::IpAddr, DispatchError> {
+        let found = self
+            .docker
+            .inspect_network(network, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .map_err(|source| Self::call_failed("inspect network", network, source))?;
+        let configs = found.ipam.and_then(|ipam| ipam.config).unwrap_or_default();
+        if let Some(gateway) = configs.iter().find_map(|config| config.gateway.as_deref()?.parse().ok()) {
+            return Ok(gateway);
+        }
+        configs
+            .iter()
+            .find_map(|config| {
+                let (address, _) = config.subnet.as_deref()?.split_once('/')?;
+                address.parse::<std::net::Ipv4Addr>().ok()
+            })
+            .map(|subnet| std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from(subnet) + 1)))
+            .ok_or_else(|| DispatchError::ContainerNotFound {
+                container: network.to_owned(),
+                operation: "find the gateway of network",
+            })
+    }
+
     /// Resolves when the engine reports a change to a managed container (a
     /// die, an OOM, a destroy) or when its event stream breaks. Events are
     /// hints only: the engine drops them for slow readers and forgets them

@@ -1,0 +1,161 @@
+//! `berth doctor`: checks what `berth serve` needs, one line per check, each
+//! failure with how to fix it. Secrets are checked, never printed.
+
+use std::io::Write;
+
+use dispatcher::DockerEngine;
+
+use crate::config::ServeArgs;
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// `None` when fine; otherwise what is wrong and how to fix it.
+    pub problem: Option<String>,
+    /// What was found, when fine.
+    pub detail: String,
+}
+
+fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+    Check { name, problem: None, detail: detail.into() }
+}
+
+fn bad(name: &'static str, problem: impl Into<String>) -> Check {
+    Check { name, problem: Some(problem.into()), detail: String::new() }
+}
+
+/// Runs every check.
+pub async fn checks(args: &ServeArgs) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let validated = args.validate();
+    checks.push(match &validated {
+        Ok(_) => ok("settings", "every setting is valid"),
+        Err(err) => bad("settings", format!("{err}; fix that setting (see berth serve --help)")),
+    });
+    match DockerEngine::connect_local().await {
+        Ok(engine) => {
+            match engine.version().await {
+                Ok((version, api)) => {
+                    let api_ok = api
+                        .split('.')
+                        .nth(1)
+                        .and_then(|minor| minor.parse::<u32>().ok())
+                        .is_some_and(|minor| minor >= 41);
+                    checks.push(if api_ok {
+                        ok("docker", format!("engine {version}, API {api}, at {}", engine.endpoint()))
+                    } else {
+                        bad("docker", format!("engine API {api} is older than 1.41; upgrade Docker"))
+                    });
+                }
+                Err(err) => checks.push(bad("docker", format!("{err}"))),
+            }
+            checks.push(match engine.image_exists(&args.worker_image).await {
+                Ok(true) => ok("worker image", args.worker_image.clone()),
+                Ok(false) => bad(
+                    "worker image",
+                    format!(
+                        "{} is not on the engine; build it with `docker build -t {} .` (berth never pulls)",
+                        args.worker_image, args.worker_image
+                    ),
+                ),
+                Err(err) => bad("worker image", err.to_string()),
+            });
+        }
+        Err(err) => {
+            let hint = if format!("{err:?}").contains("ermission") {
+                "add this user to the socket's group (usually `docker`) or run where the socket is readable"
+            } else {
+                "start the Docker Engine, or point DOCKER_HOST at its unix socket"
+            };
+            checks.push(bad("docker", format!("{err}; {hint}")));
+            checks.push(bad("worker image", "cannot check without Docker"));
+        }
+    }
+    checks.push(match &args.github_private_key_file {
+        None => bad(
+            "app key",
+            "BERTH_GITHUB_PRIVATE_KEY_FILE is not set; download the key from the App's settings page",
+        ),
+        Some(path) => match std::fs::read(path) {
+            Err(err) => bad(
+                "app key",
+                format!("cannot read {}: {err}; check the path and its permissions", path.display()),
+            ),
+            Ok(pem) => match octocrab::EncodingKey::from_rsa_pem(&pem) {
+                Ok(_) => ok("app key", format!("{} is a usable RSA key", path.display())),
+                Err(err) => bad(
+                    "app key",
+                    format!(
+                        "{} is not a usable RSA private key ({err}); use the .pem GitHub generated",
+                        path.display()
+                    ),
+                ),
+            },
+        },
+    });
+    let secret_set = args.webhook_secret.as_deref().is_some_and(|secret| !secret.is_empty())
+        || args
+            .webhook_secret_file
+            .as_ref()
+            .is_some_and(|path| std::fs::metadata(path).is_ok_and(|meta| meta.len() > 0));
+    checks.push(if secret_set {
+        ok("webhook secret", "set")
+    } else {
+        bad("webhook secret", "BERTH_WEBHOOK_SECRET (or BERTH_WEBHOOK_SECRET_FILE) is not set; use the secret from the App's webhook settings")
+    });
+    checks.push(match args.bind.parse::<std::net::SocketAddr>() {
+        Err(_) => bad("bind address", format!("{:?} is not an address like 127.0.0.1:8080", args.bind)),
+        Ok(addr) if addr.ip().is_unspecified() && !args.allow_public_bind => bad(
+            "bind address",
+            format!(
+                "{addr} listens everywhere; bind one private address or set BERTH_ALLOW_PUBLIC_BIND=true"
+            ),
+        ),
+        Ok(addr) => match std::net::TcpListener::bind(addr) {
+            Ok(_) => ok("bind address", format!("{addr} is free")),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+                ok("bind address", format!("{addr} is in use (fine if berth serve is already running there)"))
+            }
+            Err(err) => bad("bind address", format!("cannot listen on {addr}: {err}")),
+        },
+    });
+    let probe = args.state_dir.join(".berth-doctor");
+    checks.push(
+        match std::fs::create_dir_all(&args.state_dir).and_then(|()| std::fs::write(&probe, b"ok")) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&probe);
+                ok("state dir", format!("{} is writable", args.state_dir.display()))
+            }
+            Err(err) => bad(
+                "state dir",
+                format!(
+                    "{} is not writable ({err}); create it for this user or set BERTH_STATE_DIR",
+                    args.state_dir.display()
+                ),
+            ),
+        },
+    );
+    checks
+}
+
+/// `berth doctor`: prints every check; fails when any failed.
+///
+/// # Errors
+/// When a check failed.
+pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let checks = checks(args).await;
+    let mut out = std::io::stdout().lock();
+    for check in &checks {
+        match &check.problem {
+            None => writeln!(out, "ok    {:<15} {}", check.name, check.detail)?,
+            Some(problem) => writeln!(out, "FAIL  {:<15} {problem}", check.name)?,
+        }
+    }
+    let failed = checks.iter().filter(|check| check.problem.is_some()).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}
