@@ -219,7 +219,8 @@ async fn missed_deliveries_are_redelivered_once() {
     };
     let before = rig.fake.with(|state| listings(state));
     rig.start_daemon().await;
-    rig.until("the backfill after the restart", Duration::from_secs(30), |state| listings(state) > before).await;
+    rig.until("the backfill after the restart", Duration::from_secs(30), |state| listings(state) > before)
+        .await;
     assert_eq!(
         rig.fake.with(|state| state.redeliveries.clone()),
         vec![11],
