@@ -105,6 +105,10 @@ pub struct PsArgs {
 /// `berth serve`: every setting of the daemon.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML file holding any of these settings by their long names (`max_workers = 8`);
+    /// flags and `BERTH_*` variables take precedence over it.
+    #[arg(long, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "BERTH_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
@@ -483,4 +487,71 @@ fn check_private_key(pem: &str) -> Result<(), &'static str> {
     } else {
         Err("not a PEM private key (expected BEGIN RSA PRIVATE KEY or BEGIN PRIVATE KEY)")
     }
+}
+
+/// Adds the settings of the TOML file named by `--config` (or `BERTH_CONFIG`)
+/// to the command line of `serve` and `doctor`, as flags, for every setting
+/// that neither a flag nor its `BERTH_*` variable already gives.
+///
+/// # Errors
+/// An unreadable file, invalid TOML, or an unknown key, naming `BERTH_CONFIG`.
+pub fn with_config_file(
+    args: Vec<std::ffi::OsString>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<std::ffi::OsString>, ConfigError> {
+    use clap::CommandFactory;
+    let text: Vec<String> = args.iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
+    let Some(position) = text.iter().skip(1).position(|arg| !arg.starts_with('-')).map(|index| index + 1) else {
+        return Ok(args);
+    };
+    if !matches!(text[position].as_str(), "serve" | "doctor") {
+        return Ok(args);
+    }
+    let from_flag = text.iter().enumerate().find_map(|(index, arg)| {
+        arg.strip_prefix("--config=").map(str::to_owned).or_else(|| (arg == "--config").then(|| text.get(index + 1).cloned()).flatten())
+    });
+    let Some(path) = from_flag.or_else(|| env("BERTH_CONFIG")).filter(|path| !path.is_empty()) else {
+        return Ok(args);
+    };
+    let content = std::fs::read_to_string(&path).map_err(|err| invalid("BERTH_CONFIG", format!("cannot read {path}: {err}")))?;
+    let table: toml::Table = content.parse().map_err(|err: toml::de::Error| {
+        invalid("BERTH_CONFIG", format!("{path} is not valid TOML: {}", err.message()))
+    })?;
+    let command = Cli::command();
+    let serve = command.find_subcommand("serve").expect("the serve command exists");
+    let mut extra = Vec::new();
+    for (key, value) in &table {
+        let long = key.replace('_', "-");
+        let Some(arg) = serve.get_arguments().find(|arg| arg.get_long() == Some(long.as_str()) && long != "config") else {
+            return Err(invalid("BERTH_CONFIG", format!("{path}: unknown setting {key:?}")));
+        };
+        let flag = format!("--{long}");
+        let given = text.iter().any(|arg| *arg == flag || arg.starts_with(&format!("{flag}=")));
+        let from_env = arg.get_env().and_then(|name| env(&name.to_string_lossy())).is_some();
+        if given || from_env {
+            continue;
+        }
+        match value {
+            toml::Value::Boolean(true) => extra.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(text) => extra.push(format!("{flag}={text}")),
+            toml::Value::Integer(number) => extra.push(format!("{flag}={number}")),
+            toml::Value::Float(number) => extra.push(format!("{flag}={number}")),
+            toml::Value::Array(items) => {
+                let items: Vec<String> =
+                    items.iter().map(|item| match item {
+                        toml::Value::String(text) => text.clone(),
+                        toml::Value::Integer(number) => number.to_string(),
+                        other => format!("{other:?}"),
+                    }).collect();
+                extra.push(format!("{flag}={}", items.join(",")));
+            }
+            other => return Err(invalid("BERTH_CONFIG", format!("{path}: {key} has an unsupported value {}", other.type_str()))),
+        }
+    }
+    let mut merged = args;
+    let tail = merged.split_off(position + 1);
+    merged.extend(extra.into_iter().map(std::ffi::OsString::from));
+    merged.extend(tail);
+    Ok(merged)
 }
