@@ -231,3 +231,59 @@ async fn missed_deliveries_are_redelivered_once() {
     });
     assert_eq!(listing, "Bearer jwt", "listed with the App's JWT");
 }
+
+#[tokio::test]
+async fn a_graceful_stop_leaves_workers_running_and_a_restart_reports_them() {
+    let mut rig = Rig::start("graceful", &[]).await;
+    let task = queued(&rig.deliver("issue_comment", "g-1", &rig.comment(7, true, "/berth review sleep 6", 1)).await);
+    let started = std::time::Instant::now();
+    while running_workers(&rig).await < 1 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the worker never ran\n{}", rig.daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(rig.daemon.child.id().unwrap() as i32);
+    let stopping = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), rig.daemon.child.wait()).await.expect("stopped in time").unwrap();
+    let took = stopping.elapsed();
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    assert!(took < Duration::from_secs(11), "SIGTERM stopped the daemon in {took:?}");
+    assert_eq!(running_workers(&rig).await, 1, "the worker outlives the daemon");
+    assert!(rig.completed(&task).is_none());
+    rig.start_daemon().await;
+    assert_each_reported_once(&rig, &[task], Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn containers_of_an_unknown_label_schema_are_reported_and_left_alone() {
+    let mut rig = Rig::start("schema", &[]).await;
+    rig.kill_daemon().await;
+    let image = tests::test_image().await.to_owned();
+    let docker = bollard::Docker::connect_with_unix_defaults().unwrap();
+    let name = format!("berth-future-{}", rig.repo_name);
+    let labels = std::collections::HashMap::from([
+        ("berth.managed".to_owned(), "true".to_owned()),
+        ("berth.schema".to_owned(), "2".to_owned()),
+        ("berth.task-id".to_owned(), format!("future-{}", rig.repo_name)),
+        ("berth.repo".to_owned(), rig.repo.clone()),
+        ("berth.instance".to_owned(), rig.repo_name.clone()),
+    ]);
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(image),
+        entrypoint: Some(vec![tests::STUB.to_owned()]),
+        cmd: Some(vec!["exit".to_owned(), "0".to_owned()]),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let options = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&name).build();
+    docker.create_container(Some(options), body).await.unwrap();
+    rig.start_daemon().await;
+    let started = std::time::Instant::now();
+    while !rig.daemon.log_text().contains("written by another berth version") {
+        assert!(started.elapsed() < Duration::from_secs(30), "not reported:\n{}", rig.daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let inspect = docker.inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>).await.unwrap();
+    assert_eq!(inspect.state.unwrap().status, Some(bollard::models::ContainerStateStatusEnum::CREATED), "left as it was");
+    assert!(rig.fake.with(|state| state.check_runs.is_empty() && state.comments.is_empty()));
+}
