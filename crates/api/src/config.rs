@@ -413,10 +413,10 @@ impl ServeArgs {
             ));
         }
         let admin_token = self.admin_token.clone().filter(|token| !token.is_empty());
-        if let Some(token) = &admin_token {
-            if token.len() < 16 {
-                return Err(invalid("BERTH_ADMIN_TOKEN", "must be at least 16 characters"));
-            }
+        if let Some(token) = &admin_token
+            && token.len() < 16
+        {
+            return Err(invalid("BERTH_ADMIN_TOKEN", "must be at least 16 characters"));
         }
         if core_types::TaskId::new(self.instance.clone()).is_err() {
             return Err(invalid(
@@ -501,19 +501,23 @@ pub fn with_config_file(
 ) -> Result<Vec<std::ffi::OsString>, ConfigError> {
     use clap::CommandFactory;
     let text: Vec<String> = args.iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
-    let Some(position) = text.iter().skip(1).position(|arg| !arg.starts_with('-')).map(|index| index + 1) else {
+    let Some(position) = text.iter().skip(1).position(|arg| !arg.starts_with('-')).map(|index| index + 1)
+    else {
         return Ok(args);
     };
     if !matches!(text[position].as_str(), "serve" | "doctor") {
         return Ok(args);
     }
     let from_flag = text.iter().enumerate().find_map(|(index, arg)| {
-        arg.strip_prefix("--config=").map(str::to_owned).or_else(|| (arg == "--config").then(|| text.get(index + 1).cloned()).flatten())
+        arg.strip_prefix("--config=")
+            .map(str::to_owned)
+            .or_else(|| (arg == "--config").then(|| text.get(index + 1).cloned()).flatten())
     });
     let Some(path) = from_flag.or_else(|| env("BERTH_CONFIG")).filter(|path| !path.is_empty()) else {
         return Ok(args);
     };
-    let content = std::fs::read_to_string(&path).map_err(|err| invalid("BERTH_CONFIG", format!("cannot read {path}: {err}")))?;
+    let content = std::fs::read_to_string(&path)
+        .map_err(|err| invalid("BERTH_CONFIG", format!("cannot read {path}: {err}")))?;
     let table: toml::Table = content.parse().map_err(|err: toml::de::Error| {
         invalid("BERTH_CONFIG", format!("{path} is not valid TOML: {}", err.message()))
     })?;
@@ -522,7 +526,9 @@ pub fn with_config_file(
     let mut extra = Vec::new();
     for (key, value) in &table {
         let long = key.replace('_', "-");
-        let Some(arg) = serve.get_arguments().find(|arg| arg.get_long() == Some(long.as_str()) && long != "config") else {
+        let Some(arg) =
+            serve.get_arguments().find(|arg| arg.get_long() == Some(long.as_str()) && long != "config")
+        else {
             return Err(invalid("BERTH_CONFIG", format!("{path}: unknown setting {key:?}")));
         };
         let flag = format!("--{long}");
@@ -538,15 +544,22 @@ pub fn with_config_file(
             toml::Value::Integer(number) => extra.push(format!("{flag}={number}")),
             toml::Value::Float(number) => extra.push(format!("{flag}={number}")),
             toml::Value::Array(items) => {
-                let items: Vec<String> =
-                    items.iter().map(|item| match item {
+                let items: Vec<String> = items
+                    .iter()
+                    .map(|item| match item {
                         toml::Value::String(text) => text.clone(),
                         toml::Value::Integer(number) => number.to_string(),
                         other => format!("{other:?}"),
-                    }).collect();
+                    })
+                    .collect();
                 extra.push(format!("{flag}={}", items.join(",")));
             }
-            other => return Err(invalid("BERTH_CONFIG", format!("{path}: {key} has an unsupported value {}", other.type_str()))),
+            other => {
+                return Err(invalid(
+                    "BERTH_CONFIG",
+                    format!("{path}: {key} has an unsupported value {}", other.type_str()),
+                ));
+            }
         }
     }
     let mut merged = args;

@@ -270,16 +270,16 @@ async fn follow(engine: &DockerEngine, fake: &FakeGitHub, task: &str) -> anyhow:
         let elapsed = started.elapsed().as_secs_f64();
         let run =
             fake.with(|state| state.check_runs.values().find(|run| run["external_id"] == task).cloned());
-        if let Some(run) = &run {
-            if !saw_run {
-                saw_run = true;
-                say(&format!(
-                    "      {elapsed:5.1}s check run {} in progress on {}",
-                    run["name"],
-                    &run["head_sha"].as_str().unwrap_or("")
-                        [..7.min(run["head_sha"].as_str().unwrap_or("").len())]
-                ));
-            }
+        if let Some(run) = &run
+            && !saw_run
+        {
+            saw_run = true;
+            let sha = run["head_sha"].as_str().unwrap_or("");
+            say(&format!(
+                "      {elapsed:5.1}s check run {} in progress on {}",
+                run["name"],
+                sha.get(..7).unwrap_or(sha)
+            ));
         }
         if !saw_reaction && fake.with(|state| !state.reactions.is_empty()) {
             saw_reaction = true;
@@ -288,7 +288,9 @@ async fn follow(engine: &DockerEngine, fake: &FakeGitHub, task: &str) -> anyhow:
         if !saw_worker {
             let found = dispatcher.find(&task_id).await?;
             // Following the logs of a container that has not started yet ends at once.
-            if let Some(container) = found.filter(|container| container.status != dispatcher::ContainerStatus::Created) {
+            if let Some(container) =
+                found.filter(|container| container.status != dispatcher::ContainerStatus::Created)
+            {
                 saw_worker = true;
                 say(&format!(
                     "      {elapsed:5.1}s hardened worker container {} started; its output:",

@@ -80,10 +80,10 @@ impl IntoResponse for ApiError {
             self.to_string()
         };
         let mut response = (status, Json(json!({ "error": message }))).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            if let Ok(value) = "Bearer".parse() {
-                response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, value);
-            }
+        if status == StatusCode::UNAUTHORIZED
+            && let Ok(value) = "Bearer".parse()
+        {
+            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, value);
         }
         response
     }

@@ -187,9 +187,7 @@ async fn record(State(state): State<Shared>, request: Request, next: Next) -> Re
     let injected = {
         let mut state = lock(&state);
         let app_route = path.starts_with("/app/") || path.ends_with("/installation");
-        if state.reject_credentials && app_route {
-            Some(StatusCode::UNAUTHORIZED)
-        } else if auth.ends_with("none") {
+        if (state.reject_credentials && app_route) || auth.ends_with("none") {
             Some(StatusCode::UNAUTHORIZED)
         } else {
             match state.fail_next {

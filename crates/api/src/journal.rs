@@ -148,7 +148,7 @@ enum WriteOp {
     Accept {
         delivery: String,
         event: String,
-        decision: Decision,
+        decision: Box<Decision>,
         reply: oneshot::Sender<Result<Accepted, JournalError>>,
     },
     UpdateTask {
@@ -236,7 +236,12 @@ impl Journal {
         decision: Decision,
     ) -> Result<Accepted, JournalError> {
         let (reply, answer) = oneshot::channel();
-        let op = WriteOp::Accept { delivery: delivery.to_owned(), event: event.to_owned(), decision, reply };
+        let op = WriteOp::Accept {
+            delivery: delivery.to_owned(),
+            event: event.to_owned(),
+            decision: Box::new(decision),
+            reply,
+        };
         self.writer.send(op).map_err(|_| JournalError::WriterGone)?;
         answer.await.map_err(|_| JournalError::WriterGone)?
     }
@@ -409,7 +414,7 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>) {
         for op in ops.by_ref() {
             replies.push(match op {
                 WriteOp::Accept { delivery, event, decision, reply } => {
-                    Reply::Accept(reply, accept_in(&txn, &delivery, &event, decision)?)
+                    Reply::Accept(reply, accept_in(&txn, &delivery, &event, *decision)?)
                 }
                 WriteOp::UpdateTask { task_id, update, reply } => {
                     Reply::UpdateTask(reply, update_in(&txn, &task_id, update)?)

@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match api::config::with_config_file(std::env::args_os().collect(), |name| std::env::var(name).ok()) {
-        Ok(args) => args,
-        Err(err) => return api::cli::config_error(&err),
-    };
+    let args =
+        match api::config::with_config_file(std::env::args_os().collect(), |name| std::env::var(name).ok()) {
+            Ok(args) => args,
+            Err(err) => return api::cli::config_error(&err),
+        };
     let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Serve(args) => {

@@ -304,10 +304,10 @@ impl Policy {
                 // one who labelled is trusted by GitHub itself unless an explicit
                 // list says otherwise.
                 let login = &event.sender.login;
-                if !self.trusted_users.is_empty() {
-                    if let Err(reason) = self.trusts(login, None) {
-                        return Decision::Ignore(reason);
-                    }
+                if !self.trusted_users.is_empty()
+                    && let Err(reason) = self.trusts(login, None)
+                {
+                    return Decision::Ignore(reason);
                 }
                 if let Some(ignore) = missing_clone_url(&event.repository) {
                     return ignore;

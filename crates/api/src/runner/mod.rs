@@ -103,9 +103,9 @@ fn human_bytes(bytes: i64) -> String {
 
 fn human_duration(duration: Duration) -> String {
     let seconds = duration.as_secs();
-    if seconds >= 3600 && seconds % 3600 == 0 {
+    if seconds >= 3600 && seconds.is_multiple_of(3600) {
         format!("{}h", seconds / 3600)
-    } else if seconds >= 60 && seconds % 60 == 0 {
+    } else if seconds >= 60 && seconds.is_multiple_of(60) {
         format!("{}m", seconds / 60)
     } else {
         format!("{seconds}s")
@@ -191,6 +191,9 @@ fn capitalize(text: &str) -> String {
     chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
 }
 
+/// A task with a live preparation or monitor: its cancel switch, and why it was pulled.
+type ActiveTask = (CancellationToken, Arc<Mutex<Option<CancelRequest>>>);
+
 /// Runs tasks from the journal on the engine and reports them to GitHub.
 pub struct Runner {
     journal: Journal,
@@ -200,7 +203,7 @@ pub struct Runner {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     /// Tasks with a live preparation or monitor, and their cancel switches.
-    active: Mutex<HashMap<TaskId, (CancellationToken, Arc<Mutex<Option<CancelRequest>>>)>>,
+    active: Mutex<HashMap<TaskId, ActiveTask>>,
     /// Finished tasks whose report is being written now.
     reporting: Mutex<HashSet<TaskId>>,
     shutdown: CancellationToken,
@@ -259,10 +262,7 @@ impl Runner {
         self.started.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    fn active(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<TaskId, (CancellationToken, Arc<Mutex<Option<CancelRequest>>>)>>
-    {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, ActiveTask>> {
         self.active.lock().expect("active map lock is never poisoned")
     }
 
@@ -297,12 +297,11 @@ impl Runner {
             let Some(cancel) = &task.cancel else { continue };
             let active = self.active().get(&task.task_id).cloned();
             match active {
-                Some((token, reason)) => {
-                    if !token.is_cancelled() {
-                        *reason.lock().expect("cancel reason lock is never poisoned") = Some(cancel.clone());
-                        token.cancel();
-                    }
+                Some((token, reason)) if !token.is_cancelled() => {
+                    *reason.lock().expect("cancel reason lock is never poisoned") = Some(cancel.clone());
+                    token.cancel();
                 }
+                Some(_) => {}
                 None if task.state == TaskState::Queued => {
                     self.finish_later(task.clone(), Ending::CancelledBeforeStart(cancel.clone()));
                 }
@@ -463,11 +462,10 @@ impl Runner {
         }
         // The reaction overlaps with the start; it is not a serial tax on it.
         let react = async {
-            if let Some(comment) = task.comment_id {
-                if let Err(err) = self.github.react(prepared.installation, &task.repo, comment, "eyes").await
-                {
-                    warn!(error = %err, "could not react to the triggering comment");
-                }
+            if let Some(comment) = task.comment_id
+                && let Err(err) = self.github.react(prepared.installation, &task.repo, comment, "eyes").await
+            {
+                warn!(error = %err, "could not react to the triggering comment");
             }
         };
         let (started, ()) = tokio::join!(self.dispatcher.start(&container), react);
@@ -654,10 +652,10 @@ impl Runner {
             .await;
         match updated {
             Ok(Some(record)) => {
-                if let Some(container) = container {
-                    if let Err(err) = self.dispatcher.remove(&container).await {
-                        warn!(error = %err, "could not remove the worker container");
-                    }
+                if let Some(container) = container
+                    && let Err(err) = self.dispatcher.remove(&container).await
+                {
+                    warn!(error = %err, "could not remove the worker container");
                 }
                 self.report_later(record);
             }

@@ -159,14 +159,15 @@ impl Runner {
                         runner.active().remove(&task_id);
                     });
                 }
-                ContainerStatus::Created if age(&container) >= SWEEP_GRACE || !self.startup_done() => {
-                    // A queued worker: the scheduler starts it in turn, adopting the container.
-                    if record.state != TaskState::Finished {
-                        done.requeued += 1;
-                        self.journal
-                            .update_task(&record.task_id, Box::new(|task| task.state = TaskState::Queued))
-                            .await?;
-                    }
+                // A queued worker: the scheduler starts it in turn, adopting the container.
+                ContainerStatus::Created
+                    if (age(&container) >= SWEEP_GRACE || !self.startup_done())
+                        && record.state != TaskState::Finished =>
+                {
+                    done.requeued += 1;
+                    self.journal
+                        .update_task(&record.task_id, Box::new(|task| task.state = TaskState::Queued))
+                        .await?;
                 }
                 _ => {}
             }

@@ -95,9 +95,15 @@ fn a_toml_file_fills_what_flags_and_environment_do_not() {
     let path = dir.path().join("berth.toml");
     std::fs::write(&path, "max_workers = 9\nworker_memory = \"1g\"\nauto_review = true\ntrusted_users = [\"alice\", \"bob\"]\nbind = \"127.0.0.1:9999\"\n").unwrap();
     let args: Vec<std::ffi::OsString> =
-        ["berth", "serve", "--bind=127.0.0.1:7777", &format!("--config={}", path.display())].map(Into::into).to_vec();
+        ["berth", "serve", "--bind=127.0.0.1:7777", &format!("--config={}", path.display())]
+            .map(Into::into)
+            .to_vec();
     let env = |name: &str| (name == "BERTH_WORKER_MEMORY").then(|| "3g".to_owned());
-    let merged: Vec<String> = crate::config::with_config_file(args, env).unwrap().into_iter().map(|a| a.into_string().unwrap()).collect();
+    let merged: Vec<String> = crate::config::with_config_file(args, env)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect();
     assert!(merged.contains(&"--max-workers=9".to_owned()), "{merged:?}");
     assert!(merged.contains(&"--auto-review".to_owned()));
     assert!(merged.contains(&"--trusted-users=alice,bob".to_owned()));
@@ -105,7 +111,8 @@ fn a_toml_file_fills_what_flags_and_environment_do_not() {
     assert!(!merged.contains(&"--bind=127.0.0.1:9999".to_owned()), "the flag wins: {merged:?}");
 
     std::fs::write(&path, "max_wokers = 9\n").unwrap();
-    let args: Vec<std::ffi::OsString> = ["berth", "serve", &format!("--config={}", path.display())].map(Into::into).to_vec();
+    let args: Vec<std::ffi::OsString> =
+        ["berth", "serve", &format!("--config={}", path.display())].map(Into::into).to_vec();
     let err = crate::config::with_config_file(args, |_| None).unwrap_err();
     assert_eq!(err.setting, "BERTH_CONFIG");
     assert!(err.to_string().contains("unknown setting \"max_wokers\""), "{err}");
