@@ -235,16 +235,24 @@ async fn missed_deliveries_are_redelivered_once() {
 #[tokio::test]
 async fn a_graceful_stop_leaves_workers_running_and_a_restart_reports_them() {
     let mut rig = Rig::start("graceful", &[]).await;
-    let task = queued(&rig.deliver("issue_comment", "g-1", &rig.comment(7, true, "/berth review sleep 6", 1)).await);
+    let task =
+        queued(&rig.deliver("issue_comment", "g-1", &rig.comment(7, true, "/berth review sleep 6", 1)).await);
     let started = std::time::Instant::now();
     while running_workers(&rig).await < 1 {
-        assert!(started.elapsed() < Duration::from_secs(60), "the worker never ran\n{}", rig.daemon.log_text());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the worker never ran\n{}",
+            rig.daemon.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pid = nix::unistd::Pid::from_raw(rig.daemon.child.id().unwrap() as i32);
     let stopping = std::time::Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(15), rig.daemon.child.wait()).await.expect("stopped in time").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), rig.daemon.child.wait())
+        .await
+        .expect("stopped in time")
+        .unwrap();
     let took = stopping.elapsed();
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
     assert!(took < Duration::from_secs(11), "SIGTERM stopped the daemon in {took:?}");
@@ -283,7 +291,14 @@ async fn containers_of_an_unknown_label_schema_are_reported_and_left_alone() {
         assert!(started.elapsed() < Duration::from_secs(30), "not reported:\n{}", rig.daemon.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let inspect = docker.inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>).await.unwrap();
-    assert_eq!(inspect.state.unwrap().status, Some(bollard::models::ContainerStateStatusEnum::CREATED), "left as it was");
+    let inspect = docker
+        .inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .unwrap();
+    assert_eq!(
+        inspect.state.unwrap().status,
+        Some(bollard::models::ContainerStateStatusEnum::CREATED),
+        "left as it was"
+    );
     assert!(rig.fake.with(|state| state.check_runs.is_empty() && state.comments.is_empty()));
 }

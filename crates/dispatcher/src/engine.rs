@@ -165,7 +165,11 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Output so far (`follow == false`) or as it comes until exit (`follow == true`).
     fn logs(&self, id: &ContainerId, follow: bool, tail: Option<u64>) -> LogStream;
     /// SIGTERM, then SIGKILL after `grace`.
-    fn stop(&self, id: &ContainerId, grace: Duration) -> impl Future<Output = Result<(), DispatchError>> + Send;
+    fn stop(
+        &self,
+        id: &ContainerId,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), DispatchError>> + Send;
     /// SIGKILL at once.
     fn kill(&self, id: &ContainerId) -> impl Future<Output = Result<(), DispatchError>> + Send;
     /// Removes a container (forcing, so a running one is killed first).

@@ -125,7 +125,9 @@ impl ImageContext {
             header.set_mode(mode);
             header.set_size(data.len() as u64);
             header.set_mtime(0);
-            builder.append_data(&mut header, path, data).map_err(context_failed(format!("add {path} to the context")))
+            builder
+                .append_data(&mut header, path, data)
+                .map_err(context_failed(format!("add {path} to the context")))
         };
         append("Dockerfile", self.dockerfile().as_bytes(), 0o644, tar::EntryType::Regular)?;
         for (path, entry) in &self.entries {
@@ -136,7 +138,8 @@ impl ImageContext {
                 Entry::Symlink { .. } => {}
                 Entry::Bytes { data, mode } => append(&in_tar, data, *mode, tar::EntryType::Regular)?,
                 Entry::File { source, mode } => {
-                    let data = std::fs::read(source).map_err(context_failed(format!("read {}", source.display())))?;
+                    let data = std::fs::read(source)
+                        .map_err(context_failed(format!("read {}", source.display())))?;
                     append(&in_tar, &data, *mode, tar::EntryType::Regular)?;
                 }
             }
