@@ -95,11 +95,14 @@ async fn run_worker(task: &WorkerTask, options: &WorkerOptions, extra: &[(&str, 
     let mut labels = task_labels(&task.task_id);
     labels.kind = task.kind;
     labels.deadline_unix = task.deadline_unix;
-    let launched = dispatcher.launch(&labels, &environment(task, options, extra), None).await.unwrap();
-    let exit = dispatcher.wait_started(&launched.id).await.unwrap();
-    let logs = dispatcher.logs_text(&launched.id).await.unwrap();
-    let stdout = dispatcher.stdout_text(&launched.id).await.unwrap();
-    dispatcher.remove(&launched.id).await.unwrap();
+    let launched = dispatcher
+        .launch(&labels, &environment(task, options, extra), None)
+        .await
+        .expect("the worker launches");
+    let exit = dispatcher.wait_started(&launched.id).await.expect("the worker ends");
+    let logs = dispatcher.logs_text(&launched.id).await.expect("its logs are read");
+    let stdout = dispatcher.stdout_text(&launched.id).await.expect("its stdout is read");
+    dispatcher.remove(&launched.id).await.expect("the container is removed");
     let record = last_record(&stdout, &logs);
     assert_eq!(record.task, task.task_id.as_str(), "{logs}");
     Run { exit: exit.code, logs, record }

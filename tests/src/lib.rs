@@ -289,14 +289,12 @@ impl Daemon {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             let mut addr_tx = Some(addr_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if value["fields"]["message"] == "listening" {
-                        if let Some(addr) = value["fields"]["address"].as_str().and_then(|a| a.parse().ok()) {
-                            if let Some(tx) = addr_tx.take() {
-                                let _ = tx.send(addr);
-                            }
-                        }
-                    }
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                    && value["fields"]["message"] == "listening"
+                    && let Some(addr) = value["fields"]["address"].as_str().and_then(|a| a.parse().ok())
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(addr);
                 }
                 sink.lock().expect("log lock").push_str(&(line + "\n"));
             }
