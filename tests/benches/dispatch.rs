@@ -5,6 +5,14 @@
 //!
 //! `cargo bench -p tests --bench dispatch` (N from `BERTH_BENCH_N`, default 30).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark prints its table and stops at the first error"
+)]
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -16,6 +16,14 @@
 //! Run with `cargo bench -p tests --bench worker`; `BERTH_BENCH_ITERATIONS`
 //! sets the sample count (default 20, after 2 warm-ups of each).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark prints its table and stops at the first error"
+)]
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use core_types::{TaskId, TaskKind, WorkerTask};

@@ -1,5 +1,12 @@
 //! End-to-end tests against the real Docker Engine. See `tests/src/lib.rs`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    reason = "end-to-end test support: a failed unwrap is a failed test"
+)]
+
 mod dispatcher;
 mod intake;
 mod recovery;

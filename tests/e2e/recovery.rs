@@ -93,7 +93,7 @@ async fn a_sigkilled_daemon_finds_its_workers_again_and_reports_each_once() {
 #[tokio::test]
 async fn chaos_random_sigkills_still_end_every_task_exactly_once() {
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
-    println!("chaos seed {seed}");
+    eprintln!("chaos seed {seed}");
     let mut random = seed | 1;
     let mut next = move |below: u64| {
         random ^= random << 13;
@@ -117,7 +117,7 @@ async fn chaos_random_sigkills_still_end_every_task_exactly_once() {
             number += 1;
         }
         tokio::time::sleep(Duration::from_millis(200 + next(3000))).await;
-        println!("chaos: SIGKILL {round}");
+        eprintln!("chaos: SIGKILL {round}");
         rig.kill_daemon().await;
         tokio::time::sleep(Duration::from_millis(next(1500))).await;
         rig.start_daemon().await;
