@@ -62,6 +62,25 @@ pub fn workspace_binaries() -> PathBuf {
     let release = profile_dir.file_name().is_some_and(|name| name == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(cargo);
+    // Cargo sets these for the test process; passed on, they change build
+    // scripts' tracked environment (ring's, for one) and make the inner and
+    // the outer build rebuild each other's dependencies every run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let cargo_set = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix));
+        if cargo_set || name == "OUT_DIR" {
+            command.env_remove(name.as_ref());
+        }
+    }
     command.args(["build", "--quiet", "-p", "stub", "-p", "worker", "-p", "api", "--bins", "--target-dir"]);
     command.arg(target_dir());
     if release {
