@@ -10,6 +10,7 @@
 mod deploy;
 mod dispatcher;
 mod intake;
+mod operate;
 mod recovery;
 mod running;
 mod worker;

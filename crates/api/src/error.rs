@@ -51,24 +51,47 @@ pub enum ApiError {
     /// No such thing.
     #[error("{0} not found")]
     NotFound(String),
+    /// A path or query parameter is unusable.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The request does not fit the thing's state (cancelling a finished task).
+    #[error("{0}")]
+    Conflict(String),
+    /// The task exists but has no container to read from.
+    #[error("task {task_id} has no container: {reason}")]
+    NoContainer {
+        /// The task.
+        task_id: String,
+        /// Why (finished, or not started yet).
+        reason: &'static str,
+    },
     /// The daemon could not do what was asked (engine down, ...).
     #[error("{0}")]
     Unavailable(String),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl ApiError {
+    /// The HTTP status of this error; the dashboard's HTML pages use it too.
+    pub fn status(&self) -> StatusCode {
+        match self {
             ApiError::Signature(_) | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::ApiDisabled => StatusCode::FORBIDDEN,
             ApiError::MissingHeader(_)
             | ApiError::InvalidHeader { .. }
             | ApiError::Payload(_)
-            | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            | ApiError::BadBody(_)
+            | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NoContainer { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Journal(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
         let message = if status.is_server_error() {
             // The details go to the log; the caller gets a generic reason.
             error!(error = ?self, "request failed");

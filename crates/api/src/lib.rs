@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod demo;
 pub mod doctor;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod ps;
 pub mod runner;
 pub mod server;
 pub mod signature;
+pub mod status;
 pub mod tasks;
 pub mod triggers;
 

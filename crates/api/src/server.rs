@@ -1,4 +1,5 @@
-//! The HTTP side: the router, the webhook intake and the health routes.
+//! The HTTP side: the router, the webhook intake and the health routes; the
+//! status API and the dashboard live in `status` and `dashboard`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::{info, instrument, warn};
 
+use crate::dashboard;
 use crate::error::ApiError;
 use crate::events::Event;
 use crate::journal::{Accepted, Journal};
 use crate::metrics::Metrics;
 use crate::signature::{SIGNATURE_HEADER, WebhookSecrets};
+use crate::status::{self, Admin, StatusState};
 use crate::triggers::Policy;
 
 /// Largest webhook body accepted (GitHub caps payloads at 25 MiB).
@@ -79,15 +82,24 @@ impl DeliveryAnswer {
     }
 }
 
-/// The daemon's routes.
+/// The daemon's routes, with the status API and the dashboard off (403).
 pub fn router(state: AppState) -> Router {
+    router_with_admin(state, Admin::disabled())
+}
+
+/// The daemon's routes: the webhook, health and metrics, and behind
+/// `admin`'s token the status API (`/api/*`) and the dashboard (`/`).
+pub fn router_with_admin(state: AppState, admin: Admin) -> Router {
+    let operator = StatusState { journal: state.journal.clone(), admin };
     Router::new()
         .route("/webhook", post(webhook).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
+        .merge(status::routes(operator.clone()))
+        .merge(dashboard::routes(operator))
+        .layer(TraceLayer::new_for_http())
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then finishes

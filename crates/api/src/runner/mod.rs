@@ -266,6 +266,11 @@ impl Runner {
         self.active.lock().expect("active map lock is never poisoned")
     }
 
+    /// The dispatcher, for the status API's labels and logs.
+    pub fn dispatcher(&self) -> &Dispatcher<DockerEngine> {
+        &self.dispatcher
+    }
+
     /// Number of tasks with a live preparation or monitor.
     pub fn running(&self) -> usize {
         self.active().len()

@@ -5,6 +5,7 @@ mod config;
 mod intake;
 mod journal;
 mod signature;
+mod status;
 mod triggers;
 
 use std::path::PathBuf;
