@@ -22,8 +22,9 @@ use crate::github::{GitHub, RetryPolicy};
 use crate::journal::{Journal, now_unix};
 use crate::metrics::Metrics;
 use crate::runner::{Runner, RunnerConfig};
-use crate::server::{AppState, router, serve};
+use crate::server::{AppState, router_with_admin, serve};
 use crate::signature::WebhookSecrets;
+use crate::status::Admin;
 
 /// How often the sweep reconciles when no engine event wakes it.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
@@ -75,11 +76,21 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
         metrics: metrics.clone(),
         wake: Arc::new(Notify::new()),
     };
+    let admin = Admin::new(config.admin_token.as_ref(), &config.github_api_url);
     let tracker = TaskTracker::new();
-    tracker.spawn(start_runner(config.clone(), state.clone(), github, shutdown.clone(), tracker.clone()));
+    tracker.spawn(start_runner(
+        config.clone(),
+        state.clone(),
+        admin.clone(),
+        github,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     tracker.spawn(prune_deliveries(journal, config.delivery_retention, shutdown.clone()));
 
-    serve(listener, router(state), shutdown.clone()).await.context("the HTTP server failed")?;
+    serve(listener, router_with_admin(state, admin), shutdown.clone())
+        .await
+        .context("the HTTP server failed")?;
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {
@@ -93,6 +104,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
 async fn start_runner(
     config: ServeConfig,
     state: AppState,
+    admin: Admin,
     github: GitHub,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -124,6 +136,7 @@ async fn start_runner(
         shutdown.clone(),
         tracker,
     );
+    admin.set_runner(Arc::clone(&runner));
     // Reconcile before /readyz turns 200: find every worker again.
     let mut delay = Duration::from_millis(200);
     loop {
