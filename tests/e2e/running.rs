@@ -296,7 +296,7 @@ async fn an_implement_task_pushes_a_branch_and_gets_a_pull_request() {
 async fn every_ending_is_reported_with_its_own_conclusion() {
     let rig = Rig::start(
         "endings",
-        &[("BERTH_TASK_TIMEOUT", "6s".to_owned()), ("BERTH_MAX_WORKERS", "8".to_owned())],
+        &[("BERTH_TASK_TIMEOUT", "15s".to_owned()), ("BERTH_MAX_WORKERS", "8".to_owned())],
     )
     .await;
     // Each on its own pull request so none dedupes another.
@@ -354,7 +354,7 @@ async fn every_ending_is_reported_with_its_own_conclusion() {
         .unwrap();
 
     let expect = [
-        (&timeout, "timed_out", "deadline of 6s"),
+        (&timeout, "timed_out", "deadline of 15s"),
         (&by_comment, "cancelled", "Cancelled by @alice"),
         (&by_close, "cancelled", "Pull request closed by @bob"),
         (&oom, "failure", "ran out of memory (limit 256 MiB)"),
