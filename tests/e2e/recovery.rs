@@ -302,3 +302,66 @@ async fn containers_of_an_unknown_label_schema_are_reported_and_left_alone() {
     );
     assert!(rig.fake.with(|state| state.check_runs.is_empty() && state.comments.is_empty()));
 }
+
+#[tokio::test]
+async fn a_restart_of_dockerd_loses_no_task_and_reports_the_workers_it_stopped() {
+    // An engine of this test's own: restarting the machine's would stop every
+    // other test's containers.
+    let mut engine = tests::private_engine::PrivateEngine::start().await;
+    engine.load_image(tests::test_image().await).await;
+    let rig = Rig::start_on_engine("dockerd", &[("BERTH_MAX_WORKERS", "4".to_owned())], &engine).await;
+    for number in 60..63 {
+        rig.fake.set_pull(&rig.repo, number, &rig.head_sha, "feature", Some(&rig.repo));
+    }
+    let first = queued(
+        &rig.deliver("issue_comment", "d-60", &rig.comment(60, true, "/berth review sleep 120", 60)).await,
+    );
+    let second = queued(
+        &rig.deliver("issue_comment", "d-61", &rig.comment(61, true, "/berth review sleep 120", 61)).await,
+    );
+    let started = std::time::Instant::now();
+    while running_workers(&rig).await < 2 {
+        assert!(started.elapsed() < Duration::from_secs(90), "workers never ran\n{}", rig.daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stop the engine (with live-restore off it stops its containers), accept
+    // a task while it is down, then start it again under the same daemon.
+    engine.stop().await;
+    let while_down =
+        queued(&rig.deliver("issue_comment", "d-62", &rig.comment(62, true, "/berth review", 62)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    engine.restart().await;
+
+    for task in [&first, &second] {
+        let run = rig.outcome(task, Duration::from_secs(120)).await;
+        assert_ne!(run["conclusion"], "success", "{task}: a worker the engine stopped is no success: {run}");
+        let summary = run["output"]["summary"].as_str().unwrap_or_default();
+        assert!(summary.contains("from outside Berth"), "{task}: {run}\n{}", rig.daemon.log_text());
+    }
+    let run = rig.outcome(&while_down, Duration::from_secs(120)).await;
+    assert_eq!(run["conclusion"], "success", "{run}\n{}", rig.daemon.log_text());
+    let log = rig.daemon.log_text();
+    assert!(
+        log.contains("the engine is away; the task waits for it"),
+        "the task waited for the engine:\n{log}"
+    );
+    for task in [&first, &second, &while_down] {
+        let marker = format!("<!-- berth:task={task} -->");
+        rig.until("its comment", Duration::from_secs(30), |state| {
+            state.comments.values().any(|c| c["body"].as_str().is_some_and(|b| b.contains(&marker)))
+        })
+        .await;
+        assert_eq!(rig.comments_of(task).len(), 1, "{task} has one comment");
+        let runs = rig.fake.with(|state| {
+            state.check_runs.values().filter(|run| run["external_id"] == task.as_str()).count()
+        });
+        assert_eq!(runs, 1, "{task} has {runs} check runs");
+    }
+    let started = std::time::Instant::now();
+    while !rig.containers().await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "containers left: {:?}", rig.containers().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(rig);
+    drop(engine);
+}

@@ -24,20 +24,23 @@ pub(crate) struct Rig {
     pub(crate) main_sha: String,
     pub(crate) head_sha: String,
     pub(crate) env: Vec<(&'static str, String)>,
+    /// `DOCKER_HOST` of the engine the daemon runs on, when not the machine's.
+    docker_host: Option<String>,
     _dir: tempfile::TempDir,
     _cleanup: RepoCleanup,
 }
 
 /// Removes every container of a test repository, also when the test fails.
-pub(crate) struct RepoCleanup(String);
+pub(crate) struct RepoCleanup(String, Option<String>);
 
 impl Drop for RepoCleanup {
     fn drop(&mut self) {
         let repo = self.0.clone();
+        let host = self.1.clone();
         let handle = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
-                let Ok(docker) = bollard::Docker::connect_with_unix_defaults() else { return };
+                let Ok(docker) = docker_client(host.as_deref()) else { return };
                 let filters =
                     std::collections::HashMap::from([("label", vec![format!("berth.repo={repo}")])]);
                 let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
@@ -55,14 +58,43 @@ impl Drop for RepoCleanup {
     }
 }
 
+/// A client of the engine at `host` (`unix://...`), or of the machine's.
+fn docker_client(host: Option<&str>) -> Result<bollard::Docker, bollard::errors::Error> {
+    match host.and_then(|host| host.strip_prefix("unix://")) {
+        Some(socket) => bollard::Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION),
+        None => bollard::Docker::connect_with_unix_defaults(),
+    }
+}
+
 impl Rig {
     /// Starts everything; `settings` override the defaults.
     pub(crate) async fn start(name: &str, settings: &[(&'static str, String)]) -> Rig {
+        Rig::start_on(name, settings, None).await
+    }
+
+    /// Starts everything with the daemon and its workers on `engine`.
+    pub(crate) async fn start_on_engine(
+        name: &str,
+        settings: &[(&'static str, String)],
+        engine: &tests::private_engine::PrivateEngine,
+    ) -> Rig {
+        Rig::start_on(name, settings, Some((engine.host(), engine.gateway()))).await
+    }
+
+    async fn start_on(
+        name: &str,
+        settings: &[(&'static str, String)],
+        engine: Option<(String, std::net::IpAddr)>,
+    ) -> Rig {
         let image = test_image().await.to_owned();
         let dir = tempfile::tempdir().unwrap();
         let key = rsa_key(dir.path());
         let fake = FakeGitHub::start().await.unwrap();
-        let server = GitServer::start().await;
+        let server = match &engine {
+            Some((_, gateway)) => GitServer::start_on(*gateway).await,
+            None => GitServer::start().await,
+        };
+        let docker_host = engine.map(|(host, _)| host);
         let repo_name = format!("{name}-{}", std::process::id());
         let repo = format!("e2e/{repo_name}");
         let seed = server.repo(&format!("{repo_name}.git"));
@@ -85,12 +117,15 @@ impl Rig {
             ("RUST_LOG", "info,api=debug".to_owned()),
             ("BERTH_INSTANCE", repo_name.clone()),
         ];
+        if let Some(host) = &docker_host {
+            env.push(("DOCKER_HOST", host.clone()));
+        }
         for (key, value) in settings {
             env.retain(|(existing, _)| existing != key);
             env.push((key, value.clone()));
         }
         let daemon = Daemon::start(&env).await;
-        let cleanup = RepoCleanup(repo.clone());
+        let cleanup = RepoCleanup(repo.clone(), docker_host.clone());
         Rig {
             fake,
             daemon,
@@ -101,6 +136,7 @@ impl Rig {
             main_sha,
             head_sha,
             env,
+            docker_host,
             _dir: dir,
             _cleanup: cleanup,
         }
@@ -209,7 +245,7 @@ impl Rig {
 
     /// Managed containers of this rig's repository.
     pub(crate) async fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
-        let docker = bollard::Docker::connect_with_unix_defaults().unwrap();
+        let docker = docker_client(self.docker_host.as_deref()).unwrap();
         let filters = std::collections::HashMap::from([("label", vec![format!("berth.repo={}", self.repo)])]);
         let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
             .all(true)

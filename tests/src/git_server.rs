@@ -55,7 +55,11 @@ impl GitServer {
     /// Starts `git daemon` (fetch and push enabled) on the bridge gateway and
     /// waits for its "Ready to rumble" line.
     pub async fn start() -> GitServer {
-        let host = bridge_gateway().await;
+        GitServer::start_on(bridge_gateway().await).await
+    }
+
+    /// Starts `git daemon` on `host`: the gateway of another engine's bridge.
+    pub async fn start_on(host: IpAddr) -> GitServer {
         let root = tempfile::tempdir().expect("temporary directory");
         // Ask the kernel for a free port on that address; git daemon reuses it at once.
         let port = TcpListener::bind((host, 0))

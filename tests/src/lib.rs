@@ -28,6 +28,7 @@ pub const WORKER: &str = "/usr/local/bin/berth-worker";
 const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub mod git_server;
+pub mod private_engine;
 
 /// Connects to the local engine, or fails the test with one clear line.
 pub async fn engine() -> DockerEngine {
@@ -296,7 +297,9 @@ impl Daemon {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        if let Ok(host) = std::env::var("DOCKER_HOST") {
+        if let Ok(host) = std::env::var("DOCKER_HOST")
+            && !env.iter().any(|(key, _)| *key == "DOCKER_HOST")
+        {
             command.env("DOCKER_HOST", host);
         }
         let mut child = command.spawn().expect("berth starts");

@@ -128,3 +128,41 @@ pub enum DispatchError {
         source: std::io::Error,
     },
 }
+
+impl DockerError {
+    /// Whether the engine was not there to answer (socket missing, connection
+    /// refused or dropped, timed out), as while dockerd restarts, rather than
+    /// answering with a refusal. Worth retrying once it is back.
+    pub fn is_transient(&self) -> bool {
+        use bollard::errors::Error;
+        match &self.0 {
+            Error::DockerResponseServerError { status_code, message } => {
+                // What dockerd says while it shuts down or before it is ready.
+                *status_code >= 500
+                    && (message.contains("shutting down") || message.contains("daemon is not running"))
+            }
+            Error::IOError { .. }
+            | Error::HyperResponseError { .. }
+            | Error::HyperLegacyError { .. }
+            | Error::RequestTimeoutError
+            | Error::SocketNotFoundError(_) => true,
+            _ => false,
+        }
+    }
+}
+
+impl DispatchError {
+    /// Whether this failed because the engine could not be reached, so the
+    /// same call may succeed once it is back (see [`DockerError::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::EngineUnreachable { .. } => true,
+            Self::CreateFailed { source, .. }
+            | Self::StartFailed { source, .. }
+            | Self::EngineCall { source, .. }
+            | Self::ListFailed { source } => source.is_transient(),
+            Self::WaitEnded { .. } => true,
+            _ => false,
+        }
+    }
+}

@@ -191,6 +191,14 @@ fn capitalize(text: &str) -> String {
     chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
 }
 
+/// Why an engine call gave up before succeeding.
+enum Interrupted {
+    /// The task was cancelled, or the daemon is stopping.
+    Cancelled,
+    /// The engine answered with a refusal.
+    Failed(dispatcher::DispatchError),
+}
+
 /// A task with a live preparation or monitor: its cancel switch, and why it was pulled.
 type ActiveTask = (CancellationToken, Arc<Mutex<Option<CancelRequest>>>);
 
@@ -446,9 +454,12 @@ impl Runner {
         };
         let mut env = worker.to_env();
         env.extend(options.to_env());
-        let launched = match self.dispatcher.create(&labels, &env, None).await {
+        let created = self
+            .while_engine_away("create the worker", cancel, || self.dispatcher.create(&labels, &env, None));
+        let launched = match created.await {
             Ok(launched) => launched,
-            Err(err) => return Some((Ending::Failed(format!("{err:#}")), None)),
+            Err(Interrupted::Cancelled) => return self.cancelled_before_start(reason, None),
+            Err(Interrupted::Failed(err)) => return Some((Ending::Failed(format!("{err:#}")), None)),
         };
         let container = launched.id.clone();
         let now = now_unix();
@@ -473,9 +484,14 @@ impl Runner {
                 warn!(error = %err, "could not react to the triggering comment");
             }
         };
-        let (started, ()) = tokio::join!(self.dispatcher.start(&container), react);
-        if let Err(err) = started {
-            return Some((Ending::Failed(format!("{err:#}")), Some(container)));
+        let start = self.while_engine_away("start the worker", cancel, || self.dispatcher.start(&container));
+        let (started, ()) = tokio::join!(start, react);
+        match started {
+            Ok(()) => {}
+            Err(Interrupted::Cancelled) => return self.cancelled_before_start(reason, Some(container)),
+            Err(Interrupted::Failed(err)) => {
+                return Some((Ending::Failed(format!("{err:#}")), Some(container)));
+            }
         }
         info!(container_id = %container, "worker started");
         // The worker enforces the deadline itself and reports it; Berth's own
@@ -483,6 +499,46 @@ impl Runner {
         let deadline =
             tokio::time::Instant::now() + self.config.task_timeout + self.config.stop_grace + BACKSTOP_MARGIN;
         self.watch(&container, deadline, cancel, reason).await.map(|ending| (ending, Some(container)))
+    }
+
+    /// Runs an engine call, and while the engine is away (dockerd restarting,
+    /// socket gone) runs it again with backoff instead of failing the task:
+    /// the task stays queued until the engine answers. Other errors are final.
+    async fn while_engine_away<T, F, Fut>(
+        &self,
+        what: &str,
+        cancel: &CancellationToken,
+        mut call: F,
+    ) -> Result<T, Interrupted>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, dispatcher::DispatchError>>,
+    {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(err) if err.is_transient() => {
+                    warn!(error = %err, retry_in = ?delay, "cannot {what}: the engine is away; the task waits for it");
+                    tokio::select! {
+                        () = cancel.cancelled() => return Err(Interrupted::Cancelled),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(Interrupted::Failed(err)),
+            }
+        }
+    }
+
+    /// The ending of a task pulled before its worker ran; `None` on shutdown.
+    fn cancelled_before_start(
+        &self,
+        reason: &Arc<Mutex<Option<CancelRequest>>>,
+        container: Option<ContainerId>,
+    ) -> Option<(Ending, Option<ContainerId>)> {
+        let request = reason.lock().expect("cancel reason lock is never poisoned").clone()?;
+        Some((Ending::CancelledBeforeStart(request), container))
     }
 
     /// Waits for the worker's exit, its deadline or a cancel; `None` on shutdown.

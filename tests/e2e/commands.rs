@@ -1,0 +1,113 @@
+//! The operator commands as a user runs them: `berth demo` end to end,
+//! `berth ps` while no daemon runs, `berth logs`, `berth doctor` and
+//! `berth app-manifest`.
+
+use std::process::Command;
+
+use tests::{Cleanup, dispatcher, task_labels, unique_task_id, workspace_binaries};
+
+fn berth() -> Command {
+    Command::new(workspace_binaries().join("berth"))
+}
+
+#[tokio::test]
+async fn berth_demo_runs_the_whole_flow() {
+    let output = tokio::task::spawn_blocking(|| berth().arg("demo").output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "berth demo failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "[1/6] building the worker image",
+        "202 Accepted",
+        "check run \"berth/review\" in progress",
+        "berth-worker: checked out",
+        "check run completed: \"success\"",
+        "result comment posted",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");
+    }
+}
+
+#[tokio::test]
+async fn ps_and_logs_read_docker_directly_while_no_daemon_runs() {
+    let dispatcher = dispatcher().await;
+    let id = unique_task_id("ps");
+    let _cleanup = Cleanup::tasks(&[&id]);
+    let launched = dispatcher
+        .launch(
+            &task_labels(&id),
+            &[],
+            Some(vec!["print".into(), "hello".into(), "from".into(), "ps".into()]),
+        )
+        .await
+        .unwrap();
+    dispatcher.wait_started(&launched.id).await.unwrap();
+    let output = tokio::task::spawn_blocking(|| berth().args(["ps", "--all", "--json"]).output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let row =
+        rows.as_array().unwrap().iter().find(|row| row["task"] == id.as_str()).expect("the task is listed");
+    assert_eq!(row["state"], "exited (0)");
+    assert_eq!(row["target"], "e2e/berth#1");
+    let table =
+        tokio::task::spawn_blocking(|| berth().args(["ps", "--all"]).output().unwrap()).await.unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains(id.as_str()));
+    let task = id.to_string();
+    let logs =
+        tokio::task::spawn_blocking(move || berth().args(["logs", &task]).output().unwrap()).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello from ps\n");
+    let missing =
+        tokio::task::spawn_blocking(|| berth().args(["logs", "no-such-task-anywhere"]).output().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("has no container"));
+    dispatcher.remove(&launched.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn doctor_names_each_problem_and_its_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_key = dir.path().join("key.pem");
+    std::fs::write(&bad_key, "not a key").unwrap();
+    let state = dir.path().join("state");
+    let output = tokio::task::spawn_blocking(move || {
+        berth()
+            .arg("doctor")
+            .env_clear()
+            .env("BERTH_GITHUB_PRIVATE_KEY_FILE", &bad_key)
+            .env("BERTH_WORKER_IMAGE", "berth-test-no-such-image:none")
+            .env("BERTH_STATE_DIR", &state)
+            .env("BERTH_BIND", "127.0.0.1:0")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ok    docker"), "{stdout}");
+    assert!(stdout.contains("FAIL  worker image") && stdout.contains("berth never pulls"), "{stdout}");
+    assert!(stdout.contains("FAIL  app key") && stdout.contains("not a usable RSA private key"), "{stdout}");
+    assert!(stdout.contains("FAIL  webhook secret"), "{stdout}");
+    assert!(stdout.contains("ok    state dir"), "{stdout}");
+}
+
+#[tokio::test]
+async fn app_manifest_asks_for_exactly_what_berth_uses() {
+    let output = tokio::task::spawn_blocking(|| {
+        berth().args(["app-manifest", "--url", "https://berth.example.com/"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success());
+    let manifest: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(manifest["hook_attributes"]["url"], "https://berth.example.com/webhook");
+    assert_eq!(manifest["default_events"], serde_json::json!(["issue_comment", "issues", "pull_request"]));
+    assert_eq!(
+        manifest["default_permissions"],
+        serde_json::json!({"checks": "write", "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"})
+    );
+}
