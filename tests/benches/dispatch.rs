@@ -14,7 +14,6 @@
 )]
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -22,32 +21,11 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
-use tests::{STUB, dispatcher, task_labels, test_image, unique_task_id};
+use tests::{
+    STUB, dispatcher, docker_cli as docker, hardened_cli_flags, task_labels, test_image, unique_task_id,
+};
 
 const METHODS: [&str; 4] = ["berth dispatcher", "raw bollard", "docker run --rm", "docker CLI x4"];
-
-fn hardened_cli_flags() -> Vec<String> {
-    [
-        "--memory=2g",
-        "--memory-swap=2g",
-        "--cpus=2",
-        "--pids-limit=512",
-        "--cap-drop=ALL",
-        "--security-opt=no-new-privileges",
-        "--init",
-        "--user=65532:65532",
-        "--network=none",
-        "--label=berth.bench=true",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
-fn docker(args: &[String]) -> String {
-    let output = Command::new("docker").args(args).output().expect("docker CLI runs");
-    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
 
 async fn raw_bollard(docker: &bollard::Docker, image: &str, name: &str) {
     let host_config = HostConfig {

@@ -118,7 +118,7 @@ async fn main() {
         ("BERTH_WORKER_IMAGE", image.clone()),
         ("BERTH_INSTANCE", instance.clone()),
         ("BERTH_MAX_WORKERS", (n * 2).to_string()),
-        ("RUST_LOG", "warn".into()),
+        ("RUST_LOG", "info".into()),
     ];
 
     let (raw_running_count, raw_running) = raw_list_inspect(&instance).await;

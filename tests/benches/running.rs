@@ -2,7 +2,9 @@
 //! against raw bollard create + start of the same container in the same run
 //! (the fake GitHub on loopback is in Berth's loop: head, token, check run);
 //! and a burst of 100 tasks with the cap at 8, against raw bollard running the
-//! same 100 containers 8 at a time.
+//! same 100 containers 8 at a time. The `docker` CLI (`docker run -d`, and
+//! `run`, `wait`, `rm` in the burst) does the same work in the same run.
+//! Every latency ends at the engine's `State.StartedAt`.
 //!
 //! `cargo bench -p tests --bench running` (`BERTH_BENCH_N` latency samples, default 20).
 
@@ -24,7 +26,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{StreamExt, stream};
 use serde_json::json;
-use tests::{Daemon, STUB, github_signature, http, rsa_key, test_image};
+use tests::{Daemon, STUB, docker_cli, github_signature, hardened_cli_flags, http, rsa_key, test_image};
 
 const SECRET: &str = "bench-running-secret";
 const REPO: &str = "bench/running";
@@ -100,6 +102,22 @@ fn hardened_body(image: &str, labels: HashMap<String, String>) -> ContainerCreat
     }
 }
 
+/// Milliseconds from `before` to the container's `State.StartedAt`.
+fn since(before: SystemTime, inspect: &bollard::models::ContainerInspectResponse) -> f64 {
+    let started = started_at(inspect).expect("a started container has StartedAt");
+    started.duration_since(before).unwrap_or_default().as_secs_f64() * 1000.0
+}
+
+/// `docker run -d` of the same hardened container as [`hardened_body`].
+fn cli_run_args(name: &str, image: &str) -> Vec<String> {
+    let mut args = vec!["run".to_owned(), "-d".to_owned(), format!("--name={name}")];
+    args.extend(hardened_cli_flags());
+    args.extend((0..12).map(|i| format!("--env=BERTH_BENCH_{i}=value-{i}")));
+    args.push(format!("--entrypoint={STUB}"));
+    args.push(image.to_owned());
+    args
+}
+
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[((samples.len() as f64 - 1.0) * p).round() as usize]
@@ -129,7 +147,7 @@ async fn main() {
         ("BERTH_WORKER_NETWORK", "none".into()),
         ("BERTH_INSTANCE", instance.clone()),
         ("BERTH_MAX_WORKERS", "8".into()),
-        ("RUST_LOG", "warn".into()),
+        ("RUST_LOG", "info".into()),
     ];
     let daemon = Daemon::start(&env).await;
     while !matches!(http(daemon.addr, "GET", "/readyz", &[], b"").await, Ok((200, _))) {
@@ -137,7 +155,7 @@ async fn main() {
     }
 
     // Latency: one task at a time, 202 to State.StartedAt, interleaved with raw create + start.
-    let (mut berth, mut raw) = (Vec::new(), Vec::new());
+    let (mut berth, mut raw, mut cli) = (Vec::new(), Vec::new(), Vec::new());
     for number in 0..=n {
         let accepted = SystemTime::now();
         let task = deliver(&daemon, number + 1).await;
@@ -156,16 +174,29 @@ async fn main() {
         }
         let raw_name = format!("bench-raw-{}-{number}", std::process::id());
         let labels = HashMap::from([("berth.bench".to_owned(), "true".to_owned())]);
-        let before = Instant::now();
+        let before = SystemTime::now();
         let options = CreateContainerOptionsBuilder::new().name(&raw_name).build();
         let created = docker.create_container(Some(options), hardened_body(&image, labels)).await.unwrap();
         docker.start_container(&created.id, None).await.unwrap();
-        let raw_latency = before.elapsed().as_secs_f64() * 1000.0;
+        let inspect = docker.inspect_container(&created.id, None::<InspectContainerOptions>).await.unwrap();
+        let raw_latency = since(before, &inspect);
         let remove = RemoveContainerOptionsBuilder::new().force(true).build();
         docker.remove_container(&created.id, Some(remove)).await.unwrap();
+
+        let cli_name = format!("bench-cli-{}-{number}", std::process::id());
+        let args = cli_run_args(&cli_name, &image);
+        let before = SystemTime::now();
+        let id = tokio::task::spawn_blocking(move || docker_cli(&args)).await.unwrap();
+        let inspect = docker.inspect_container(&id, None::<InspectContainerOptions>).await.unwrap();
+        let cli_latency = since(before, &inspect);
+        docker
+            .remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
+            .await
+            .unwrap();
         if number > 0 {
             berth.push(latency);
             raw.push(raw_latency);
+            cli.push(cli_latency);
         }
     }
 
@@ -207,10 +238,29 @@ async fn main() {
         })
         .await;
     let raw_burst = started.elapsed();
+    let started = Instant::now();
+    stream::iter(0..burst)
+        .for_each_concurrent(8, |index| {
+            let image = image.clone();
+            async move {
+                let name = format!("bench-cli-burst-{}-{index}", std::process::id());
+                let args = cli_run_args(&name, &image);
+                tokio::task::spawn_blocking(move || {
+                    let id = docker_cli(&args);
+                    docker_cli(&["wait".to_owned(), id.clone()]);
+                    docker_cli(&["rm".to_owned(), id]);
+                })
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+    let cli_burst = started.elapsed();
     daemon.kill().await;
 
     let (berth_p50, berth_p90) = (percentile(&mut berth.clone(), 0.5), percentile(&mut berth, 0.9));
     let (raw_p50, raw_p90) = (percentile(&mut raw.clone(), 0.5), percentile(&mut raw, 0.9));
+    let (cli_p50, cli_p90) = (percentile(&mut cli.clone(), 0.5), percentile(&mut cli, 0.9));
     println!("{n} tasks one at a time; latency from the 202 to the worker running (State.StartedAt)\n");
     println!("| path | p50 ms | p90 ms |");
     println!("|---|---|---|");
@@ -218,7 +268,9 @@ async fn main() {
         "| berth: 202 → GitHub prep (fake on loopback) → create → start | {berth_p50:.1} | {berth_p90:.1} |"
     );
     println!("| raw bollard create + start | {raw_p50:.1} | {raw_p90:.1} |");
+    println!("| docker run -d | {cli_p50:.1} | {cli_p90:.1} |");
     println!("| ratio (berth / raw) | {:.2} | {:.2} |", berth_p50 / raw_p50, berth_p90 / raw_p90);
+    println!("| ratio (berth / docker run -d) | {:.2} | {:.2} |", berth_p50 / cli_p50, berth_p90 / cli_p90);
     println!("\nburst of {burst} tasks, cap 8 (until every check run completed / every container removed)\n");
     println!("| path | seconds | tasks/s |");
     println!("|---|---|---|");
@@ -233,7 +285,16 @@ async fn main() {
         burst as f64 / raw_burst.as_secs_f64()
     );
     println!(
+        "| docker CLI (run -d, wait, rm), 8 at a time | {:.1} | {:.1} |",
+        cli_burst.as_secs_f64(),
+        burst as f64 / cli_burst.as_secs_f64()
+    );
+    println!(
         "| ratio (berth time / raw time) | {:.2} | |",
         berth_burst.as_secs_f64() / raw_burst.as_secs_f64()
+    );
+    println!(
+        "| ratio (berth time / CLI time) | {:.2} | |",
+        berth_burst.as_secs_f64() / cli_burst.as_secs_f64()
     );
 }

@@ -311,7 +311,9 @@ impl Daemon {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             let mut addr_tx = Some(addr_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                // Only until the address is known: a benchmark's daemon logs a lot.
+                if addr_tx.is_some()
+                    && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
                     && value["fields"]["message"] == "listening"
                     && let Some(addr) = value["fields"]["address"].as_str().and_then(|a| a.parse().ok())
                     && let Some(tx) = addr_tx.take()
@@ -342,4 +344,30 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").clone()
     }
+}
+
+/// The `docker` CLI flags of the strict hardened profile, for benchmarks that
+/// compare Berth with the same container started by the CLI.
+pub fn hardened_cli_flags() -> Vec<String> {
+    [
+        "--memory=2g",
+        "--memory-swap=2g",
+        "--cpus=2",
+        "--pids-limit=512",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--init",
+        "--user=65532:65532",
+        "--network=none",
+        "--label=berth.bench=true",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Runs the `docker` CLI; its trimmed stdout, or a panic with its stderr.
+pub fn docker_cli(args: &[String]) -> String {
+    let output = Command::new("docker").args(args).output().expect("docker CLI runs");
+    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }

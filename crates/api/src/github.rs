@@ -178,7 +178,12 @@ impl GitHub {
             .set_read_timeout(Some(Duration::from_secs(30)))
             .app(AppId(app_id), key)
             .build()
-            .map_err(|err| GitHubError::Setup(err.to_string()))?;
+            .map_err(|err| {
+                GitHubError::Setup(format!(
+                    "the HTTPS client for BERTH_GITHUB_API_URL {api_url:?} did not start ({err:?}); \
+                     the host needs CA certificates (Debian's ca-certificates, or SSL_CERT_FILE)"
+                ))
+            })?;
         Ok(Self { app, installations: Arc::default(), retry, metrics })
     }
 
