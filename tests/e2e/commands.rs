@@ -41,7 +41,8 @@ async fn ps_and_logs_read_docker_directly_while_no_daemon_runs() {
         )
         .await
         .unwrap();
-    dispatcher.wait_started(&launched.id).await.unwrap();
+    // Exited, so the state `berth ps` shows is settled.
+    dispatcher.wait(&launched.id).await.unwrap();
     let output = tokio::task::spawn_blocking(|| berth().args(["ps", "--all", "--json"]).output().unwrap())
         .await
         .unwrap();

@@ -401,7 +401,7 @@ async fn every_ending_is_reported_with_its_own_conclusion() {
         let run = rig.outcome(task, Duration::from_secs(120)).await;
         assert_eq!(run["conclusion"], conclusion, "{task}: {run}");
         let text = run["output"]["summary"].as_str().unwrap();
-        assert!(text.contains(summary), "{task}: {text:?} lacks {summary:?}");
+        assert!(text.contains(summary), "{task}: {text:?} lacks {summary:?}\n{}", rig.daemon.log_text());
         assert_eq!(rig.comments_of(task).len(), 1, "{task}");
     }
 }

@@ -159,11 +159,13 @@ pub async fn http_request(
 /// A bad task id, no token, the daemon unreachable, or a refusal.
 pub async fn cancel(args: &crate::config::CancelArgs) -> anyhow::Result<()> {
     let task_id = core_types::TaskId::new(args.task.clone())?;
-    let token = args
-        .admin_token
-        .as_deref()
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("BERTH_ADMIN_TOKEN is not set; the status API needs it"))?;
+    let token = crate::config::admin_token(args.admin_token.as_deref(), args.admin_token_file.as_deref())?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "BERTH_ADMIN_TOKEN (or BERTH_ADMIN_TOKEN_FILE) is not set; the status API needs it"
+            )
+        })?;
+    let token = token.expose();
     let mut addr: std::net::SocketAddr =
         args.bind.parse().map_err(|_| anyhow::anyhow!("BERTH_BIND {:?} is not an address", args.bind))?;
     if addr.ip().is_unspecified() {

@@ -67,6 +67,9 @@ pub struct CancelArgs {
     /// The daemon's admin token.
     #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// File holding the admin token (instead of BERTH_ADMIN_TOKEN).
+    #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// `berth demo`.
@@ -176,6 +179,9 @@ pub struct ServeArgs {
     /// Bearer token for /api/*; without it /api/* is refused.
     #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// File holding the admin token (instead of BERTH_ADMIN_TOKEN).
+    #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Comma-separated logins allowed to trigger; empty means OWNER, MEMBER or COLLABORATOR.
     #[arg(long, env = "BERTH_TRUSTED_USERS", default_value = "")]
     pub trusted_users: String,
@@ -312,6 +318,25 @@ fn read_secret_file(setting: &'static str, path: &std::path::Path) -> Result<Sec
     Ok(Secret::new(text))
 }
 
+/// The admin token from BERTH_ADMIN_TOKEN or BERTH_ADMIN_TOKEN_FILE (not both); `None` when neither is set.
+///
+/// # Errors
+/// Both set, or the file unreadable or empty.
+pub fn admin_token(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    match (value.filter(|token| !token.is_empty()), file) {
+        (Some(_), Some(_)) => Err(invalid(
+            "BERTH_ADMIN_TOKEN",
+            "set either BERTH_ADMIN_TOKEN or BERTH_ADMIN_TOKEN_FILE, not both",
+        )),
+        (Some(token), None) => Ok(Some(Secret::new(token))),
+        (None, Some(path)) => read_secret_file("BERTH_ADMIN_TOKEN_FILE", path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 impl ServeArgs {
     /// Checks every setting and returns the typed configuration.
     ///
@@ -412,9 +437,9 @@ impl ServeArgs {
                 "must be at least 72h (GitHub redelivers for 3 days)",
             ));
         }
-        let admin_token = self.admin_token.clone().filter(|token| !token.is_empty());
+        let admin_token = admin_token(self.admin_token.as_deref(), self.admin_token_file.as_deref())?;
         if let Some(token) = &admin_token
-            && token.len() < 16
+            && token.expose().len() < 16
         {
             return Err(invalid("BERTH_ADMIN_TOKEN", "must be at least 16 characters"));
         }
@@ -463,7 +488,7 @@ impl ServeArgs {
             instance: self.instance.clone(),
             state_dir: self.state_dir.clone(),
             delivery_retention,
-            admin_token: admin_token.map(Secret::new),
+            admin_token,
             policy: Policy {
                 command_prefix,
                 trusted_users: list(&self.trusted_users),

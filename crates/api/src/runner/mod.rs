@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use core_types::worker_env::WorkerOptions;
 use core_types::{ResultRecord, Secret, TaskId, TaskKind, TaskLabels, WorkerTask};
@@ -375,24 +375,11 @@ impl Runner {
         cancel: CancellationToken,
         reason: Arc<Mutex<Option<CancelRequest>>>,
     ) {
-        let started = Instant::now();
         let outcome = self.dispatch_and_watch(&task, &cancel, &reason).await;
         match outcome {
             // Shutdown: the worker (if any) keeps running; the next start finds it.
             None => {}
             Some((ending, container)) => {
-                let kind = task.kind.as_str();
-                self.metrics.add(
-                    "berth_task_duration_seconds_sum",
-                    "Total time tasks took, by kind",
-                    &[("kind", kind)],
-                    started.elapsed().as_secs_f64(),
-                );
-                self.metrics.inc(
-                    "berth_task_duration_seconds_count",
-                    "Tasks timed, by kind",
-                    &[("kind", kind)],
-                );
                 self.finish(task.clone(), ending, container).await;
             }
         }
@@ -671,11 +658,9 @@ impl Runner {
             _ => None,
         };
         let kind = task.kind.as_str();
-        self.metrics.inc(
-            "berth_tasks_finished_total",
-            "Finished tasks by kind and conclusion",
-            &[("kind", kind), ("conclusion", report.conclusion)],
-        );
+        let labels = [("kind", kind), ("conclusion", report.conclusion)];
+        self.metrics.inc("berth_tasks_finished_total", "Finished tasks by kind and conclusion", &labels);
+
         match &ending {
             Ending::Exited { exit, stopped: None, .. } if exit.oom_killed => {
                 self.metrics.inc("berth_oom_total", "Workers killed for memory", &[]);
@@ -713,6 +698,20 @@ impl Runner {
             .await;
         match updated {
             Ok(Some(record)) => {
+                // From the journal's dispatch time, so a worker re-attached after a restart counts whole.
+                if let (Some(started), Some(finished)) = (record.started_unix, record.finished_unix) {
+                    self.metrics.add(
+                        "berth_task_duration_seconds_sum",
+                        "Total seconds tasks ran, from dispatch to their end, by kind and conclusion",
+                        &labels,
+                        finished.saturating_sub(started) as f64,
+                    );
+                    self.metrics.inc(
+                        "berth_task_duration_seconds_count",
+                        "Tasks timed, by kind and conclusion",
+                        &labels,
+                    );
+                }
                 if let Some(container) = container
                     && let Err(err) = self.dispatcher.remove(&container).await
                 {

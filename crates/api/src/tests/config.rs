@@ -5,7 +5,10 @@ use clap::Parser;
 use crate::config::{Cli, Command, ServeArgs, parse_duration, parse_size};
 
 fn serve_args(extra: &[&str]) -> ServeArgs {
-    let key = std::env::temp_dir().join(format!("berth-config-test-{}.pem", std::process::id()));
+    // A file per call: tests run in parallel, and a shared file is read while another rewrites it.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let key = std::env::temp_dir().join(format!("berth-config-test-{}-{call}.pem", std::process::id()));
     std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n").unwrap();
     let mut args = vec![
         "berth".to_owned(),
@@ -118,4 +121,23 @@ fn a_toml_file_fills_what_flags_and_environment_do_not() {
     assert!(err.to_string().contains("unknown setting \"max_wokers\""), "{err}");
     let args: Vec<std::ffi::OsString> = ["berth", "ps"].map(Into::into).to_vec();
     assert_eq!(crate::config::with_config_file(args.clone(), |_| Some("/nonexistent".into())).unwrap(), args);
+}
+
+#[test]
+fn the_admin_token_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, "a-long-enough-admin-token\n").unwrap();
+    let from_file = format!("--admin-token-file={}", file.display());
+    let config = serve_args(&[&from_file]).validate().unwrap();
+    assert_eq!(config.admin_token.unwrap().expose(), "a-long-enough-admin-token");
+
+    let err = serve_args(&[&from_file, "--admin-token=another-long-admin-token"]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_ADMIN_TOKEN", "{err}");
+    std::fs::write(&file, "\n").unwrap();
+    let err = serve_args(&[&from_file]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_ADMIN_TOKEN_FILE", "{err}");
+    std::fs::write(&file, "short").unwrap();
+    let err = serve_args(&[&from_file]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_ADMIN_TOKEN", "{err}");
 }
