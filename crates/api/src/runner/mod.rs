@@ -657,23 +657,6 @@ impl Runner {
             Ending::Exited { exit, .. } => Some(exit.code),
             _ => None,
         };
-        let kind = task.kind.as_str();
-        let labels = [("kind", kind), ("conclusion", report.conclusion)];
-        self.metrics.inc("berth_tasks_finished_total", "Finished tasks by kind and conclusion", &labels);
-
-        match &ending {
-            Ending::Exited { exit, stopped: None, .. } if exit.oom_killed => {
-                self.metrics.inc("berth_oom_total", "Workers killed for memory", &[]);
-            }
-            Ending::Exited { stopped: Some(StopCause::Deadline), .. } => {
-                self.metrics.inc("berth_timeouts_total", "Workers stopped at their deadline", &[]);
-            }
-            Ending::Exited { stopped: Some(StopCause::Cancel(_)), .. } | Ending::CancelledBeforeStart(_) => {
-                self.metrics.inc("berth_cancels_total", "Tasks cancelled", &[]);
-            }
-            _ => {}
-        }
-        info!(task_id = %task.task_id, conclusion = report.conclusion, title = %report.title, "task ended");
         let (conclusion, title, summary, branch) = (
             report.conclusion.to_owned(),
             report.title.clone(),
@@ -681,11 +664,20 @@ impl Runner {
             report.branch.clone(),
         );
         let now = now_unix();
+        // Checked and set on the journal's writer, one update at a time: a
+        // second path that ends the same task (a sweep racing a monitor)
+        // leaves the first outcome alone instead of overwriting it.
+        let already = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen_finished = Arc::clone(&already);
         let updated = self
             .journal
             .update_task(
                 &task.task_id,
                 Box::new(move |record| {
+                    if record.state == TaskState::Finished {
+                        seen_finished.store(true, std::sync::atomic::Ordering::Release);
+                        return;
+                    }
                     record.state = TaskState::Finished;
                     record.conclusion = Some(conclusion);
                     record.title = Some(title);
@@ -697,21 +689,16 @@ impl Runner {
             )
             .await;
         match updated {
+            Ok(Some(_)) if already.load(std::sync::atomic::Ordering::Acquire) => {
+                warn!(
+                    task_id = %task.task_id,
+                    ending = %report.title,
+                    "the task had already ended; its recorded outcome stands"
+                );
+            }
             Ok(Some(record)) => {
-                // From the journal's dispatch time, so a worker re-attached after a restart counts whole.
-                if let (Some(started), Some(finished)) = (record.started_unix, record.finished_unix) {
-                    self.metrics.add(
-                        "berth_task_duration_seconds_sum",
-                        "Total seconds tasks ran, from dispatch to their end, by kind and conclusion",
-                        &labels,
-                        finished.saturating_sub(started) as f64,
-                    );
-                    self.metrics.inc(
-                        "berth_task_duration_seconds_count",
-                        "Tasks timed, by kind and conclusion",
-                        &labels,
-                    );
-                }
+                info!(task_id = %task.task_id, conclusion = report.conclusion, title = %report.title, "task ended");
+                self.count_ending(&record, report.conclusion, &ending);
                 if let Some(container) = container
                     && let Err(err) = self.dispatcher.remove(&container).await
                 {
@@ -722,6 +709,38 @@ impl Runner {
             Ok(None) => warn!(task_id = %task.task_id, "task vanished from the journal"),
             // The container stays; the next start collects it again.
             Err(err) => error!(error = %err, "could not record the outcome"),
+        }
+    }
+
+    /// The metrics of a task that just ended.
+    fn count_ending(&self, record: &TaskRecord, conclusion: &str, ending: &Ending) {
+        let labels = [("kind", record.kind.as_str()), ("conclusion", conclusion)];
+        self.metrics.inc("berth_tasks_finished_total", "Finished tasks by kind and conclusion", &labels);
+        match ending {
+            Ending::Exited { exit, stopped: None, .. } if exit.oom_killed => {
+                self.metrics.inc("berth_oom_total", "Workers killed for memory", &[]);
+            }
+            Ending::Exited { stopped: Some(StopCause::Deadline), .. } => {
+                self.metrics.inc("berth_timeouts_total", "Workers stopped at their deadline", &[]);
+            }
+            Ending::Exited { stopped: Some(StopCause::Cancel(_)), .. } | Ending::CancelledBeforeStart(_) => {
+                self.metrics.inc("berth_cancels_total", "Tasks cancelled", &[]);
+            }
+            _ => {}
+        }
+        // From the journal's dispatch time, so a worker re-attached after a restart counts whole.
+        if let (Some(started), Some(finished)) = (record.started_unix, record.finished_unix) {
+            self.metrics.add(
+                "berth_task_duration_seconds_sum",
+                "Total seconds tasks ran, from dispatch to their end, by kind and conclusion",
+                &labels,
+                finished.saturating_sub(started) as f64,
+            );
+            self.metrics.inc(
+                "berth_task_duration_seconds_count",
+                "Tasks timed, by kind and conclusion",
+                &labels,
+            );
         }
     }
 
