@@ -365,3 +365,45 @@ async fn a_restart_of_dockerd_loses_no_task_and_reports_the_workers_it_stopped()
     drop(rig);
     drop(engine);
 }
+
+#[tokio::test]
+async fn with_live_restore_a_dockerd_restart_leaves_workers_running_and_they_finish() {
+    let mut engine =
+        tests::private_engine::PrivateEngine::start_with_config(r#"{"live-restore": true}"#).await;
+    engine.load_image(tests::test_image().await).await;
+    let rig = Rig::start_on_engine("restore", &[], &engine).await;
+    let task = queued(
+        &rig.deliver("issue_comment", "lr-7", &rig.comment(7, true, "/berth review sleep 10", 7)).await,
+    );
+    let started = std::time::Instant::now();
+    let before = loop {
+        let running: Vec<_> = rig
+            .containers()
+            .await
+            .into_iter()
+            .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+            .collect();
+        if let Some(container) = running.first() {
+            break container.id.clone().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the worker never ran\n{}",
+            rig.daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    engine.restart().await;
+    let after = rig.containers().await;
+    assert!(
+        after.iter().any(|c| c.id.as_deref() == Some(before.as_str())
+            && c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)),
+        "live-restore kept the worker running through the restart: {after:?}\n{}",
+        engine.log()
+    );
+    let run = rig.outcome(&task, Duration::from_secs(120)).await;
+    assert_eq!(run["conclusion"], "success", "{run}\n{}", rig.daemon.log_text());
+    assert_eq!(rig.comments_of(&task).len(), 1);
+    drop(rig);
+    drop(engine);
+}

@@ -3,8 +3,9 @@
 //! engine under a running Berth without touching the machine's engine that
 //! every other test shares.
 //!
-//! It runs with live-restore off (dockerd's default): stopping it stops every
-//! container it runs, as a restart of a production engine does. Storage is
+//! It runs with live-restore off (dockerd's default) unless told otherwise:
+//! stopping it stops every container it runs, as a restart of a production
+//! engine does. Storage is
 //! `vfs` (works on any file system, no kernel module); the bridge is a Linux
 //! bridge this module creates with its own /24, with no iptables rules, so
 //! containers reach this host on the bridge's address and nothing else.
@@ -26,9 +27,15 @@ pub struct PrivateEngine {
 impl PrivateEngine {
     /// Creates the bridge and starts `dockerd`; returns once it answers.
     pub async fn start() -> PrivateEngine {
+        PrivateEngine::start_with_config("{}").await
+    }
+
+    /// As [`PrivateEngine::start`], with `config` as dockerd's `daemon.json`
+    /// (for example `{"live-restore": true}`).
+    pub async fn start_with_config(config: &str) -> PrivateEngine {
         let dir = tempfile::Builder::new().prefix("berth-dockerd-").tempdir().expect("a temp dir");
         let (bridge, gateway) = create_bridge();
-        std::fs::write(dir.path().join("daemon.json"), "{}\n").expect("the config is written");
+        std::fs::write(dir.path().join("daemon.json"), config).expect("the config is written");
         let mut engine = PrivateEngine { dir, bridge, gateway, daemon: None };
         engine.run().await;
         engine
@@ -155,6 +162,20 @@ impl Drop for PrivateEngine {
             terminate(&mut daemon, Duration::from_secs(30));
         }
         let _ = Command::new("ip").args(["link", "delete", &self.bridge]).status();
+        // dockerd may leave mounts under its roots (with live-restore it keeps
+        // them for the next start); unmount them, deepest first, before removing.
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter(|target| target.starts_with(&root))
+            .map(str::to_owned)
+            .collect();
+        mounts.sort_by_key(|target| std::cmp::Reverse(target.len()));
+        for target in mounts {
+            let _ = Command::new("umount").args(["-l", &target]).status();
+        }
         // The data root holds read-only layer files; remove what can be removed.
         let _ = Command::new("rm").arg("-rf").arg(self.dir.path()).status();
     }
@@ -178,7 +199,10 @@ fn terminate(daemon: &mut Child, grace: Duration) {
 fn create_bridge() -> (String, Ipv4Addr) {
     let taken = Command::new("ip").args(["-4", "-o", "addr"]).output().expect("ip runs");
     let taken = String::from_utf8_lossy(&taken.stdout).into_owned();
-    let seed = std::process::id()
+    // Several engines in one test process each need their own bridge and subnet.
+    static ENGINES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let engine = ENGINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = std::process::id().wrapping_add(engine.wrapping_mul(97))
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -188,14 +212,19 @@ fn create_bridge() -> (String, Ipv4Addr) {
         .find(|third| !taken.contains(&format!("10.213.{third}.")))
         .expect("a free 10.213.x.0/24");
     let gateway = Ipv4Addr::new(10, 213, u8::try_from(third).expect("below 255"), 1);
-    let bridge = format!("berth{}", std::process::id() % 100_000_000);
+    let bridge = format!("berth{}-{engine}", std::process::id() % 1_000_000);
     for args in [
         vec!["link", "add", &bridge, "type", "bridge"],
         vec!["addr", "add", &format!("{gateway}/24"), "dev", &bridge],
         vec!["link", "set", &bridge, "up"],
     ] {
-        let status = Command::new("ip").args(&args).status().expect("ip runs");
-        assert!(status.success(), "`ip {}` failed (this test needs root)", args.join(" "));
+        let output = Command::new("ip").args(&args).output().expect("ip runs");
+        assert!(
+            output.status.success(),
+            "`ip {}` failed (this test needs root): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     (bridge, gateway)
 }
