@@ -373,7 +373,7 @@ async fn with_live_restore_a_dockerd_restart_leaves_workers_running_and_they_fin
     engine.load_image(tests::test_image().await).await;
     let rig = Rig::start_on_engine("restore", &[], &engine).await;
     let task = queued(
-        &rig.deliver("issue_comment", "lr-7", &rig.comment(7, true, "/berth review sleep 10", 7)).await,
+        &rig.deliver("issue_comment", "lr-7", &rig.comment(7, true, "/berth review sleep 30", 7)).await,
     );
     let started = std::time::Instant::now();
     let before = loop {
@@ -406,4 +406,20 @@ async fn with_live_restore_a_dockerd_restart_leaves_workers_running_and_they_fin
     assert_eq!(rig.comments_of(&task).len(), 1);
     drop(rig);
     drop(engine);
+}
+
+#[tokio::test]
+async fn a_kill_after_the_check_run_was_made_but_before_berth_heard_back_makes_no_second_one() {
+    let mut rig = Rig::start("checkrun", &[]).await;
+    rig.fake.with(|state| state.stall_check_run_answers = true);
+    let task = queued(&rig.deliver("issue_comment", "cr-7", &rig.comment(7, true, "/berth review", 7)).await);
+    rig.until("the check run to be made", Duration::from_secs(60), |state| {
+        state.check_runs.values().any(|run| run["external_id"] == task.as_str())
+    })
+    .await;
+    // GitHub made it; Berth never heard back. Kill it there.
+    rig.kill_daemon().await;
+    rig.fake.with(|state| state.stall_check_run_answers = false);
+    rig.start_daemon().await;
+    assert_each_reported_once(&rig, &[task], Duration::from_secs(90)).await;
 }

@@ -8,7 +8,9 @@
 //! engine does. Storage is
 //! `vfs` (works on any file system, no kernel module); the bridge is a Linux
 //! bridge this module creates with its own /24, with no iptables rules, so
-//! containers reach this host on the bridge's address and nothing else.
+//! containers reach this host on the bridge's address and nothing else; its
+//! containerd namespace is its own, also where dockerd finds a system
+//! containerd to share.
 //! Needs root, as any dockerd does.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -117,7 +119,11 @@ impl PrivateEngine {
             .arg(format!("--config-file={}", root.join("daemon.json").display()))
             .arg(format!("--bridge={}", self.bridge))
             .args(["--iptables=false", "--ip-masq=false", "--storage-driver=vfs"])
-            .arg(format!("--cgroup-parent=/{}", self.bridge))
+            // Where a system containerd answers on its default socket, dockerd
+            // uses it; a namespace of our own keeps the machine engine's
+            // containers (namespace `moby`) out of this engine's sight.
+            .arg(format!("--containerd-namespace={}", self.bridge))
+            .arg(format!("--containerd-plugins-namespace={}-plugins", self.bridge))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log file handle clones"))
             .stderr(log)
@@ -219,12 +225,14 @@ fn create_bridge() -> (String, Ipv4Addr) {
         vec!["link", "set", &bridge, "up"],
     ] {
         let output = Command::new("ip").args(&args).output().expect("ip runs");
-        assert!(
-            output.status.success(),
-            "`ip {}` failed (this test needs root): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        if !output.status.success() {
+            let _ = Command::new("ip").args(["link", "delete", &bridge]).output();
+            panic!(
+                "`ip {}` failed (this test needs root): {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
     }
     (bridge, gateway)
 }

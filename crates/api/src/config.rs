@@ -321,20 +321,28 @@ fn read_secret_file(setting: &'static str, path: &std::path::Path) -> Result<Sec
 /// The admin token from BERTH_ADMIN_TOKEN or BERTH_ADMIN_TOKEN_FILE (not both); `None` when neither is set.
 ///
 /// # Errors
-/// Both set, or the file unreadable or empty.
+/// Both set, the file unreadable or empty, or a token under 16 characters
+/// (named after the setting it came from).
 pub fn admin_token(
     value: Option<&str>,
     file: Option<&std::path::Path>,
 ) -> Result<Option<Secret>, ConfigError> {
-    match (value.filter(|token| !token.is_empty()), file) {
-        (Some(_), Some(_)) => Err(invalid(
-            "BERTH_ADMIN_TOKEN",
-            "set either BERTH_ADMIN_TOKEN or BERTH_ADMIN_TOKEN_FILE, not both",
-        )),
-        (Some(token), None) => Ok(Some(Secret::new(token))),
-        (None, Some(path)) => read_secret_file("BERTH_ADMIN_TOKEN_FILE", path).map(Some),
-        (None, None) => Ok(None),
+    let file = file.filter(|path| !path.as_os_str().is_empty());
+    let (setting, token) = match (value.filter(|token| !token.is_empty()), file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "BERTH_ADMIN_TOKEN",
+                "set either BERTH_ADMIN_TOKEN or BERTH_ADMIN_TOKEN_FILE, not both",
+            ));
+        }
+        (Some(token), None) => ("BERTH_ADMIN_TOKEN", Secret::new(token)),
+        (None, Some(path)) => ("BERTH_ADMIN_TOKEN_FILE", read_secret_file("BERTH_ADMIN_TOKEN_FILE", path)?),
+        (None, None) => return Ok(None),
+    };
+    if token.expose().len() < 16 {
+        return Err(invalid(setting, "must be at least 16 characters"));
     }
+    Ok(Some(token))
 }
 
 impl ServeArgs {
@@ -438,11 +446,6 @@ impl ServeArgs {
             ));
         }
         let admin_token = admin_token(self.admin_token.as_deref(), self.admin_token_file.as_deref())?;
-        if let Some(token) = &admin_token
-            && token.expose().len() < 16
-        {
-            return Err(invalid("BERTH_ADMIN_TOKEN", "must be at least 16 characters"));
-        }
         if core_types::TaskId::new(self.instance.clone()).is_err() {
             return Err(invalid(
                 "BERTH_INSTANCE",

@@ -61,6 +61,9 @@ pub struct FakeState {
     pub fail_next: Option<(u16, u32)>,
     /// Refuse the App's JWT with 401.
     pub reject_credentials: bool,
+    /// Create check runs but never answer the request (as if the answer
+    /// were lost), so a test can kill Berth between the two.
+    pub stall_check_run_answers: bool,
 }
 
 impl FakeState {
@@ -352,12 +355,18 @@ async fn create_check_run(
     Path((owner, repo)): Path<(String, String)>,
     Json(body): Json<Value>,
 ) -> Response {
-    let mut state = lock(&state);
-    let id = state.id();
-    let mut run = body;
-    run["id"] = json!(id);
-    run["repo"] = json!(format!("{owner}/{repo}"));
-    state.check_runs.insert(id, run.clone());
+    let (run, stall) = {
+        let mut state = lock(&state);
+        let id = state.id();
+        let mut run = body;
+        run["id"] = json!(id);
+        run["repo"] = json!(format!("{owner}/{repo}"));
+        state.check_runs.insert(id, run.clone());
+        (run, state.stall_check_run_answers)
+    };
+    if stall {
+        std::future::pending::<()>().await;
+    }
     (StatusCode::CREATED, Json(run)).into_response()
 }
 

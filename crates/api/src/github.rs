@@ -348,29 +348,27 @@ impl GitHub {
         head_sha: &str,
         task_id: &TaskId,
         kind: TaskKind,
-        details_url: Option<&str>,
+        asked_before: bool,
     ) -> Result<u64, GitHubError> {
         let client = self.installation(installation)?;
         let name = format!("berth/{kind}");
         let what = format!("create check run {name} on {repo}@{head_sha}");
-        let mut body = json!({
+        let body = json!({
             "name": name,
             "head_sha": head_sha,
             "status": "in_progress",
             "external_id": task_id.as_str(),
             "output": {"title": format!("{kind} in progress"), "summary": format!("Berth task `{task_id}` is running.")},
         });
-        if let Some(url) = details_url {
-            body["details_url"] = json!(url);
-        }
         let create = format!("/repos/{repo}/check-runs");
         let find = format!("/repos/{repo}/commits/{head_sha}/check-runs");
         let value = self
             .with_retry(&what, false, |attempt| {
                 let (client, body, create, find, name) = (&client, &body, &create, &find, &name);
                 async move {
-                    if attempt > 1 {
-                        // The first attempt may have been applied before it failed.
+                    if attempt > 1 || asked_before {
+                        // An earlier attempt (in this process or before a restart)
+                        // may have been applied before its answer was lost.
                         let query = [("check_name", name.as_str()), ("filter", "all")];
                         let found: Value = client.get(find, Some(&query)).await?;
                         if let Some(run) = found["check_runs"]

@@ -135,6 +135,11 @@ pub struct TaskRecord {
     /// Whether the final report reached GitHub.
     #[serde(default)]
     pub reported: bool,
+    /// Set before the check run is asked for: a later attempt (after a kill
+    /// between GitHub's answer and `check_run` being recorded) looks for the
+    /// run that attempt made instead of making a second one.
+    #[serde(default)]
+    pub check_run_requested: bool,
 }
 
 impl TaskRecord {
@@ -168,6 +173,7 @@ impl TaskRecord {
             exit_code: None,
             pull_request: None,
             reported: false,
+            check_run_requested: false,
         }
     }
 }

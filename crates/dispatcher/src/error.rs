@@ -135,11 +135,27 @@ impl DockerError {
     /// answering with a refusal. Worth retrying once it is back.
     pub fn is_transient(&self) -> bool {
         use bollard::errors::Error;
+        // A socket we may not open stays closed to us: that is for an operator.
+        if let Error::IOError { err } = &self.0
+            && err.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return false;
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&self.0);
+        while let Some(error) = source {
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                return false;
+            }
+            source = error.source();
+        }
         match &self.0 {
             Error::DockerResponseServerError { status_code, message } => {
                 // What dockerd says while it shuts down or before it is ready.
-                *status_code >= 500
-                    && (message.contains("shutting down") || message.contains("daemon is not running"))
+                *status_code == 503
+                    || (*status_code >= 500
+                        && (message.contains("shutting down") || message.contains("daemon is not running")))
             }
             Error::IOError { .. }
             | Error::HyperResponseError { .. }

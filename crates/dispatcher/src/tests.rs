@@ -77,3 +77,29 @@ fn image_dockerfile_is_scratch_with_a_non_root_user() {
         "FROM scratch\nCOPY rootfs/ /\nENV HOME=\"/home/berth\"\nUSER 65532:65532\nWORKDIR /home/berth\nENTRYPOINT [\"/usr/local/bin/berth-worker\"]\n"
     );
 }
+
+#[test]
+fn only_an_engine_that_is_away_counts_as_transient() {
+    use std::io::{Error as IoError, ErrorKind};
+
+    use crate::error::{DispatchError, DockerError};
+    let io = |kind: ErrorKind| DockerError(bollard::errors::Error::IOError { err: IoError::from(kind) });
+    let answered = |status_code: u16, message: &str| {
+        DockerError(bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message: message.to_owned(),
+        })
+    };
+    assert!(io(ErrorKind::ConnectionRefused).is_transient());
+    assert!(io(ErrorKind::NotFound).is_transient(), "the socket is gone while dockerd restarts");
+    assert!(!io(ErrorKind::PermissionDenied).is_transient(), "a socket we may not open stays closed");
+    assert!(answered(503, "daemon is not ready").is_transient());
+    assert!(answered(500, "the daemon is shutting down").is_transient());
+    assert!(!answered(500, "invalid mount config").is_transient());
+    assert!(!answered(409, "name in use").is_transient());
+    let create =
+        |source| DispatchError::CreateFailed { task_id: core_types::TaskId::new("t-1").unwrap(), source };
+    assert!(create(io(ErrorKind::ConnectionReset)).is_transient());
+    assert!(!create(answered(400, "bad request")).is_transient());
+    assert!(!DispatchError::ImageMissing { image: "x".to_owned() }.is_transient());
+}

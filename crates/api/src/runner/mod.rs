@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use core_types::worker_env::WorkerOptions;
 use core_types::{ResultRecord, Secret, TaskId, TaskKind, TaskLabels, WorkerTask};
-use dispatcher::{ContainerId, Dispatcher, DockerEngine, ExitInfo};
+use dispatcher::{ContainerId, ContainerStatus, Dispatcher, DockerEngine, ExitInfo};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -190,6 +190,9 @@ fn capitalize(text: &str) -> String {
     let mut chars = text.chars();
     chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
 }
+
+/// How long the engine may be away before waiting tasks are logged as errors.
+const ENGINE_AWAY_WARNING: Duration = Duration::from_secs(60);
 
 /// Why an engine call gave up before succeeding.
 enum Interrupted {
@@ -409,40 +412,48 @@ impl Runner {
             }
             return None;
         }
-        let deadline_unix = now_unix() + self.config.task_timeout.as_secs();
-        let labels = TaskLabels {
-            task_id: task.task_id.clone(),
-            kind: task.kind,
-            repo: task.repo.clone(),
-            number: task.number,
-            head_sha: Some(prepared.head_sha.clone()),
-            delivery: Some(task.delivery.clone()),
-            deadline_unix,
-            check_run: prepared.check_run,
-            installation: Some(prepared.installation),
+        // Labels and environment are made per attempt, so the deadline they
+        // carry counts from the create that succeeds, not from before an
+        // engine outage.
+        let spec = || {
+            let deadline_unix = now_unix() + self.config.task_timeout.as_secs();
+            let labels = TaskLabels {
+                task_id: task.task_id.clone(),
+                kind: task.kind,
+                repo: task.repo.clone(),
+                number: task.number,
+                head_sha: Some(prepared.head_sha.clone()),
+                delivery: Some(task.delivery.clone()),
+                deadline_unix,
+                check_run: prepared.check_run,
+                installation: Some(prepared.installation),
+            };
+            let worker = WorkerTask {
+                task_id: task.task_id.clone(),
+                kind: task.kind,
+                repo: task.repo.clone(),
+                number: task.number,
+                clone_url: task.clone_url.clone(),
+                head_ref: prepared.head_ref.clone(),
+                head_sha: Some(prepared.head_sha.clone()),
+                prompt: task.prompt.clone(),
+                agent_command: self.config.agent_command.clone(),
+                deadline_unix,
+                token: Some(prepared.token.clone()),
+            };
+            // The worker's own grace for its agent fits inside ours for the container.
+            let options = WorkerOptions {
+                grace_secs: Some(self.config.stop_grace.as_secs().saturating_sub(2).max(1)),
+                ..WorkerOptions::default()
+            };
+            let mut env = worker.to_env();
+            env.extend(options.to_env());
+            (labels, env)
         };
-        let worker = WorkerTask {
-            task_id: task.task_id.clone(),
-            kind: task.kind,
-            repo: task.repo.clone(),
-            number: task.number,
-            clone_url: task.clone_url.clone(),
-            head_ref: prepared.head_ref.clone(),
-            head_sha: Some(prepared.head_sha.clone()),
-            prompt: task.prompt.clone(),
-            agent_command: self.config.agent_command.clone(),
-            deadline_unix,
-            token: Some(prepared.token.clone()),
-        };
-        // The worker's own grace for its agent fits inside ours for the container.
-        let options = WorkerOptions {
-            grace_secs: Some(self.config.stop_grace.as_secs().saturating_sub(2).max(1)),
-            ..WorkerOptions::default()
-        };
-        let mut env = worker.to_env();
-        env.extend(options.to_env());
-        let created = self
-            .while_engine_away("create the worker", cancel, || self.dispatcher.create(&labels, &env, None));
+        let created = self.while_engine_away("create the worker", cancel, || {
+            let (labels, env) = spec();
+            async move { self.dispatcher.create(&labels, &env, None).await }
+        });
         let launched = match created.await {
             Ok(launched) => launched,
             Err(Interrupted::Cancelled) => return self.cancelled_before_start(reason, None),
@@ -471,7 +482,20 @@ impl Runner {
                 warn!(error = %err, "could not react to the triggering comment");
             }
         };
-        let start = self.while_engine_away("start the worker", cancel, || self.dispatcher.start(&container));
+        // A start whose answer was lost may have run the worker, which may even
+        // have exited since; starting that again would run the task twice.
+        let mut attempts = 0_u32;
+        let start = self.while_engine_away("start the worker", cancel, || {
+            attempts += 1;
+            let retry = attempts > 1;
+            let container = &container;
+            async move {
+                if retry && !matches!(self.dispatcher.status(container).await?, ContainerStatus::Created) {
+                    return Ok(());
+                }
+                self.dispatcher.start(container).await
+            }
+        });
         let (started, ()) = tokio::join!(start, react);
         match started {
             Ok(()) => {}
@@ -502,11 +526,19 @@ impl Runner {
         Fut: std::future::Future<Output = Result<T, dispatcher::DispatchError>>,
     {
         let mut delay = Duration::from_millis(250);
+        let since = std::time::Instant::now();
         loop {
+            if cancel.is_cancelled() {
+                return Err(Interrupted::Cancelled);
+            }
             match call().await {
                 Ok(value) => return Ok(value),
                 Err(err) if err.is_transient() => {
-                    warn!(error = %err, retry_in = ?delay, "cannot {what}: the engine is away; the task waits for it");
+                    if since.elapsed() < ENGINE_AWAY_WARNING {
+                        warn!(error = %err, retry_in = ?delay, "cannot {what}: the engine is away; the task waits for it");
+                    } else {
+                        error!(error = %err, away = ?since.elapsed(), "cannot {what}: the engine is away; the task waits for it");
+                    }
                     tokio::select! {
                         () = cancel.cancelled() => return Err(Interrupted::Cancelled),
                         () = tokio::time::sleep(delay) => {}
@@ -620,14 +652,33 @@ impl Runner {
             }
         };
         let token = self.github.worker_token(installation, &task.repo, task.kind);
-        let (head, token) = tokio::join!(head, token);
+        // Recorded before the check run is asked for, beside the calls that must come first anyway.
+        let mark = async {
+            if task.check_run.is_some() || task.check_run_requested {
+                return Ok(());
+            }
+            let marked =
+                self.journal.update_task(&task.task_id, Box::new(|record| record.check_run_requested = true));
+            marked.await.map(drop)
+        };
+        let (head, token, marked) = tokio::join!(head, token, mark);
         let (head_sha, head_ref) = head?;
         let token = token.map_err(failed)?;
+        if let Err(err) = marked {
+            return Err(Ending::Failed(format!("could not record the check run request: {err}")));
+        }
         let check_run = match task.check_run {
             Some(check_run) => check_run,
             None => self
                 .github
-                .start_check_run(installation, &task.repo, &head_sha, &task.task_id, task.kind, None)
+                .start_check_run(
+                    installation,
+                    &task.repo,
+                    &head_sha,
+                    &task.task_id,
+                    task.kind,
+                    task.check_run_requested,
+                )
                 .await
                 .map_err(failed)?,
         };

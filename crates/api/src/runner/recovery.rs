@@ -128,6 +128,19 @@ impl Runner {
                 }
             };
             match &container.status {
+                // The task already ended (cancelled while the engine was away,
+                // or a create whose answer was lost): its outcome stands, and a
+                // container of it, in any state, is only a leftover.
+                _ if record.state == TaskState::Finished
+                    && (age(&container) >= SWEEP_GRACE || !self.startup_done()) =>
+                {
+                    if !matches!(container.status, ContainerStatus::Exited(_)) {
+                        warn!(task_id = %record.task_id, container_id = %container.id, "removing a worker of a task that already ended");
+                    }
+                    let _ = self.dispatcher.remove(&container.id).await;
+                }
+                // Young: the path that ended the task may be about to remove it.
+                _ if record.state == TaskState::Finished => {}
                 ContainerStatus::Running { .. } => {
                     let overdue = labels.deadline_unix
                         + self.config.stop_grace.as_secs()
@@ -138,10 +151,6 @@ impl Runner {
                         done.reattached += 1;
                     }
                     self.reattach(record, container.id.clone(), labels.deadline_unix);
-                }
-                ContainerStatus::Exited(_) if record.state == TaskState::Finished => {
-                    // Outcome already recorded; only the removal was cut off.
-                    let _ = self.dispatcher.remove(&container.id).await;
                 }
                 ContainerStatus::Exited(exit) => {
                     done.collected += 1;

@@ -5,11 +5,15 @@ use clap::Parser;
 use crate::config::{Cli, Command, ServeArgs, parse_duration, parse_size};
 
 fn serve_args(extra: &[&str]) -> ServeArgs {
-    // A file per call: tests run in parallel, and a shared file is read while another rewrites it.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let key = std::env::temp_dir().join(format!("berth-config-test-{}-{call}.pem", std::process::id()));
-    std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n").unwrap();
+    // Written once per test process and never rewritten: tests run in
+    // parallel, and a file rewritten by one is read empty by another.
+    static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let key = std::env::temp_dir().join(format!("berth-config-test-{}.pem", std::process::id()));
+        std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
+            .unwrap();
+        key
+    });
     let mut args = vec![
         "berth".to_owned(),
         "serve".to_owned(),
@@ -139,5 +143,5 @@ fn the_admin_token_can_come_from_a_file() {
     assert_eq!(err.setting, "BERTH_ADMIN_TOKEN_FILE", "{err}");
     std::fs::write(&file, "short").unwrap();
     let err = serve_args(&[&from_file]).validate().unwrap_err();
-    assert_eq!(err.setting, "BERTH_ADMIN_TOKEN", "{err}");
+    assert_eq!(err.setting, "BERTH_ADMIN_TOKEN_FILE", "{err}");
 }
