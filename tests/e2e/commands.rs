@@ -112,3 +112,56 @@ async fn app_manifest_asks_for_exactly_what_berth_uses() {
         serde_json::json!({"checks": "write", "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"})
     );
 }
+
+#[tokio::test]
+async fn logs_follow_a_running_worker_and_cancel_asks_the_daemon() {
+    use crate::running::{ADMIN_TOKEN, Rig};
+    let rig = Rig::start("cli", &[]).await;
+    let answer =
+        rig.deliver("issue_comment", "cli-1", &rig.comment(7, true, "/berth review sleep 60", 1)).await;
+    let task = answer["task"].as_str().unwrap().to_owned();
+    let name = format!("berth-{task}");
+    let started = std::time::Instant::now();
+    while !rig.containers().await.iter().any(|c| {
+        c.names.as_ref().is_some_and(|names| names.iter().any(|n| n.trim_start_matches('/') == name))
+            && c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+    }) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(90), "{}", rig.daemon.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Follows until the worker ends, which the cancel below brings about.
+    let follow = tokio::process::Command::new(workspace_binaries().join("berth"))
+        .args(["logs", "--follow", &task])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let bind = rig.daemon.addr.to_string();
+    let cancel = |token: &'static str| {
+        let (bind, task) = (bind.clone(), task.clone());
+        tokio::task::spawn_blocking(move || {
+            berth()
+                .args(["cancel", &task])
+                .env_clear()
+                .env("BERTH_BIND", bind)
+                .env("BERTH_ADMIN_TOKEN", token)
+                .output()
+                .unwrap()
+        })
+    };
+    let refused = cancel("not-the-admin-token-at-all").await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("(401)"), "{refused:?}");
+    let accepted = cancel(ADMIN_TOKEN).await.unwrap();
+    assert!(accepted.status.success(), "{accepted:?}");
+    assert!(String::from_utf8_lossy(&accepted.stdout).contains(&format!("cancel requested for {task}")));
+
+    let run = rig.outcome(&task, std::time::Duration::from_secs(60)).await;
+    assert_eq!(run["conclusion"], "cancelled", "{run}");
+    let followed = tokio::time::timeout(std::time::Duration::from_secs(60), follow.wait_with_output())
+        .await
+        .expect("logs --follow ends with the worker")
+        .unwrap();
+    let text = String::from_utf8_lossy(&followed.stdout);
+    assert!(text.contains("berth-worker: checked out"), "{text}");
+}

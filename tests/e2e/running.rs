@@ -10,7 +10,7 @@ use tests::git_server::{GitServer, SeedRepo};
 use tests::{Daemon, github_signature, http, rsa_key, test_image};
 
 const SECRET: &str = "e2e-running-webhook-secret";
-const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+pub(crate) const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 const AGENT: &str = "/usr/local/bin/berth-stub prompt-steps {prompt_file} {summary_file}";
 
 /// One daemon, its fake GitHub and a git server with one repository.
