@@ -16,30 +16,20 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use tests::{
-    STUB, dispatcher, docker_cli as docker, hardened_cli_flags, task_labels, test_image, unique_task_id,
+    STUB, dispatcher, docker_cli as docker, hardened_cli_flags, hardened_host_config, task_labels,
+    test_image, unique_task_id,
 };
 
 const METHODS: [&str; 4] = ["berth dispatcher", "raw bollard", "docker run --rm", "docker CLI x4"];
 
 async fn raw_bollard(docker: &bollard::Docker, image: &str, name: &str) {
-    let host_config = HostConfig {
-        memory: Some(2 << 30),
-        memory_swap: Some(2 << 30),
-        nano_cpus: Some(2_000_000_000),
-        pids_limit: Some(512),
-        cap_drop: Some(vec!["ALL".into()]),
-        security_opt: Some(vec!["no-new-privileges".into()]),
-        init: Some(true),
-        privileged: Some(false),
-        network_mode: Some("none".into()),
-        ..Default::default()
-    };
+    let host_config = hardened_host_config();
     let body = ContainerCreateBody {
         image: Some(image.into()),
         user: Some("65532:65532".into()),

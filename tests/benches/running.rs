@@ -20,13 +20,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use api::fake_github::FakeGitHub;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, RemoveContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, stream};
 use serde_json::json;
-use tests::{Daemon, STUB, docker_cli, github_signature, hardened_cli_flags, http, rsa_key, test_image};
+use tests::{
+    Daemon, STUB, docker_cli, github_signature, hardened_cli_flags, hardened_host_config, http, rsa_key,
+    test_image,
+};
 
 const SECRET: &str = "bench-running-secret";
 const REPO: &str = "bench/running";
@@ -86,18 +89,7 @@ fn hardened_body(image: &str, labels: HashMap<String, String>) -> ContainerCreat
         entrypoint: Some(vec![STUB.into()]),
         env: Some((0..12).map(|i| format!("BERTH_BENCH_{i}=value-{i}")).collect()),
         labels: Some(labels),
-        host_config: Some(HostConfig {
-            memory: Some(2 << 30),
-            memory_swap: Some(2 << 30),
-            nano_cpus: Some(2_000_000_000),
-            pids_limit: Some(512),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            init: Some(true),
-            privileged: Some(false),
-            network_mode: Some("none".into()),
-            ..Default::default()
-        }),
+        host_config: Some(hardened_host_config()),
         ..Default::default()
     }
 }

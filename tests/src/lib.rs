@@ -346,6 +346,24 @@ impl Daemon {
     }
 }
 
+/// The strict hardened profile as raw engine API settings, for benchmarks that
+/// compare Berth with the same container made by bare bollard calls (the
+/// same limits as [`hardened_cli_flags`]).
+pub fn hardened_host_config() -> bollard::models::HostConfig {
+    bollard::models::HostConfig {
+        memory: Some(2 << 30),
+        memory_swap: Some(2 << 30),
+        nano_cpus: Some(2_000_000_000),
+        pids_limit: Some(512),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        init: Some(true),
+        privileged: Some(false),
+        network_mode: Some("none".into()),
+        ..Default::default()
+    }
+}
+
 /// The `docker` CLI flags of the strict hardened profile, for benchmarks that
 /// compare Berth with the same container started by the CLI.
 pub fn hardened_cli_flags() -> Vec<String> {
