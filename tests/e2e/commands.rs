@@ -120,15 +120,7 @@ async fn logs_follow_a_running_worker_and_cancel_asks_the_daemon() {
     let answer =
         rig.deliver("issue_comment", "cli-1", &rig.comment(7, true, "/berth review sleep 60", 1)).await;
     let task = answer["task"].as_str().unwrap().to_owned();
-    let name = format!("berth-{task}");
-    let started = std::time::Instant::now();
-    while !rig.containers().await.iter().any(|c| {
-        c.names.as_ref().is_some_and(|names| names.iter().any(|n| n.trim_start_matches('/') == name))
-            && c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
-    }) {
-        assert!(started.elapsed() < std::time::Duration::from_secs(90), "{}", rig.daemon.log_text());
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    rig.wait_task_running(&task, std::time::Duration::from_secs(90)).await;
     // Follows until the worker ends, which the cancel below brings about.
     let follow = tokio::process::Command::new(workspace_binaries().join("berth"))
         .args(["logs", "--follow", &task])

@@ -13,20 +13,19 @@ fn queued(answer: &serde_json::Value) -> String {
     answer["task"].as_str().unwrap().to_owned()
 }
 
-async fn running_workers(rig: &Rig) -> usize {
-    rig.containers()
-        .await
-        .iter()
-        .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
-        .count()
-}
-
-/// Every task has exactly one completed check run and exactly one comment,
-/// and no container of the rig is left.
+/// Every task succeeded, with exactly one completed check run and exactly
+/// one comment, and no container of the rig is left.
 async fn assert_each_reported_once(rig: &Rig, tasks: &[String], limit: Duration) {
     for task in tasks {
-        rig.outcome(task, limit).await;
+        let run = rig.outcome(task, limit).await;
+        assert_eq!(run["conclusion"], "success", "{task}: {run}");
     }
+    assert_reported_once(rig, tasks).await;
+}
+
+/// Every task (already completed) has exactly one check run and exactly one
+/// comment, and no container of the rig is left.
+async fn assert_reported_once(rig: &Rig, tasks: &[String]) {
     // Let in-flight report writes land before counting.
     rig.until("comments for every task", Duration::from_secs(60), |state| {
         tasks.iter().all(|task| {
@@ -41,8 +40,6 @@ async fn assert_each_reported_once(rig: &Rig, tasks: &[String], limit: Duration)
         });
         assert_eq!(runs, 1, "{task} has {runs} check runs");
         assert_eq!(rig.comments_of(task).len(), 1, "{task} has several comments");
-        let run = rig.completed(task).unwrap();
-        assert_eq!(run["conclusion"], "success", "{task}: {run}");
     }
     for _ in 0..100 {
         if rig.containers().await.is_empty() {
@@ -67,11 +64,7 @@ async fn a_sigkilled_daemon_finds_its_workers_again_and_reports_each_once() {
     );
     let waiting =
         queued(&rig.deliver("issue_comment", "k-42", &rig.comment(42, true, "/berth review", 42)).await);
-    let started = std::time::Instant::now();
-    while running_workers(&rig).await < 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "workers never ran\n{}", rig.daemon.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    rig.wait_running(2, Duration::from_secs(60)).await;
     // Accepted just before the kill.
     let last =
         queued(&rig.deliver("issue_comment", "k-43", &rig.comment(43, true, "/berth review", 43)).await);
@@ -237,15 +230,7 @@ async fn a_graceful_stop_leaves_workers_running_and_a_restart_reports_them() {
     let mut rig = Rig::start("graceful", &[]).await;
     let task =
         queued(&rig.deliver("issue_comment", "g-1", &rig.comment(7, true, "/berth review sleep 6", 1)).await);
-    let started = std::time::Instant::now();
-    while running_workers(&rig).await < 1 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the worker never ran\n{}",
-            rig.daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    rig.wait_running(1, Duration::from_secs(60)).await;
     let pid = nix::unistd::Pid::from_raw(rig.daemon.child.id().unwrap() as i32);
     let stopping = std::time::Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -256,7 +241,13 @@ async fn a_graceful_stop_leaves_workers_running_and_a_restart_reports_them() {
     let took = stopping.elapsed();
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
     assert!(took < Duration::from_secs(11), "SIGTERM stopped the daemon in {took:?}");
-    assert_eq!(running_workers(&rig).await, 1, "the worker outlives the daemon");
+    let running = rig
+        .containers()
+        .await
+        .iter()
+        .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+        .count();
+    assert_eq!(running, 1, "the worker outlives the daemon");
     assert!(rig.completed(&task).is_none());
     rig.start_daemon().await;
     assert_each_reported_once(&rig, &[task], Duration::from_secs(60)).await;
@@ -319,11 +310,7 @@ async fn a_restart_of_dockerd_loses_no_task_and_reports_the_workers_it_stopped()
     let second = queued(
         &rig.deliver("issue_comment", "d-61", &rig.comment(61, true, "/berth review sleep 120", 61)).await,
     );
-    let started = std::time::Instant::now();
-    while running_workers(&rig).await < 2 {
-        assert!(started.elapsed() < Duration::from_secs(90), "workers never ran\n{}", rig.daemon.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    rig.wait_running(2, Duration::from_secs(90)).await;
     // Stop the engine (with live-restore off it stops its containers), accept
     // a task while it is down, then start it again under the same daemon.
     engine.stop().await;
@@ -345,23 +332,7 @@ async fn a_restart_of_dockerd_loses_no_task_and_reports_the_workers_it_stopped()
         log.contains("the engine is away; the task waits for it"),
         "the task waited for the engine:\n{log}"
     );
-    for task in [&first, &second, &while_down] {
-        let marker = format!("<!-- berth:task={task} -->");
-        rig.until("its comment", Duration::from_secs(30), |state| {
-            state.comments.values().any(|c| c["body"].as_str().is_some_and(|b| b.contains(&marker)))
-        })
-        .await;
-        assert_eq!(rig.comments_of(task).len(), 1, "{task} has one comment");
-        let runs = rig.fake.with(|state| {
-            state.check_runs.values().filter(|run| run["external_id"] == task.as_str()).count()
-        });
-        assert_eq!(runs, 1, "{task} has {runs} check runs");
-    }
-    let started = std::time::Instant::now();
-    while !rig.containers().await.is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(30), "containers left: {:?}", rig.containers().await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_reported_once(&rig, &[first, second, while_down]).await;
     drop(rig);
     drop(engine);
 }
@@ -375,24 +346,8 @@ async fn with_live_restore_a_dockerd_restart_leaves_workers_running_and_they_fin
     let task = queued(
         &rig.deliver("issue_comment", "lr-7", &rig.comment(7, true, "/berth review sleep 30", 7)).await,
     );
-    let started = std::time::Instant::now();
-    let before = loop {
-        let running: Vec<_> = rig
-            .containers()
-            .await
-            .into_iter()
-            .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
-            .collect();
-        if let Some(container) = running.first() {
-            break container.id.clone().unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "the worker never ran\n{}",
-            rig.daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let running = rig.wait_running(1, Duration::from_secs(90)).await;
+    let before = running[0].id.clone().unwrap();
     engine.restart().await;
     let after = rig.containers().await;
     assert!(

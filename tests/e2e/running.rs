@@ -243,6 +243,51 @@ impl Rig {
         })
     }
 
+    /// Waits until at least `count` of this rig's workers run (or fails
+    /// after `limit`); returns the running ones.
+    pub(crate) async fn wait_running(
+        &self,
+        count: usize,
+        limit: Duration,
+    ) -> Vec<bollard::models::ContainerSummary> {
+        self.wait_running_where(count, limit, |_| true).await
+    }
+
+    /// Waits until `task`'s worker runs (or fails after `limit`).
+    pub(crate) async fn wait_task_running(&self, task: &str, limit: Duration) {
+        let name = format!("berth-{task}");
+        let named = |c: &bollard::models::ContainerSummary| {
+            c.names.as_ref().is_some_and(|names| names.iter().any(|n| n.trim_start_matches('/') == name))
+        };
+        self.wait_running_where(1, limit, named).await;
+    }
+
+    async fn wait_running_where(
+        &self,
+        count: usize,
+        limit: Duration,
+        select: impl Fn(&bollard::models::ContainerSummary) -> bool,
+    ) -> Vec<bollard::models::ContainerSummary> {
+        let started = std::time::Instant::now();
+        loop {
+            let running: Vec<_> = self
+                .containers()
+                .await
+                .into_iter()
+                .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) && select(c))
+                .collect();
+            if running.len() >= count {
+                return running;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{count} worker(s) never ran within {limit:?}\n{}",
+                self.daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Managed containers of this rig's repository.
     pub(crate) async fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
         let docker = docker_client(self.docker_host.as_deref()).unwrap();
@@ -360,18 +405,7 @@ async fn every_ending_is_reported_with_its_own_conclusion() {
 
     // Wait for the sleepers to be running before cancelling or killing them.
     for task in [&by_comment, &by_close, &killed] {
-        let name = format!("berth-{task}");
-        rig.until("the worker to run", Duration::from_secs(60), |_| true).await;
-        for _ in 0..600 {
-            let running = rig.containers().await.iter().any(|c| {
-                c.names.as_ref().is_some_and(|names| names.iter().any(|n| n.trim_start_matches('/') == name))
-                    && c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
-            });
-            if running {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        rig.wait_task_running(task, Duration::from_secs(60)).await;
     }
     let answer = rig.deliver("issue_comment", "e-7", &rig.comment(22, true, "/berth cancel", 7)).await;
     assert_eq!(answer["outcome"], "cancel_requested", "{answer}");
