@@ -27,6 +27,8 @@ pub const WORKER: &str = "/usr/local/bin/berth-worker";
 /// `PATH` in the test image.
 const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+pub mod claude;
+pub mod fake_model;
 pub mod git_server;
 pub mod private_engine;
 
@@ -97,24 +99,35 @@ static IMAGE: OnceCell<String> = OnceCell::const_new();
 /// The offline test image (`FROM scratch` with berth-worker, berth-stub and
 /// this host's git), built once per test run.
 pub async fn test_image() -> &'static str {
-    IMAGE
-        .get_or_init(|| async {
-            let binaries = tokio::task::spawn_blocking(workspace_binaries).await.expect("build task runs");
-            let mut context = ImageContext::new();
-            context
-                .add_executable(&binaries.join("berth-stub"), STUB)
-                .expect("stub binary is built")
-                .add_executable(&binaries.join("berth-worker"), WORKER)
-                .expect("worker binary is built")
-                .entrypoint(&[WORKER]);
-            // The worker clones and pushes with the real git.
-            context.add_git().expect("git is installed on this host").env("PATH", IMAGE_PATH);
-            let tar = context.to_tar().expect("context builds");
-            let engine = engine().await;
-            engine.build_image(TEST_IMAGE, tar, |_| {}).await.expect("test image builds");
-            TEST_IMAGE.to_owned()
-        })
-        .await
+    IMAGE.get_or_init(|| build_test_image(TEST_IMAGE, |_| {})).await
+}
+
+/// Builds `tag`: the test image's contents (berth-worker as entrypoint,
+/// berth-stub, git) plus whatever `extra` adds; returns the tag.
+pub(crate) async fn build_test_image(
+    tag: &'static str,
+    extra: impl FnOnce(&mut ImageContext) + Send + 'static,
+) -> String {
+    let binaries = tokio::task::spawn_blocking(workspace_binaries).await.expect("build task runs");
+    // Reading the files (hundreds of MB for an agent CLI) blocks.
+    let tar = tokio::task::spawn_blocking(move || {
+        let mut context = ImageContext::new();
+        context
+            .add_executable(&binaries.join("berth-stub"), STUB)
+            .expect("stub binary is built")
+            .add_executable(&binaries.join("berth-worker"), WORKER)
+            .expect("worker binary is built")
+            .entrypoint(&[WORKER]);
+        // The worker clones and pushes with the real git.
+        context.add_git().expect("git is installed on this host").env("PATH", IMAGE_PATH);
+        extra(&mut context);
+        context.to_tar().expect("context builds")
+    })
+    .await
+    .expect("context task runs");
+    let engine = engine().await;
+    engine.build_image(tag, tar, |_| {}).await.unwrap_or_else(|err| panic!("image {tag} builds: {err}"));
+    tag.to_owned()
 }
 
 /// A dispatcher over the real engine with the strict profile and the test image.

@@ -14,6 +14,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use core_types::Secret;
 
+use crate::agent_env::AgentEnvFiles;
+use crate::prompt::{Prompts, Template};
 use crate::triggers::Policy;
 
 /// Berth: GitHub events in, hardened agent containers out, every task reported.
@@ -197,10 +199,29 @@ pub struct ServeArgs {
     /// The command a worker runs for a task (placeholders in the README).
     #[arg(long, env = "BERTH_AGENT_COMMAND", default_value = DEFAULT_AGENT_COMMAND)]
     pub agent_command: String,
+    /// File of `NAME=VALUE` lines every worker gets in its environment (plain
+    /// agent settings: a model base URL, a proxy, a model name); read again for each task.
+    #[arg(long, env = "BERTH_WORKER_ENV_FILE")]
+    pub worker_env_file: Option<PathBuf>,
+    /// File of `NAME=VALUE` lines every worker gets, whose values are secrets
+    /// (`ANTHROPIC_API_KEY`): redacted from all output; read again for each task.
+    #[arg(long, env = "BERTH_WORKER_SECRETS_FILE")]
+    pub worker_secrets_file: Option<PathBuf>,
+    /// Template file replacing the default prompt of reviews (placeholders in the README).
+    #[arg(long, env = "BERTH_REVIEW_PROMPT_FILE")]
+    pub review_prompt_file: Option<PathBuf>,
+    /// Template file replacing the default prompt of implement tasks.
+    #[arg(long, env = "BERTH_IMPLEMENT_PROMPT_FILE")]
+    pub implement_prompt_file: Option<PathBuf>,
     /// Log format: `human` or `json`.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
 }
+
+/// The longest `BERTH_TASK_TIMEOUT`: a worker's installation token lives one
+/// hour from its creation, and must still be valid when the worker pushes at
+/// its deadline (adr/0011).
+pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(50 * 60);
 
 /// The agent command when none is configured.
 pub const DEFAULT_AGENT_COMMAND: &str = "agent --kind {kind} --repo {repo} --number {number} --prompt-file {prompt_file} --summary-file {summary_file}";
@@ -266,6 +287,10 @@ pub struct ServeConfig {
     pub policy: Policy,
     /// The agent command.
     pub agent_command: String,
+    /// The agent's settings and secrets files.
+    pub agent_env_files: AgentEnvFiles,
+    /// The prompts per kind.
+    pub prompts: Prompts,
     /// Emit JSON logs.
     pub json_logs: bool,
 }
@@ -435,6 +460,15 @@ impl ServeArgs {
         if task_timeout.is_zero() {
             return Err(invalid("BERTH_TASK_TIMEOUT", "must be longer than zero"));
         }
+        if task_timeout > MAX_TASK_TIMEOUT {
+            return Err(invalid(
+                "BERTH_TASK_TIMEOUT",
+                format!(
+                    "{} is longer than 50m: a worker's GitHub token expires one hour after it is made, so a longer task would fail at its push",
+                    self.task_timeout.trim()
+                ),
+            ));
+        }
         let stop_grace =
             parse_duration(&self.stop_grace).map_err(|reason| invalid("BERTH_STOP_GRACE", reason))?;
         let delivery_retention = parse_duration(&self.delivery_retention)
@@ -465,6 +499,18 @@ impl ServeArgs {
         }
         if self.agent_command.trim().is_empty() {
             return Err(invalid("BERTH_AGENT_COMMAND", "must not be empty"));
+        }
+        let agent_env_files = AgentEnvFiles {
+            env_file: self.worker_env_file.clone().filter(|path| !path.as_os_str().is_empty()),
+            secrets_file: self.worker_secrets_file.clone().filter(|path| !path.as_os_str().is_empty()),
+        };
+        agent_env_files.load().map_err(|(setting, err)| invalid(setting, err.to_string()))?;
+        let mut prompts = Prompts::default();
+        if let Some(path) = &self.review_prompt_file {
+            prompts.review = read_template("BERTH_REVIEW_PROMPT_FILE", path)?;
+        }
+        if let Some(path) = &self.implement_prompt_file {
+            prompts.implement = read_template("BERTH_IMPLEMENT_PROMPT_FILE", path)?;
         }
         let json_logs = match self.log_format.as_str() {
             "human" => false,
@@ -499,9 +545,17 @@ impl ServeArgs {
                 auto_review: self.auto_review,
             },
             agent_command: self.agent_command.clone(),
+            agent_env_files,
+            prompts,
             json_logs,
         })
     }
+}
+
+fn read_template(setting: &'static str, path: &std::path::Path) -> Result<Template, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| invalid(setting, format!("cannot read {}: {err}", path.display())))?;
+    Template::parse(&text).map_err(|err| invalid(setting, format!("{}: {err}", path.display())))
 }
 
 /// A light check that the key is a PEM private key (PKCS#1 or PKCS#8).

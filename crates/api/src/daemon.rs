@@ -130,6 +130,8 @@ async fn start_runner(
             stop_grace: config.stop_grace,
             agent_command: config.agent_command.clone(),
             memory_bytes: config.worker_memory_bytes,
+            agent_env_files: config.agent_env_files.clone(),
+            prompts: config.prompts.clone(),
         },
         state.metrics.clone(),
         state.wake.clone(),

@@ -161,6 +161,9 @@ pub struct PullRequest {
     /// Its title.
     #[serde(default)]
     pub title: Option<String>,
+    /// Its description.
+    #[serde(default)]
+    pub body: Option<String>,
     /// Its author.
     #[serde(default)]
     pub user: Option<Account>,

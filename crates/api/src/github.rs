@@ -134,6 +134,8 @@ pub struct PullHead {
     pub repo: Option<String>,
     /// `open` or `closed`.
     pub state: String,
+    /// The base branch.
+    pub base: Option<String>,
 }
 
 /// The GitHub App, as Berth uses it.
@@ -313,6 +315,7 @@ impl GitHub {
             branch: text("/head/ref").unwrap_or_default(),
             repo: text("/head/repo/full_name"),
             state: text("/state").unwrap_or_else(|| "open".to_owned()),
+            base: text("/base/ref"),
         })
     }
 

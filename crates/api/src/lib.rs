@@ -4,6 +4,7 @@
 //! policy, health and status routes), the journal, and the operator commands.
 //! It drives containers only through `dispatcher` and never names bollard.
 
+pub mod agent_env;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -16,6 +17,7 @@ pub mod fake_github;
 pub mod github;
 pub mod journal;
 pub mod metrics;
+pub mod prompt;
 pub mod ps;
 pub mod runner;
 pub mod server;

@@ -90,8 +90,18 @@ pub struct TaskRecord {
     pub head_ref: Option<String>,
     /// The repository's clone URL, from the payload.
     pub clone_url: String,
-    /// The trigger's text.
+    /// The requester's words (the rest of the command's line and the lines
+    /// after it); records from before 0.2 hold the whole comment.
     pub prompt: String,
+    /// The or pull request's title, from the delivery.
+    #[serde(default)]
+    pub subject_title: String,
+    /// The or pull request's body, from the delivery.
+    #[serde(default)]
+    pub subject_body: String,
+    /// A review's base branch, from the delivery or read at dispatch.
+    #[serde(default)]
+    pub base_ref: Option<String>,
     /// Who triggered it.
     pub sender: String,
     /// The delivery that created it.
@@ -156,6 +166,9 @@ impl TaskRecord {
             head_ref: request.head_ref,
             clone_url: request.clone_url,
             prompt: request.prompt,
+            subject_title: request.subject_title,
+            subject_body: request.subject_body,
+            base_ref: request.base_ref,
             sender: request.sender,
             delivery: delivery.to_owned(),
             installation: request.installation,

@@ -55,8 +55,15 @@ pub struct TaskRequest {
     pub head_ref: Option<String>,
     /// The repository's clone URL.
     pub clone_url: String,
-    /// The trigger's text.
+    /// The requester's words: the rest of the command's line and the lines
+    /// after it (empty for a label or an automatic review).
     pub prompt: String,
+    /// The issue's or pull request's title, as the delivery gave it.
+    pub subject_title: String,
+    /// The issue's or pull request's body, as the delivery gave it.
+    pub subject_body: String,
+    /// A review's base branch, when the delivery names it (else read at dispatch).
+    pub base_ref: Option<String>,
     /// Who asked.
     pub sender: String,
     /// The App installation.
@@ -235,7 +242,7 @@ impl Policy {
         }
         let is_pull = event.issue.pull_request.is_some();
         let number = event.issue.number;
-        let request = |kind| TaskRequest {
+        let request = |kind, args: &str| TaskRequest {
             kind,
             repo: repo.clone(),
             number,
@@ -245,18 +252,21 @@ impl Policy {
                 TaskKind::Implement => event.repository.default_branch.clone(),
             },
             clone_url: clone_url(&event.repository),
-            prompt: normalize_text(body),
+            prompt: crate::prompt::request_words(args, body),
+            subject_title: normalize_text(event.issue.title.as_deref().unwrap_or("")),
+            subject_body: normalize_text(event.issue.body.as_deref().unwrap_or("")),
+            base_ref: None,
             sender: login.clone(),
             installation: event.installation.map(|installation| installation.id),
             comment_id: Some(event.comment.id),
         };
         match command {
-            Command::Review(_) if is_pull => Decision::Queue(request(TaskKind::Review)),
+            Command::Review(args) if is_pull => Decision::Queue(request(TaskKind::Review, &args)),
             Command::Review(_) => Decision::Ignore(format!(
                 "{} review needs a pull request; #{number} is an issue",
                 self.command_prefix
             )),
-            Command::Implement(_) if !is_pull => Decision::Queue(request(TaskKind::Implement)),
+            Command::Implement(args) if !is_pull => Decision::Queue(request(TaskKind::Implement, &args)),
             Command::Implement(_) => Decision::Ignore(format!(
                 "{} implement needs an issue; #{number} is a pull request",
                 self.command_prefix
@@ -321,7 +331,10 @@ impl Policy {
                     head_sha: None,
                     head_ref: event.repository.default_branch.clone(),
                     clone_url: clone_url(&event.repository),
-                    prompt: normalize_text(&format!("{title}\n\n{body}")),
+                    prompt: String::new(),
+                    subject_title: normalize_text(title),
+                    subject_body: normalize_text(body),
+                    base_ref: None,
                     sender: login.clone(),
                     installation: event.installation.map(|installation| installation.id),
                     comment_id: None,
@@ -412,7 +425,10 @@ impl Policy {
             head_sha: Some(pull.head.sha.clone()),
             head_ref: Some(pull.head.branch.clone()),
             clone_url: clone_url(&event.repository),
-            prompt: normalize_text(pull.title.as_deref().unwrap_or("")),
+            prompt: String::new(),
+            subject_title: normalize_text(pull.title.as_deref().unwrap_or("")),
+            subject_body: normalize_text(pull.body.as_deref().unwrap_or("")),
+            base_ref: Some(pull.base.branch.clone()),
             sender: login.clone(),
             installation: event.installation.map(|installation| installation.id),
             comment_id: None,

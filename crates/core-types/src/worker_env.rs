@@ -265,8 +265,18 @@ impl WorkerOptions {
 }
 
 /// Whether `name` is a portable environment variable name.
-fn is_env_name(name: &str) -> bool {
+pub fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes.next().is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Whether `name` belongs to Berth or to the worker's own plumbing, so that an
+/// operator's agent settings may not set it: `BERTH_*` (the task contract),
+/// `GITHUB_TOKEN` and `GH_TOKEN` (the scoped token), `GIT_*` (how the worker
+/// authenticates and commits), `HOME` and `PATH`.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.starts_with("BERTH_")
+        || name.starts_with("GIT_")
+        || matches!(name, "GITHUB_TOKEN" | "GH_TOKEN" | "HOME" | "PATH")
 }

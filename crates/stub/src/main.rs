@@ -12,7 +12,9 @@
 //! Steps joined by `then` run in order; the first failing step ends the run.
 //! `prompt-steps PROMPT_FILE SUMMARY_FILE` is the agent of end-to-end tests
 //! and the demo: it writes a summary, then runs the steps written after the
-//! command in the prompt (`/berth review sleep 60` runs `sleep 60`).
+//! command in the prompt (`/berth review sleep 60` runs `sleep 60`): the first
+//! line inside `<github-request>` of a prompt Berth made, else the first line
+//! after the command word.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
@@ -222,8 +224,22 @@ fn prompt_steps(prompt_file: &str, summary_file: &str) -> ExitCode {
         Ok(prompt) => prompt,
         Err(err) => return fail(&format!("read prompt {prompt_file}: {err}")),
     };
-    let first_line = prompt.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
-    let steps: Vec<String> = first_line.split_whitespace().skip(2).map(str::to_owned).collect();
+    // Berth's prompts mark the requester's words off in <github-request>;
+    // a bare prompt is the comment itself, command first.
+    let steps: Vec<String> = match prompt.split_once("<github-request>\n") {
+        Some((_, request)) => {
+            let first_line = request.lines().next().unwrap_or("");
+            if first_line == "(empty)" {
+                Vec::new()
+            } else {
+                first_line.split_whitespace().map(str::to_owned).collect()
+            }
+        }
+        None => {
+            let first_line = prompt.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
+            first_line.split_whitespace().skip(2).map(str::to_owned).collect()
+        }
+    };
     let summary = if steps.is_empty() {
         "The stub agent looked at the change and found nothing to say.".to_owned()
     } else {

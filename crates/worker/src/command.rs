@@ -16,12 +16,13 @@
 use std::fmt;
 
 /// Every placeholder the agent command may use.
-pub(crate) const PLACEHOLDERS: [&str; 11] = [
+pub(crate) const PLACEHOLDERS: [&str; 12] = [
     "task_id",
     "kind",
     "repo",
     "number",
     "workspace",
+    "work_dir",
     "prompt_file",
     "summary_file",
     "prompt",
@@ -140,6 +141,36 @@ impl fmt::Display for AgentCommand {
             .collect();
         f.write_str(&words.join(" "))
     }
+}
+
+/// Fills the placeholders of free text (the prompt the daemon made): `{{`
+/// and `}}` are literal braces, a known `{name}` is its value, and anything
+/// else stays as written, so text that was never a template passes through.
+pub(crate) fn render_text(text: &str, values: &PlaceholderValues) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(index) = rest.find(['{', '}']) {
+        out.push_str(&rest[..index]);
+        let tail = &rest[index..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+            continue;
+        }
+        if let Some(name) =
+            tail.strip_prefix('{').and_then(|after| after.split_once('}')).map(|(name, _)| name)
+            && name != "prompt"
+            && PLACEHOLDERS.contains(&name)
+        {
+            out.push_str(values.get(name));
+            rest = &tail[name.len() + 2..];
+            continue;
+        }
+        out.push_str(&tail[..1]);
+        rest = &tail[1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Shell-words splitting without expansion (see the module docs).

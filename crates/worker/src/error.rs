@@ -46,6 +46,16 @@ pub enum WorkerError {
         /// The last lines git printed (redacted).
         detail: String,
     },
+    /// The agent program is not in the image.
+    #[error(
+        "the agent's program {program:?} is not in the worker image ({searched}); install it in the image (README: Running a real agent) or fix BERTH_AGENT_COMMAND"
+    )]
+    AgentMissing {
+        /// argv\[0\] of the agent command.
+        program: String,
+        /// Where it was looked for.
+        searched: String,
+    },
     /// The agent program could not be started.
     #[error("cannot start the agent {program:?}")]
     AgentSpawn {

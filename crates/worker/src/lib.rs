@@ -72,6 +72,8 @@ struct Settings {
     author: Author,
     secrets: Vec<String>,
     inherited_git_config: usize,
+    /// `PATH`, where the agent's program is looked for.
+    path: String,
 }
 
 impl Settings {
@@ -96,6 +98,7 @@ impl Settings {
                 .get("GIT_CONFIG_COUNT")
                 .and_then(|count| count.parse().ok())
                 .unwrap_or(0),
+            path: env.get("PATH").cloned().unwrap_or_default(),
         }
     }
 }
@@ -318,7 +321,12 @@ async fn set_up(
         }));
     }
     let layout = Layout::new(&settings.work_dir);
-    layout.create(&task.prompt)?;
+    // Before the clone, so a missing agent fails in milliseconds, not after it.
+    let early = early_values(task, options, &layout);
+    if let Some(program) = command.render(&early).first() {
+        find_program(program, &settings.path)?;
+    }
+    layout.create(&command::render_text(&task.prompt, &early))?;
     let git = Git::new(&task.clone_url, task.token.as_ref(), &settings.author, settings.inherited_git_config);
     output.note(&format!("cloning {} into {}", display_url(&task.clone_url), layout.repo.display()));
     let checkout =
@@ -327,7 +335,56 @@ async fn set_up(
     Ok(Ready { command, checkout, layout, git })
 }
 
+/// The placeholders known before the clone: the task's own and the paths.
+/// The prompt the daemon made is rendered with these.
+fn early_values(task: &WorkerTask, options: &WorkerOptions, layout: &Layout) -> PlaceholderValues {
+    let path = |path: &Path| path.to_string_lossy().into_owned();
+    let branch = match task.kind {
+        TaskKind::Implement => workspace::implement_branch(task.number),
+        TaskKind::Review => task.head_ref.clone().unwrap_or_default(),
+    };
+    let mut values = PlaceholderValues::default();
+    values
+        .set("task_id", task.task_id.as_str())
+        .set("kind", task.kind.as_str())
+        .set("repo", task.repo.as_str())
+        .set("number", task.number.to_string())
+        .set("workspace", path(&layout.repo))
+        .set("work_dir", path(&layout.work_dir))
+        .set("prompt_file", path(&layout.prompt_file))
+        .set("summary_file", path(&layout.summary_file))
+        .set("branch", branch)
+        .set("base_ref", options.base_ref.clone().unwrap_or_default())
+        .set("head_sha", task.head_sha.clone().unwrap_or_default());
+    values
+}
+
+/// Checks that the agent's program is in the image: a path must be an
+/// executable file, a bare name must be one on `PATH`.
+fn find_program(program: &str, path: &str) -> Result<(), WorkerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |candidate: &Path| {
+        std::fs::metadata(candidate)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    let missing = |searched: String| WorkerError::AgentMissing { program: program.to_owned(), searched };
+    if program.contains('/') {
+        return if executable(Path::new(program)) {
+            Ok(())
+        } else {
+            Err(missing("no executable file at that path".to_owned()))
+        };
+    }
+    if path.split(':').filter(|dir| !dir.is_empty()).any(|dir| executable(&Path::new(dir).join(program))) {
+        Ok(())
+    } else {
+        Err(missing(format!("not found on PATH={path}")))
+    }
+}
+
 fn placeholder_values(task: &WorkerTask, layout: &Layout, checkout: &Checkout) -> PlaceholderValues {
+    // The prompt as the worker wrote it to the prompt file, paths filled in.
+    let prompt = std::fs::read_to_string(&layout.prompt_file).unwrap_or_else(|_| task.prompt.clone());
     let path = |path: &Path| path.to_string_lossy().into_owned();
     let mut values = PlaceholderValues::default();
     values
@@ -336,9 +393,10 @@ fn placeholder_values(task: &WorkerTask, layout: &Layout, checkout: &Checkout) -
         .set("repo", task.repo.as_str())
         .set("number", task.number.to_string())
         .set("workspace", path(&layout.repo))
+        .set("work_dir", path(&layout.work_dir))
         .set("prompt_file", path(&layout.prompt_file))
         .set("summary_file", path(&layout.summary_file))
-        .set("prompt", task.prompt.as_str())
+        .set("prompt", prompt)
         .set("branch", checkout.branch.clone().or_else(|| task.head_ref.clone()).unwrap_or_default())
         .set("base_ref", checkout.base_ref.clone().unwrap_or_default())
         .set("head_sha", checkout.head.as_str());

@@ -6,13 +6,13 @@ use tokio::process::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{AgentCommand, CommandError, PlaceholderValues, split};
+use crate::command::{AgentCommand, CommandError, PlaceholderValues, render_text, split};
 use crate::git::{Author, Git, token_secrets};
 use crate::output::Output;
 use crate::process::{Ending, Limits, OrphanSweep, ProcStat, StdoutTo, parse_stat, supervise};
 use crate::redact::{LineSplitter, MAX_LINE, REDACTED, Redactor, base64};
 use crate::workspace::{check_ref, commit_message, implement_branch};
-use crate::{Outcome, Settings, display_url, fence_for, truncate};
+use crate::{Outcome, Settings, WorkerError, display_url, fence_for, find_program, truncate};
 
 fn words(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|part| (*part).to_owned()).collect()
@@ -346,4 +346,35 @@ async fn cancellation_stops_a_polite_child_at_once() {
     assert_eq!(finished.ending, Ending::Cancelled);
     assert!(!finished.killed_after_grace, "sleep dies on SIGTERM");
     assert!(started.elapsed() < Duration::from_secs(10), "no waiting out the grace: {:?}", started.elapsed());
+}
+
+#[test]
+fn the_prompt_gets_the_paths_and_keeps_every_other_brace() {
+    let mut values = PlaceholderValues::default();
+    values.set("summary_file", "/home/berth/work/summary.md").set("prompt", "never inlined");
+    // What the daemon sends: its own data with doubled braces, the worker's paths as placeholders.
+    let daemon = "Write to {summary_file}. Data: {{summary_file}} {{\"a\": 1}} {prompt}";
+    assert_eq!(
+        render_text(daemon, &values),
+        "Write to /home/berth/work/summary.md. Data: {summary_file} {\"a\": 1} {prompt}"
+    );
+    // Text that was never a template passes through unchanged.
+    for raw in ["fn main() { println!(\"{}\", 1); }", "{unknown} and { and }", "trailing {"] {
+        assert_eq!(render_text(raw, &values), raw, "{raw}");
+    }
+}
+
+#[test]
+fn a_missing_agent_program_is_named_before_anything_is_cloned() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().to_str().expect("utf-8 path").to_owned();
+    let missing = find_program("claude", &path).expect_err("nothing is on that PATH");
+    assert!(matches!(&missing, WorkerError::AgentMissing { program, .. } if program == "claude"));
+    let text = missing.to_string();
+    assert!(text.contains("\"claude\" is not in the worker image") && text.contains(&path), "{text}");
+    assert!(find_program("/no/such/agent", &path).is_err());
+    assert!(find_program("sh", "/usr/bin:/bin").is_ok());
+    let plain = dir.path().join("agent");
+    std::fs::write(&plain, "not executable").expect("write");
+    assert!(find_program("agent", &path).is_err(), "a file without an execute bit is not a program");
 }

@@ -21,9 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, instrument, warn};
 
+use crate::agent_env::{AgentEnv, AgentEnvFiles};
 use crate::github::{GitHub, GitHubError};
 use crate::journal::{Journal, now_unix};
 use crate::metrics::Metrics;
+use crate::prompt::{PromptFacts, Prompts};
 use crate::tasks::{CancelCause, CancelRequest, TaskRecord, TaskState};
 
 mod recovery;
@@ -49,6 +51,10 @@ pub struct RunnerConfig {
     pub agent_command: String,
     /// Worker memory limit, for the out-of-memory report.
     pub memory_bytes: i64,
+    /// The agent's settings and secrets files, read again for every dispatch.
+    pub agent_env_files: AgentEnvFiles,
+    /// The prompt templates.
+    pub prompts: Prompts,
 }
 
 /// Why Berth itself stopped a worker.
@@ -191,6 +197,13 @@ fn capitalize(text: &str) -> String {
     chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
 }
 
+/// How long an installation token lives from when GitHub makes it.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What a token must have left when the worker's deadline comes: the worker's
+/// grace, the push itself, and clocks that disagree.
+const TOKEN_MARGIN: Duration = Duration::from_secs(5 * 60);
+
 /// How long the engine may be away before waiting tasks are logged as errors.
 const ENGINE_AWAY_WARNING: Duration = Duration::from_secs(60);
 
@@ -200,6 +213,8 @@ enum Interrupted {
     Cancelled,
     /// The engine answered with a refusal.
     Failed(dispatcher::DispatchError),
+    /// The engine stayed away past the call's time budget.
+    OutOfTime,
 }
 
 /// A task with a live preparation or monitor: its cancel switch, and why it was pulled.
@@ -221,6 +236,9 @@ pub struct Runner {
     tracker: TaskTracker,
     /// Set once the start-up reconcile is done.
     started: std::sync::atomic::AtomicBool,
+    /// Every secret value read from the secrets file since start, rotated
+    /// ones included: the daemon redacts all of them from what it reports.
+    secrets_seen: Mutex<Vec<Secret>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -234,8 +252,11 @@ struct Prepared {
     installation: u64,
     head_sha: String,
     head_ref: Option<String>,
+    base_ref: Option<String>,
     check_run: Option<u64>,
     token: Secret,
+    /// When the token was made: it lives one hour from then.
+    token_made: std::time::Instant,
 }
 
 impl Runner {
@@ -264,6 +285,7 @@ impl Runner {
             shutdown,
             tracker,
             started: std::sync::atomic::AtomicBool::new(false),
+            secrets_seen: Mutex::default(),
         })
     }
 
@@ -412,10 +434,29 @@ impl Runner {
             }
             return None;
         }
+        // Read for every dispatch, so a rotated key reaches the next task.
+        let agent_env = match self.agent_env() {
+            Ok(agent_env) => agent_env,
+            Err(reason) => return Some((Ending::Failed(reason), None)),
+        };
+        let prompt = self.config.prompts.render(&PromptFacts {
+            task_id: task.task_id.to_string(),
+            kind: task.kind,
+            repo: task.repo.clone(),
+            number: task.number,
+            title: task.subject_title.clone(),
+            body: task.subject_body.clone(),
+            requester: task.sender.clone(),
+            request: task.prompt.clone(),
+            base_ref: prepared.base_ref.clone(),
+            head_ref: prepared.head_ref.clone(),
+            head_sha: Some(prepared.head_sha.clone()),
+        });
+        let mut token = (prepared.token.clone(), prepared.token_made);
         // Labels and environment are made per attempt, so the deadline they
         // carry counts from the create that succeeds, not from before an
         // engine outage.
-        let spec = || {
+        let spec = |token: &Secret| {
             let deadline_unix = now_unix() + self.config.task_timeout.as_secs();
             let labels = TaskLabels {
                 task_id: task.task_id.clone(),
@@ -436,28 +477,58 @@ impl Runner {
                 clone_url: task.clone_url.clone(),
                 head_ref: prepared.head_ref.clone(),
                 head_sha: Some(prepared.head_sha.clone()),
-                prompt: task.prompt.clone(),
+                prompt: prompt.clone(),
                 agent_command: self.config.agent_command.clone(),
                 deadline_unix,
-                token: Some(prepared.token.clone()),
+                token: Some(token.clone()),
             };
             // The worker's own grace for its agent fits inside ours for the container.
             let options = WorkerOptions {
+                base_ref: prepared.base_ref.clone().filter(|_| task.kind == TaskKind::Review),
                 grace_secs: Some(self.config.stop_grace.as_secs().saturating_sub(2).max(1)),
+                secret_vars: agent_env.secret_names(),
                 ..WorkerOptions::default()
             };
-            let mut env = worker.to_env();
-            env.extend(options.to_env());
+            // The operator's settings first: nothing in them can be a name the
+            // task sets (refused when the files are read).
+            let mut env: Vec<(String, String)> = agent_env.to_env();
+            env.extend(worker.to_env().into_iter().map(|(name, value)| (name.to_owned(), value)));
+            env.extend(options.to_env().into_iter().map(|(name, value)| (name.to_owned(), value)));
             (labels, env)
         };
-        let created = self.while_engine_away("create the worker", cancel, || {
-            let (labels, env) = spec();
-            async move { self.dispatcher.create(&labels, &env, None).await }
-        });
-        let launched = match created.await {
+        // The token must outlive the task: when an engine outage has aged it
+        // past what the task's timeout leaves, a fresh one is made first.
+        let created = loop {
+            let budget = TOKEN_LIFETIME
+                .saturating_sub(TOKEN_MARGIN + self.config.task_timeout)
+                .saturating_sub(token.1.elapsed());
+            let attempt = self.while_engine_away("create the worker", cancel, Some(budget), || {
+                let (labels, env) = spec(&token.0);
+                async move {
+                    let env: Vec<(&str, String)> =
+                        env.iter().map(|(name, value)| (name.as_str(), value.clone())).collect();
+                    self.dispatcher.create(&labels, &env, None).await
+                }
+            });
+            match attempt.await {
+                Err(Interrupted::OutOfTime) => {
+                    info!("the engine was away long enough to age the worker token; making a fresh one");
+                    let made = std::time::Instant::now();
+                    match self.github.worker_token(prepared.installation, &task.repo, task.kind).await {
+                        Ok(fresh) => token = (fresh, made),
+                        Err(err) => return Some((Ending::Failed(err.to_string()), None)),
+                    }
+                }
+                other => break other,
+            }
+        };
+        let launched = match created {
             Ok(launched) => launched,
             Err(Interrupted::Cancelled) => return self.cancelled_before_start(reason, None),
             Err(Interrupted::Failed(err)) => return Some((Ending::Failed(format!("{err:#}")), None)),
+            Err(Interrupted::OutOfTime) => {
+                return Some((Ending::Failed("the engine stayed away too long".to_owned()), None));
+            }
         };
         let container = launched.id.clone();
         let now = now_unix();
@@ -485,7 +556,7 @@ impl Runner {
         // A start whose answer was lost may have run the worker, which may even
         // have exited since; starting that again would run the task twice.
         let mut attempts = 0_u32;
-        let start = self.while_engine_away("start the worker", cancel, || {
+        let start = self.while_engine_away("start the worker", cancel, None, || {
             attempts += 1;
             let retry = attempts > 1;
             let container = &container;
@@ -503,6 +574,10 @@ impl Runner {
             Err(Interrupted::Failed(err)) => {
                 return Some((Ending::Failed(format!("{err:#}")), Some(container)));
             }
+            Err(Interrupted::OutOfTime) => {
+                let reason = "the engine stayed away too long".to_owned();
+                return Some((Ending::Failed(reason), Some(container)));
+            }
         }
         info!(container_id = %container, "worker started");
         // The worker enforces the deadline itself and reports it; Berth's own
@@ -519,6 +594,7 @@ impl Runner {
         &self,
         what: &str,
         cancel: &CancellationToken,
+        budget: Option<Duration>,
         mut call: F,
     ) -> Result<T, Interrupted>
     where
@@ -533,6 +609,9 @@ impl Runner {
             }
             match call().await {
                 Ok(value) => return Ok(value),
+                Err(_) if budget.is_some_and(|budget| since.elapsed() >= budget) => {
+                    return Err(Interrupted::OutOfTime);
+                }
                 Err(err) if err.is_transient() => {
                     if since.elapsed() < ENGINE_AWAY_WARNING {
                         warn!(error = %err, retry_in = ?delay, "cannot {what}: the engine is away; the task waits for it");
@@ -621,7 +700,7 @@ impl Runner {
         };
         let head = async {
             match (task.kind, &task.head_sha) {
-                (_, Some(sha)) => Ok((sha.clone(), task.head_ref.clone())),
+                (_, Some(sha)) => Ok((sha.clone(), task.head_ref.clone(), task.base_ref.clone())),
                 (TaskKind::Review, None) => {
                     let pull =
                         self.github.pull_head(installation, &task.repo, task.number).await.map_err(failed)?;
@@ -641,13 +720,13 @@ impl Runner {
                     if pull.state != "open" {
                         return Err(Ending::Refused("the pull request is closed".to_owned()));
                     }
-                    Ok((pull.sha, Some(pull.branch)))
+                    Ok((pull.sha, Some(pull.branch), pull.base))
                 }
                 (TaskKind::Implement, None) => {
                     let base = task.head_ref.clone().unwrap_or_else(|| "main".to_owned());
                     let sha =
                         self.github.branch_head(installation, &task.repo, &base).await.map_err(failed)?;
-                    Ok((sha, Some(base)))
+                    Ok((sha, Some(base), None))
                 }
             }
         };
@@ -661,8 +740,9 @@ impl Runner {
                 self.journal.update_task(&task.task_id, Box::new(|record| record.check_run_requested = true));
             marked.await.map(drop)
         };
+        let token_made = std::time::Instant::now();
         let (head, token, marked) = tokio::join!(head, token, mark);
-        let (head_sha, head_ref) = head?;
+        let (head_sha, head_ref, base_ref) = head?;
         let token = token.map_err(failed)?;
         if let Err(err) = marked {
             return Err(Ending::Failed(format!("could not record the check run request: {err}")));
@@ -682,7 +762,7 @@ impl Runner {
                 .await
                 .map_err(failed)?,
         };
-        let (sha, branch) = (head_sha.clone(), head_ref.clone());
+        let (sha, branch, base) = (head_sha.clone(), head_ref.clone(), base_ref.clone());
         let recorded = self
             .journal
             .update_task(
@@ -691,6 +771,7 @@ impl Runner {
                     record.installation = Some(installation);
                     record.head_sha = Some(sha);
                     record.head_ref = branch;
+                    record.base_ref = base;
                     record.check_run = Some(check_run);
                 }),
             )
@@ -698,12 +779,57 @@ impl Runner {
         if let Err(err) = recorded {
             return Err(Ending::Failed(format!("could not record the check run: {err}")));
         }
-        Ok(Prepared { installation, head_sha, head_ref, check_run: Some(check_run), token })
+        Ok(Prepared {
+            installation,
+            head_sha,
+            head_ref,
+            base_ref,
+            check_run: Some(check_run),
+            token,
+            token_made,
+        })
+    }
+
+    /// The agent's settings and secrets as the files say now; every secret
+    /// is remembered for redaction. The error names the setting, the file and
+    /// the line, never a value.
+    fn agent_env(&self) -> Result<AgentEnv, String> {
+        let agent_env = self.config.agent_env_files.load().map_err(|(setting, err)| {
+            error!(setting, error = %err, "cannot read the agent's settings; the task fails");
+            format!("{setting}: {err}; fix the file and trigger the task again")
+        })?;
+        self.remember_secrets(&agent_env);
+        Ok(agent_env)
+    }
+
+    fn remember_secrets(&self, agent_env: &AgentEnv) {
+        let mut seen = self.secrets_seen.lock().expect("secrets lock is never poisoned");
+        for (_, value) in &agent_env.secrets {
+            if !seen.contains(value) {
+                seen.push(value.clone());
+            }
+        }
+    }
+
+    /// `text` without any secret value the daemon has read since start.
+    fn redact(&self, text: &str) -> String {
+        // A fresh read first, so a key added since the last dispatch is known too.
+        if let Ok(agent_env) = self.config.agent_env_files.load() {
+            self.remember_secrets(&agent_env);
+        }
+        let seen = self.secrets_seen.lock().expect("secrets lock is never poisoned");
+        let secrets = AgentEnv {
+            plain: Vec::new(),
+            secrets: seen.iter().map(|value| (String::new(), value.clone())).collect(),
+        };
+        secrets.redact(text)
     }
 
     /// Records the outcome, removes the container, and reports.
     async fn finish(self: &Arc<Self>, task: TaskRecord, ending: Ending, container: Option<ContainerId>) {
-        let report = conclude(&ending, task.kind, self.config.task_timeout, self.config.memory_bytes);
+        let mut report = conclude(&ending, task.kind, self.config.task_timeout, self.config.memory_bytes);
+        report.summary = self.redact(&report.summary);
+        report.title = self.redact(&report.title);
         let exit_code = match &ending {
             Ending::Exited { exit, .. } => Some(exit.code),
             _ => None,

@@ -145,3 +145,111 @@ fn the_admin_token_can_come_from_a_file() {
     let err = serve_args(&[&from_file]).validate().unwrap_err();
     assert_eq!(err.setting, "BERTH_ADMIN_TOKEN_FILE", "{err}");
 }
+
+/// A file of its own for one test (tests run in parallel).
+fn file(name: &str, text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    let shown = path.display().to_string();
+    (dir, shown)
+}
+
+#[test]
+fn the_agent_settings_and_secrets_files_are_read_and_kept_apart() {
+    let (_env_dir, env_file) =
+        file("agent.env", "# the model\nANTHROPIC_BASE_URL=http://model:8080\n\nMODEL=claude-x\r\nEMPTY=\n");
+    let (_secret_dir, secrets_file) =
+        file("agent.secrets", "ANTHROPIC_API_KEY=sk-ant-very-secret=with=equals\n");
+    let config = serve_args(&[
+        &format!("--worker-env-file={env_file}"),
+        &format!("--worker-secrets-file={secrets_file}"),
+    ])
+    .validate()
+    .unwrap();
+    let agent = config.agent_env_files.load().unwrap();
+    assert_eq!(
+        agent.to_env(),
+        [
+            ("ANTHROPIC_BASE_URL", "http://model:8080"),
+            ("MODEL", "claude-x"),
+            ("EMPTY", ""),
+            ("ANTHROPIC_API_KEY", "sk-ant-very-secret=with=equals"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    );
+    assert_eq!(agent.secret_names(), ["ANTHROPIC_API_KEY"]);
+    assert!(!format!("{agent:?}").contains("very-secret"), "Debug shows names only");
+    assert_eq!(agent.redact("key sk-ant-very-secret=with=equals!"), "key ***!");
+}
+
+#[test]
+fn a_bad_agent_settings_line_is_named_by_file_and_line_never_by_value() {
+    let cases: &[(&str, &str)] = &[
+        ("A=hunter2-hunter2\nnot a pair\n", "line 2: not a NAME=VALUE line"),
+        ("1BAD=hunter2-hunter2\n", "line 1: \"1BAD\" is not a variable name"),
+        ("SPACE =hunter2-hunter2\n", "line 1: \"SPACE \" is not a variable name"),
+        ("KEY=hunter2-hunter2\nKEY=hunter2-hunter2\n", "line 2: KEY is set twice"),
+        ("# fine\nBERTH_TASK_ID=hunter2-hunter2\n", "line 2: BERTH_TASK_ID belongs to Berth"),
+        ("GITHUB_TOKEN=hunter2-hunter2\n", "GITHUB_TOKEN belongs to Berth"),
+        ("GH_TOKEN=hunter2-hunter2\n", "GH_TOKEN belongs to Berth"),
+        ("GIT_ASKPASS=hunter2-hunter2\n", "GIT_ASKPASS belongs to Berth"),
+        ("HOME=hunter2-hunter2\n", "HOME belongs to Berth"),
+        ("PATH=hunter2-hunter2\n", "PATH belongs to Berth"),
+    ];
+    for (flag, setting) in [
+        ("--worker-env-file", "BERTH_WORKER_ENV_FILE"),
+        ("--worker-secrets-file", "BERTH_WORKER_SECRETS_FILE"),
+    ] {
+        for (text, expected) in cases {
+            let (_dir, path) = file("bad.env", text);
+            let err = serve_args(&[&format!("{flag}={path}")]).validate().unwrap_err();
+            assert_eq!(err.setting, setting, "{text:?}");
+            let line = err.to_string();
+            assert!(line.contains(&path) && line.contains(expected), "{text:?} gave {line}");
+            assert!(!line.contains("hunter2"), "the value leaked: {line}");
+            assert!(!line.contains('\n'), "one line: {line}");
+        }
+    }
+    // The same name in both files is a duplicate too.
+    let (_a, env_file) = file("a.env", "KEY=plain-value\n");
+    let (_b, secrets_file) = file("b.env", "KEY=hunter2-hunter2\n");
+    let err = serve_args(&[
+        &format!("--worker-env-file={env_file}"),
+        &format!("--worker-secrets-file={secrets_file}"),
+    ])
+    .validate()
+    .unwrap_err();
+    assert_eq!(err.setting, "BERTH_WORKER_SECRETS_FILE");
+    assert!(err.to_string().contains("KEY is set twice"), "{err}");
+    // A secret too short to redact, and a file that is not there.
+    let (_c, short) = file("short.env", "KEY=abc\n");
+    let err = serve_args(&[&format!("--worker-secrets-file={short}")]).validate().unwrap_err();
+    assert!(err.to_string().contains("too short to redact") && !err.to_string().contains("abc\""), "{err}");
+    let err = serve_args(&["--worker-env-file=/no/such/file"]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_WORKER_ENV_FILE");
+    assert!(err.to_string().contains("cannot read /no/such/file"), "{err}");
+}
+
+#[test]
+fn prompt_templates_are_checked_at_start() {
+    let (_dir, good) =
+        file("review.md", "Review {repo}#{number} for @{requester}; write {summary_file}. {{braces}}");
+    let config = serve_args(&[&format!("--review-prompt-file={good}")]).validate().unwrap();
+    assert_ne!(config.prompts.review, crate::prompt::Prompts::default().review);
+    let (_dir, bad) = file("implement.md", "Implement {title} on {branch_name}");
+    let err = serve_args(&[&format!("--implement-prompt-file={bad}")]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_IMPLEMENT_PROMPT_FILE");
+    assert!(err.to_string().contains("unknown placeholder {branch_name}"), "{err}");
+    let err = serve_args(&["--review-prompt-file=/no/such/template"]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_REVIEW_PROMPT_FILE");
+}
+
+#[test]
+fn a_timeout_no_token_can_cover_is_refused() {
+    assert!(serve_args(&["--task-timeout=50m"]).validate().is_ok());
+    let err = serve_args(&["--task-timeout=51m"]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_TASK_TIMEOUT");
+    assert!(err.to_string().contains("expires one hour after it is made"), "{err}");
+    assert_eq!(serve_args(&["--task-timeout=2h"]).validate().unwrap_err().setting, "BERTH_TASK_TIMEOUT");
+}
