@@ -3,9 +3,13 @@
 
 use std::io::Write;
 
-use dispatcher::DockerEngine;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::config::ServeArgs;
+use dispatcher::{ContainerEngine, ContainerSpec, DockerEngine, WaitCondition};
+use futures_util::StreamExt;
+
+use crate::config::{ServeArgs, ServeConfig};
 
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +66,10 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
                 ),
                 Err(err) => bad("worker image", err.to_string()),
             });
+            checks.push(match &validated {
+                Ok(config) => agent_program(&engine, config).await,
+                Err(_) => bad("agent program", "cannot check while a setting is invalid"),
+            });
         }
         Err(err) => {
             let hint = if format!("{err:?}").contains("ermission") {
@@ -71,7 +79,11 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
             };
             checks.push(bad("docker", format!("{err}; {hint}")));
             checks.push(bad("worker image", "cannot check without Docker"));
+            checks.push(bad("agent program", "cannot check without Docker"));
         }
+    }
+    if let Some(path) = &args.worker_secrets_file {
+        checks.push(secrets_file(path));
     }
     checks.push(match &args.github_private_key_file {
         None => bad(
@@ -138,6 +150,87 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
         },
     );
     checks
+}
+
+/// The secrets file must be readable by its owner (and group) only.
+fn secrets_file(path: &std::path::Path) -> Check {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(err) => bad("agent secrets", format!("cannot read {}: {err}", path.display())),
+        Ok(meta) if meta.permissions().mode() & 0o004 != 0 => bad(
+            "agent secrets",
+            format!(
+                "{} is readable by every user on this host (mode {:o}); `chmod 600` it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ),
+        ),
+        Ok(meta) => ok(
+            "agent secrets",
+            format!(
+                "{} is readable by its owner only (mode {:o})",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ),
+        ),
+    }
+}
+
+/// Runs the worker image once, in a throwaway container with the workers'
+/// hardened profile and no network, to ask `berth-worker check-agent`
+/// whether the agent command's program is in it.
+async fn agent_program(engine: &DockerEngine, config: &ServeConfig) -> Check {
+    let name = format!(
+        "berth-doctor-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos()
+    );
+    let spec = ContainerSpec {
+        name,
+        image: config.worker_image.clone(),
+        // Not `berth.managed`: no daemon ever mistakes it for a task.
+        labels: BTreeMap::from([("berth.doctor".to_owned(), "true".to_owned())]),
+        env: vec![format!("BERTH_AGENT_COMMAND={}", config.agent_command)],
+        entrypoint: Some(vec![config.worker_entrypoint.clone()]),
+        cmd: Some(vec!["check-agent".to_owned()]),
+        network: "none".to_owned(),
+        profile: crate::daemon::worker_profile(config),
+    };
+    let id = match engine.create(&spec).await {
+        Ok(Some(id)) => id,
+        Ok(None) => return bad("agent program", format!("a container named {} already exists", spec.name)),
+        Err(err) => return bad("agent program", format!("cannot run the worker image: {err}")),
+    };
+    let outcome = async {
+        engine.start(&id).await?;
+        let code = tokio::time::timeout(Duration::from_secs(60), engine.wait(&id, WaitCondition::NotRunning))
+            .await
+            .map_err(|_| "the check did not end within 60 s".to_owned())
+            .and_then(|code| code.map_err(|err| err.to_string()));
+        let mut text = String::new();
+        let mut logs = engine.logs(&id, false, Some(20));
+        while let Some(Ok(chunk)) = logs.next().await {
+            text.push_str(&String::from_utf8_lossy(chunk.bytes()));
+        }
+        Ok::<_, dispatcher::DispatchError>((code, text.trim().to_owned()))
+    }
+    .await;
+    let _ = engine.remove(&id).await;
+    match outcome {
+        Err(err) => bad("agent program", format!("cannot run the worker image: {err}")),
+        Ok((Err(problem), _)) => bad("agent program", problem),
+        Ok((Ok(0), text)) => ok("agent program", text.trim_start_matches("ok: ").to_owned()),
+        Ok((Ok(code), text)) if text.starts_with("missing: ") => {
+            bad("agent program", format!("{} (exit {code})", text.trim_start_matches("missing: ")))
+        }
+        Ok((Ok(code), text)) => bad(
+            "agent program",
+            format!(
+                "the worker entrypoint {} could not check it (exit {code}: {text}); is {} built from Berth's image?",
+                config.worker_entrypoint, config.worker_image
+            ),
+        ),
+    }
 }
 
 /// `berth doctor`: prints every check; fails when any failed.

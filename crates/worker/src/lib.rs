@@ -178,6 +178,25 @@ pub async fn run(
     outcome.exit
 }
 
+/// `berth-worker check-agent`: whether the program of `BERTH_AGENT_COMMAND`
+/// is in this image, as `berth doctor` asks in a throwaway container.
+///
+/// # Errors
+/// The command does not parse, or its program is not in the image.
+pub fn check_agent(env: &BTreeMap<String, String>) -> Result<String, String> {
+    let line = env
+        .get(worker_env::AGENT_COMMAND)
+        .filter(|line| !line.trim().is_empty())
+        .ok_or_else(|| format!("{} is not set", worker_env::AGENT_COMMAND))?;
+    let command = AgentCommand::parse(line).map_err(|err| format!("{}: {err}", worker_env::AGENT_COMMAND))?;
+    let argv = command.render(&PlaceholderValues::default());
+    let program = argv.first().filter(|program| !program.is_empty()).ok_or_else(|| {
+        format!("{}: its program is a placeholder, so it cannot be checked", worker_env::AGENT_COMMAND)
+    })?;
+    find_program(program, env.get("PATH").map_or("", String::as_str)).map_err(|err| err.to_string())?;
+    Ok(format!("the agent's program {program:?} is in the image"))
+}
+
 /// The Unix deadline as an instant of the runtime's clock.
 fn deadline_instant(deadline_unix: u64) -> Instant {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

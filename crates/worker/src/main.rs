@@ -11,6 +11,9 @@ use worker::OrphanSweep;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("check-agent") {
+        return check_agent();
+    }
     let cancel = CancellationToken::new();
     let signals = shutdown_signal(cancel.clone());
     // Processes the agent orphans (double forks, setsid daemons) are
@@ -25,6 +28,23 @@ async fn main() -> ExitCode {
     let exit = worker::run(&env, cancel, sweep).await;
     signals.abort();
     ExitCode::from(u8::try_from(exit.code()).unwrap_or(u8::MAX))
+}
+
+/// `berth-worker check-agent`: one line saying whether the agent's program
+/// is in this image; exit 0 when it is, 1 when not.
+#[expect(clippy::print_stdout, reason = "the one line is this mode's output")]
+fn check_agent() -> ExitCode {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    match worker::check_agent(&env) {
+        Ok(found) => {
+            println!("ok: {found}");
+            ExitCode::SUCCESS
+        }
+        Err(problem) => {
+            println!("missing: {problem}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Cancels on SIGTERM (the daemon's stop, forwarded by init) or SIGINT.
