@@ -14,19 +14,24 @@
 //! - `ANTHROPIC_BASE_URL=http://<bridge gateway>:<port>` (plain HTTP is fine)
 //! - `ANTHROPIC_API_KEY=<key>` (sent as `x-api-key`)
 //! - `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1` (without it the CLI also
-//!   sends `HEAD /api/hello` to the base URL and tries hosts of its own)
+//!   sends `HEAD /api/hello` to the base URL, and may try other hosts)
 //! - `HOME` writable: the image sets `/home/berth` (mode 1777); the CLI
 //!   writes `~/.claude.json` and `~/.claude/` there, nothing in the clone.
 //! - `BERTH_SECRET_VARS=ANTHROPIC_API_KEY` so the worker redacts the key.
 //!
-//! The CLI prints only the model's final text on stdout, so with no summary
-//! file written the record's summary is that text as the tail of the output.
-//! A prompt starting with `/` (`/berth review`) is passed to the model as
-//! text, not taken for a slash command. Each model turn is one
-//! `POST /v1/messages?beta=true` with `"stream": true`; nothing else is
-//! requested.
+//! The CLI prints only the model's final text on stdout and nothing on
+//! stderr. It cannot write `{summary_file}` itself without a shell, so the
+//! record's summary is the worker's "no summary" form around exactly that
+//! text: "The agent wrote no summary; the end of its output:" and the text
+//! in a fenced block. `claude -p --output-format text` without `{prompt}`
+//! also works (checked on the host): the worker gives the prompt on stdin. A prompt starting with
+//! `/` (`/berth review`) reaches the model as text, not as a slash command.
+//! Each model turn is one `POST /v1/messages?beta=true` with
+//! `"stream": true`; with the variable above nothing else is requested.
+//! The image needs nothing for the CLI but the binary and the glibc files
+//! `ldd` names: no shell (the Bash tool would need one), no certificates.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use core_types::{ResultRecord, ResultStatus, TaskId, TaskKind, WorkerOptions, WorkerTask};
 use dispatcher::{Dispatcher, DispatcherConfig, DockerEngine, HardenedProfile};
@@ -70,9 +75,7 @@ fn task(id: &TaskId, kind: TaskKind, clone_url: String, prompt: &str, agent_comm
 
 /// The worker as entrypoint of the Claude image, on the bridge, hardened.
 async fn claude_dispatcher() -> Dispatcher<DockerEngine> {
-    let started = Instant::now();
     let image = claude_image().await.to_owned();
-    eprintln!("claude image ready in {:?}", started.elapsed());
     dispatcher_with(DispatcherConfig {
         image,
         network: "bridge".to_owned(),
@@ -103,10 +106,8 @@ async fn run_claude(task: &WorkerTask, model: &FakeModel, api_key: &str) -> Run 
     let mut labels = task_labels(&task.task_id);
     labels.kind = task.kind;
     labels.deadline_unix = task.deadline_unix;
-    let started = Instant::now();
     let launched = dispatcher.launch(&labels, &env, None).await.expect("the worker launches");
     let exit = dispatcher.wait_started(&launched.id).await.expect("the worker ends");
-    eprintln!("{} ran in {:?}", task.task_id, started.elapsed());
     let logs = dispatcher.logs_text(&launched.id).await.expect("its logs are read");
     let stdout = dispatcher.stdout_text(&launched.id).await.expect("its stdout is read");
     assert_hardened(&task.task_id.container_name()).await;

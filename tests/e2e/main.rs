@@ -7,6 +7,7 @@
     reason = "end-to-end test support: a failed unwrap is a failed test"
 )]
 
+mod agent;
 mod claude;
 mod commands;
 mod deploy;

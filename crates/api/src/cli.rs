@@ -9,9 +9,19 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{ConfigError, PsArgs};
 
+/// Libraries whose debug and trace lines print request and response bodies:
+/// a worker's create body (its environment: the scoped token and the agent's
+/// secrets) and GitHub's token answers. No `RUST_LOG` lifts them above info.
+const QUIET_LIBRARIES: [&str; 5] = ["bollard", "octocrab", "hyper", "hyper_util", "h2"];
+
 /// Installs the log subscriber: `RUST_LOG` (default `default`), human or JSON.
 pub fn init_tracing(json: bool, default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    for library in QUIET_LIBRARIES {
+        if let Ok(directive) = format!("{library}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
