@@ -24,8 +24,9 @@
 //! record's summary is the worker's "no summary" form around exactly that
 //! text: "The agent wrote no summary; the end of its output:" and the text
 //! in a fenced block. `claude -p --output-format text` without `{prompt}`
-//! also works (checked on the host): the worker gives the prompt on stdin. A prompt starting with
-//! `/` (`/berth review`) reaches the model as text, not as a slash command.
+//! also works (checked on the host): the worker gives the prompt on stdin.
+//! A prompt starting with `/` (`/berth review`) reaches the model as text,
+//! not as a slash command.
 //! Each model turn is one `POST /v1/messages?beta=true` with
 //! `"stream": true`; with the variable above nothing else is requested.
 //! The image needs nothing for the CLI but the binary and the glibc files

@@ -14,6 +14,7 @@ mod deploy;
 mod dispatcher;
 mod intake;
 mod operate;
+mod real_agent;
 mod recovery;
 mod running;
 mod worker;

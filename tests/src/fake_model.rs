@@ -204,7 +204,10 @@ async fn handle(
             StatusCode::NOT_FOUND,
             axum::Json(json!({
                 "type": "error",
-                "error": { "type": "not_found_error", "message": format!("the fake model has no {method} {path}") },
+                "error": {
+                    "type": "not_found_error",
+                    "message": format!("the fake model has no {method} {path}"),
+                },
             })),
         )
             .into_response(),
