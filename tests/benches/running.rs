@@ -17,7 +17,7 @@
 )]
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use api::fake_github::FakeGitHub;
 use bollard::models::ContainerCreateBody;
@@ -28,7 +28,7 @@ use futures_util::{StreamExt, stream};
 use serde_json::json;
 use tests::{
     Daemon, STUB, docker_cli, github_signature, hardened_cli_flags, hardened_host_config, http, rsa_key,
-    test_image,
+    started_at, test_image,
 };
 
 const SECRET: &str = "bench-running-secret";
@@ -57,29 +57,6 @@ async fn deliver(daemon: &Daemon, number: u64) -> String {
     assert_eq!(status, 202, "{text}");
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     answer["task"].as_str().unwrap().to_owned()
-}
-
-fn started_at(inspect: &bollard::models::ContainerInspectResponse) -> Option<SystemTime> {
-    let text = inspect.state.as_ref()?.started_at.as_deref()?;
-    // 2026-11-29T04:50:01.123456789Z
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.trim_end_matches('Z');
-    let (clock, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut c = clock.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, mi, s) = (c.next()??, c.next()??, c.next()??);
-    let nanos: u32 = frac.chars().chain(std::iter::repeat('0')).take(9).collect::<String>().parse().ok()?;
-    let yy = if m <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    let secs = u64::try_from(days * 86_400 + h * 3600 + mi * 60 + s).ok()?;
-    if y < 1970 {
-        return None;
-    }
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 fn hardened_body(image: &str, labels: HashMap<String, String>) -> ContainerCreateBody {

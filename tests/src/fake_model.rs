@@ -72,6 +72,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The body as JSON; `Null` when empty, a JSON string when not JSON.
     pub body: Value,
+    /// When the fake received it (its whole body read), on this host's clock.
+    pub received: std::time::SystemTime,
 }
 
 impl RecordedRequest {
@@ -174,6 +176,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received = std::time::SystemTime::now();
     let body = if body.is_empty() {
         Value::Null
     } else {
@@ -190,6 +193,7 @@ async fn handle(
             })
             .collect(),
         body,
+        received,
     };
     shared.requests.lock().expect("the request log is never poisoned").push(request.clone());
     let n = shared.sequence.fetch_add(1, Ordering::Relaxed);

@@ -402,3 +402,33 @@ pub fn docker_cli(args: &[String]) -> String {
     assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
+
+/// An engine timestamp (`2026-11-29T04:50:01.123456789Z`, RFC 3339 in UTC,
+/// as in `State.StartedAt` and `docker logs --timestamps`) on this host's
+/// clock; `None` when it does not parse or is before 1970 (the engine's
+/// `0001-01-01T00:00:00Z` for "never").
+pub fn engine_time(text: &str) -> Option<SystemTime> {
+    let (date, time) = text.trim().split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.trim_end_matches('Z');
+    let (clock, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut c = clock.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, s) = (c.next()??, c.next()??, c.next()??);
+    let nanos: u32 = frac.chars().chain(std::iter::repeat('0')).take(9).collect::<String>().parse().ok()?;
+    if y < 1970 {
+        return None;
+    }
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3600 + mi * 60 + s).ok()?;
+    Some(UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+}
+
+/// A container's `State.StartedAt`, once it has started.
+pub fn started_at(inspect: &bollard::models::ContainerInspectResponse) -> Option<SystemTime> {
+    engine_time(inspect.state.as_ref()?.started_at.as_deref()?)
+}
