@@ -31,6 +31,8 @@ use crate::redact::LineSplitter;
 pub(crate) const TAIL_LINES: usize = 40;
 /// Longest line kept in the tail, in characters.
 const TAIL_LINE_CHARS: usize = 500;
+/// How long killed members of the group may take to be gone.
+const KILL_SETTLE: Duration = Duration::from_secs(2);
 /// How often a stopping group is checked for live members.
 const GROUP_POLL: Duration = Duration::from_millis(20);
 /// How long output still held open by a stray process is read after the child is gone.
@@ -167,6 +169,13 @@ pub(crate) async fn supervise(
         // Whatever is left of the group goes now: nothing outlives its child.
         leftovers.extend(live_members(group).into_iter().filter(|pid| Some(*pid) != Some(group)));
         let _ = killpg(group, Signal::SIGKILL);
+        // SIGKILL is sent at once but acted on when each process next runs:
+        // until then it still shows as alive. Wait (bounded) for the group
+        // to be gone, so "nothing is left" is a fact and not a race.
+        let settled_by = Instant::now() + KILL_SETTLE;
+        while Instant::now() < settled_by && !live_members(group).is_empty() {
+            tokio::time::sleep(GROUP_POLL).await;
+        }
     }
     child.wait().await?;
     if limits.sweep == OrphanSweep::Enabled {
