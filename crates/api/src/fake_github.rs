@@ -139,6 +139,17 @@ impl FakeGitHub {
         self.with(|state| state.branches.insert(format!("{repo}@{branch}"), sha.to_owned()));
     }
 
+    /// A comment written by someone else (`login`, of `kind` `User` or `Bot`);
+    /// returns its id. Only the App's own comments can be edited by it.
+    pub fn add_comment(&self, repo: &str, number: u64, body: &str, login: &str, kind: &str) -> u64 {
+        self.with(|state| {
+            let id = state.id();
+            let comment = json!({"id": id, "repo": repo, "number": number, "body": body, "user": {"login": login, "type": kind}});
+            state.comments.insert(id, comment);
+            id
+        })
+    }
+
     /// Completed check runs.
     pub fn completed_check_runs(&self) -> Vec<Value> {
         self.with(|state| {
@@ -149,6 +160,7 @@ impl FakeGitHub {
 
 fn routes(state: Shared) -> Router {
     Router::new()
+        .route("/app", get(app))
         .route("/app/installations/{id}/access_tokens", post(access_token))
         .route("/app/hook/deliveries", get(list_deliveries))
         .route("/app/hook/deliveries/{id}/attempts", post(redeliver))
@@ -401,6 +413,21 @@ async fn react(
     (status, Json(json!({"id": id, "content": content}))).into_response()
 }
 
+/// The App's slug, and so its bot user's login.
+const APP_SLUG: &str = "berth";
+const APP_BOT: &str = "berth[bot]";
+
+async fn app() -> Response {
+    Json(json!({
+        "id": 4242,
+        "slug": APP_SLUG,
+        "name": "Berth",
+        "owner": {"login": "e2e", "type": "Organization"},
+        "html_url": format!("https://github.invalid/apps/{APP_SLUG}"),
+    }))
+    .into_response()
+}
+
 async fn list_comments(
     State(state): State<Shared>,
     Path((owner, repo, number)): Path<(String, String, u64)>,
@@ -428,7 +455,7 @@ async fn create_comment(
 ) -> Response {
     let mut state = lock(&state);
     let id = state.id();
-    let comment = json!({"id": id, "repo": format!("{owner}/{repo}"), "number": number, "body": body["body"], "user": {"login": "berth[bot]", "type": "Bot"}});
+    let comment = json!({"id": id, "repo": format!("{owner}/{repo}"), "number": number, "body": body["body"], "user": {"login": APP_BOT, "type": "Bot"}});
     state.comments.insert(id, comment.clone());
     (StatusCode::CREATED, Json(comment)).into_response()
 }
@@ -440,6 +467,13 @@ async fn update_comment(
 ) -> Response {
     let mut state = lock(&state);
     let Some(comment) = state.comments.get_mut(&id) else { return not_found() };
+    if comment["user"]["login"] != APP_BOT {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": "Resource not accessible by integration", "documentation_url": "https://docs.github.com/rest"})),
+        )
+            .into_response();
+    }
     comment["body"] = body["body"].clone();
     Json(comment.clone()).into_response()
 }

@@ -145,12 +145,21 @@ pub struct GitHub {
     installations: Arc<Mutex<HashMap<u64, Octocrab>>>,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
+    /// The App's bot user (`<slug>[bot]`), the author of Berth's comments.
+    bot_login: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl std::fmt::Debug for GitHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GitHub").finish_non_exhaustive()
     }
+}
+
+/// Whether `comment` was written by the bot user `bot` (logins compare
+/// without case; the user must be of type `Bot`, which no person can be).
+fn is_author(comment: &Value, bot: &str) -> bool {
+    comment["user"]["type"] == "Bot"
+        && comment["user"]["login"].as_str().is_some_and(|login| login.eq_ignore_ascii_case(bot))
 }
 
 /// The hidden marker that names a task in its result comment.
@@ -186,7 +195,7 @@ impl GitHub {
                      the host needs CA certificates (Debian's ca-certificates, or SSL_CERT_FILE)"
                 ))
             })?;
-        Ok(Self { app, installations: Arc::default(), retry, metrics })
+        Ok(Self { app, installations: Arc::default(), retry, metrics, bot_login: Arc::default() })
     }
 
     fn installation(&self, installation: u64) -> Result<Octocrab, GitHubError> {
@@ -434,8 +443,31 @@ impl GitHub {
         Ok(())
     }
 
-    /// Posts the task's result comment, or edits the one that carries its marker.
-    /// Returns the comment's id.
+    /// The login of the App's bot user, `<slug>[bot]`, asked once of `GET /app`.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn bot_login(&self) -> Result<String, GitHubError> {
+        let login = self
+            .bot_login
+            .get_or_try_init(|| async {
+                let what = "read the App's own description";
+                let app = self.with_retry(what, true, |_| self.app.get::<Value, _, ()>("/app", None)).await?;
+                match app["slug"].as_str().filter(|slug| !slug.is_empty()) {
+                    Some(slug) => Ok(format!("{slug}[bot]")),
+                    None => {
+                        Err(GitHubError::Unexpected { what: what.to_owned(), detail: "no slug".to_owned() })
+                    }
+                }
+            })
+            .await?;
+        Ok(login.clone())
+    }
+
+    /// Posts the task's result comment, or edits the one that carries its
+    /// marker and was written by the App's bot user: anyone can copy the
+    /// marker (the task id is public in the check run), and such a comment is
+    /// left alone. Returns the comment's id.
     ///
     /// # Errors
     /// GitHub failures.
@@ -448,13 +480,14 @@ impl GitHub {
         body: &str,
     ) -> Result<u64, GitHubError> {
         let client = self.installation(installation)?;
+        let bot = self.bot_login().await?;
         let marker = comment_marker(task_id);
         let text = format!("{marker}\n{}", truncate(body, 60_000));
         let what = format!("comment on {repo}#{number}");
         let list = format!("/repos/{repo}/issues/{number}/comments");
         let value = self
             .with_retry(&what, false, |_| {
-                let (client, list, marker, text) = (&client, &list, &marker, &text);
+                let (client, list, marker, text, bot) = (&client, &list, &marker, &text, &bot);
                 async move {
                     // Look for our marker on every attempt: an earlier attempt may have posted.
                     let mut page = 1_u32;
@@ -464,6 +497,7 @@ impl GitHub {
                         let comments = comments.as_array().cloned().unwrap_or_default();
                         if let Some(existing) = comments.iter().find(|comment| {
                             comment["body"].as_str().is_some_and(|body| body.contains(marker.as_str()))
+                                && is_author(comment, bot)
                         }) {
                             if existing["body"].as_str() == Some(text.as_str()) {
                                 return Ok(existing.clone());
