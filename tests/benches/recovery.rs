@@ -110,7 +110,7 @@ async fn main() {
     let key = rsa_key(dir.path());
     let fake = FakeGitHub::start().await.unwrap();
     let env: Vec<(&'static str, String)> = vec![
-        ("BERTH_WEBHOOK_SECRET", "bench-secret".into()),
+        ("BERTH_WEBHOOK_SECRET", "bench-recovery-webhook-secret".into()),
         ("BERTH_GITHUB_APP_ID", "1".into()),
         ("BERTH_GITHUB_PRIVATE_KEY_FILE", key.display().to_string()),
         ("BERTH_GITHUB_API_URL", fake.url()),

@@ -115,6 +115,9 @@ async fn the_hardened_profile_holds_inside_the_running_container() {
     assert_eq!(probe["docker_sock"], "false");
     assert_eq!(probe["pid1"], "docker-init", "init runs as PID 1");
     assert_ne!(probe["pid"], "1", "the worker is not PID 1");
+    assert_eq!(probe["root_writable"], "false:ReadOnlyFilesystem", "the root filesystem is read-only");
+    assert_eq!(probe["tmp_writable"], "true", "/tmp stays writable");
+    assert_eq!(probe["home_writable"], "true", "HOME stays writable");
 
     // And the same from the engine's side.
     let docker = bollard::Docker::connect_with_unix_defaults().unwrap();
@@ -130,6 +133,10 @@ async fn the_hardened_profile_holds_inside_the_running_container() {
     assert_eq!(host.pids_limit, Some(512));
     assert_eq!(host.init, Some(true));
     assert_eq!(host.privileged, Some(false));
+    assert_eq!(host.readonly_rootfs, Some(true));
+    let tmpfs = host.tmpfs.clone().unwrap_or_default();
+    assert!(tmpfs.get("/tmp").is_some_and(|options| options.contains("size=1073741824")), "{tmpfs:?}");
+    assert!(tmpfs.get("/home/berth").is_some_and(|options| options.contains("uid=65532")), "{tmpfs:?}");
     assert!(host.binds.unwrap_or_default().is_empty() && host.mounts.unwrap_or_default().is_empty());
     assert_eq!(inspect.config.unwrap().user.as_deref(), Some("65532:65532"));
     dispatcher.remove(&launched.id).await.unwrap();

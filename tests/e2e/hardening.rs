@@ -52,3 +52,57 @@ async fn berth_edits_only_its_own_comments_and_a_copied_marker_neither_is_overwr
     });
     assert_eq!(patched, 0);
 }
+
+/// Item 8: a worker writes only to its memory-backed scratch, capped, and
+/// nothing it writes lands on the host's Docker storage.
+#[tokio::test]
+async fn a_worker_writes_only_to_capped_scratch_and_nothing_to_the_hosts_docker_storage() {
+    use dispatcher::{DispatcherConfig, HardenedProfile};
+    use tests::{Cleanup, STUB, dispatcher_with, task_labels, test_image, test_instance, unique_task_id};
+
+    let dispatcher = dispatcher_with(DispatcherConfig {
+        image: test_image().await.to_owned(),
+        network: "none".to_owned(),
+        profile: HardenedProfile::strict().with_memory(512 << 20).with_scratch(true, 64 << 20),
+        entrypoint: Some(vec![STUB.to_owned()]),
+        instance: test_instance(),
+    })
+    .await;
+    let id = unique_task_id("scratch");
+    let _cleanup = Cleanup::tasks(&[&id]);
+    let steps = "fill /tmp/big 200 then fill /big 1 then fill /home/berth/notes 8 then sleep 0";
+    let args: Vec<String> = steps.split(' ').map(str::to_owned).collect();
+    let launched = dispatcher.launch(&task_labels(&id), &[], Some(args)).await.unwrap();
+    let exit = dispatcher.wait_started(&launched.id).await.unwrap();
+    let logs = dispatcher.logs_text(&launched.id).await.unwrap();
+    // The first fill stops at the cap; `then` stops the steps at a failure, so run them one by one.
+    assert_eq!(exit.code, 1, "{logs}");
+    let first =
+        logs.lines().find(|line| line.starts_with("fill /tmp/big")).unwrap_or_else(|| panic!("{logs}"));
+    let written: u64 =
+        first.split(": ").nth(1).and_then(|n| n.trim_end_matches(" MiB").parse().ok()).unwrap();
+    assert!(written <= 64, "the scratch holds at most 64 MiB: {first}");
+    assert!(first.contains("No space left on device"), "{first}");
+
+    for (step, expected) in [
+        ("fill /big 1", "Read-only file system"),
+        ("fill /home/berth/notes 8", "fill /home/berth/notes: 8 MiB"),
+    ] {
+        let id = unique_task_id("scratch-step");
+        let _cleanup = Cleanup::tasks(&[&id]);
+        let args: Vec<String> = step.split(' ').map(str::to_owned).collect();
+        let launched = dispatcher.launch(&task_labels(&id), &[], Some(args)).await.unwrap();
+        dispatcher.wait_started(&launched.id).await.unwrap();
+        let logs = dispatcher.logs_text(&launched.id).await.unwrap();
+        assert!(logs.contains(expected), "{step}: {logs}");
+        // What the container wrote to the host's storage: its writable layer.
+        let docker = bollard::Docker::connect_with_unix_defaults().unwrap();
+        let options = bollard::query_parameters::InspectContainerOptionsBuilder::new().size(true).build();
+        let inspect = docker.inspect_container(launched.id.as_str(), Some(options)).await.unwrap();
+        assert!(
+            inspect.size_rw.unwrap_or(0) < 1 << 20,
+            "{step}: {} bytes on the host",
+            inspect.size_rw.unwrap_or(0)
+        );
+    }
+}

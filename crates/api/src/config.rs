@@ -15,6 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use core_types::Secret;
 
 use crate::agent_env::AgentEnvFiles;
+use crate::connections::HttpLimits;
+use crate::server::MAX_WEBHOOK_BODY;
 use crate::prompt::{Prompts, Template};
 use crate::triggers::Policy;
 
@@ -162,6 +164,20 @@ pub struct ServeArgs {
     /// Add back CHOWN, FOWNER, SETUID and SETGID for images whose entrypoint drops privileges.
     #[arg(long, env = "BERTH_WORKER_PRIVILEGE_DROP_CAPS")]
     pub worker_privilege_drop_caps: bool,
+    /// Largest log file of a worker before the engine rotates it (`10m`).
+    #[arg(long, env = "BERTH_WORKER_LOG_MAX_SIZE", default_value = "10m")]
+    pub worker_log_max_size: String,
+    /// Log files the engine keeps per worker: its output on disk is at most
+    /// this many times BERTH_WORKER_LOG_MAX_SIZE.
+    #[arg(long, env = "BERTH_WORKER_LOG_MAX_FILES", default_value = "3")]
+    pub worker_log_max_files: String,
+    /// Give workers a writable root filesystem (by default it is read-only and
+    /// they write only to tmpfs at /tmp and their HOME).
+    #[arg(long, env = "BERTH_WORKER_WRITABLE_ROOT")]
+    pub worker_writable_root: bool,
+    /// Size of each worker tmpfs (/tmp and HOME; memory, counted in BERTH_WORKER_MEMORY).
+    #[arg(long, env = "BERTH_WORKER_SCRATCH_SIZE", default_value = "1g")]
+    pub worker_scratch_size: String,
     /// Hard deadline per task (`90s`, `30m`, `2h`).
     #[arg(long, env = "BERTH_TASK_TIMEOUT", default_value = "30m")]
     pub task_timeout: String,
@@ -184,6 +200,29 @@ pub struct ServeArgs {
     /// File holding the admin token (instead of BERTH_ADMIN_TOKEN).
     #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Bearer token for /metrics; without it /metrics is open.
+    #[arg(long, env = "BERTH_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// File holding the metrics token (instead of BERTH_METRICS_TOKEN).
+    #[arg(long, env = "BERTH_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// Open HTTP connections at most; at the limit a new one closes the
+    /// longest idle one, or is closed itself when all are busy.
+    #[arg(long, env = "BERTH_MAX_CONNECTIONS", default_value = "512")]
+    pub max_connections: String,
+    /// Bytes of request bodies held at once across all connections (`64m`);
+    /// a request whose body does not fit is answered 503.
+    #[arg(long, env = "BERTH_MAX_BODY_BYTES_IN_FLIGHT", default_value = "64m")]
+    pub max_body_bytes_in_flight: String,
+    /// Time for a complete request head, from the connection or the head's first byte.
+    #[arg(long, env = "BERTH_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: String,
+    /// Time for a complete request body after its head (408 past it).
+    #[arg(long, env = "BERTH_BODY_READ_TIMEOUT", default_value = "10s")]
+    pub body_read_timeout: String,
+    /// Time a kept-alive connection may wait for its next request.
+    #[arg(long, env = "BERTH_IDLE_TIMEOUT", default_value = "30s")]
+    pub idle_timeout: String,
     /// Comma-separated logins allowed to trigger; empty means OWNER, MEMBER or COLLABORATOR.
     #[arg(long, env = "BERTH_TRUSTED_USERS", default_value = "")]
     pub trusted_users: String,
@@ -271,6 +310,14 @@ pub struct ServeConfig {
     pub worker_pids_limit: i64,
     /// Whether workers get the privilege-drop capabilities back.
     pub worker_privilege_drop_caps: bool,
+    /// Largest log file of a worker, in bytes.
+    pub worker_log_max_bytes: i64,
+    /// Log files kept per worker.
+    pub worker_log_max_files: u32,
+    /// Whether workers' root filesystem is writable.
+    pub worker_writable_root: bool,
+    /// Size of each worker tmpfs, in bytes.
+    pub worker_scratch_bytes: i64,
     /// Hard deadline per task.
     pub task_timeout: Duration,
     /// SIGTERM-to-SIGKILL grace.
@@ -283,6 +330,10 @@ pub struct ServeConfig {
     pub delivery_retention: Duration,
     /// Admin token for /api/*.
     pub admin_token: Option<Secret>,
+    /// Bearer token for /metrics; `None`: open.
+    pub metrics_token: Option<Secret>,
+    /// The HTTP server's connection, body and time limits.
+    pub http: HttpLimits,
     /// Trigger and trust rules.
     pub policy: Policy,
     /// The agent command.
@@ -352,22 +403,60 @@ pub fn admin_token(
     value: Option<&str>,
     file: Option<&std::path::Path>,
 ) -> Result<Option<Secret>, ConfigError> {
+    bearer_token(("BERTH_ADMIN_TOKEN", value), ("BERTH_ADMIN_TOKEN_FILE", file))
+}
+
+/// The shortest secret Berth takes: a webhook secret, an admin or metrics token.
+pub const MIN_SECRET_CHARS: usize = 16;
+
+/// A secret given either as a value or as a file (not both); `None` when
+/// neither is set.
+fn bearer_token(
+    (setting, value): (&'static str, Option<&str>),
+    (file_setting, file): (&'static str, Option<&std::path::Path>),
+) -> Result<Option<Secret>, ConfigError> {
     let file = file.filter(|path| !path.as_os_str().is_empty());
     let (setting, token) = match (value.filter(|token| !token.is_empty()), file) {
         (Some(_), Some(_)) => {
-            return Err(invalid(
-                "BERTH_ADMIN_TOKEN",
-                "set either BERTH_ADMIN_TOKEN or BERTH_ADMIN_TOKEN_FILE, not both",
-            ));
+            return Err(invalid(setting, format!("set either {setting} or {file_setting}, not both")));
         }
-        (Some(token), None) => ("BERTH_ADMIN_TOKEN", Secret::new(token)),
-        (None, Some(path)) => ("BERTH_ADMIN_TOKEN_FILE", read_secret_file("BERTH_ADMIN_TOKEN_FILE", path)?),
+        (Some(token), None) => (setting, Secret::new(token)),
+        (None, Some(path)) => (file_setting, read_secret_file(file_setting, path)?),
         (None, None) => return Ok(None),
     };
-    if token.expose().len() < 16 {
-        return Err(invalid(setting, "must be at least 16 characters"));
-    }
+    long_enough(setting, &token)?;
     Ok(Some(token))
+}
+
+fn long_enough(setting: &'static str, secret: &Secret) -> Result<(), ConfigError> {
+    if secret.expose().chars().count() < MIN_SECRET_CHARS {
+        return Err(invalid(setting, format!("must be at least {MIN_SECRET_CHARS} characters")));
+    }
+    Ok(())
+}
+
+/// The flags of `berth serve` that carry a secret on the command line.
+const SECRET_FLAGS: [(&str, &str); 4] = [
+    ("--webhook-secret", "BERTH_WEBHOOK_SECRET_FILE"),
+    ("--webhook-secret-previous", "BERTH_WEBHOOK_SECRET_PREVIOUS"),
+    ("--admin-token", "BERTH_ADMIN_TOKEN_FILE"),
+    ("--metrics-token", "BERTH_METRICS_TOKEN_FILE"),
+];
+
+/// The secret-carrying flags (and the safer setting for each) among the
+/// process's own arguments: any user of the machine can read those with
+/// `ps`. A setting from the environment, a file or `--config` is not
+/// counted, since those never reach the arguments.
+pub fn secret_flags(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<(&'static str, &'static str)> {
+    let args: Vec<String> = args.into_iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
+    SECRET_FLAGS
+        .into_iter()
+        .filter(|(flag, _)| {
+            args.iter().take_while(|arg| *arg != "--").any(|arg| {
+                arg == flag || arg.strip_prefix(flag).is_some_and(|rest| rest.starts_with('='))
+            })
+        })
+        .collect()
 }
 
 impl ServeArgs {
@@ -394,12 +483,23 @@ impl ServeArgs {
                     "set either BERTH_WEBHOOK_SECRET or BERTH_WEBHOOK_SECRET_FILE, not both",
                 ));
             }
-            (Some(secret), None) if !secret.is_empty() => Secret::new(secret.clone()),
-            (None, Some(path)) => read_secret_file("BERTH_WEBHOOK_SECRET_FILE", path)?,
+            (Some(secret), None) if !secret.is_empty() => {
+                let secret = Secret::new(secret.clone());
+                long_enough("BERTH_WEBHOOK_SECRET", &secret)?;
+                secret
+            }
+            (None, Some(path)) => {
+                let secret = read_secret_file("BERTH_WEBHOOK_SECRET_FILE", path)?;
+                long_enough("BERTH_WEBHOOK_SECRET_FILE", &secret)?;
+                secret
+            }
             _ => return Err(invalid("BERTH_WEBHOOK_SECRET", "required (or BERTH_WEBHOOK_SECRET_FILE)")),
         };
         let webhook_secret_previous =
             self.webhook_secret_previous.clone().filter(|value| !value.is_empty()).map(Secret::new);
+        if let Some(previous) = &webhook_secret_previous {
+            long_enough("BERTH_WEBHOOK_SECRET_PREVIOUS", previous)?;
+        }
         let github_app_id =
             self.github_app_id.as_deref().ok_or_else(|| invalid("BERTH_GITHUB_APP_ID", "required"))?;
         let github_app_id: u64 = github_app_id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
@@ -455,6 +555,25 @@ impl ServeArgs {
                     format!("{:?} is not a positive number", self.worker_pids_limit),
                 )
             })?;
+        let worker_log_max_bytes = parse_size(&self.worker_log_max_size)
+            .map_err(|reason| invalid("BERTH_WORKER_LOG_MAX_SIZE", reason))?;
+        if worker_log_max_bytes < 1024 * 1024 {
+            return Err(invalid("BERTH_WORKER_LOG_MAX_SIZE", "must be at least 1m"));
+        }
+        let worker_log_max_files: u32 =
+            self.worker_log_max_files.parse().ok().filter(|files| (1..=100).contains(files)).ok_or_else(
+                || {
+                    invalid(
+                        "BERTH_WORKER_LOG_MAX_FILES",
+                        format!("{:?} is not a number from 1 to 100", self.worker_log_max_files),
+                    )
+                },
+            )?;
+        let worker_scratch_bytes = parse_size(&self.worker_scratch_size)
+            .map_err(|reason| invalid("BERTH_WORKER_SCRATCH_SIZE", reason))?;
+        if worker_scratch_bytes < 16 * 1024 * 1024 {
+            return Err(invalid("BERTH_WORKER_SCRATCH_SIZE", "must be at least 16m"));
+        }
         let task_timeout =
             parse_duration(&self.task_timeout).map_err(|reason| invalid("BERTH_TASK_TIMEOUT", reason))?;
         if task_timeout.is_zero() {
@@ -480,6 +599,11 @@ impl ServeArgs {
             ));
         }
         let admin_token = admin_token(self.admin_token.as_deref(), self.admin_token_file.as_deref())?;
+        let metrics_token = bearer_token(
+            ("BERTH_METRICS_TOKEN", self.metrics_token.as_deref()),
+            ("BERTH_METRICS_TOKEN_FILE", self.metrics_token_file.as_deref()),
+        )?;
+        let http = self.http_limits()?;
         if core_types::TaskId::new(self.instance.clone()).is_err() {
             return Err(invalid(
                 "BERTH_INSTANCE",
@@ -532,12 +656,18 @@ impl ServeArgs {
             worker_nano_cpus,
             worker_pids_limit,
             worker_privilege_drop_caps: self.worker_privilege_drop_caps,
+            worker_log_max_bytes,
+            worker_log_max_files,
+            worker_writable_root: self.worker_writable_root,
+            worker_scratch_bytes,
             task_timeout,
             stop_grace,
             instance: self.instance.clone(),
             state_dir: self.state_dir.clone(),
             delivery_retention,
             admin_token,
+            metrics_token,
+            http,
             policy: Policy {
                 command_prefix,
                 trusted_users: list(&self.trusted_users),
@@ -548,6 +678,47 @@ impl ServeArgs {
             agent_env_files,
             prompts,
             json_logs,
+        })
+    }
+}
+
+impl ServeArgs {
+    /// The HTTP server's limits from their settings.
+    fn http_limits(&self) -> Result<HttpLimits, ConfigError> {
+        let max_connections: usize = self
+            .max_connections
+            .trim()
+            .parse()
+            .ok()
+            .filter(|count| (1..=1_000_000).contains(count))
+            .ok_or_else(|| {
+                invalid(
+                    "BERTH_MAX_CONNECTIONS",
+                    format!("{:?} is not a number from 1 to 1000000", self.max_connections),
+                )
+            })?;
+        let budget = parse_size(&self.max_body_bytes_in_flight)
+            .map_err(|reason| invalid("BERTH_MAX_BODY_BYTES_IN_FLIGHT", reason))?;
+        let max_body_bytes_in_flight = usize::try_from(budget)
+            .ok()
+            .filter(|budget| *budget >= MAX_WEBHOOK_BODY)
+            .ok_or_else(|| {
+                invalid("BERTH_MAX_BODY_BYTES_IN_FLIGHT", "must be at least 25m, GitHub's largest payload")
+            })?;
+        let timeout = |setting: &'static str, text: &str| {
+            let timeout = parse_duration(text).map_err(|reason| invalid(setting, reason))?;
+            if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+                return Err(invalid(setting, "must be from 1s to 1h"));
+            }
+            Ok(timeout)
+        };
+        Ok(HttpLimits {
+            max_connections,
+            max_body_bytes_in_flight,
+            header_read_timeout: timeout("BERTH_HEADER_READ_TIMEOUT", &self.header_read_timeout)?,
+            body_read_timeout: timeout("BERTH_BODY_READ_TIMEOUT", &self.body_read_timeout)?,
+            idle_timeout: timeout("BERTH_IDLE_TIMEOUT", &self.idle_timeout)?,
+            ..HttpLimits::default()
         })
     }
 }

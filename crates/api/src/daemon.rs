@@ -37,7 +37,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The worker profile the settings describe.
 pub fn worker_profile(config: &ServeConfig) -> HardenedProfile {
-    let mut profile = HardenedProfile::strict().with_memory(config.worker_memory_bytes);
+    let mut profile = HardenedProfile::strict()
+        .with_memory(config.worker_memory_bytes)
+        .with_log_limits(config.worker_log_max_bytes, config.worker_log_max_files)
+        .with_scratch(!config.worker_writable_root, config.worker_scratch_bytes);
     profile.nano_cpus = config.worker_nano_cpus;
     profile.pids_limit = config.worker_pids_limit;
     if config.worker_privilege_drop_caps {
@@ -52,6 +55,9 @@ pub fn worker_profile(config: &ServeConfig) -> HardenedProfile {
 /// When the journal cannot be opened, the address cannot be bound, or the
 /// GitHub App key is unusable.
 pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    for (flag, instead) in crate::config::secret_flags(std::env::args_os()) {
+        warn!(flag, instead, "a secret was given on the command line ({flag}), where `ps` shows it to every user of this machine; set it through the environment or a file ({instead}) instead");
+    }
     let journal = Journal::open(&config.state_dir).context("cannot open the journal (BERTH_STATE_DIR)")?;
     info!(path = %journal.path().display(), "journal open");
     let metrics = Arc::new(Metrics::default());
@@ -76,7 +82,8 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
         metrics: metrics.clone(),
         wake: Arc::new(Notify::new()),
     };
-    let admin = Admin::new(config.admin_token.as_ref(), &config.github_api_url);
+    let admin = Admin::new(config.admin_token.as_ref(), &config.github_api_url)
+        .with_metrics_token(config.metrics_token.as_ref());
     let tracker = TaskTracker::new();
     tracker.spawn(start_runner(
         config.clone(),
@@ -88,9 +95,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     ));
     tracker.spawn(prune_deliveries(journal, config.delivery_retention, shutdown.clone()));
 
-    serve(listener, router_with_admin(state, admin), shutdown.clone())
-        .await
-        .context("the HTTP server failed")?;
+    serve(listener, router_with_admin(state, admin), config.http, metrics, shutdown.clone()).await;
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {
@@ -167,19 +172,7 @@ fn tracker_spawn(runner: &Arc<Runner>, shutdown: CancellationToken) {
     let sweeper = Arc::clone(runner);
     tokio::spawn(async move { sweeper.sweep(SWEEP_EVERY).await });
     let backfiller = Arc::clone(runner);
-    tokio::spawn(async move {
-        loop {
-            match backfiller.backfill().await {
-                Ok(0) => tracing::debug!("no missed deliveries"),
-                Ok(asked) => info!(asked, "asked GitHub to redeliver missed deliveries"),
-                Err(err) => warn!(error = %format!("{err:#}"), "could not check for missed deliveries"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(BACKFILL_EVERY) => {}
-            }
-        }
-    });
+    tokio::spawn(async move { backfiller.backfill_every(BACKFILL_EVERY, shutdown).await });
 }
 
 async fn connect(shutdown: &CancellationToken) -> Option<DockerEngine> {

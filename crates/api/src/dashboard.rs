@@ -3,7 +3,9 @@
 //!
 //! It sits behind the admin token like `/api/*`: a bearer header, or the
 //! `berth_token` cookie that the login form (`POST /login`) sets. The cookie
-//! holds a value derived from the token, never the token, and no token ever
+//! holds a random session id kept on the server, never the token; it
+//! expires after eight hours and signing out revokes it. Sign-in failures
+//! are limited per client address (five a minute, then 429). No token ever
 //! travels in a URL. Everything from GitHub (titles, repository names,
 //! summaries, logins) is escaped; a strict Content-Security-Policy allows
 //! only the page's own script and style, served from `/dashboard.js` and
@@ -13,11 +15,12 @@
 //! with the bearer-only API.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::{Extension, Router};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,11 +30,14 @@ use tracing::info;
 
 use crate::error::ApiError;
 use crate::journal::now_unix;
-use crate::status::{Credentials, Links, SESSION_COOKIE, StatusState};
+use crate::status::{Credentials, Links, SESSION_COOKIE, SESSION_TTL, StatusState};
 use crate::tasks::{TaskRecord, TaskState};
 
 /// Finished tasks the page lists.
 const RECENT_OUTCOMES: usize = 25;
+
+/// The sign-in form's body at most: it holds one token.
+const LOGIN_BODY_LIMIT: usize = 4096;
 
 const SCRIPT: &str = include_str!("dashboard.js");
 const STYLE: &str = include_str!("dashboard.css");
@@ -45,7 +51,7 @@ pub fn routes(state: StatusState) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/dashboard/tasks", get(tables))
-        .route("/login", post(login))
+        .route("/login", post(login).layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT)))
         .route("/logout", post(logout))
         .route("/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/dashboard.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
@@ -89,29 +95,48 @@ async fn tables(
     }
 }
 
-async fn login(State(state): State<StatusState>, body: Bytes) -> Response {
+async fn login(
+    State(state): State<StatusState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: Bytes,
+) -> Response {
+    // Without a peer (the router driven in tests) every client is one.
+    let client = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(ConnectInfo(peer))| peer.ip());
     let presented = form_value(&body, "token").unwrap_or_default();
-    match state.admin.session_for(&presented) {
+    match state.admin.sign_in(&presented, client) {
         Ok(session) => {
             info!("dashboard login");
             // No `Secure`: the daemon serves plain HTTP on a private address;
             // put TLS in front of it and the browser keeps the cookie to it.
-            let cookie = format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict");
+            let cookie = format!(
+                "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                SESSION_TTL.as_secs()
+            );
             redirect_home(&cookie)
         }
         Err(ApiError::Unauthorized) => {
+            info!(%client, "dashboard sign-in with a wrong token");
             html(StatusCode::UNAUTHORIZED, login_page(Some("That is not the admin token.")))
+        }
+        Err(err @ ApiError::TooManyAttempts { .. }) => {
+            let mut response = html(err.status(), login_page(Some(&err.to_string())));
+            if let ApiError::TooManyAttempts { retry_after } = err {
+                response.headers_mut().insert(header::RETRY_AFTER, retry_after.into());
+            }
+            response
         }
         Err(err) => refusal(&err),
     }
 }
 
-async fn logout() -> Response {
+async fn logout(State(state): State<StatusState>, headers: HeaderMap) -> Response {
+    state.admin.sign_out(&headers);
     redirect_home(&format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"))
 }
 
 fn redirect_home(cookie: &str) -> Response {
-    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+    let mut response =
+        (StatusCode::SEE_OTHER, [(header::LOCATION, "/"), (header::CACHE_CONTROL, "no-store")]).into_response();
     if let Ok(value) = HeaderValue::from_str(cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }

@@ -68,6 +68,21 @@ pub enum ApiError {
     /// The daemon could not do what was asked (engine down, ...).
     #[error("{0}")]
     Unavailable(String),
+    /// The request bodies in flight already hold `BERTH_MAX_BODY_BYTES_IN_FLIGHT`.
+    #[error("too many request bytes in flight (BERTH_MAX_BODY_BYTES_IN_FLIGHT); retry shortly")]
+    BodyBudgetExhausted,
+    /// The body did not arrive within `BERTH_BODY_READ_TIMEOUT`.
+    #[error("the body did not arrive within {} s (BERTH_BODY_READ_TIMEOUT)", limit.as_secs())]
+    BodyTimeout {
+        /// The timeout.
+        limit: std::time::Duration,
+    },
+    /// Too many failed sign-ins from the client's address.
+    #[error("too many failed sign-ins from this address; try again in {retry_after} s")]
+    TooManyAttempts {
+        /// Seconds until the next attempt is taken.
+        retry_after: u64,
+    },
 }
 
 impl ApiError {
@@ -84,7 +99,11 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) | ApiError::NoContainer { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Journal(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Journal(_) | ApiError::Unavailable(_) | ApiError::BodyBudgetExhausted => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -92,7 +111,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() {
+        let retry_after = match &self {
+            ApiError::BodyBudgetExhausted => Some(1),
+            ApiError::TooManyAttempts { retry_after } => Some(*retry_after),
+            _ => None,
+        };
+        // A full body budget is an anonymous client's doing and is counted
+        // in /metrics; logging each one would hand the log to that client.
+        let message = if status.is_server_error() && !matches!(self, ApiError::BodyBudgetExhausted) {
             // The details go to the log; the caller gets a generic reason.
             error!(error = ?self, "request failed");
             match self {
@@ -107,6 +133,9 @@ impl IntoResponse for ApiError {
             && let Ok(value) = "Bearer".parse()
         {
             response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response
     }

@@ -8,16 +8,27 @@
 //! commit), so many concurrent deliveries share one fsync without any of them
 //! being answered before it is on disk. Reads open their own read
 //! transactions and never wait for the writer.
+//!
+//! Only a missing file is a fresh start: a new journal is made beside it and
+//! renamed into place once initialised, so an empty or damaged
+//! `journal.redb` is always an error, never silently replaced.
+//!
+//! A storage error (a full disk) latches redb: every later operation fails
+//! until the file is opened again. The writer then closes the database, says
+//! so in [`Journal::write_failure`] (and `/readyz` answers 503), and opens it
+//! again on the next write, or every [`PROBE_EVERY`] with a small probe
+//! write, until one commits; then the journal is writable again by itself.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use core_types::TaskId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::{Notify, oneshot};
+use tracing::{debug, error, info, warn};
 
 use crate::tasks::{CancelRequest, TaskRecord, TaskState};
 use crate::triggers::{Decision, TaskRequest};
@@ -34,9 +45,20 @@ const UNREPORTED: TableDefinition<'static, &str, &str> = TableDefinition::new("u
 const REDELIVERIES: TableDefinition<'static, &str, u64> = TableDefinition::new("redeliveries");
 /// Counters (`seq`: the order tasks were accepted in).
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+/// Issue comment id → [`CommentRecord`] (JSON), for comments that made a task.
+const COMMENTS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("comments");
 
 /// How many writes one commit may carry at most.
 const MAX_GROUP: usize = 512;
+
+/// How often a journal that cannot write tries again when no write comes.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a reopen waits for readers to let go of the old database.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
+/// The journal's file in the state directory.
+const FILE_NAME: &str = "journal.redb";
 
 /// Seconds since the Unix epoch, now.
 pub fn now_unix() -> u64 {
@@ -52,6 +74,15 @@ pub struct DeliveryRecord {
     pub event: String,
     /// The answer it got the first time.
     pub outcome: Accepted,
+}
+
+/// The task a comment made, so a second delivery of it makes none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CommentRecord {
+    /// The task it made.
+    task: TaskId,
+    /// When.
+    received_unix: u64,
 }
 
 /// How a delivery was taken.
@@ -90,10 +121,56 @@ pub enum Accepted {
 /// The journal failed; the request that needed it gets a 503 and nothing is lost.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    /// The file could not be opened or is damaged.
+    /// The file is not a journal: damaged, or not a redb file at all.
     #[error(
-        "journal {path} cannot be opened (it may be corrupt or from a newer berth; move it aside to start empty)"
+        "journal {path} cannot be opened: it is damaged (corrupt, or not a journal); berth will not start on it as if it were new. Restore it from a backup, or move it aside to start with an empty journal (its queued tasks and deliveries are then forgotten)"
     )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What redb found.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// The file exists but holds nothing.
+    #[error(
+        "journal {path} cannot be opened: it is empty (0 bytes) where a journal should be; berth will not start on it as if it were new. Restore it from a backup, or move it aside to start with an empty journal (its queued tasks and deliveries are then forgotten)"
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Another process holds the journal's lock.
+    #[error(
+        "journal {path} cannot be opened: another process holds it (a second berth on the same BERTH_STATE_DIR?); only one daemon may use a state directory"
+    )]
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file or its directory may not be written.
+    #[error(
+        "journal {path} cannot be opened for writing: check that BERTH_STATE_DIR is on a read-write file system and writable by the daemon's user"
+    )]
+    NotWritable {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is of a redb format this build does not read.
+    #[error(
+        "journal {path} cannot be opened: it is in redb file format {version}, which this berth does not read; run the berth version that wrote it"
+    )]
+    OtherFormat {
+        /// The file.
+        path: PathBuf,
+        /// The format found.
+        version: u8,
+    },
+    /// The file could not be opened for another reason (an I/O error).
+    #[error("journal {path} cannot be opened")]
     Open {
         /// The file.
         path: PathBuf,
@@ -101,8 +178,8 @@ pub enum JournalError {
         #[source]
         source: redb::DatabaseError,
     },
-    /// The state directory could not be created.
-    #[error("state directory {path} cannot be created")]
+    /// The state directory could not be created, or a new journal made in it.
+    #[error("state directory {path} cannot be used")]
     StateDir {
         /// The directory.
         path: PathBuf,
@@ -128,6 +205,12 @@ pub enum JournalError {
         #[source]
         source: serde_json::Error,
     },
+    /// The journal was closed after a storage error and is not open again yet.
+    #[error("journal is closed after a storage error until it can write again: {reason}")]
+    Closed {
+        /// The storage error.
+        reason: String,
+    },
     /// The writer thread is gone (the daemon is shutting down).
     #[error("journal writer has stopped")]
     WriterGone,
@@ -137,6 +220,35 @@ pub enum JournalError {
         /// The failure of the group.
         reason: String,
     },
+}
+
+impl JournalError {
+    /// Whether this is redb's storage failing (an I/O error, or the latch
+    /// one leaves), after which the database must be opened again.
+    fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            JournalError::Storage {
+                source: redb::Error::Io(_)
+                    | redb::Error::PreviousIo
+                    | redb::Error::DatabaseClosed
+                    | redb::Error::Backend(_),
+                ..
+            }
+        )
+    }
+}
+
+/// `err` and its sources on one line, for the log and for callers.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn storage_of<E: Into<redb::Error>>(operation: &'static str) -> impl Fn(E) -> JournalError {
@@ -177,52 +289,199 @@ pub type TaskUpdate = Box<dyn FnOnce(&mut TaskRecord) + Send>;
 /// and the status API.
 #[derive(Clone)]
 pub struct Journal {
-    db: Arc<Database>,
-    writer: mpsc::UnboundedSender<WriteOp>,
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<WriteOp>,
+}
+
+/// What the handles and the writer thread share.
+struct Shared {
     path: PathBuf,
+    /// The open database; `None` while it is closed after a storage error.
+    db: RwLock<Option<Arc<Database>>>,
+    /// The storage error that stopped writes, while they fail.
+    failure: Mutex<Option<String>>,
+    /// Notified when writes succeed again after failing.
+    recovered: Notify,
 }
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Journal").field("path", &self.shared.path).finish_non_exhaustive()
     }
 }
 
+/// Opens the journal at `path`, which exists, telling why it cannot be.
+fn open_existing(path: &Path) -> Result<Database, JournalError> {
+    let path_buf = || path.to_owned();
+    // redb would initialise an empty file as a new database.
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.len() == 0 => return Err(JournalError::Empty { path: path_buf() }),
+        _ => {}
+    }
+    Database::open(path).map_err(|source| {
+        use redb::{DatabaseError, StorageError};
+        match source {
+            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                JournalError::InUse { path: path_buf() }
+            }
+            DatabaseError::UpgradeRequired(version) => {
+                JournalError::OtherFormat { path: path_buf(), version }
+            }
+            DatabaseError::Storage(StorageError::Io(err))
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                JournalError::NotWritable { path: path_buf(), source: err }
+            }
+            source @ (DatabaseError::Storage(StorageError::Corrupted(_))
+            | DatabaseError::Storage(StorageError::Io(_))) => {
+                let corrupt = match &source {
+                    DatabaseError::Storage(StorageError::Io(err)) => {
+                        matches!(
+                            err.kind(),
+                            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                        )
+                    }
+                    _ => true,
+                };
+                if corrupt {
+                    JournalError::Corrupt { path: path_buf(), source }
+                } else {
+                    JournalError::Open { path: path_buf(), source }
+                }
+            }
+            source => JournalError::Open { path: path_buf(), source },
+        }
+    })
+}
+
+/// Makes a new journal at `path`: initialised beside it, then renamed into
+/// place, so a crash half way leaves no file (a fresh start again), never an
+/// empty or half-made one.
+fn create_fresh(state_dir: &Path, path: &Path) -> Result<(), JournalError> {
+    let dir_error = |source| JournalError::StateDir { path: state_dir.to_owned(), source };
+    let not_writable = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            JournalError::NotWritable { path: path.to_owned(), source }
+        }
+        _ => dir_error(source),
+    };
+    let fresh = state_dir.join(format!("{FILE_NAME}.new"));
+    match std::fs::remove_file(&fresh) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(not_writable(err)),
+    }
+    {
+        let db = Database::create(&fresh).map_err(|source| match source {
+            redb::DatabaseError::Storage(redb::StorageError::Io(err)) => not_writable(err),
+            source => JournalError::Open { path: fresh.clone(), source },
+        })?;
+        create_tables(&db)?;
+    }
+    std::fs::rename(&fresh, path).map_err(not_writable)?;
+    // The rename itself is durable only once the directory is.
+    std::fs::File::open(state_dir).and_then(|dir| dir.sync_all()).map_err(dir_error)
+}
+
+/// Creates every table, so readers never find one missing.
+fn create_tables(db: &Database) -> Result<(), JournalError> {
+    let txn = db.begin_write().map_err(storage_of("open"))?;
+    txn.open_table(DELIVERIES).map_err(storage_of("open"))?;
+    txn.open_table(TASKS).map_err(storage_of("open"))?;
+    txn.open_table(ACTIVE).map_err(storage_of("open"))?;
+    txn.open_table(META).map_err(storage_of("open"))?;
+    txn.open_table(UNREPORTED).map_err(storage_of("open"))?;
+    txn.open_table(REDELIVERIES).map_err(storage_of("open"))?;
+    txn.open_table(COMMENTS).map_err(storage_of("open"))?;
+    txn.commit().map_err(storage_of("open"))
+}
+
+/// Creates the tables a journal of an older berth lacks; writes nothing
+/// when all are there (so a full disk does not stop a restart).
+fn ensure_tables(db: &Database) -> Result<(), JournalError> {
+    let txn = db.begin_read().map_err(storage_of("open"))?;
+    let missing = txn.open_table(DELIVERIES).is_err()
+        || txn.open_table(TASKS).is_err()
+        || txn.open_table(ACTIVE).is_err()
+        || txn.open_table(META).is_err()
+        || txn.open_table(UNREPORTED).is_err()
+        || txn.open_table(REDELIVERIES).is_err()
+        || txn.open_table(COMMENTS).is_err();
+    drop(txn);
+    if missing { create_tables(db) } else { Ok(()) }
+}
+
 impl Journal {
-    /// Opens (or creates) `journal.redb` in `state_dir` and starts its writer.
+    /// Opens `journal.redb` in `state_dir` and starts its writer; a new
+    /// journal is made only when there is no such file.
     ///
     /// # Errors
-    /// A corrupt or unreadable file is an error, never a silent fresh start.
+    /// An empty, damaged or unreadable file is an error, never a silent
+    /// fresh start; so are a file another process holds and a state
+    /// directory that cannot be written.
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| JournalError::StateDir { path: state_dir.to_owned(), source })?;
-        let path = state_dir.join("journal.redb");
-        let db =
-            Database::create(&path).map_err(|source| JournalError::Open { path: path.clone(), source })?;
-        let db = Arc::new(db);
-        {
-            // Create the tables once so readers never find them missing.
-            let txn = db.begin_write().map_err(storage_of("open"))?;
-            txn.open_table(DELIVERIES).map_err(storage_of("open"))?;
-            txn.open_table(TASKS).map_err(storage_of("open"))?;
-            txn.open_table(ACTIVE).map_err(storage_of("open"))?;
-            txn.open_table(META).map_err(storage_of("open"))?;
-            txn.open_table(UNREPORTED).map_err(storage_of("open"))?;
-            txn.open_table(REDELIVERIES).map_err(storage_of("open"))?;
-            txn.commit().map_err(storage_of("open"))?;
+        let path = state_dir.join(FILE_NAME);
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                info!(path = %path.display(), "no journal yet; starting a new one");
+                create_fresh(state_dir, &path)?;
+            }
+            Err(source) => return Err(JournalError::StateDir { path: state_dir.to_owned(), source }),
         }
-        let (writer, ops) = mpsc::unbounded_channel();
-        let writer_db = Arc::clone(&db);
+        let db = open_existing(&path)?;
+        ensure_tables(&db)?;
+        let shared = Arc::new(Shared {
+            path,
+            db: RwLock::new(Some(Arc::new(db))),
+            failure: Mutex::new(None),
+            recovered: Notify::new(),
+        });
+        let (writer, ops) = mpsc::channel();
+        let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("berth-journal".to_owned())
-            .spawn(move || run_writer(&writer_db, ops))
+            .spawn(move || Writer::new(writer_shared).run(&ops))
             .map_err(|source| JournalError::StateDir { path: state_dir.to_owned(), source })?;
-        Ok(Self { db, writer, path })
+        Ok(Self { shared, writer })
     }
 
     /// The journal file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
+    }
+
+    /// Why writes fail now (the OS error of the last failed write), or `None`
+    /// while the journal can write.
+    pub fn write_failure(&self) -> Option<String> {
+        self.shared.failure.lock().expect("journal failure lock is never poisoned").clone()
+    }
+
+    /// Resolves once writes succeed again after they failed (a disk that was
+    /// full has room again), for whoever wants to catch up then.
+    pub async fn recovered(&self) {
+        self.shared.recovered.notified().await;
+    }
+
+    fn db(&self) -> Result<Arc<Database>, JournalError> {
+        let db = self.shared.db.read().expect("journal database lock is never poisoned").clone();
+        db.ok_or_else(|| JournalError::Closed {
+            reason: self.write_failure().unwrap_or_else(|| "it is being opened again".to_owned()),
+        })
+    }
+
+    async fn write<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> WriteOp,
+    ) -> Result<T, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.send(op(reply)).map_err(|_| JournalError::WriterGone)?;
+        answer.await.map_err(|_| JournalError::WriterGone)?
     }
 
     /// Records a delivery and what it decided, durably, and says how it was taken.
@@ -235,15 +494,13 @@ impl Journal {
         event: &str,
         decision: Decision,
     ) -> Result<Accepted, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        let op = WriteOp::Accept {
+        self.write(|reply| WriteOp::Accept {
             delivery: delivery.to_owned(),
             event: event.to_owned(),
             decision: Box::new(decision),
             reply,
-        };
-        self.writer.send(op).map_err(|_| JournalError::WriterGone)?;
-        answer.await.map_err(|_| JournalError::WriterGone)?
+        })
+        .await
     }
 
     /// Changes a task record; a finished task leaves the active set.
@@ -256,21 +513,16 @@ impl Journal {
         task_id: &TaskId,
         update: TaskUpdate,
     ) -> Result<Option<TaskRecord>, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(WriteOp::UpdateTask { task_id: task_id.clone(), update, reply })
-            .map_err(|_| JournalError::WriterGone)?;
-        answer.await.map_err(|_| JournalError::WriterGone)?
+        self.write(|reply| WriteOp::UpdateTask { task_id: task_id.clone(), update, reply }).await
     }
 
-    /// Forgets deliveries received before `older_than_unix`. Tasks are kept.
+    /// Forgets deliveries (and the comments that made tasks) received before
+    /// `older_than_unix`; returns how many deliveries. Tasks are kept.
     ///
     /// # Errors
     /// Storage failures.
     pub async fn prune(&self, older_than_unix: u64) -> Result<usize, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.writer.send(WriteOp::Prune { older_than_unix, reply }).map_err(|_| JournalError::WriterGone)?;
-        answer.await.map_err(|_| JournalError::WriterGone)?
+        self.write(|reply| WriteOp::Prune { older_than_unix, reply }).await
     }
 
     /// Records a task found only on a container's labels (the journal never
@@ -279,11 +531,7 @@ impl Journal {
     /// # Errors
     /// Storage failures.
     pub async fn adopt(&self, record: TaskRecord) -> Result<TaskRecord, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(WriteOp::Adopt { record: Box::new(record), reply })
-            .map_err(|_| JournalError::WriterGone)?;
-        answer.await.map_err(|_| JournalError::WriterGone)?
+        self.write(|reply| WriteOp::Adopt { record: Box::new(record), reply }).await
     }
 
     /// Notes that a redelivery of `guid` was asked for; false when it already was.
@@ -291,11 +539,7 @@ impl Journal {
     /// # Errors
     /// Storage failures.
     pub async fn mark_redelivery(&self, guid: &str) -> Result<bool, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(WriteOp::MarkRedelivery { guid: guid.to_owned(), reply })
-            .map_err(|_| JournalError::WriterGone)?;
-        answer.await.map_err(|_| JournalError::WriterGone)?
+        self.write(|reply| WriteOp::MarkRedelivery { guid: guid.to_owned(), reply }).await
     }
 
     /// One task.
@@ -303,7 +547,7 @@ impl Journal {
     /// # Errors
     /// Storage failures or a damaged record.
     pub fn task(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, JournalError> {
-        let txn = self.db.begin_read().map_err(storage_of("read"))?;
+        let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
         let table = txn.open_table(TASKS).map_err(storage_of("read"))?;
         let value = table.get(task_id.as_str()).map_err(storage_of("read"))?;
         value.map(|value| decode(task_id.as_str(), value.value())).transpose()
@@ -314,7 +558,7 @@ impl Journal {
     /// # Errors
     /// Storage failures or a damaged record.
     pub fn tasks(&self) -> Result<Vec<TaskRecord>, JournalError> {
-        let txn = self.db.begin_read().map_err(storage_of("read"))?;
+        let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
         let table = txn.open_table(TASKS).map_err(storage_of("read"))?;
         let mut tasks = Vec::new();
         for entry in table.iter().map_err(storage_of("read"))? {
@@ -346,7 +590,7 @@ impl Journal {
         index: TableDefinition<'static, &str, &str>,
         id_in_value: bool,
     ) -> Result<Vec<TaskRecord>, JournalError> {
-        let txn = self.db.begin_read().map_err(storage_of("read"))?;
+        let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
         let listed = txn.open_table(index).map_err(storage_of("read"))?;
         let tasks = txn.open_table(TASKS).map_err(storage_of("read"))?;
         let mut records = Vec::new();
@@ -367,7 +611,7 @@ impl Journal {
     /// # Errors
     /// Storage failures or a damaged record.
     pub fn delivery(&self, delivery: &str) -> Result<Option<DeliveryRecord>, JournalError> {
-        let txn = self.db.begin_read().map_err(storage_of("read"))?;
+        let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
         let table = txn.open_table(DELIVERIES).map_err(storage_of("read"))?;
         let value = table.get(delivery).map_err(storage_of("read"))?;
         value.map(|value| decode(delivery, value.value())).transpose()
@@ -382,19 +626,139 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("journal records always serialize")
 }
 
-/// The writer loop: take one op, then whatever else is already waiting, apply
-/// them all in one transaction, commit once, then answer each.
-fn run_writer(db: &Database, mut ops: mpsc::UnboundedReceiver<WriteOp>) {
-    while let Some(first) = ops.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match ops.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// The writer thread: owns the write side of the database, opens it again
+/// after a storage error, and keeps [`Shared::failure`] up to date.
+struct Writer {
+    shared: Arc<Shared>,
+    /// The writer's handle on the open database; `None` while closed.
+    db: Option<Arc<Database>>,
+}
+
+impl Writer {
+    fn new(shared: Arc<Shared>) -> Self {
+        let db = shared.db.read().expect("journal database lock is never poisoned").clone();
+        Self { shared, db }
+    }
+
+    /// Takes one op (or, while writes fail, waits at most [`PROBE_EVERY`]
+    /// for one), then whatever else is already waiting, and applies them in
+    /// one transaction; an empty batch while writes fail is a probe.
+    fn run(mut self, ops: &mpsc::Receiver<WriteOp>) {
+        loop {
+            let failing = self.failing();
+            let first = if failing {
+                match ops.recv_timeout(PROBE_EVERY) {
+                    Ok(op) => Some(op),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match ops.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => return,
+                }
+            };
+            let mut batch: Vec<WriteOp> = first.into_iter().collect();
+            while batch.len() < MAX_GROUP {
+                match ops.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            debug!(writes = batch.len(), "journal group commit");
+            let db = match self.database() {
+                Ok(db) => db,
+                Err(err) => {
+                    let reason = format!("cannot open it again: {}", chain(&err));
+                    fail_all(batch, &reason);
+                    self.cannot_write(reason);
+                    continue;
+                }
+            };
+            match apply_batch(&db, batch) {
+                Ok(()) if failing => {
+                    *self.shared.failure.lock().expect("journal failure lock is never poisoned") = None;
+                    info!("the journal can write again");
+                    self.shared.recovered.notify_one();
+                }
+                Ok(()) => {}
+                Err(err) if err.is_storage_failure() => {
+                    // redb stays latched after a storage error until the file
+                    // is opened again: close it now, open it on the next try.
+                    drop(db);
+                    *self.shared.db.write().expect("journal database lock is never poisoned") = None;
+                    self.db = None;
+                    self.cannot_write(chain(&err));
+                }
+                Err(err) => {
+                    warn!(error = %chain(&err), "journal commit failed; its writes are answered with errors");
+                }
             }
         }
-        debug!(writes = batch.len(), "journal group commit");
-        apply_batch(db, batch);
+    }
+
+    fn failing(&self) -> bool {
+        self.shared.failure.lock().expect("journal failure lock is never poisoned").is_some()
+    }
+
+    /// The open database, opening it again if a storage error closed it.
+    fn database(&mut self) -> Result<Arc<Database>, JournalError> {
+        if let Some(db) = &self.db {
+            return Ok(Arc::clone(db));
+        }
+        // Readers may still hold the old handle (and with it the file's
+        // lock) for a moment after it was closed.
+        let started = Instant::now();
+        let db = loop {
+            match open_existing(&self.shared.path) {
+                Err(JournalError::InUse { .. }) if started.elapsed() < REOPEN_WAIT => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other?,
+            }
+        };
+        let db = Arc::new(db);
+        *self.shared.db.write().expect("journal database lock is never poisoned") = Some(Arc::clone(&db));
+        self.db = Some(Arc::clone(&db));
+        info!(path = %self.shared.path.display(), "journal opened again after a storage error");
+        Ok(db)
+    }
+
+    /// Notes that writes fail, and why; logged once per outage.
+    fn cannot_write(&self, reason: String) {
+        let first = {
+            let mut failure = self.shared.failure.lock().expect("journal failure lock is never poisoned");
+            let first = failure.is_none();
+            *failure = Some(reason.clone());
+            first
+        };
+        if first {
+            error!(
+                error = %reason,
+                path = %self.shared.path.display(),
+                "the journal cannot write; deliveries get 503 and /readyz answers 503 until it can"
+            );
+        } else {
+            debug!(error = %reason, "the journal still cannot write");
+        }
+    }
+}
+
+/// Answers every op of a batch that could not be applied.
+fn fail_all(batch: Vec<WriteOp>, reason: &str) {
+    for op in batch {
+        fail_op(op, reason);
+    }
+}
+
+fn fail_op(op: WriteOp, reason: &str) {
+    let error = || JournalError::CommitFailed { reason: reason.to_owned() };
+    match op {
+        WriteOp::Accept { reply, .. } => drop(reply.send(Err(error()))),
+        WriteOp::UpdateTask { reply, .. } => drop(reply.send(Err(error()))),
+        WriteOp::Prune { reply, .. } => drop(reply.send(Err(error()))),
+        WriteOp::Adopt { reply, .. } => drop(reply.send(Err(error()))),
+        WriteOp::MarkRedelivery { reply, .. } => drop(reply.send(Err(error()))),
     }
 }
 
@@ -406,11 +770,19 @@ enum Reply {
     MarkRedelivery(oneshot::Sender<Result<bool, JournalError>>, bool),
 }
 
-fn apply_batch(db: &Database, batch: Vec<WriteOp>) {
+/// Applies a batch in one transaction and answers each op once it is
+/// committed, or each with the error when anything failed. An empty batch
+/// is a probe: one small write, to learn whether the journal can write.
+fn apply_batch(db: &Database, batch: Vec<WriteOp>) -> Result<(), JournalError> {
     let mut replies = Vec::with_capacity(batch.len());
+    let probe = batch.is_empty();
     let mut ops = batch.into_iter();
     let result = (|| -> Result<(), JournalError> {
         let txn = db.begin_write().map_err(storage_of("write"))?;
+        if probe {
+            let mut meta = txn.open_table(META).map_err(storage_of("write"))?;
+            meta.insert("probe", now_unix()).map_err(storage_of("write"))?;
+        }
         for op in ops.by_ref() {
             replies.push(match op {
                 WriteOp::Accept { delivery, event, decision, reply } => {
@@ -435,10 +807,7 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>) {
         }
         txn.commit().map_err(storage_of("commit"))
     })();
-    let failure = result.err().map(|err| {
-        warn!(error = %err, "journal commit failed; its writes are answered with errors");
-        err.to_string()
-    });
+    let failure = result.as_ref().err().map(|err| chain(err));
     let answer = |reason: &Option<String>| reason.clone().map(|reason| JournalError::CommitFailed { reason });
     for reply in replies {
         match reply {
@@ -450,16 +819,8 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>) {
         }
     }
     // Ops after the failing one (and the failing one) are dropped: their callers see the writer's error.
-    for op in ops {
-        let error = || JournalError::CommitFailed { reason: failure.clone().unwrap_or_default() };
-        match op {
-            WriteOp::Accept { reply, .. } => drop(reply.send(Err(error()))),
-            WriteOp::UpdateTask { reply, .. } => drop(reply.send(Err(error()))),
-            WriteOp::Prune { reply, .. } => drop(reply.send(Err(error()))),
-            WriteOp::Adopt { reply, .. } => drop(reply.send(Err(error()))),
-            WriteOp::MarkRedelivery { reply, .. } => drop(reply.send(Err(error()))),
-        }
-    }
+    fail_all(ops.collect(), failure.as_deref().unwrap_or_default());
+    result
 }
 
 fn accept_in(
@@ -517,6 +878,18 @@ fn accept_in(
 }
 
 fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Result<Accepted, JournalError> {
+    // The delivery id is not signed: a captured delivery sent again under a
+    // new id is the same comment, and one comment makes one task.
+    let mut comments = txn.open_table(COMMENTS).map_err(storage_of("write"))?;
+    if let Some(comment) = request.comment_id
+        && let Some(existing) = comments.get(comment).map_err(storage_of("write"))?
+    {
+        let existing: CommentRecord = decode(&format!("comment {comment}"), existing.value())?;
+        return Ok(Accepted::Duplicate {
+            reason: format!("comment {comment} already made task {}", existing.task),
+            task: Some(existing.task),
+        });
+    }
     let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
     let key = request.dedupe_key();
     if let Some(existing) = active.get(key.as_str()).map_err(storage_of("write"))? {
@@ -536,6 +909,10 @@ fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Res
     let mut tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
     tasks.insert(record.task_id.as_str(), encode(&record).as_slice()).map_err(storage_of("write"))?;
     active.insert(key.as_str(), record.task_id.as_str()).map_err(storage_of("write"))?;
+    if let Some(comment) = record.comment_id {
+        let made = CommentRecord { task: record.task_id.clone(), received_unix: record.accepted_unix };
+        comments.insert(comment, encode(&made).as_slice()).map_err(storage_of("write"))?;
+    }
     Ok(Accepted::Queued { task: record.task_id })
 }
 
@@ -640,6 +1017,18 @@ fn prune_in(txn: &WriteTransaction, older_than_unix: u64) -> Result<usize, Journ
     }
     for key in &old {
         deliveries.remove(key.as_str()).map_err(storage_of("write"))?;
+    }
+    let mut comments = txn.open_table(COMMENTS).map_err(storage_of("write"))?;
+    let mut old_comments = Vec::new();
+    for entry in comments.iter().map_err(storage_of("write"))? {
+        let (key, value) = entry.map_err(storage_of("write"))?;
+        let record: CommentRecord = decode(&format!("comment {}", key.value()), value.value())?;
+        if record.received_unix < older_than_unix {
+            old_comments.push(key.value());
+        }
+    }
+    for comment in old_comments {
+        comments.remove(comment).map_err(storage_of("write"))?;
     }
     Ok(old.len())
 }

@@ -7,6 +7,7 @@
 pub mod agent_env;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod daemon;
 pub mod dashboard;
 pub mod demo;
@@ -24,6 +25,7 @@ pub mod server;
 pub mod signature;
 pub mod status;
 pub mod tasks;
+pub mod throttle;
 pub mod triggers;
 
 #[cfg(test)]

@@ -1,15 +1,27 @@
 //! Counters and gauges in the Prometheus text format, with no exporter
 //! dependency: a handful of labelled series behind one mutex.
+//!
+//! Label values come from closed sets at every call site (an unknown
+//! webhook event counts as `other`); as a last guard, no more than
+//! [`MAX_SERIES`] series are ever kept, so nothing a client sends can grow
+//! the daemon's memory or `/metrics` without bound.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::error;
+
+/// Series kept at most; a new series past it is dropped (and said once in the log).
+pub const MAX_SERIES: usize = 2000;
 
 /// The daemon's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     series: Mutex<BTreeMap<(String, String), f64>>,
     help: Mutex<BTreeMap<String, (&'static str, &'static str)>>,
+    full: AtomicBool,
 }
 
 fn escape(value: &str) -> String {
@@ -35,7 +47,23 @@ impl Metrics {
     pub fn add(&self, name: &str, help: &'static str, pairs: &[(&str, &str)], by: f64) {
         self.register(name, "counter", help);
         let mut series = self.series.lock().expect("metrics lock is never poisoned");
-        *series.entry((name.to_owned(), labels(pairs))).or_insert(0.0) += by;
+        let key = (name.to_owned(), labels(pairs));
+        if let Some(value) = series.get_mut(&key) {
+            *value += by;
+        } else if self.room(series.len(), name) {
+            series.insert(key, by);
+        }
+    }
+
+    /// Whether one more series fits; says once when it no longer does.
+    fn room(&self, len: usize, name: &str) -> bool {
+        if len < MAX_SERIES {
+            return true;
+        }
+        if !self.full.swap(true, Ordering::Relaxed) {
+            error!(metric = name, limit = MAX_SERIES, "too many metric series; new ones are dropped (a label from an open set?)");
+        }
+        false
     }
 
     /// Adds one to a counter.
@@ -47,7 +75,12 @@ impl Metrics {
     pub fn set(&self, name: &str, help: &'static str, pairs: &[(&str, &str)], value: f64) {
         self.register(name, "gauge", help);
         let mut series = self.series.lock().expect("metrics lock is never poisoned");
-        series.insert((name.to_owned(), labels(pairs)), value);
+        let key = (name.to_owned(), labels(pairs));
+        if let Some(existing) = series.get_mut(&key) {
+            *existing = value;
+        } else if self.room(series.len(), name) {
+            series.insert(key, value);
+        }
     }
 
     /// The Prometheus text exposition.

@@ -3,14 +3,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -18,17 +21,31 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::{info, instrument, warn};
 
+use crate::connections::{self, HttpLimits};
 use crate::dashboard;
 use crate::error::ApiError;
 use crate::events::Event;
 use crate::journal::{Accepted, Journal};
 use crate::metrics::Metrics;
-use crate::signature::{SIGNATURE_HEADER, WebhookSecrets};
+use crate::signature::{ClaimedSignature, SIGNATURE_HEADER, WebhookSecrets};
 use crate::status::{self, Admin, StatusState};
+use crate::throttle::LogThrottle;
 use crate::triggers::Policy;
 
 /// Largest webhook body accepted (GitHub caps payloads at 25 MiB).
 pub const MAX_WEBHOOK_BODY: usize = 25 * 1024 * 1024;
+
+/// The events counted under their own name in
+/// `berth_webhook_deliveries_total`: those Berth parses. Any other
+/// `X-GitHub-Event`, or none, counts as `other`, so whoever sends
+/// deliveries, signed or not, cannot add series.
+pub const COUNTED_EVENTS: [&str; 6] =
+    ["issue_comment", "issues", "pull_request", "ping", "installation", "installation_repositories"];
+
+/// Refusals before a delivery's signature holds (bad or missing signature,
+/// a body too large, too slow or over the budget) are anyone's to cause:
+/// at most one log line a second says so, with the count of those left out.
+static UNVERIFIED_REFUSALS: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -90,36 +107,51 @@ pub fn router(state: AppState) -> Router {
 /// The daemon's routes: the webhook, health and metrics, and behind
 /// `admin`'s token the status API (`/api/*`) and the dashboard (`/`).
 pub fn router_with_admin(state: AppState, admin: Admin) -> Router {
+    let metrics_guard = middleware::from_fn_with_state(admin.clone(), require_metrics_token);
     let operator = StatusState { journal: state.journal.clone(), admin };
     Router::new()
-        .route("/webhook", post(webhook).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY)))
+        // The body is read by the handler, under its own limit, once the
+        // signature header is known to be well-formed.
+        .route("/webhook", post(webhook))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics).route_layer(metrics_guard))
         .with_state(state)
         .merge(status::routes(operator.clone()))
         .merge(dashboard::routes(operator))
         .layer(TraceLayer::new_for_http())
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then finishes
-/// the requests in flight.
-///
-/// # Errors
-/// When the listener fails.
+/// Serves `router` on `listener` under `limits` until `shutdown` is
+/// cancelled; see [`connections`] for the limits, timeouts and the drain.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: HttpLimits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+) {
+    connections::serve(listener, router, limits, metrics, shutdown).await;
 }
 
+/// 200 only while the daemon can take deliveries: started, and the journal
+/// able to write (a full disk makes it 503 until writes succeed again).
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting: docker or start-up reconciliation not done\n")
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting: docker or start-up reconciliation not done\n");
+    }
+    if state.journal.write_failure().is_some() {
+        // The OS error is in the log; the probe only needs to know.
+        return (StatusCode::SERVICE_UNAVAILABLE, "the journal cannot write (see the log); deliveries get 503\n");
+    }
+    (StatusCode::OK, "ready\n")
+}
+
+/// `/metrics` behind `BERTH_METRICS_TOKEN` when one is set.
+async fn require_metrics_token(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    match admin.authorize_metrics(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(err) => err.into_response(),
     }
 }
 
@@ -146,11 +178,18 @@ fn check_token(name: &'static str, value: &str, allowed: impl Fn(char) -> bool) 
     Ok(())
 }
 
+/// The metric label of a delivery's `X-GitHub-Event`: one of
+/// [`COUNTED_EVENTS`], else `other`.
+pub fn event_label(headers: &HeaderMap) -> &'static str {
+    let event = headers.get("x-github-event").map_or(&b""[..], |value| value.as_bytes());
+    COUNTED_EVENTS.iter().find(|known| known.as_bytes() == event).copied().unwrap_or("other")
+}
+
 #[instrument(skip_all, fields(delivery, event))]
 async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<DeliveryAnswer>), ApiError> {
     let result = intake(&state, &headers, body).await;
     let outcome = match &result {
@@ -164,40 +203,80 @@ async fn webhook(
             "unauthorized"
         }
         Err(ApiError::BodyTooLarge { .. }) => "too_large",
+        Err(ApiError::BodyBudgetExhausted) => "busy",
+        Err(ApiError::BodyTimeout { .. }) => "timeout",
         Err(ApiError::Journal(_)) => "unavailable",
         Err(_) => "bad_request",
     };
-    let event = headers.get("x-github-event").and_then(|value| value.to_str().ok()).unwrap_or("");
-    let event = if event.len() <= 64 && event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-        event
-    } else {
-        "?"
-    };
     state.metrics.inc(
         "berth_webhook_deliveries_total",
-        "Webhook deliveries by event and outcome",
-        &[("event", event), ("outcome", outcome)],
+        "Webhook deliveries by event (those Berth parses, else other) and outcome",
+        &[("event", event_label(&headers)), ("outcome", outcome)],
     );
-    if let Err(err) = &result {
-        warn!(error = %err, "delivery refused");
+    match &result {
+        Ok(_) => {}
+        Err(
+            err @ (ApiError::Signature(_)
+            | ApiError::BodyTooLarge { .. }
+            | ApiError::BodyBudgetExhausted
+            | ApiError::BodyTimeout { .. }
+            | ApiError::BadBody(_)),
+        ) => {
+            if let Some(suppressed) = UNVERIFIED_REFUSALS.admit() {
+                warn!(
+                    error = %err,
+                    suppressed,
+                    "delivery refused before its signature held (at most one such line a second; `suppressed` counts those not logged since the last)"
+                );
+            }
+        }
+        Err(err) => warn!(error = %err, "delivery refused"),
     }
     result.map(|(status, answer)| (status, Json(answer)))
+}
+
+/// The declared `Content-Length`, when there is a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The body as the chunks it arrived in, at most [`MAX_WEBHOOK_BODY`]
+/// bytes; a failure of the connection's body budget or timeout is returned
+/// as that error.
+async fn read_body(mut body: Body) -> Result<Vec<Bytes>, ApiError> {
+    let mut chunks = Vec::new();
+    let mut total = 0_usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| match err.into_inner().downcast::<ApiError>() {
+            Ok(err) => *err,
+            Err(other) => ApiError::BadBody(format!("the body could not be read: {other}")),
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        total = total.saturating_add(data.len());
+        if total > MAX_WEBHOOK_BODY {
+            return Err(ApiError::BodyTooLarge { limit: MAX_WEBHOOK_BODY });
+        }
+        chunks.push(data);
+    }
+    Ok(chunks)
 }
 
 async fn intake(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, DeliveryAnswer), ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge { limit: MAX_WEBHOOK_BODY }
-        } else {
-            ApiError::BadBody(rejection.body_text())
-        }
-    })?;
-    // Nothing is parsed, not even the headers GitHub sets, before the signature holds.
-    state.secrets.verify(headers.get(SIGNATURE_HEADER).map(|value| value.as_bytes()), &body)?;
+    // Nothing is parsed, not even the headers GitHub sets, before the
+    // signature holds; without a well-formed one the body is not even read.
+    let claimed = ClaimedSignature::parse(headers.get(SIGNATURE_HEADER).map(|value| value.as_bytes()))?;
+    if content_length(headers).is_some_and(|length| length > MAX_WEBHOOK_BODY as u64) {
+        return Err(ApiError::BodyTooLarge { limit: MAX_WEBHOOK_BODY });
+    }
+    let mut chunks = read_body(body).await?;
+    state.secrets.verify_parts(&claimed, &chunks)?;
+    // Signed: now it may be joined in one piece for the parsers.
+    let body = if chunks.len() == 1 { chunks.pop().unwrap_or_default() } else { Bytes::from(chunks.concat()) };
+    drop(chunks);
 
     let event = header(headers, "x-github-event")?;
     check_token("X-GitHub-Event", event, |c| c.is_ascii_lowercase() || c == '_')?;

@@ -36,6 +36,29 @@ pub enum SignatureError {
     Mismatch,
 }
 
+/// A well-formed `X-Hub-Signature-256`: the digest it claims, not yet
+/// checked. Parsed before the body is read, so a request without one is
+/// refused without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimedSignature([u8; 32]);
+
+impl ClaimedSignature {
+    /// The digest of a `sha256=<64 hex digits>` header.
+    ///
+    /// # Errors
+    /// Missing or malformed.
+    pub fn parse(header: Option<&[u8]>) -> Result<Self, SignatureError> {
+        let header = header.ok_or(SignatureError::Missing)?;
+        let digest = header.strip_prefix(b"sha256=").ok_or(SignatureError::Malformed)?;
+        if digest.len() != 64 {
+            return Err(SignatureError::Malformed);
+        }
+        let mut expected = [0_u8; 32];
+        hex::decode_to_slice(digest, &mut expected).map_err(|_| SignatureError::Malformed)?;
+        Ok(Self(expected))
+    }
+}
+
 impl WebhookSecrets {
     /// The current secret and, optionally, the previous one.
     pub fn new(current: Secret, previous: Option<Secret>) -> Self {
@@ -47,20 +70,28 @@ impl WebhookSecrets {
     /// # Errors
     /// Missing, malformed, or matching no secret.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<(), SignatureError> {
-        let header = header.ok_or(SignatureError::Missing)?;
-        let digest = header.strip_prefix(b"sha256=").ok_or(SignatureError::Malformed)?;
-        if digest.len() != 64 {
-            return Err(SignatureError::Malformed);
-        }
-        let mut expected = [0_u8; 32];
-        hex::decode_to_slice(digest, &mut expected).map_err(|_| SignatureError::Malformed)?;
+        self.verify_parts(&ClaimedSignature::parse(header)?, &[body])
+    }
+
+    /// Checks a claimed signature against a body given in the pieces it
+    /// arrived in, with every live secret.
+    ///
+    /// # Errors
+    /// [`SignatureError::Mismatch`] when no secret produces it.
+    pub fn verify_parts(
+        &self,
+        claimed: &ClaimedSignature,
+        parts: &[impl AsRef<[u8]>],
+    ) -> Result<(), SignatureError> {
         // Check every secret, so the time taken does not say which one matched.
         let mut matched = false;
         for secret in &self.secrets {
             let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
                 .expect("HMAC accepts keys of any length");
-            mac.update(body);
-            matched |= mac.verify_slice(&expected).is_ok();
+            for part in parts {
+                mac.update(part.as_ref());
+            }
+            matched |= mac.verify_slice(&claimed.0).is_ok();
         }
         if matched { Ok(()) } else { Err(SignatureError::Mismatch) }
     }

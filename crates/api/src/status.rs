@@ -6,15 +6,20 @@
 //! the task's container through the runner's dispatcher, once the engine is
 //! reachable; a cancel is recorded through the runner, which carries it out.
 //! This module decides nothing about a task itself. [`Admin`], the token
-//! check, also guards the dashboard.
+//! check, also guards the dashboard (its sessions and sign-in limit) and,
+//! when `BERTH_METRICS_TOKEN` is set, `/metrics`. Every `/api/*` answer
+//! says `Cache-Control: no-store` and `X-Content-Type-Options: nosniff`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::io::Read as _;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +28,6 @@ use axum::{Json, Router};
 use core_types::{Secret, TaskId, TaskKind};
 use dispatcher::{ContainerStatus, LogChunk, LogStream, ManagedContainer};
 use futures_util::{Stream, StreamExt};
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -34,8 +38,24 @@ use crate::journal::Journal;
 use crate::runner::Runner;
 use crate::tasks::{CancelCause, TaskRecord, TaskState};
 
-/// The dashboard's session cookie.
+/// The dashboard's session cookie: a random session id, never the token.
 pub const SESSION_COOKIE: &str = "berth_token";
+
+/// How long a dashboard session lasts after sign-in.
+pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// Dashboard sessions kept at once; past it the one closest to expiry goes.
+const MAX_SESSIONS: usize = 256;
+
+/// Failed sign-ins a client address may make within [`SIGN_IN_WINDOW`];
+/// the next attempt, right or wrong, is answered 429.
+pub const SIGN_IN_FAILURES: usize = 5;
+
+/// The window of [`SIGN_IN_FAILURES`].
+pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(60);
+
+/// Client addresses whose failed sign-ins are remembered at most.
+const MAX_SIGN_IN_CLIENTS: usize = 10_000;
 
 /// Tasks `GET /api/tasks` returns when the query names no limit.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -51,7 +71,10 @@ const MAX_LINE: usize = 16 * 1024;
 /// answers, and where links to GitHub point. Cheap to clone.
 #[derive(Clone)]
 pub struct Admin {
-    token: Option<Arc<TokenDigests>>,
+    token: Option<Arc<TokenDigest>>,
+    metrics_token: Option<Arc<TokenDigest>>,
+    sessions: Arc<Sessions>,
+    sign_ins: Arc<SignInLimit>,
     runner: Arc<OnceLock<Arc<Runner>>>,
     links: Arc<Links>,
 }
@@ -60,43 +83,142 @@ impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admin")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<redacted>"))
             .field("runner", &self.runner.get().is_some())
             .field("links", &self.links)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-/// What is kept of the admin token: presented tokens are hashed and the
-/// digests compared in constant time, so neither their content nor their
-/// length leaks through timing, and the token itself is not kept at all.
-struct TokenDigests {
-    bearer: [u8; 32],
-    /// The dashboard's cookie value: derived from the token, so the cookie
-    /// never holds the token itself.
-    session: String,
-    session_digest: [u8; 32],
-}
+/// What is kept of a token: presented tokens are hashed and the digests
+/// compared in constant time, so neither their content nor their length
+/// leaks through timing, and the token itself is not kept at all.
+struct TokenDigest([u8; 32]);
 
-impl TokenDigests {
+impl TokenDigest {
     fn new(token: &Secret) -> Self {
-        let mut mac = Hmac::<Sha256>::new_from_slice(token.expose().as_bytes())
-            .expect("HMAC accepts keys of any length");
-        mac.update(b"berth dashboard session v1");
-        let session = hex::encode(mac.finalize().into_bytes());
-        Self { bearer: digest(token.expose()), session_digest: digest(&session), session }
+        Self(digest(token.expose()))
     }
 
-    fn matches_bearer(&self, presented: &str) -> bool {
-        bool::from(digest(presented).ct_eq(&self.bearer))
-    }
-
-    fn matches_session(&self, presented: &str) -> bool {
-        bool::from(digest(presented).ct_eq(&self.session_digest))
+    fn matches(&self, presented: &str) -> bool {
+        bool::from(digest(presented).ct_eq(&self.0))
     }
 }
 
 fn digest(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
+}
+
+/// The dashboard's sessions, kept in memory only (a restart signs everyone
+/// out): the digest of each random id and when it expires.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    live: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl Sessions {
+    /// A new session valid until `now` + [`SESSION_TTL`]; its id.
+    pub(crate) fn create(&self, now: Instant) -> Result<String, ApiError> {
+        let id = random_id()?;
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.retain(|_, expires| *expires > now);
+        while live.len() >= MAX_SESSIONS {
+            let Some(soonest) = live.iter().min_by_key(|(_, expires)| **expires).map(|(key, _)| *key) else {
+                break;
+            };
+            live.remove(&soonest);
+        }
+        live.insert(digest(&id), now + SESSION_TTL);
+        Ok(id)
+    }
+
+    /// Whether `presented` is a live session at `now`.
+    pub(crate) fn valid(&self, presented: &str, now: Instant) -> bool {
+        let key = digest(presented);
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        match live.get(&key) {
+            Some(expires) if *expires > now => true,
+            Some(_) => {
+                live.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Ends the session `presented`, if it is one.
+    pub(crate) fn revoke(&self, presented: &str) {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&digest(presented));
+    }
+}
+
+/// 32 random bytes from the kernel, in hex.
+fn random_id() -> Result<String, ApiError> {
+    let mut bytes = [0_u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut urandom| urandom.read_exact(&mut bytes)).map_err(
+        |err| {
+            warn!(error = %err, "cannot read /dev/urandom for a session id");
+            ApiError::Unavailable("no session can be made now".to_owned())
+        },
+    )?;
+    Ok(hex::encode(bytes))
+}
+
+/// Failed sign-ins per client address (IPv6 by its /64, which one client
+/// usually has whole), over the last [`SIGN_IN_WINDOW`].
+#[derive(Debug, Default)]
+pub(crate) struct SignInLimit {
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+impl SignInLimit {
+    fn key(client: IpAddr) -> IpAddr {
+        match client {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let segments = v6.segments();
+                IpAddr::from([segments[0], segments[1], segments[2], segments[3], 0, 0, 0, 0])
+            }
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+            IpAddr::V4(_) => client,
+        }
+    }
+
+    /// Whether `client` may try now.
+    ///
+    /// # Errors
+    /// [`ApiError::TooManyAttempts`] after [`SIGN_IN_FAILURES`] failures within the window.
+    pub(crate) fn check(&self, client: IpAddr, now: Instant) -> Result<(), ApiError> {
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(recent) = failures.get(&Self::key(client)) else { return Ok(()) };
+        let window: Vec<&Instant> =
+            recent.iter().filter(|at| now.saturating_duration_since(**at) < SIGN_IN_WINDOW).collect();
+        if window.len() < SIGN_IN_FAILURES {
+            return Ok(());
+        }
+        let oldest = window.first().map_or(now, |at| **at);
+        let wait = SIGN_IN_WINDOW.saturating_sub(now.saturating_duration_since(oldest));
+        Err(ApiError::TooManyAttempts { retry_after: wait.as_secs().max(1) })
+    }
+
+    /// Counts a failed sign-in of `client`.
+    pub(crate) fn failed(&self, client: IpAddr, now: Instant) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() >= MAX_SIGN_IN_CLIENTS {
+            failures.retain(|_, recent| {
+                recent.back().is_some_and(|at| now.saturating_duration_since(*at) < SIGN_IN_WINDOW)
+            });
+            if failures.len() >= MAX_SIGN_IN_CLIENTS {
+                // More addresses failing within a minute than can be kept:
+                // forget them rather than grow without bound.
+                failures.clear();
+            }
+        }
+        let recent = failures.entry(Self::key(client)).or_default();
+        recent.push_back(now);
+        while recent.len() > SIGN_IN_FAILURES {
+            recent.pop_front();
+        }
+    }
 }
 
 /// Which credentials a route takes.
@@ -115,9 +237,32 @@ impl Admin {
     /// dashboard off; `github_api_url` decides where links point.
     pub fn new(token: Option<&Secret>, github_api_url: &str) -> Self {
         Self {
-            token: token.map(|token| Arc::new(TokenDigests::new(token))),
+            token: token.map(|token| Arc::new(TokenDigest::new(token))),
+            metrics_token: None,
+            sessions: Arc::default(),
+            sign_ins: Arc::default(),
             runner: Arc::default(),
             links: Arc::new(Links::new(github_api_url)),
+        }
+    }
+
+    /// Puts `/metrics` behind `token` (a bearer token); `None` leaves it open.
+    #[must_use]
+    pub fn with_metrics_token(mut self, token: Option<&Secret>) -> Self {
+        self.metrics_token = token.map(|token| Arc::new(TokenDigest::new(token)));
+        self
+    }
+
+    /// Whether the request may read `/metrics`.
+    ///
+    /// # Errors
+    /// [`ApiError::Unauthorized`] when a metrics token is set and the
+    /// request does not carry it as a bearer token.
+    pub fn authorize_metrics(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match &self.metrics_token {
+            None => Ok(()),
+            Some(token) if bearer(headers).is_some_and(|presented| token.matches(presented)) => Ok(()),
+            Some(_) => Err(ApiError::Unauthorized),
         }
     }
 
@@ -158,24 +303,41 @@ impl Admin {
         let Some(token) = &self.token else { return Err(ApiError::ApiDisabled) };
         if let Some(presented) = bearer(headers) {
             // A wrong bearer token is refused even with a good cookie beside it.
-            return if token.matches_bearer(presented) { Ok(()) } else { Err(ApiError::Unauthorized) };
+            return if token.matches(presented) { Ok(()) } else { Err(ApiError::Unauthorized) };
         }
+        let now = Instant::now();
         if accepted == Credentials::BearerOrCookie
-            && cookies(headers, SESSION_COOKIE).any(|value| token.matches_session(value))
+            && cookies(headers, SESSION_COOKIE).any(|value| self.sessions.valid(value, now))
         {
             return Ok(());
         }
         Err(ApiError::Unauthorized)
     }
 
-    /// The session cookie's value for a token typed into the dashboard's
-    /// login form, when it is the admin token.
+    /// Signs in with a token typed into the dashboard's login form: a new
+    /// session id (random, valid for [`SESSION_TTL`]) when it is the admin
+    /// token. A client address with [`SIGN_IN_FAILURES`] failures in the
+    /// last [`SIGN_IN_WINDOW`] is refused without the token being looked at.
     ///
     /// # Errors
-    /// As [`Admin::authorize`].
-    pub fn session_for(&self, presented: &str) -> Result<&str, ApiError> {
+    /// As [`Admin::authorize`], and [`ApiError::TooManyAttempts`].
+    pub fn sign_in(&self, presented: &str, client: IpAddr) -> Result<String, ApiError> {
         let Some(token) = &self.token else { return Err(ApiError::ApiDisabled) };
-        if token.matches_bearer(presented) { Ok(&token.session) } else { Err(ApiError::Unauthorized) }
+        let now = Instant::now();
+        self.sign_ins.check(client, now)?;
+        if token.matches(presented) {
+            self.sessions.create(now)
+        } else {
+            self.sign_ins.failed(client, now);
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    /// Ends the sessions whose cookies the request carries.
+    pub fn sign_out(&self, headers: &HeaderMap) {
+        for value in cookies(headers, SESSION_COOKIE) {
+            self.sessions.revoke(value);
+        }
     }
 }
 
@@ -534,7 +696,18 @@ pub fn routes(state: StatusState) -> Router {
         .route("/api/tasks/{id}/logs", get(task_logs))
         .route("/api/tasks/{id}/cancel", post(cancel_task))
         .route_layer(middleware::from_fn_with_state(state.admin.clone(), require_admin))
+        .route_layer(middleware::map_response(api_headers))
         .with_state(state)
+}
+
+/// On every `/api/*` answer, refusals included: never cached (tasks,
+/// summaries and logs are private and change), never sniffed (a log is
+/// text, whatever a worker printed).
+async fn api_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 async fn require_admin(State(admin): State<Admin>, request: Request, next: Next) -> Response {

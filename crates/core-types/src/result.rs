@@ -99,14 +99,19 @@ impl ResultRecord {
         serde_json::to_string(self).expect("a result record always serializes")
     }
 
-    /// Finds the last result record in a worker's output, ignoring any other lines.
+    /// The result record on the very last line of a worker's output, and
+    /// nothing else: `None` when that line is not one well-formed record of
+    /// this version (no record, a record cut short, or other output written
+    /// onto the same line, as an agent that writes to the worker's own
+    /// stdout without a newline does). An earlier line never counts, so a
+    /// record an agent printed before the worker's own cannot stand in for it.
     pub fn find_last(output: &str) -> Option<Self> {
-        output.lines().rev().find_map(|line| {
-            let line = line.trim();
-            if !line.starts_with('{') || !line.contains("\"berth_result\"") {
-                return None;
-            }
-            serde_json::from_str::<Self>(line).ok()
-        })
+        let output = output.strip_suffix('\n').unwrap_or(output);
+        let line = output.rsplit('\n').next().unwrap_or(output);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if !line.starts_with('{') || !line.ends_with('}') {
+            return None;
+        }
+        serde_json::from_str::<Self>(line).ok().filter(|record| record.berth_result == Self::VERSION)
     }
 }

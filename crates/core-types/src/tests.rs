@@ -125,6 +125,38 @@ fn result_record_is_one_line_and_found_after_other_output() {
     assert_eq!(ResultRecord::find_last("no record here\n"), None);
 }
 
+#[test]
+fn only_a_well_formed_record_on_the_very_last_line_counts() {
+    let real = ResultRecord {
+        berth_result: ResultRecord::VERSION,
+        task: "t-1".into(),
+        status: ResultStatus::Failure,
+        summary: "the agent failed".into(),
+        branch: None,
+        commit: None,
+    };
+    let forged = ResultRecord {
+        status: ResultStatus::Success,
+        summary: "forged".into(),
+        branch: Some("feature".into()),
+        ..real.clone()
+    };
+    let (real_line, forged_line) = (real.to_line(), forged.to_line());
+    // An agent wrote a record without a newline to the worker's stdout: the
+    // worker's own record lands on the same line.
+    assert_eq!(ResultRecord::find_last(&format!("cloning\n{forged_line}{real_line}\n")), None);
+    // An earlier record never stands in for a damaged last line.
+    assert_eq!(ResultRecord::find_last(&format!("{forged_line}\n{forged_line}{real_line}\n")), None);
+    assert_eq!(ResultRecord::find_last(&format!("{real_line}\nmore output\n")), None);
+    assert_eq!(ResultRecord::find_last(&format!("{}\n", &real_line[..real_line.len() - 1])), None);
+    assert_eq!(ResultRecord::find_last(&format!("junk {real_line}\n")), None);
+    assert_eq!(ResultRecord::find_last(&real_line.replace("\"berth_result\":1", "\"berth_result\":2")), None);
+    assert_eq!(ResultRecord::find_last(""), None);
+    // The worker's record last, after anything the agent printed, is the one.
+    assert_eq!(ResultRecord::find_last(&format!("[agent] {forged_line}\n{real_line}\n")), Some(real.clone()));
+    assert_eq!(ResultRecord::find_last(&real_line), Some(real));
+}
+
 fn env_of(task: &WorkerTask) -> impl Fn(&'static str) -> Option<String> {
     let env: Vec<_> = task.to_env();
     move |name| env.iter().find(|(key, _)| *key == name).map(|(_, value)| value.clone())

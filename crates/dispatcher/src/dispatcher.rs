@@ -315,6 +315,30 @@ impl<E: ContainerEngine> Dispatcher<E> {
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
+    /// The end of the container's stdout so far, for the result record on
+    /// its last line: only the last `lines` lines are asked of the engine
+    /// (both streams count, as the engine keeps them), and only the last
+    /// `max_bytes` of their stdout are kept while reading, however long a
+    /// line is. Memory stays bounded whatever a worker printed.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn stdout_tail(
+        &self,
+        id: &ContainerId,
+        lines: u64,
+        max_bytes: usize,
+    ) -> Result<String, DispatchError> {
+        let mut logs = self.engine.logs(id, false, Some(lines));
+        let mut tail = TailBuffer::new(max_bytes);
+        while let Some(chunk) = logs.next().await {
+            if let LogChunk::Stdout(bytes) = chunk? {
+                tail.push(&bytes);
+            }
+        }
+        Ok(String::from_utf8_lossy(&tail.into_bytes()).into_owned())
+    }
+
     /// SIGTERM, then SIGKILL after `grace`. Stopping a stopped container
     /// changes nothing.
     ///
@@ -342,6 +366,41 @@ impl<E: ContainerEngine> Dispatcher<E> {
         self.engine.remove(id).await?;
         debug!(container_id = %id, "container removed");
         Ok(())
+    }
+}
+
+/// The last `max` bytes of what was pushed, in at most twice that memory.
+#[derive(Debug)]
+pub(crate) struct TailBuffer {
+    bytes: Vec<u8>,
+    max: usize,
+}
+
+impl TailBuffer {
+    /// An empty buffer keeping `max` bytes.
+    pub(crate) fn new(max: usize) -> Self {
+        Self { bytes: Vec::new(), max }
+    }
+
+    /// Appends `chunk`, dropping the oldest bytes past the limit.
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        let chunk = &chunk[chunk.len().saturating_sub(self.max)..];
+        self.bytes.extend_from_slice(chunk);
+        // Trim once twice the limit is reached, so each byte moves at most once.
+        if self.bytes.len() >= self.max.saturating_mul(2).max(1) {
+            self.trim();
+        }
+    }
+
+    /// The last `max` bytes pushed.
+    pub(crate) fn into_bytes(mut self) -> Vec<u8> {
+        self.trim();
+        self.bytes
+    }
+
+    fn trim(&mut self) {
+        let excess = self.bytes.len().saturating_sub(self.max);
+        self.bytes.drain(..excess);
     }
 }
 

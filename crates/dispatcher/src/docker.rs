@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -91,6 +91,31 @@ impl DockerEngine {
             source: DockerError(source),
         })?;
         Ok((version.version.unwrap_or_default(), version.api_version.unwrap_or_default()))
+    }
+
+    /// The `HOME` an image's configuration sets, if any: a read-only root
+    /// gets a tmpfs there. Asked at every create (one local call), so a
+    /// rebuilt image is read afresh.
+    async fn image_home(&self, image: &str) -> Result<Option<String>, DispatchError> {
+        let inspected = match self.docker.inspect_image(image).await {
+            Ok(inspected) => inspected,
+            Err(err) if status_code(&err) == Some(404) => {
+                return Err(DispatchError::ImageMissing { image: image.to_owned() });
+            }
+            Err(source) => {
+                return Err(DispatchError::EngineCall {
+                    operation: "inspect image of",
+                    container: image.to_owned(),
+                    source: DockerError(source),
+                });
+            }
+        };
+        let env = inspected.config.and_then(|config| config.env).unwrap_or_default();
+        Ok(env
+            .iter()
+            .find_map(|pair| pair.strip_prefix("HOME="))
+            .filter(|home| !home.is_empty())
+            .map(str::to_owned))
     }
 
     /// Whether an image is present locally.
@@ -214,7 +239,25 @@ impl DockerEngine {
     }
 }
 
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+/// The tmpfs mounts of a read-only root: `/tmp` for everyone, and the
+/// image's `HOME` (if it has one outside `/tmp`) owned by the worker's user.
+fn scratch_mounts(profile: &crate::HardenedProfile, home: Option<&str>) -> HashMap<String, String> {
+    let size = profile.scratch_bytes;
+    let mut mounts = HashMap::from([("/tmp".to_owned(), format!("rw,nosuid,nodev,size={size},mode=1777"))]);
+    if let Some(home) = home.filter(|home| home.starts_with('/') && *home != "/" && !home.starts_with("/tmp"))
+    {
+        let (uid, gid) = profile.user.split_once(':').unwrap_or((&profile.user, &profile.user));
+        let owner = if uid.bytes().all(|b| b.is_ascii_digit()) && gid.bytes().all(|b| b.is_ascii_digit()) {
+            format!(",uid={uid},gid={gid},mode=0700")
+        } else {
+            ",mode=1777".to_owned()
+        };
+        mounts.insert(home.to_owned(), format!("rw,nosuid,nodev,size={size}{owner}"));
+    }
+    mounts
+}
+
+fn create_body(spec: &ContainerSpec, home: Option<&str>) -> ContainerCreateBody {
     let profile = &spec.profile;
     let mut security_opt = Vec::new();
     if profile.no_new_privileges {
@@ -231,9 +274,20 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         init: Some(profile.init),
         privileged: Some(false),
         network_mode: Some(spec.network.clone()),
+        readonly_rootfs: Some(profile.read_only_root),
+        tmpfs: profile.read_only_root.then(|| scratch_mounts(profile, home)),
         // Keep the exited container: its exit code, OOM flag and logs are
         // read after it ends (an auto-removed container loses all three).
         auto_remove: Some(false),
+        // Bounded on disk whatever the engine's defaults (a fresh engine has
+        // none), and in a driver whose logs the daemon can read back.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".to_owned()),
+            config: Some(HashMap::from([
+                ("max-size".to_owned(), profile.log_max_bytes.to_string()),
+                ("max-file".to_owned(), profile.log_max_files.to_string()),
+            ])),
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -250,8 +304,9 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 
 impl ContainerEngine for DockerEngine {
     async fn create(&self, spec: &ContainerSpec) -> Result<Option<ContainerId>, DispatchError> {
+        let home = if spec.profile.read_only_root { self.image_home(&spec.image).await? } else { None };
         let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
-        match self.docker.create_container(Some(options), create_body(spec)).await {
+        match self.docker.create_container(Some(options), create_body(spec, home.as_deref())).await {
             Ok(created) => Ok(Some(ContainerId::new(created.id))),
             Err(err) if status_code(&err) == Some(409) => Ok(None),
             Err(err) if status_code(&err) == Some(404) => {

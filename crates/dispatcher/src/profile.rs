@@ -21,11 +21,25 @@ pub struct HardenedProfile {
     pub no_new_privileges: bool,
     /// Whether Docker's init (tini) runs as PID 1 and forwards signals.
     pub init: bool,
+    /// Largest log file of the container, in bytes, before the engine
+    /// rotates it (json-file `max-size`).
+    pub log_max_bytes: i64,
+    /// Log files the engine keeps per container (json-file `max-file`): a
+    /// worker's output on the host's disk is at most this times `log_max_bytes`.
+    pub log_max_files: u32,
+    /// Whether the root filesystem is read-only. The worker then writes only
+    /// to memory-backed tmpfs mounts at `/tmp` and at the image's `HOME`, so
+    /// nothing it writes lands on the host's Docker storage.
+    pub read_only_root: bool,
+    /// Most bytes each of those tmpfs mounts holds; what is written there is
+    /// memory, counted against `memory_bytes`.
+    pub scratch_bytes: i64,
 }
 
 impl HardenedProfile {
     /// 2 GiB memory, no extra swap, 2 CPUs, 512 pids, uid 65532, no
-    /// capabilities, `no-new-privileges`, init.
+    /// capabilities, `no-new-privileges`, init, logs of at most 3 files of
+    /// 10 MiB, and a read-only root with 1 GiB tmpfs at `/tmp` and `HOME`.
     pub fn strict() -> Self {
         let memory_bytes = 2 * 1024 * 1024 * 1024;
         Self {
@@ -37,6 +51,10 @@ impl HardenedProfile {
             cap_add: Vec::new(),
             no_new_privileges: true,
             init: true,
+            log_max_bytes: 10 * 1024 * 1024,
+            log_max_files: 3,
+            read_only_root: true,
+            scratch_bytes: 1024 * 1024 * 1024,
         }
     }
 
@@ -44,6 +62,21 @@ impl HardenedProfile {
     /// privileges itself: CHOWN, FOWNER, SETUID and SETGID added back.
     pub fn with_privilege_drop_caps(mut self) -> Self {
         self.cap_add = ["CHOWN", "FOWNER", "SETUID", "SETGID"].map(str::to_owned).to_vec();
+        self
+    }
+
+    /// Sets how much of its output the engine keeps per worker: `files`
+    /// files of at most `bytes` each.
+    pub fn with_log_limits(mut self, bytes: i64, files: u32) -> Self {
+        self.log_max_bytes = bytes;
+        self.log_max_files = files;
+        self
+    }
+
+    /// Sets the root filesystem's writability and the size of each scratch tmpfs.
+    pub fn with_scratch(mut self, read_only_root: bool, scratch_bytes: i64) -> Self {
+        self.read_only_root = read_only_root;
+        self.scratch_bytes = scratch_bytes;
         self
     }
 

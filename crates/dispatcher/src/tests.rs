@@ -23,7 +23,36 @@ fn strict_profile_is_the_contract_default() {
     assert!(profile.cap_add.is_empty());
     assert!(profile.no_new_privileges && profile.init);
     assert!(!profile.user.starts_with("0") && profile.user != "root");
+    assert_eq!((profile.log_max_bytes, profile.log_max_files), (10 << 20, 3), "logs bounded on disk");
+    assert_eq!(profile.clone().with_log_limits(1 << 20, 2).log_max_files, 2);
     assert_eq!(profile.with_privilege_drop_caps().cap_add, ["CHOWN", "FOWNER", "SETUID", "SETGID"]);
+}
+
+#[test]
+fn the_tail_buffer_keeps_only_the_last_bytes_however_they_come() {
+    use crate::dispatcher::TailBuffer;
+    // Many small chunks: 10 MiB through a 1 KiB tail.
+    let mut tail = TailBuffer::new(1024);
+    let mut all = Vec::new();
+    for n in 0..10_240_u32 {
+        let chunk: Vec<u8> = (0..1024).map(|i| ((n + i) % 251) as u8).collect();
+        tail.push(&chunk);
+        all.extend_from_slice(&chunk[..]);
+        if n % 1000 == 0 {
+            all.drain(..all.len().saturating_sub(4096));
+        }
+    }
+    assert_eq!(tail.into_bytes(), all[all.len() - 1024..]);
+    // One line far longer than the limit.
+    let mut tail = TailBuffer::new(16);
+    tail.push(b"head ");
+    tail.push(&[b'x'; 1 << 20]);
+    tail.push(b"{\"end\":1}\n");
+    assert_eq!(tail.into_bytes(), b"xxxxxx{\"end\":1}\n");
+    // Less than the limit is kept whole.
+    let mut tail = TailBuffer::new(64);
+    tail.push(b"short\n");
+    assert_eq!(tail.into_bytes(), b"short\n");
 }
 
 #[test]

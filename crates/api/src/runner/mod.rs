@@ -38,6 +38,16 @@ const TICK: Duration = Duration::from_secs(1);
 /// How long after the worker's own deadline and grace Berth stops it itself.
 const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
 
+/// Log lines of a worker's output read back for its result record. The
+/// engine stores a line longer than 16 KiB in pieces that count one each; a
+/// record is at most about 360 KB (60,000 summary characters, each at worst
+/// six bytes escaped), so 256 cover it with room to spare.
+const RESULT_TAIL_LINES: u64 = 256;
+
+/// Bytes of a worker's stdout kept while reading it back: more than the
+/// largest record, and all the daemon ever holds of a worker's output.
+const RESULT_TAIL_BYTES: usize = 512 * 1024;
+
 /// What the runner needs beyond its parts.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -157,6 +167,16 @@ pub fn conclude(ending: &Ending, kind: TaskKind, timeout: Duration, memory_bytes
                     "failure",
                     "Out of memory",
                     format!("The worker ran out of memory (limit {}) and was killed by the kernel.", human_bytes(memory_bytes)),
+                ),
+                // The worker's own codes always come with its record as the
+                // last line; without one, nothing of the result can be trusted.
+                None if result.is_none() && (0..=4).contains(&exit.code) => report(
+                    "failure",
+                    "Result record missing or damaged",
+                    format!(
+                        "The worker exited with code {}, but its result record was missing or damaged: the last line of its output is not a well-formed record (an agent may have written into the worker's own output). Berth does not act on this result.",
+                        exit.code
+                    ),
                 ),
                 None => match exit.code {
                     0 => {
@@ -677,16 +697,32 @@ impl Runner {
     ) -> Ending {
         match exit {
             Ok(exit) => {
-                let result = match self.dispatcher.stdout_text(container).await {
-                    Ok(stdout) => ResultRecord::find_last(&stdout),
-                    Err(err) => {
-                        warn!(error = %err, "could not read the worker's output");
-                        None
-                    }
-                };
+                let result = self.result_record(container).await;
                 Ending::Exited { exit, result, stopped }
             }
             Err(err) => Ending::Failed(format!("lost track of the worker: {err:#}")),
+        }
+    }
+
+    /// The record on the last line of the worker's stdout, read from a
+    /// bounded tail of its output (a worker may have printed gigabytes),
+    /// riding out a short engine outage.
+    async fn result_record(&self, container: &ContainerId) -> Option<ResultRecord> {
+        let mut delay = Duration::from_millis(250);
+        let since = std::time::Instant::now();
+        loop {
+            match self.dispatcher.stdout_tail(container, RESULT_TAIL_LINES, RESULT_TAIL_BYTES).await {
+                Ok(stdout) => return ResultRecord::find_last(&stdout),
+                Err(err) if err.is_transient() && since.elapsed() < ENGINE_AWAY_WARNING => {
+                    warn!(error = %err, retry_in = ?delay, "cannot read the worker's output: the engine is away");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => {
+                    error!(error = %err, "could not read the worker's output; its result record counts as missing");
+                    return None;
+                }
+            }
         }
     }
 

@@ -272,6 +272,26 @@ impl Runner {
         }
     }
 
+    /// The backfill at start, every `every`, and as soon as the journal can
+    /// write again after it could not (a full disk): the deliveries refused
+    /// with 503 meanwhile are not retried by GitHub, only redelivered when asked.
+    pub async fn backfill_every(&self, every: Duration, shutdown: CancellationToken) {
+        loop {
+            match self.backfill().await {
+                Ok(0) => tracing::debug!("no missed deliveries"),
+                Ok(asked) => info!(asked, "asked GitHub to redeliver missed deliveries"),
+                Err(err) => warn!(error = %format!("{err:#}"), "could not check for missed deliveries"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+                () = self.journal.recovered() => {
+                    info!("the journal can write again; looking for deliveries refused meanwhile");
+                }
+            }
+        }
+    }
+
     /// Asks GitHub to redeliver the App's failed deliveries of the last
     /// three days that the journal never saw, once each.
     ///

@@ -17,7 +17,7 @@ fn serve_args(extra: &[&str]) -> ServeArgs {
     let mut args = vec![
         "berth".to_owned(),
         "serve".to_owned(),
-        "--webhook-secret=s3cret-value".to_owned(),
+        "--webhook-secret=s3cret-value-of-16-plus".to_owned(),
         "--github-app-id=1".to_owned(),
         format!("--github-private-key-file={}", key.display()),
     ];
@@ -41,7 +41,7 @@ fn defaults_validate_to_the_contract_values() {
     assert_eq!(config.worker_network, "bridge");
     assert_eq!(config.github_api_url, "https://api.github.com");
     assert!(config.admin_token.is_none());
-    assert!(!format!("{config:?}").contains("s3cret-value"), "secrets are redacted in Debug");
+    assert!(!format!("{config:?}").contains("s3cret-value-of-16-plus"), "secrets are redacted in Debug");
 }
 
 #[test]

@@ -361,6 +361,52 @@ async fn the_implement_label_queues_and_other_labels_do_not() {
     assert_eq!(task.kind, core_types::TaskKind::Implement);
 }
 
+#[tokio::test]
+async fn a_signed_comment_replayed_under_a_new_delivery_id_makes_no_second_task() {
+    let harness = harness(Policy::default());
+    let state = &harness.state;
+    let review = comment_on_pull("/berth review", "MEMBER");
+    let (_, first) = answer_of(state, "issue_comment", "replay-1", &review).await;
+    assert_eq!(first["outcome"], "queued", "{first}");
+    // The task ends, so the active-task key no longer stands in the way.
+    let task: core_types::TaskId = first["task"].as_str().unwrap().parse().unwrap();
+    let finished = Box::new(|task: &mut crate::tasks::TaskRecord| task.state = crate::tasks::TaskState::Finished);
+    state.journal.update_task(&task, finished).await.unwrap().unwrap();
+    // The same signed body, captured and sent again under a new delivery id.
+    let (status, replay) = answer_of(state, "issue_comment", "replay-2", &review).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(replay["outcome"], "duplicate", "{replay}");
+    assert_eq!(replay["task"], first["task"]);
+    let comment = review["comment"]["id"].as_u64().unwrap();
+    let reason = replay["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("comment {comment} already made task {task}")), "{reason}");
+    assert_eq!(state.journal.tasks().unwrap().len(), 1, "no second task");
+    // Another comment with the same words is another request.
+    let mut again = review.clone();
+    again["comment"]["id"] = json!(comment + 1);
+    let (_, answer) = answer_of(state, "issue_comment", "replay-3", &again).await;
+    assert_eq!(answer["outcome"], "queued", "{answer}");
+}
+
+#[tokio::test]
+async fn a_label_trigger_is_deduped_by_delivery_and_by_the_active_task_as_before() {
+    let harness = harness(Policy::default());
+    let state = &harness.state;
+    let mut labeled = fixture("issues/labeled.json");
+    labeled["label"]["name"] = json!("berth:implement");
+    let (_, first) = answer_of(state, "issues", "label-1", &labeled).await;
+    assert_eq!(first["outcome"], "queued", "{first}");
+    let (_, same) = answer_of(state, "issues", "label-1", &labeled).await;
+    assert!(same["reason"].as_str().unwrap().contains("already received"), "{same}");
+    let (_, active) = answer_of(state, "issues", "label-2", &labeled).await;
+    assert!(active["reason"].as_str().unwrap().contains("already queued or running"), "{active}");
+    let task: core_types::TaskId = first["task"].as_str().unwrap().parse().unwrap();
+    let finished = Box::new(|task: &mut crate::tasks::TaskRecord| task.state = crate::tasks::TaskState::Finished);
+    state.journal.update_task(&task, finished).await.unwrap().unwrap();
+    let (_, after) = answer_of(state, "issues", "label-3", &labeled).await;
+    assert_eq!(after["outcome"], "queued", "a label added again later is a new request: {after}");
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
 

@@ -4,7 +4,13 @@ use crate::journal::{Accepted, Journal};
 use crate::tasks::{CancelCause, CancelRequest, TaskState};
 use crate::triggers::{Decision, TaskRequest};
 
+/// A review of `number` asked for in a comment of its own.
 fn review(number: u64) -> Decision {
+    static COMMENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
+    review_by_comment(number, Some(COMMENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+}
+
+fn review_by_comment(number: u64, comment_id: Option<u64>) -> Decision {
     Decision::Queue(TaskRequest {
         kind: TaskKind::Review,
         repo: "octo/repo".into(),
@@ -18,7 +24,7 @@ fn review(number: u64) -> Decision {
         base_ref: None,
         sender: "octocat".into(),
         installation: Some(7),
-        comment_id: Some(9),
+        comment_id,
     })
 }
 
@@ -42,6 +48,7 @@ async fn a_delivery_is_a_duplicate_also_after_reopening() {
     // Let the first journal's writer thread notice it is gone and release the file.
     let journal = reopen(dir.path()).await;
     let again = journal.accept("d-1", "issue_comment", review(1)).await.unwrap();
+    assert!(journal.write_failure().is_none());
     assert!(matches!(again, Accepted::Duplicate { task: Some(ref t), .. } if *t == task), "{again:?}");
     let record = journal.task(&task).unwrap().unwrap();
     assert_eq!(record.state, TaskState::Queued);
@@ -141,4 +148,113 @@ fn a_corrupt_journal_stops_start_up_with_a_clear_error() {
     let err = Journal::open(dir.path()).unwrap_err();
     let message = err.to_string();
     assert!(message.contains("journal.redb") && message.contains("cannot be opened"), "{message}");
+    assert!(message.contains("damaged") && message.contains("move it aside"), "{message}");
+}
+
+#[test]
+fn only_a_missing_journal_is_a_fresh_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let journal = Journal::open(&state).unwrap();
+    assert!(journal.tasks().unwrap().is_empty());
+    assert!(state.join("journal.redb").metadata().unwrap().len() > 0);
+    let names: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["journal.redb"], "nothing half-made is left beside it");
+}
+
+#[test]
+fn a_leftover_half_made_journal_beside_a_missing_one_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("journal.redb.new"), b"").unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    assert!(journal.tasks().unwrap().is_empty());
+    assert!(!dir.path().join("journal.redb.new").exists());
+}
+
+#[test]
+fn an_empty_journal_stops_start_up_and_is_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.redb");
+    std::fs::write(&path, b"").unwrap();
+    let message = Journal::open(dir.path()).unwrap_err().to_string();
+    assert!(message.contains("journal.redb") && message.contains("is empty (0 bytes)"), "{message}");
+    assert!(message.contains("move it aside"), "{message}");
+    assert_eq!(path.metadata().unwrap().len(), 0, "not made into a new journal");
+}
+
+#[tokio::test]
+async fn a_cut_short_journal_stops_start_up_as_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.redb");
+    {
+        let journal = Journal::open(dir.path()).unwrap();
+        for n in 0..50 {
+            journal.accept(&format!("d-{n}"), "issue_comment", review(n)).await.unwrap();
+        }
+    }
+    // Wait for the writer thread to let go of the file.
+    drop(reopen(dir.path()).await);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [16, 300] {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let message = Journal::open(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("damaged") && message.contains("move it aside"), "cut at {cut}: {message}");
+    }
+}
+
+#[test]
+fn a_journal_held_by_another_daemon_is_in_use_not_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Journal::open(dir.path()).unwrap();
+    let message = Journal::open(dir.path()).unwrap_err().to_string();
+    assert!(message.contains("another process holds it"), "{message}");
+    for wrong in ["damaged", "corrupt", "move it aside"] {
+        assert!(!message.contains(wrong), "{wrong:?} in {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_comment_that_made_a_task_makes_no_second_one_under_a_new_delivery_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let first = queued_task(&journal.accept("d-1", "issue_comment", review_by_comment(5, Some(77))).await.unwrap());
+    // The task ended, so the active-task key no longer stands in the way.
+    journal.update_task(&first, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
+    let replayed = journal.accept("d-2", "issue_comment", review_by_comment(5, Some(77))).await.unwrap();
+    match &replayed {
+        Accepted::Duplicate { task: Some(task), reason } => {
+            assert_eq!(*task, first);
+            assert!(reason.contains("comment 77 already made task"), "{reason}");
+        }
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    // Also after a restart.
+    drop(journal);
+    let journal = reopen(dir.path()).await;
+    let replayed = journal.accept("d-3", "issue_comment", review_by_comment(5, Some(77))).await.unwrap();
+    assert!(matches!(replayed, Accepted::Duplicate { task: Some(ref t), .. } if *t == first), "{replayed:?}");
+    // Another comment is another request.
+    let other = journal.accept("d-4", "issue_comment", review_by_comment(5, Some(78))).await.unwrap();
+    assert!(matches!(other, Accepted::Queued { .. }), "{other:?}");
+    // Past the retention, the comment is forgotten with the deliveries.
+    let second = queued_task(&other);
+    journal.update_task(&second, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
+    journal.prune(u64::MAX).await.unwrap();
+    let later = journal.accept("d-5", "issue_comment", review_by_comment(5, Some(77))).await.unwrap();
+    assert!(matches!(later, Accepted::Queued { .. }), "{later:?}");
+}
+
+#[tokio::test]
+async fn triggers_without_a_comment_are_deduped_by_delivery_and_active_task_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let first = queued_task(&journal.accept("l-1", "issues", review_by_comment(6, None)).await.unwrap());
+    let again = journal.accept("l-1", "issues", review_by_comment(6, None)).await.unwrap();
+    assert!(matches!(again, Accepted::Duplicate { task: Some(ref t), ref reason } if *t == first && reason.contains("already received")), "{again:?}");
+    let active = journal.accept("l-2", "issues", review_by_comment(6, None)).await.unwrap();
+    assert!(matches!(active, Accepted::Duplicate { ref reason, .. } if reason.contains("already queued or running")), "{active:?}");
+    journal.update_task(&first, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
+    let after = journal.accept("l-3", "issues", review_by_comment(6, None)).await.unwrap();
+    assert!(matches!(after, Accepted::Queued { .. }), "{after:?}");
 }

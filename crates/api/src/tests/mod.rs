@@ -2,8 +2,10 @@
 //! `oneshot`, no socket; the journal is a real redb file in a temp dir.
 
 mod config;
+mod hardening;
 mod intake;
 mod journal;
+mod runner;
 mod signature;
 mod status;
 mod triggers;

@@ -29,24 +29,27 @@ const TOKEN: &str = "status-test-admin-token-0123456789";
 struct Harness {
     _dir: tempfile::TempDir,
     state: AppState,
+    /// One admin side for every request, as in the daemon: sessions live in it.
+    admin: Admin,
 }
 
 impl Harness {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = AppState {
-            secrets: WebhookSecrets::new(Secret::new("webhook secret"), None),
+            secrets: WebhookSecrets::new(Secret::new("status-test-webhook-secret"), None),
             policy: Arc::new(Policy::default()),
             journal: Journal::open(dir.path()).unwrap(),
             ready: Arc::new(AtomicBool::new(true)),
             metrics: Arc::new(Metrics::default()),
             wake: Arc::new(Notify::new()),
         };
-        Self { _dir: dir, state }
+        let admin = Admin::new(Some(&Secret::new(TOKEN)), "https://api.github.com");
+        Self { _dir: dir, state, admin }
     }
 
     fn router(&self) -> Router {
-        router_with_admin(self.state.clone(), Admin::new(Some(&Secret::new(TOKEN)), "https://api.github.com"))
+        router_with_admin(self.state.clone(), self.admin.clone())
     }
 
     async fn task(&self, delivery: &str, kind: TaskKind, repo: &str, number: u64) -> TaskId {
@@ -343,7 +346,7 @@ async fn login(harness: &Harness) -> String {
     assert_eq!(answer.headers[header::LOCATION], "/");
     let set_cookie = answer.headers[header::SET_COOKIE].to_str().unwrap().to_owned();
     assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
-    assert!(!set_cookie.contains(TOKEN), "the cookie holds a derived value, not the token");
+    assert!(!set_cookie.contains(TOKEN), "the cookie holds a session id, not the token");
     set_cookie.split(';').next().unwrap().to_owned()
 }
 
@@ -364,7 +367,7 @@ async fn the_dashboard_asks_for_the_token_and_lets_the_right_one_in() {
     assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
     let raw_token =
         send(harness.router(), "GET", "/", &[("cookie", &format!("berth_token={TOKEN}"))], "").await;
-    assert_eq!(raw_token.status, StatusCode::UNAUTHORIZED, "the cookie must be the session value");
+    assert_eq!(raw_token.status, StatusCode::UNAUTHORIZED, "the cookie must be a session id");
 
     let cookie = login(&harness).await;
     let page = send(harness.router(), "GET", "/", &[("cookie", &format!("theme=dark; {cookie}"))], "").await;
