@@ -183,7 +183,13 @@ async fn doctor_runs_the_worker_image_to_find_the_agent_and_checks_the_secrets_f
     let key = rsa_key(dir.path());
     let secrets = dir.path().join("agent.secrets");
     std::fs::write(&secrets, format!("STUB_API_KEY={KEY_ONE}\n")).unwrap();
-    let doctor = move |agent: &str, mode: u32| {
+    // Stand-ins for the metadata address, on this host (never the real one):
+    // a port that answers, and one that does not.
+    let gateway = tests::git_server::bridge_gateway().await;
+    let open = std::net::TcpListener::bind((gateway, 0)).unwrap();
+    let open_addr = open.local_addr().unwrap().to_string();
+    let closed_addr = std::net::TcpListener::bind((gateway, 0)).unwrap().local_addr().unwrap().to_string();
+    let doctor = move |agent: &str, mode: u32, egress: &str| {
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(mode)).unwrap();
         let output = std::process::Command::new(workspace_binaries().join("berth"))
             .arg("doctor")
@@ -196,14 +202,15 @@ async fn doctor_runs_the_worker_image_to_find_the_agent_and_checks_the_secrets_f
             .env("BERTH_AGENT_COMMAND", agent)
             .env("BERTH_STATE_DIR", dir.path().join("state"))
             .env("BERTH_BIND", "127.0.0.1:0")
+            .env("BERTH_DOCTOR_EGRESS_PROBE", egress)
             .output()
             .unwrap();
         (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
     };
     let (found, missing) = tokio::task::spawn_blocking(move || {
         (
-            doctor("/usr/local/bin/berth-stub prompt-steps {prompt_file}", 0o600),
-            doctor("claude -p {prompt}", 0o644),
+            doctor("/usr/local/bin/berth-stub prompt-steps {prompt_file}", 0o600, &closed_addr),
+            doctor("claude -p {prompt}", 0o644, &open_addr),
         )
     })
     .await
@@ -216,6 +223,8 @@ async fn doctor_runs_the_worker_image_to_find_the_agent_and_checks_the_secrets_f
         "{stdout}"
     );
     assert!(stdout.contains("ok    agent secrets") && stdout.contains("mode 600"), "{stdout}");
+    assert!(stdout.contains("ok    worker disk") && stdout.contains("read-only root"), "{stdout}");
+    assert!(stdout.contains("ok    worker egress") && stdout.contains("is not reachable"), "{stdout}");
     let (code, stdout) = missing;
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
@@ -223,6 +232,8 @@ async fn doctor_runs_the_worker_image_to_find_the_agent_and_checks_the_secrets_f
         "{stdout}"
     );
     assert!(stdout.contains("FAIL  agent secrets") && stdout.contains("readable by every user"), "{stdout}");
+    assert!(stdout.contains("FAIL  worker egress") && stdout.contains("DOCKER-USER"), "{stdout}");
+    drop(open);
     assert!(!stdout.contains(KEY_ONE), "{stdout}");
     // The throwaway container is gone.
     let docker = bollard::Docker::connect_with_unix_defaults().unwrap();

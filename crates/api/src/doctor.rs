@@ -66,10 +66,14 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
                 ),
                 Err(err) => bad("worker image", err.to_string()),
             });
-            checks.push(match &validated {
-                Ok(config) => agent_program(&engine, config).await,
-                Err(_) => bad("agent program", "cannot check while a setting is invalid"),
-            });
+            match &validated {
+                Ok(config) => {
+                    checks.push(agent_program(&engine, config).await);
+                    checks.push(worker_disk(&engine, config).await);
+                    checks.push(metadata_egress(&engine, config, &args.doctor_egress_probe).await);
+                }
+                Err(_) => checks.push(bad("agent program", "cannot check while a setting is invalid")),
+            }
         }
         Err(err) => {
             let hint = if format!("{err:?}").contains("ermission") {
@@ -177,9 +181,13 @@ fn secrets_file(path: &std::path::Path) -> Check {
 }
 
 /// Runs the worker image once, in a throwaway container with the workers'
-/// hardened profile and no network, to ask `berth-worker check-agent`
-/// whether the agent command's program is in it.
-async fn agent_program(engine: &DockerEngine, config: &ServeConfig) -> Check {
+/// hardened profile, its entrypoint given `args`: its exit code and output.
+async fn run_probe(
+    engine: &DockerEngine,
+    config: &ServeConfig,
+    args: &[&str],
+    network: &str,
+) -> Result<(i64, String), String> {
     let name = format!(
         "berth-doctor-{}-{}",
         std::process::id(),
@@ -192,38 +200,43 @@ async fn agent_program(engine: &DockerEngine, config: &ServeConfig) -> Check {
         labels: BTreeMap::from([("berth.doctor".to_owned(), "true".to_owned())]),
         env: vec![format!("BERTH_AGENT_COMMAND={}", config.agent_command)],
         entrypoint: Some(vec![config.worker_entrypoint.clone()]),
-        cmd: Some(vec!["check-agent".to_owned()]),
-        network: "none".to_owned(),
+        cmd: Some(args.iter().map(|arg| (*arg).to_owned()).collect()),
+        network: network.to_owned(),
         profile: crate::daemon::worker_profile(config),
     };
     let id = match engine.create(&spec).await {
         Ok(Some(id)) => id,
-        Ok(None) => return bad("agent program", format!("a container named {} already exists", spec.name)),
-        Err(err) => return bad("agent program", format!("cannot run the worker image: {err}")),
+        Ok(None) => return Err(format!("a container named {} already exists", spec.name)),
+        Err(err) => return Err(format!("cannot run the worker image: {err}")),
     };
     let outcome = async {
-        engine.start(&id).await?;
+        engine.start(&id).await.map_err(|err| format!("cannot run the worker image: {err}"))?;
         let code = tokio::time::timeout(Duration::from_secs(60), engine.wait(&id, WaitCondition::NotRunning))
             .await
-            .map_err(|_| "the check did not end within 60 s".to_owned())
-            .and_then(|code| code.map_err(|err| err.to_string()));
+            .map_err(|_| "the check did not end within 60 s".to_owned())?
+            .map_err(|err| err.to_string())?;
         let mut text = String::new();
         let mut logs = engine.logs(&id, false, Some(20));
         while let Some(Ok(chunk)) = logs.next().await {
             text.push_str(&String::from_utf8_lossy(chunk.bytes()));
         }
-        Ok::<_, dispatcher::DispatchError>((code, text.trim().to_owned()))
+        Ok((code, text.trim().to_owned()))
     }
     .await;
     let _ = engine.remove(&id).await;
-    match outcome {
-        Err(err) => bad("agent program", format!("cannot run the worker image: {err}")),
-        Ok((Err(problem), _)) => bad("agent program", problem),
-        Ok((Ok(0), text)) => ok("agent program", text.trim_start_matches("ok: ").to_owned()),
-        Ok((Ok(code), text)) if text.starts_with("missing: ") => {
+    outcome
+}
+
+/// Asks `berth-worker check-agent`, with no network, whether the agent
+/// command's program is in the worker image.
+async fn agent_program(engine: &DockerEngine, config: &ServeConfig) -> Check {
+    match run_probe(engine, config, &["check-agent"], "none").await {
+        Err(problem) => bad("agent program", problem),
+        Ok((0, text)) => ok("agent program", text.trim_start_matches("ok: ").to_owned()),
+        Ok((code, text)) if text.starts_with("missing: ") => {
             bad("agent program", format!("{} (exit {code})", text.trim_start_matches("missing: ")))
         }
-        Ok((Ok(code), text)) => bad(
+        Ok((code, text)) => bad(
             "agent program",
             format!(
                 "the worker entrypoint {} could not check it (exit {code}: {text}); is {} built from Berth's image?",
@@ -231,6 +244,53 @@ async fn agent_program(engine: &DockerEngine, config: &ServeConfig) -> Check {
             ),
         ),
     }
+}
+
+/// Whether a worker on the workers' network reaches the cloud metadata
+/// address (or the one the operator names): it should not.
+async fn metadata_egress(engine: &DockerEngine, config: &ServeConfig, target: &str) -> Check {
+    match run_probe(engine, config, &["probe-egress", target], &config.worker_network).await {
+        Err(problem) => bad("worker egress", problem),
+        Ok((_, text)) if text == "reachable" => bad(
+            "worker egress",
+            format!(
+                "a worker on network {} reaches {target}; block it (README: Security, egress) with a DOCKER-USER rule",
+                config.worker_network
+            ),
+        ),
+        Ok((_, text)) if text.starts_with("unreachable") => ok(
+            "worker egress",
+            format!("{target} is not reachable from network {} ({text})", config.worker_network),
+        ),
+        Ok((code, text)) => bad("worker egress", format!("the check gave no answer (exit {code}: {text})")),
+    }
+}
+
+/// Where a worker's writes go, and whether they are bounded.
+async fn worker_disk(engine: &DockerEngine, config: &ServeConfig) -> Check {
+    let logs = format!(
+        "its logs at most {} files of {} MiB",
+        config.worker_log_max_files,
+        config.worker_log_max_bytes >> 20
+    );
+    if !config.worker_writable_root {
+        return ok(
+            "worker disk",
+            format!(
+                "read-only root; a worker writes only to tmpfs at /tmp and HOME ({} MiB each, in its memory) and {logs}",
+                config.worker_scratch_bytes >> 20
+            ),
+        );
+    }
+    let driver = engine.storage_driver().await.unwrap_or_else(|_| "unknown".to_owned());
+    bad(
+        "worker disk",
+        format!(
+            "BERTH_WORKER_WRITABLE_ROOT is on and the storage driver {driver} cannot cap a container's disk here \
+             (only overlay2 on xfs with pquota, btrfs or zfs can): what a worker writes lands on the host's \
+             Docker storage unbounded; turn it off"
+        ),
+    )
 }
 
 /// `berth doctor`: prints every check; fails when any failed.

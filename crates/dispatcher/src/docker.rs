@@ -93,6 +93,18 @@ impl DockerEngine {
         Ok((version.version.unwrap_or_default(), version.api_version.unwrap_or_default()))
     }
 
+    /// The engine's storage driver (`overlay2`, `fuse-overlayfs`, ...).
+    ///
+    /// # Errors
+    /// [`DispatchError::EngineUnreachable`] when the engine does not answer.
+    pub async fn storage_driver(&self) -> Result<String, DispatchError> {
+        let info = self.docker.info().await.map_err(|source| DispatchError::EngineUnreachable {
+            endpoint: self.endpoint.clone(),
+            source: DockerError(source),
+        })?;
+        Ok(info.driver.unwrap_or_default())
+    }
+
     /// The `HOME` an image's configuration sets, if any: a read-only root
     /// gets a tmpfs there. Asked at every create (one local call), so a
     /// rebuilt image is read afresh.

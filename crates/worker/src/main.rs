@@ -11,8 +11,10 @@ use worker::OrphanSweep;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("check-agent") {
-        return check_agent();
+    match std::env::args().nth(1).as_deref() {
+        Some("check-agent") => return check_agent(),
+        Some("probe-egress") => return probe_egress(std::env::args().nth(2).unwrap_or_default()),
+        _ => {}
     }
     let cancel = CancellationToken::new();
     let signals = shutdown_signal(cancel.clone());
@@ -45,6 +47,26 @@ fn check_agent() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `berth-worker probe-egress HOST:PORT`: whether a TCP connection from this
+/// container reaches that address within 3 seconds (`berth doctor` asks it
+/// of the cloud metadata address); prints `reachable` or `unreachable: why`.
+#[expect(clippy::print_stdout, reason = "the one line is this mode's output")]
+fn probe_egress(target: String) -> ExitCode {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addr = match target.to_socket_addrs().map(|mut addrs| addrs.next()) {
+        Ok(Some(addr)) => addr,
+        _ => {
+            println!("unreachable: {target:?} is not an address");
+            return ExitCode::from(2);
+        }
+    };
+    match TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)) {
+        Ok(_) => println!("reachable"),
+        Err(err) => println!("unreachable: {err}"),
+    }
+    ExitCode::SUCCESS
 }
 
 /// Cancels on SIGTERM (the daemon's stop, forwarded by init) or SIGINT.
