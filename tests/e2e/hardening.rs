@@ -106,3 +106,32 @@ async fn a_worker_writes_only_to_capped_scratch_and_nothing_to_the_hosts_docker_
         );
     }
 }
+
+/// Item 11: `berth logs` never lets a worker drive the operator's terminal.
+#[tokio::test]
+async fn berth_logs_removes_terminal_control_unless_raw() {
+    use tests::{Cleanup, dispatcher, task_labels, unique_task_id, workspace_binaries};
+    let dispatcher = dispatcher().await;
+    let id = unique_task_id("escapes");
+    let _cleanup = Cleanup::tasks(&[&id]);
+    let hostile = "\u{1b}]0;pwned-title\u{7}\u{1b}]52;c;cGFzdGU=\u{7}red\u{1b}[31m text\u{1b}[2J\rover";
+    let args = vec!["print".to_owned(), hostile.to_owned()];
+    let launched = dispatcher.launch(&task_labels(&id), &[], Some(args)).await.unwrap();
+    dispatcher.wait(&launched.id).await.unwrap();
+    let run = |raw: bool| {
+        let task = id.to_string();
+        move || {
+            let mut command = std::process::Command::new(workspace_binaries().join("berth"));
+            command.args(["logs", &task]);
+            if raw {
+                command.arg("--raw");
+            }
+            command.output().unwrap().stdout
+        }
+    };
+    let clean = tokio::task::spawn_blocking(run(false)).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&clean), "red textover\n");
+    let raw = tokio::task::spawn_blocking(run(true)).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&raw), format!("{hostile}\n"), "--raw keeps every byte");
+    dispatcher.remove(&launched.id).await.unwrap();
+}

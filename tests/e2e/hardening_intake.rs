@@ -292,31 +292,23 @@ async fn slow_headers_slow_bodies_and_idle_keep_alives_are_dropped_at_their_time
     let daemon = Daemon::start(&env.settings(&[
         ("BERTH_HEADER_READ_TIMEOUT", "2s"),
         ("BERTH_BODY_READ_TIMEOUT", "2s"),
-        ("BERTH_IDLE_TIMEOUT", "2s"),
+        ("BERTH_IDLE_TIMEOUT", "6s"),
     ]))
     .await;
     let addr = daemon.addr;
 
     // Slowloris: a header line every 500 ms, never the end of the head.
     let mut slow_head = TcpStream::connect(addr).await.unwrap();
-    slow_head.write_all(b"POST /webhook HTTP/1.1\r\nHost: berth\r\n").await.unwrap();
-    let dribble = Instant::now();
-    let mut closed_head = None;
-    for n in 0..40 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if slow_head.write_all(format!("X-Slow-{n}: x\r\n").as_bytes()).await.is_err() {
-            closed_head = Some(dribble.elapsed());
-            break;
-        }
-        let mut probe = [0_u8; 256];
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_millis(1), slow_head.read(&mut probe)).await
-        {
-            closed_head = Some(dribble.elapsed());
-            break;
-        }
-    }
-    let closed_head = closed_head.expect("a head dribbled for 20 s is dropped");
+    let closed_head = dribble_head(&mut slow_head).await;
+
+    // The same on a kept-alive connection, after one answered request: the
+    // head's own timeout holds, not the longer idle one.
+    let mut kept_then_slow = TcpStream::connect(addr).await.unwrap();
+    kept_then_slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut first = [0_u8; 512];
+    let read = kept_then_slow.read(&mut first).await.unwrap();
+    assert!(first[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..read]));
+    let closed_kept_head = dribble_head(&mut kept_then_slow).await;
 
     // A slow body: the head at once, then one byte every 500 ms.
     let mut slow_body = TcpStream::connect(addr).await.unwrap();
@@ -350,12 +342,31 @@ async fn slow_headers_slow_bodies_and_idle_keep_alives_are_dropped_at_their_time
     let closed_silent = closed_silent.expect("a silent connection is closed");
 
     eprintln!(
-        "dropped: slow head after {closed_head:?}, slow body after {closed_body:?}, idle keep-alive after {closed_idle:?}, silent after {closed_silent:?} (timeouts 2 s)"
+        "dropped: slow head after {closed_head:?}, slow head on a kept-alive connection after {closed_kept_head:?}, slow body after {closed_body:?}, silent after {closed_silent:?} (header and body timeouts 2 s); idle keep-alive after {closed_idle:?} (idle timeout 6 s)"
     );
-    for took in [closed_head, closed_body, closed_idle, closed_silent] {
+    for took in [closed_head, closed_kept_head, closed_body, closed_silent] {
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
+    assert!(closed_idle > Duration::from_millis(5500) && closed_idle < Duration::from_secs(10), "{closed_idle:?}");
     daemon.kill().await;
+}
+
+/// Sends a request head a line every 500 ms, never ending it; how long
+/// until the daemon closed the connection (at most 20 s).
+async fn dribble_head(stream: &mut TcpStream) -> Duration {
+    stream.write_all(b"POST /webhook HTTP/1.1\r\nHost: berth\r\n").await.unwrap();
+    let dribble = Instant::now();
+    for n in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if stream.write_all(format!("X-Slow-{n}: x\r\n").as_bytes()).await.is_err() {
+            return dribble.elapsed();
+        }
+        let mut probe = [0_u8; 256];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe)).await {
+            return dribble.elapsed();
+        }
+    }
+    panic!("a head dribbled for 20 s was not dropped");
 }
 
 /// SIGTERM to `daemon`; how long until it exited (it must, within 30 s).

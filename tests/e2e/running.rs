@@ -338,6 +338,12 @@ async fn a_review_comment_runs_a_hardened_worker_and_is_reported_once() {
         .expect("a scoped token was made");
     assert_eq!(worker_token.0["repositories"], json!([rig.repo_name]));
     assert_eq!(worker_token.0["permissions"]["contents"], "read");
+    // Revoked once the task ended.
+    let token = worker_token.1.clone();
+    rig.until("the worker token to be revoked", Duration::from_secs(30), |state| {
+        state.revoked.contains(&token)
+    })
+    .await;
     // The container is gone once reported.
     rig.until("container removal", Duration::from_secs(10), |_| true).await;
     let mut left = rig.containers().await;

@@ -126,8 +126,14 @@ pub async fn logs(args: &crate::config::LogsArgs) -> anyhow::Result<()> {
     };
     let mut stream = dispatcher.logs(&container.id, args.follow);
     let mut stdout = std::io::stdout().lock();
+    let mut terminal = crate::terminal::TerminalFilter::default();
     while let Some(chunk) = stream.next().await {
-        stdout.write_all(chunk?.bytes())?;
+        let chunk = chunk?;
+        if args.raw {
+            stdout.write_all(chunk.bytes())?;
+        } else {
+            stdout.write_all(&terminal.filter(chunk.bytes()))?;
+        }
         stdout.flush()?;
     }
     Ok(())

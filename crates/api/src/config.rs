@@ -16,8 +16,8 @@ use core_types::Secret;
 
 use crate::agent_env::AgentEnvFiles;
 use crate::connections::HttpLimits;
-use crate::server::MAX_WEBHOOK_BODY;
 use crate::prompt::{Prompts, Template};
+use crate::server::MAX_WEBHOOK_BODY;
 use crate::triggers::Policy;
 
 /// Berth: GitHub events in, hardened agent containers out, every task reported.
@@ -58,6 +58,10 @@ pub struct LogsArgs {
     /// Keep printing as the worker writes, until it exits.
     #[arg(long, short)]
     pub follow: bool,
+    /// Print the output as the worker wrote it, terminal escape sequences and
+    /// control characters included (by default they are removed).
+    #[arg(long)]
+    pub raw: bool,
 }
 
 /// `berth cancel`.
@@ -252,6 +256,10 @@ pub struct ServeArgs {
     /// Template file replacing the default prompt of implement tasks.
     #[arg(long, env = "BERTH_IMPLEMENT_PROMPT_FILE")]
     pub implement_prompt_file: Option<PathBuf>,
+    /// `berth doctor` only: the address whose reachability from a worker it
+    /// checks (the cloud metadata service; tests point it at a local port).
+    #[arg(long, env = "BERTH_DOCTOR_EGRESS_PROBE", default_value = "169.254.169.254:80", hide = true)]
+    pub doctor_egress_probe: String,
     /// Log format: `human` or `json`.
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
@@ -452,9 +460,9 @@ pub fn secret_flags(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<(
     SECRET_FLAGS
         .into_iter()
         .filter(|(flag, _)| {
-            args.iter().take_while(|arg| *arg != "--").any(|arg| {
-                arg == flag || arg.strip_prefix(flag).is_some_and(|rest| rest.starts_with('='))
-            })
+            args.iter()
+                .take_while(|arg| *arg != "--")
+                .any(|arg| arg == flag || arg.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')))
         })
         .collect()
 }
@@ -699,10 +707,8 @@ impl ServeArgs {
             })?;
         let budget = parse_size(&self.max_body_bytes_in_flight)
             .map_err(|reason| invalid("BERTH_MAX_BODY_BYTES_IN_FLIGHT", reason))?;
-        let max_body_bytes_in_flight = usize::try_from(budget)
-            .ok()
-            .filter(|budget| *budget >= MAX_WEBHOOK_BODY)
-            .ok_or_else(|| {
+        let max_body_bytes_in_flight =
+            usize::try_from(budget).ok().filter(|budget| *budget >= MAX_WEBHOOK_BODY).ok_or_else(|| {
                 invalid("BERTH_MAX_BODY_BYTES_IN_FLIGHT", "must be at least 25m, GitHub's largest payload")
             })?;
         let timeout = |setting: &'static str, text: &str| {

@@ -44,7 +44,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -75,6 +75,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long requests in flight may finish at shutdown.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Bytes of the body budget a chunk takes besides its own: its handle,
+/// and its place in the list the webhook keeps until the body is complete.
+const CHUNK_OVERHEAD: usize = 64;
 
 /// hyper's read buffer per connection at most (its default is about
 /// 400 KiB), and so also the largest request head.
@@ -170,6 +174,8 @@ struct Connection {
     head_started: AtomicU64,
     /// Cancelled to close it at once.
     close: CancellationToken,
+    /// Woken when its deadline may have moved: a head began, an answer ended.
+    changed: Notify,
 }
 
 impl Connection {
@@ -181,6 +187,7 @@ impl Connection {
             idle_since: AtomicU64::new(now),
             head_started: AtomicU64::new(NO_HEAD),
             close: CancellationToken::new(),
+            changed: Notify::new(),
         }
     }
 
@@ -190,8 +197,10 @@ impl Connection {
 
     /// Bytes came in: when no request is in flight, they start a head.
     fn bytes_arrived(&self, now: u64) {
-        if !self.busy() {
-            let _ = self.head_started.compare_exchange(NO_HEAD, now, Ordering::AcqRel, Ordering::Acquire);
+        if !self.busy()
+            && self.head_started.compare_exchange(NO_HEAD, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            self.changed.notify_one();
         }
     }
 
@@ -235,6 +244,7 @@ impl Drop for InFlight {
         self.connection.streaming.store(false, Ordering::Release);
         self.connection.idle_since.store(self.clock.now_ms(), Ordering::Release);
         self.connection.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.connection.changed.notify_one();
     }
 }
 
@@ -415,7 +425,8 @@ async fn run_connection(
     router: Router,
     shutdown: CancellationToken,
 ) {
-    let io = TokioIo::new(Watched { inner: stream, connection: Arc::clone(&connection), clock: server.clock });
+    let io =
+        TokioIo::new(Watched { inner: stream, connection: Arc::clone(&connection), clock: server.clock });
     let service = {
         let (server, connection) = (Arc::clone(&server), Arc::clone(&connection));
         hyper::service::service_fn(move |request| {
@@ -439,6 +450,7 @@ async fn run_connection(
                 break None;
             }
             () = connection.close.cancelled() => break Some(Dropped::Evicted),
+            () = connection.changed.notified() => {}
             () = shutdown.cancelled(), if drain_until.is_none() => {
                 if !connection.busy() || connection.streaming.load(Ordering::Acquire) {
                     break None;
@@ -558,7 +570,9 @@ impl hyper::body::Body for Budgeted {
             Poll::Ready(Some(Ok(frame))) => {
                 let size = frame.data_ref().map_or(0, Bytes::len);
                 if size > 0 {
-                    let permit = u32::try_from(size)
+                    // What keeping the chunk costs besides its bytes, so that
+                    // a body sent a byte at a time is counted for what it holds.
+                    let permit = u32::try_from(size + CHUNK_OVERHEAD)
                         .ok()
                         .and_then(|size| Arc::clone(&this.server.budget).try_acquire_many_owned(size).ok());
                     match permit {
@@ -629,7 +643,11 @@ struct Watched {
 }
 
 impl AsyncRead for Watched {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);

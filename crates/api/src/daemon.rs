@@ -56,7 +56,11 @@ pub fn worker_profile(config: &ServeConfig) -> HardenedProfile {
 /// GitHub App key is unusable.
 pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     for (flag, instead) in crate::config::secret_flags(std::env::args_os()) {
-        warn!(flag, instead, "a secret was given on the command line ({flag}), where `ps` shows it to every user of this machine; set it through the environment or a file ({instead}) instead");
+        warn!(
+            flag,
+            instead,
+            "a secret was given on the command line ({flag}), where `ps` shows it to every user of this machine; set it through the environment or a file ({instead}) instead"
+        );
     }
     let journal = Journal::open(&config.state_dir).context("cannot open the journal (BERTH_STATE_DIR)")?;
     info!(path = %journal.path().display(), "journal open");

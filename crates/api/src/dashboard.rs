@@ -20,10 +20,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
-use axum::{Extension, Router};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use core_types::TaskId;
 use serde::Deserialize;
 use tracing::info;
@@ -136,7 +136,8 @@ async fn logout(State(state): State<StatusState>, headers: HeaderMap) -> Respons
 
 fn redirect_home(cookie: &str) -> Response {
     let mut response =
-        (StatusCode::SEE_OTHER, [(header::LOCATION, "/"), (header::CACHE_CONTROL, "no-store")]).into_response();
+        (StatusCode::SEE_OTHER, [(header::LOCATION, "/"), (header::CACHE_CONTROL, "no-store")])
+            .into_response();
     if let Ok(value) = HeaderValue::from_str(cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }

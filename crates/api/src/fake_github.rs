@@ -53,6 +53,8 @@ pub struct FakeState {
     pub branches: HashMap<String, String>,
     /// Tokens issued: the request bodies (repositories and permissions) and the token.
     pub tokens: Vec<(Value, String)>,
+    /// Tokens revoked (`DELETE /installation/token`), as their bearer sent them.
+    pub revoked: Vec<String>,
     /// The App's webhook deliveries, as `GET /app/hook/deliveries` lists them.
     pub deliveries: Vec<Value>,
     /// Delivery ids Berth asked to redeliver.
@@ -161,6 +163,7 @@ impl FakeGitHub {
 fn routes(state: Shared) -> Router {
     Router::new()
         .route("/app", get(app))
+        .route("/installation/token", axum::routing::delete(revoke_token))
         .route("/app/installations/{id}/access_tokens", post(access_token))
         .route("/app/hook/deliveries", get(list_deliveries))
         .route("/app/hook/deliveries/{id}/attempts", post(redeliver))
@@ -416,6 +419,17 @@ async fn react(
 /// The App's slug, and so its bot user's login.
 const APP_SLUG: &str = "berth";
 const APP_BOT: &str = "berth[bot]";
+
+async fn revoke_token(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let value = headers.get("authorization").and_then(|value| value.to_str().ok()).unwrap_or("");
+    let token = value.split_once(' ').map_or(value, |(_, token)| token).to_owned();
+    let mut state = lock(&state);
+    if !state.tokens.iter().any(|(_, issued)| *issued == token) || state.revoked.contains(&token) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"}))).into_response();
+    }
+    state.revoked.push(token);
+    StatusCode::NO_CONTENT.into_response()
+}
 
 async fn app() -> Response {
     Json(json!({

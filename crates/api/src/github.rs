@@ -147,6 +147,8 @@ pub struct GitHub {
     metrics: Arc<Metrics>,
     /// The App's bot user (`<slug>[bot]`), the author of Berth's comments.
     bot_login: Arc<tokio::sync::OnceCell<String>>,
+    /// The REST base URL, for clients that act as a worker token.
+    api_url: String,
 }
 
 impl std::fmt::Debug for GitHub {
@@ -195,7 +197,14 @@ impl GitHub {
                      the host needs CA certificates (Debian's ca-certificates, or SSL_CERT_FILE)"
                 ))
             })?;
-        Ok(Self { app, installations: Arc::default(), retry, metrics, bot_login: Arc::default() })
+        Ok(Self {
+            app,
+            installations: Arc::default(),
+            retry,
+            metrics,
+            bot_login: Arc::default(),
+            api_url: api_url.to_owned(),
+        })
     }
 
     fn installation(&self, installation: u64) -> Result<Octocrab, GitHubError> {
@@ -441,6 +450,33 @@ impl GitHub {
         let route = format!("/repos/{repo}/issues/comments/{comment_id}/reactions");
         self.with_retry(&what, false, |_| client.post::<_, Value>(&route, Some(&body))).await?;
         Ok(())
+    }
+
+    /// Revokes a worker's installation token once its task has ended, so a
+    /// copy left anywhere is useless at once rather than within the hour.
+    ///
+    /// # Errors
+    /// GitHub failures (the token still expires by itself).
+    pub async fn revoke_token(&self, token: &Secret) -> Result<(), GitHubError> {
+        let what = "revoke a worker token";
+        let client = Octocrab::builder()
+            .base_uri(self.api_url.as_str())
+            .map_err(|err| GitHubError::Setup(err.to_string()))?
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .personal_token(token.expose().to_owned())
+            .build()
+            .map_err(|err| GitHubError::Setup(err.to_string()))?;
+        let result = client._delete("/installation/token", None::<&()>).await;
+        match result {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(GitHubError::Rejected {
+                what: what.to_owned(),
+                status: response.status().as_u16(),
+                message: "not revoked".to_owned(),
+            }),
+            Err(err) => Err(GitHubError::Unexpected { what: what.to_owned(), detail: err.to_string() }),
+        }
     }
 
     /// The login of the App's bot user, `<slug>[bot]`, asked once of `GET /app`.

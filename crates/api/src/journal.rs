@@ -54,6 +54,12 @@ const MAX_GROUP: usize = 512;
 /// How often a journal that cannot write tries again when no write comes.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// Room the state directory's file system must have before a journal whose
+/// writes failed counts as writable again. A small write can still succeed
+/// in space freed inside the file while the disk is full; without this,
+/// `/readyz` would flap while the next large record fails.
+pub const MIN_FREE_TO_RECOVER: u64 = 4 << 20;
+
 /// How long a reopen waits for readers to let go of the old database.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
@@ -666,35 +672,64 @@ impl Writer {
                 }
             }
             debug!(writes = batch.len(), "journal group commit");
+            if failing && batch.is_empty() && self.short_of_room() {
+                continue;
+            }
             let db = match self.database() {
                 Ok(db) => db,
                 Err(err) => {
                     let reason = format!("cannot open it again: {}", chain(&err));
+                    self.cannot_write(reason.clone());
                     fail_all(batch, &reason);
-                    self.cannot_write(reason);
                     continue;
                 }
             };
-            match apply_batch(&db, batch) {
-                Ok(()) if failing => {
-                    *self.shared.failure.lock().expect("journal failure lock is never poisoned") = None;
-                    info!("the journal can write again");
-                    self.shared.recovered.notify_one();
-                }
-                Ok(()) => {}
-                Err(err) if err.is_storage_failure() => {
-                    // redb stays latched after a storage error until the file
-                    // is opened again: close it now, open it on the next try.
-                    drop(db);
-                    *self.shared.db.write().expect("journal database lock is never poisoned") = None;
-                    self.db = None;
-                    self.cannot_write(chain(&err));
-                }
-                Err(err) => {
-                    warn!(error = %chain(&err), "journal commit failed; its writes are answered with errors");
-                }
+            // The journal's state is settled before any caller is answered,
+            // so a 503 is never followed by a /readyz that still says 200.
+            apply_batch(&db, batch, |result| self.settle(result, failing));
+        }
+    }
+
+    /// Notes how a batch went: a storage failure closes the database (redb
+    /// stays latched after one until the file is opened again) and marks
+    /// the journal as unable to write; a success after failures marks it
+    /// writable again, once the file system has room.
+    fn settle(&mut self, result: &Result<(), JournalError>, failing: bool) {
+        match result {
+            Ok(()) if failing && self.short_of_room() => {}
+            Ok(()) if failing => {
+                *self.shared.failure.lock().expect("journal failure lock is never poisoned") = None;
+                info!("the journal can write again");
+                self.shared.recovered.notify_one();
+            }
+            Ok(()) => {}
+            Err(err) if err.is_storage_failure() => {
+                *self.shared.db.write().expect("journal database lock is never poisoned") = None;
+                self.db = None;
+                self.cannot_write(chain(err));
+            }
+            Err(err) => {
+                warn!(error = %chain(err), "journal commit failed; its writes are answered with errors");
             }
         }
+    }
+
+    /// Whether the state directory's file system has less room than
+    /// [`MIN_FREE_TO_RECOVER`]; says so as the reason writes fail.
+    fn short_of_room(&self) -> bool {
+        let dir = self.shared.path.parent().unwrap_or(Path::new("."));
+        let Ok(stats) = nix::sys::statvfs::statvfs(dir) else { return false };
+        let free = u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size()));
+        if free >= MIN_FREE_TO_RECOVER {
+            return false;
+        }
+        self.cannot_write(format!(
+            "only {} KiB free on the file system of {}; waiting for {} MiB",
+            free >> 10,
+            dir.display(),
+            MIN_FREE_TO_RECOVER >> 20
+        ));
+        true
     }
 
     fn failing(&self) -> bool {
@@ -773,7 +808,11 @@ enum Reply {
 /// Applies a batch in one transaction and answers each op once it is
 /// committed, or each with the error when anything failed. An empty batch
 /// is a probe: one small write, to learn whether the journal can write.
-fn apply_batch(db: &Database, batch: Vec<WriteOp>) -> Result<(), JournalError> {
+fn apply_batch(
+    db: &Database,
+    batch: Vec<WriteOp>,
+    settle: impl FnOnce(&Result<(), JournalError>),
+) {
     let mut replies = Vec::with_capacity(batch.len());
     let probe = batch.is_empty();
     let mut ops = batch.into_iter();
@@ -807,6 +846,7 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>) -> Result<(), JournalError> {
         }
         txn.commit().map_err(storage_of("commit"))
     })();
+    settle(&result);
     let failure = result.as_ref().err().map(|err| chain(err));
     let answer = |reason: &Option<String>| reason.clone().map(|reason| JournalError::CommitFailed { reason });
     for reply in replies {
@@ -820,7 +860,6 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>) -> Result<(), JournalError> {
     }
     // Ops after the failing one (and the failing one) are dropped: their callers see the writer's error.
     fail_all(ops.collect(), failure.as_deref().unwrap_or_default());
-    result
 }
 
 fn accept_in(

@@ -25,6 +25,7 @@ pub mod server;
 pub mod signature;
 pub mod status;
 pub mod tasks;
+pub mod terminal;
 pub mod throttle;
 pub mod triggers;
 

@@ -61,7 +61,11 @@ impl Metrics {
             return true;
         }
         if !self.full.swap(true, Ordering::Relaxed) {
-            error!(metric = name, limit = MAX_SERIES, "too many metric series; new ones are dropped (a label from an open set?)");
+            error!(
+                metric = name,
+                limit = MAX_SERIES,
+                "too many metric series; new ones are dropped (a label from an open set?)"
+            );
         }
         false
     }

@@ -142,7 +142,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
     if state.journal.write_failure().is_some() {
         // The OS error is in the log; the probe only needs to know.
-        return (StatusCode::SERVICE_UNAVAILABLE, "the journal cannot write (see the log); deliveries get 503\n");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the journal cannot write (see the log); deliveries get 503\n",
+        );
     }
     (StatusCode::OK, "ready\n")
 }
@@ -275,7 +278,8 @@ async fn intake(
     let mut chunks = read_body(body).await?;
     state.secrets.verify_parts(&claimed, &chunks)?;
     // Signed: now it may be joined in one piece for the parsers.
-    let body = if chunks.len() == 1 { chunks.pop().unwrap_or_default() } else { Bytes::from(chunks.concat()) };
+    let body =
+        if chunks.len() == 1 { chunks.pop().unwrap_or_default() } else { Bytes::from(chunks.concat()) };
     drop(chunks);
 
     let event = header(headers, "x-github-event")?;

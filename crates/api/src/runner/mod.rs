@@ -259,6 +259,8 @@ pub struct Runner {
     /// Every secret value read from the secrets file since start, rotated
     /// ones included: the daemon redacts all of them from what it reports.
     secrets_seen: Mutex<Vec<Secret>>,
+    /// The worker token of each task being run here, revoked when it ends.
+    tokens: Mutex<HashMap<TaskId, Secret>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -306,6 +308,7 @@ impl Runner {
             tracker,
             started: std::sync::atomic::AtomicBool::new(false),
             secrets_seen: Mutex::default(),
+            tokens: Mutex::default(),
         })
     }
 
@@ -421,11 +424,23 @@ impl Runner {
         reason: Arc<Mutex<Option<CancelRequest>>>,
     ) {
         let outcome = self.dispatch_and_watch(&task, &cancel, &reason).await;
+        let token = self.tokens.lock().expect("tokens lock is never poisoned").remove(&task.task_id);
         match outcome {
-            // Shutdown: the worker (if any) keeps running; the next start finds it.
+            // Shutdown: the worker (if any) keeps running, with its token; the next start finds it.
             None => {}
             Some((ending, container)) => {
                 self.finish(task.clone(), ending, container).await;
+                if let Some(token) = token {
+                    let revoked =
+                        tokio::time::timeout(Duration::from_secs(30), self.github.revoke_token(&token));
+                    match revoked.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => {
+                            warn!(error = %err, "could not revoke the worker token; it expires within the hour")
+                        }
+                        Err(_) => warn!("revoking the worker token timed out; it expires within the hour"),
+                    }
+                }
             }
         }
         self.active().remove(&task.task_id);
@@ -447,6 +462,7 @@ impl Runner {
             Ok(prepared) => prepared,
             Err(ending) => return Some((ending, None)),
         };
+        self.keep_token(&task.task_id, &prepared.token);
         if cancel.is_cancelled() {
             let request = reason.lock().expect("cancel reason lock is never poisoned").clone();
             if let Some(request) = request {
@@ -535,7 +551,12 @@ impl Runner {
                     info!("the engine was away long enough to age the worker token; making a fresh one");
                     let made = std::time::Instant::now();
                     match self.github.worker_token(prepared.installation, &task.repo, task.kind).await {
-                        Ok(fresh) => token = (fresh, made),
+                        Ok(fresh) => {
+                            // The old one is no longer needed by anyone.
+                            let _ = self.github.revoke_token(&token.0).await;
+                            self.keep_token(&task.task_id, &fresh);
+                            token = (fresh, made);
+                        }
                         Err(err) => return Some((Ending::Failed(err.to_string()), None)),
                     }
                 }
@@ -824,6 +845,10 @@ impl Runner {
             token,
             token_made,
         })
+    }
+
+    fn keep_token(&self, task: &TaskId, token: &Secret) {
+        self.tokens.lock().expect("tokens lock is never poisoned").insert(task.clone(), token.clone());
     }
 
     /// The agent's settings and secrets as the files say now; every secret

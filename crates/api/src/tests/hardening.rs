@@ -322,7 +322,8 @@ async fn metrics_can_be_put_behind_a_token() {
         harness.admin.clone().with_metrics_token(Some(&Secret::new(token))),
     );
     for presented in [None, Some("Bearer wrong-token-0123456789"), Some(&format!("Bearer {TOKEN}") as &str)] {
-        let headers: Vec<(&str, &str)> = presented.map(|value| ("authorization", value)).into_iter().collect();
+        let headers: Vec<(&str, &str)> =
+            presented.map(|value| ("authorization", value)).into_iter().collect();
         let answer = send(guarded.clone(), request("GET", "/metrics", &headers, Body::empty())).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{presented:?}");
         assert!(!answer.body.contains("berth_"), "{}", answer.body);
@@ -361,7 +362,10 @@ fn sign_in_failures_age_out_of_their_window() {
         limit.failed(client, start + Duration::from_secs(u64::try_from(n).unwrap()));
     }
     let later = start + Duration::from_secs(10);
-    assert!(matches!(limit.check(client, later), Err(crate::error::ApiError::TooManyAttempts { retry_after: 50 })));
+    assert!(matches!(
+        limit.check(client, later),
+        Err(crate::error::ApiError::TooManyAttempts { retry_after: 50 })
+    ));
     assert!(limit.check(neighbour, later).is_err(), "an IPv6 client is its /64");
     assert!(limit.check("2001:db8:9::1".parse().unwrap(), later).is_ok());
     // The first failure leaves the window: one more attempt is taken.
@@ -400,7 +404,14 @@ fn secrets_given_as_flags_are_found_and_files_and_the_environment_are_not() {
     use crate::config::secret_flags;
     let args = |list: &[&str]| list.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
     assert_eq!(
-        secret_flags(args(&["berth", "serve", "--webhook-secret=abc", "--admin-token", "x", "--metrics-token=y"])),
+        secret_flags(args(&[
+            "berth",
+            "serve",
+            "--webhook-secret=abc",
+            "--admin-token",
+            "x",
+            "--metrics-token=y"
+        ])),
         vec![
             ("--webhook-secret", "BERTH_WEBHOOK_SECRET_FILE"),
             ("--admin-token", "BERTH_ADMIN_TOKEN_FILE"),

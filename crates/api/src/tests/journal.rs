@@ -218,7 +218,8 @@ fn a_journal_held_by_another_daemon_is_in_use_not_corrupt() {
 async fn a_comment_that_made_a_task_makes_no_second_one_under_a_new_delivery_id() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
-    let first = queued_task(&journal.accept("d-1", "issue_comment", review_by_comment(5, Some(77))).await.unwrap());
+    let first =
+        queued_task(&journal.accept("d-1", "issue_comment", review_by_comment(5, Some(77))).await.unwrap());
     // The task ended, so the active-task key no longer stands in the way.
     journal.update_task(&first, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
     let replayed = journal.accept("d-2", "issue_comment", review_by_comment(5, Some(77))).await.unwrap();
@@ -251,9 +252,15 @@ async fn triggers_without_a_comment_are_deduped_by_delivery_and_active_task_only
     let journal = Journal::open(dir.path()).unwrap();
     let first = queued_task(&journal.accept("l-1", "issues", review_by_comment(6, None)).await.unwrap());
     let again = journal.accept("l-1", "issues", review_by_comment(6, None)).await.unwrap();
-    assert!(matches!(again, Accepted::Duplicate { task: Some(ref t), ref reason } if *t == first && reason.contains("already received")), "{again:?}");
+    assert!(
+        matches!(again, Accepted::Duplicate { task: Some(ref t), ref reason } if *t == first && reason.contains("already received")),
+        "{again:?}"
+    );
     let active = journal.accept("l-2", "issues", review_by_comment(6, None)).await.unwrap();
-    assert!(matches!(active, Accepted::Duplicate { ref reason, .. } if reason.contains("already queued or running")), "{active:?}");
+    assert!(
+        matches!(active, Accepted::Duplicate { ref reason, .. } if reason.contains("already queued or running")),
+        "{active:?}"
+    );
     journal.update_task(&first, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
     let after = journal.accept("l-3", "issues", review_by_comment(6, None)).await.unwrap();
     assert!(matches!(after, Accepted::Queued { .. }), "{after:?}");

@@ -44,7 +44,8 @@ fn a_worker_code_without_a_well_formed_record_is_a_damaged_record_and_no_branch(
 
 #[test]
 fn a_well_formed_record_still_succeeds_and_other_endings_read_as_before() {
-    let report = words(&Ending::Exited { exit: exit(0), result: Some(record(Some("berth/issue-1"))), stopped: None });
+    let report =
+        words(&Ending::Exited { exit: exit(0), result: Some(record(Some("berth/issue-1"))), stopped: None });
     assert_eq!((report.conclusion, report.title.as_str()), ("success", "Implementation done"));
     assert_eq!(report.branch.as_deref(), Some("berth/issue-1"));
     // Codes that are not the worker's own never carry a record.
