@@ -46,7 +46,8 @@ async fn agent_settings_and_secrets_reach_every_worker_are_reread_and_the_key_is
         &[
             ("BERTH_WORKER_ENV_FILE", env_file.display().to_string()),
             ("BERTH_WORKER_SECRETS_FILE", secrets_file.display().to_string()),
-            ("RUST_LOG", "debug".to_owned()),
+            // No log level may print a worker's environment (item 9 of issue 12).
+            ("RUST_LOG", "trace".to_owned()),
         ],
     )
     .await;
@@ -95,13 +96,18 @@ async fn agent_settings_and_secrets_reach_every_worker_are_reread_and_the_key_is
     assert!(env.contains(&format!("STUB_API_KEY={KEY_TWO}")), "{env:?}");
     rig.outcome(&second, Duration::from_secs(60)).await;
 
-    // Nothing GitHub received, the journal shows, or the daemon logged (at debug) holds a key.
+    // Nothing GitHub received, the journal shows, or the daemon logged (at
+    // trace) holds a key or a worker's installation token.
     let github = rig.fake.with(|state| serde_json::to_string(&(&state.check_runs, &state.comments)).unwrap());
-    let everything =
-        [github, get(&rig, "/api/tasks").await, get(&rig, "/metrics").await, rig.daemon.log_text()];
+    let tokens: Vec<String> =
+        rig.fake.with(|state| state.tokens.iter().map(|(_, token)| token.clone()).collect());
+    assert!(!tokens.is_empty());
+    let log = rig.daemon.log_text();
+    assert!(log.lines().count() > 100, "trace logging is on: {} lines", log.lines().count());
+    let everything = [github, get(&rig, "/api/tasks").await, get(&rig, "/metrics").await, log];
     for text in &everything {
-        for key in [KEY_ONE, KEY_TWO] {
-            assert!(!text.contains(key), "a key leaked: {text}");
+        for secret in tokens.iter().map(String::as_str).chain([KEY_ONE, KEY_TWO]) {
+            assert!(!text.contains(secret), "a secret leaked: {text}");
         }
     }
 }

@@ -304,7 +304,10 @@ async fn slow_headers_slow_bodies_and_idle_keep_alives_are_dropped_at_their_time
     // The same on a kept-alive connection, after one answered request: the
     // head's own timeout holds, not the longer idle one.
     let mut kept_then_slow = TcpStream::connect(addr).await.unwrap();
-    kept_then_slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    kept_then_slow
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut first = [0_u8; 512];
     let read = kept_then_slow.read(&mut first).await.unwrap();
     assert!(first[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..read]));
@@ -347,7 +350,10 @@ async fn slow_headers_slow_bodies_and_idle_keep_alives_are_dropped_at_their_time
     for took in [closed_head, closed_kept_head, closed_body, closed_silent] {
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
-    assert!(closed_idle > Duration::from_millis(5500) && closed_idle < Duration::from_secs(10), "{closed_idle:?}");
+    assert!(
+        closed_idle > Duration::from_millis(5500) && closed_idle < Duration::from_secs(10),
+        "{closed_idle:?}"
+    );
     daemon.kill().await;
 }
 
@@ -362,7 +368,9 @@ async fn dribble_head(stream: &mut TcpStream) -> Duration {
             return dribble.elapsed();
         }
         let mut probe = [0_u8; 256];
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe)).await {
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe)).await
+        {
             return dribble.elapsed();
         }
     }

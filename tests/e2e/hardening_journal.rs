@@ -295,6 +295,9 @@ async fn a_full_disk_fails_journal_writes_with_the_os_error_and_they_recover_by_
     tokio::time::sleep(Duration::from_secs(3)).await;
     let failure = journal.write_failure().expect("still not writable");
     assert!(failure.contains("KiB free on the file system"), "{failure}");
+    // Reads need no room: they work while writes cannot.
+    assert!(journal.delivery("before").unwrap().is_some(), "reads work on a full disk");
+    assert_eq!(journal.tasks().unwrap().len(), 1 + usize::try_from(n - 2).unwrap());
     assert!(journal.accept(&format!("full-{n}"), "issues", big_request(n, 128)).await.is_err());
 
     disk.free();

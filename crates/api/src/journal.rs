@@ -672,8 +672,17 @@ impl Writer {
                 }
             }
             debug!(writes = batch.len(), "journal group commit");
-            if failing && batch.is_empty() && self.short_of_room() {
-                continue;
+            if failing && batch.is_empty() {
+                // Reads need no room: open the database again for them at
+                // once, even while the disk is still full.
+                if self.db.is_none()
+                    && let Err(err) = self.database()
+                {
+                    debug!(error = %chain(&err), "the journal cannot be opened again yet");
+                }
+                if self.short_of_room() {
+                    continue;
+                }
             }
             let db = match self.database() {
                 Ok(db) => db,
@@ -808,11 +817,7 @@ enum Reply {
 /// Applies a batch in one transaction and answers each op once it is
 /// committed, or each with the error when anything failed. An empty batch
 /// is a probe: one small write, to learn whether the journal can write.
-fn apply_batch(
-    db: &Database,
-    batch: Vec<WriteOp>,
-    settle: impl FnOnce(&Result<(), JournalError>),
-) {
+fn apply_batch(db: &Database, batch: Vec<WriteOp>, settle: impl FnOnce(&Result<(), JournalError>)) {
     let mut replies = Vec::with_capacity(batch.len());
     let probe = batch.is_empty();
     let mut ops = batch.into_iter();
