@@ -31,6 +31,7 @@ pub mod claude;
 pub mod fake_model;
 pub mod git_server;
 pub mod private_engine;
+pub mod rig;
 
 /// Connects to the local engine, or fails the test with one clear line.
 pub async fn engine() -> DockerEngine {

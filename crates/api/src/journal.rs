@@ -728,7 +728,7 @@ impl Writer {
     fn short_of_room(&self) -> bool {
         let dir = self.shared.path.parent().unwrap_or(Path::new("."));
         let Ok(stats) = nix::sys::statvfs::statvfs(dir) else { return false };
-        let free = u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size()));
+        let free = stats.blocks_available().saturating_mul(stats.fragment_size());
         if free >= MIN_FREE_TO_RECOVER {
             return false;
         }

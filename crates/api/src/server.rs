@@ -1,5 +1,7 @@
 //! The HTTP side: the router, the webhook intake and the health routes; the
-//! status API and the dashboard live in `status` and `dashboard`.
+//! status API and the dashboard live in `status` and `dashboard`, the
+//! connection limits, timeouts and body budget under the router in
+//! `connections`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,6 +2,7 @@
 //! `oneshot`, no socket; the journal is a real redb file in a temp dir.
 
 mod config;
+mod connections;
 mod hardening;
 mod intake;
 mod journal;

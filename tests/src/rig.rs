@@ -1,0 +1,308 @@
+//! A daemon with everything it talks to, for end-to-end tests and
+//! benchmarks: a real `berth serve`, the fake GitHub, and a `git daemon`
+//! holding one seeded repository, with its containers removed on drop.
+
+#![allow(clippy::unwrap_used, reason = "test support: a failed unwrap is a failed test")]
+
+use std::time::Duration;
+
+use api::fake_github::FakeGitHub;
+use serde_json::{Value, json};
+
+use crate::git_server::{GitServer, SeedRepo};
+use crate::{Daemon, github_signature, http, rsa_key, test_image};
+
+/// The webhook secret of every rig.
+pub const SECRET: &str = "e2e-running-webhook-secret";
+/// The admin token of every rig.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+/// The stub agent command of a rig unless its settings say otherwise.
+pub const AGENT: &str = "/usr/local/bin/berth-stub prompt-steps {prompt_file} {summary_file}";
+
+/// One daemon, its fake GitHub and a git server with one repository.
+pub struct Rig {
+    pub fake: FakeGitHub,
+    pub daemon: Daemon,
+    pub server: GitServer,
+    pub seed: SeedRepo,
+    pub repo: String,
+    pub repo_name: String,
+    pub main_sha: String,
+    pub head_sha: String,
+    pub env: Vec<(&'static str, String)>,
+    /// `DOCKER_HOST` of the engine the daemon runs on, when not the machine's.
+    docker_host: Option<String>,
+    _dir: tempfile::TempDir,
+    _cleanup: RepoCleanup,
+}
+
+/// Removes every container of a test repository, also when the test fails.
+pub struct RepoCleanup(String, Option<String>);
+
+impl Drop for RepoCleanup {
+    fn drop(&mut self) {
+        let repo = self.0.clone();
+        let host = self.1.clone();
+        let handle = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let Ok(docker) = docker_client(host.as_deref()) else { return };
+                let filters =
+                    std::collections::HashMap::from([("label", vec![format!("berth.repo={repo}")])]);
+                let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build();
+                for container in docker.list_containers(Some(options)).await.unwrap_or_default() {
+                    let remove =
+                        bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
+                    let _ = docker.remove_container(&container.id.unwrap_or_default(), Some(remove)).await;
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+/// A client of the engine at `host` (`unix://...`), or of the machine's.
+fn docker_client(host: Option<&str>) -> Result<bollard::Docker, bollard::errors::Error> {
+    match host.and_then(|host| host.strip_prefix("unix://")) {
+        Some(socket) => bollard::Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION),
+        None => bollard::Docker::connect_with_unix_defaults(),
+    }
+}
+
+impl Rig {
+    /// Starts everything; `settings` override the defaults.
+    pub async fn start(name: &str, settings: &[(&'static str, String)]) -> Rig {
+        Rig::start_on(name, settings, None).await
+    }
+
+    /// Starts everything with the daemon and its workers on `engine`.
+    pub async fn start_on_engine(
+        name: &str,
+        settings: &[(&'static str, String)],
+        engine: &crate::private_engine::PrivateEngine,
+    ) -> Rig {
+        Rig::start_on(name, settings, Some((engine.host(), engine.gateway()))).await
+    }
+
+    async fn start_on(
+        name: &str,
+        settings: &[(&'static str, String)],
+        engine: Option<(String, std::net::IpAddr)>,
+    ) -> Rig {
+        let image = test_image().await.to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let key = rsa_key(dir.path());
+        let fake = FakeGitHub::start().await.unwrap();
+        let server = match &engine {
+            Some((_, gateway)) => GitServer::start_on(*gateway).await,
+            None => GitServer::start().await,
+        };
+        let docker_host = engine.map(|(host, _)| host);
+        let repo_name = format!("{name}-{}", std::process::id());
+        let repo = format!("e2e/{repo_name}");
+        let seed = server.repo(&format!("{repo_name}.git"));
+        let main_sha = seed.commit("main", "README.md", "hello\n");
+        let head_sha = seed.commit("feature", "feature.txt", "a change\n");
+        fake.set_branch(&repo, "main", &main_sha);
+        fake.set_pull(&repo, 7, &head_sha, "feature", Some(&repo));
+        let mut env: Vec<(&'static str, String)> = vec![
+            ("BERTH_WEBHOOK_SECRET", SECRET.to_owned()),
+            ("BERTH_GITHUB_APP_ID", "4242".to_owned()),
+            ("BERTH_GITHUB_PRIVATE_KEY_FILE", key.display().to_string()),
+            ("BERTH_GITHUB_API_URL", fake.url()),
+            ("BERTH_STATE_DIR", dir.path().join("state").display().to_string()),
+            ("BERTH_WORKER_IMAGE", image),
+            ("BERTH_WORKER_NETWORK", "bridge".to_owned()),
+            ("BERTH_WORKER_MEMORY", "256m".to_owned()),
+            ("BERTH_AGENT_COMMAND", AGENT.to_owned()),
+            ("BERTH_STOP_GRACE", "4s".to_owned()),
+            ("BERTH_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("RUST_LOG", "info,api=debug".to_owned()),
+            ("BERTH_INSTANCE", repo_name.clone()),
+        ];
+        if let Some(host) = &docker_host {
+            env.push(("DOCKER_HOST", host.clone()));
+        }
+        for (key, value) in settings {
+            env.retain(|(existing, _)| existing != key);
+            env.push((key, value.clone()));
+        }
+        let daemon = Daemon::start(&env).await;
+        let cleanup = RepoCleanup(repo.clone(), docker_host.clone());
+        Rig {
+            fake,
+            daemon,
+            server,
+            seed,
+            repo,
+            repo_name,
+            main_sha,
+            head_sha,
+            env,
+            docker_host,
+            _dir: dir,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// SIGKILLs the daemon (nothing of it runs after this returns).
+    pub async fn kill_daemon(&mut self) {
+        let _ = self.daemon.child.start_kill();
+        let _ = self.daemon.child.wait().await;
+    }
+
+    /// Starts the daemon again on the same journal and settings.
+    pub async fn start_daemon(&mut self) {
+        self.daemon = Daemon::start(&self.env).await;
+    }
+
+    /// The repository object of a payload.
+    pub fn repository(&self) -> Value {
+        json!({"full_name": self.repo, "clone_url": self.server.url(&format!("{}.git", self.repo_name)), "default_branch": "main"})
+    }
+
+    /// `/berth ...` commented on pull request 7 (or issue `number`) by a trusted OWNER.
+    pub fn comment(&self, number: u64, on_pull: bool, body: &str, comment_id: u64) -> Value {
+        let mut issue = json!({"number": number, "title": "Make it better", "body": "Please."});
+        if on_pull {
+            issue["pull_request"] = json!({"url": "x"});
+        }
+        json!({
+            "action": "created",
+            "comment": {"id": comment_id, "body": body, "user": {"login": "alice", "type": "User"}, "author_association": "OWNER"},
+            "issue": issue,
+            "repository": self.repository(),
+            "sender": {"login": "alice", "type": "User"},
+            "installation": {"id": 77}
+        })
+    }
+
+    /// Sends a signed delivery; returns the 202 body.
+    pub async fn deliver(&self, event: &str, delivery: &str, payload: &Value) -> Value {
+        let body = serde_json::to_vec(payload).unwrap();
+        let headers = [
+            ("X-GitHub-Event", event.to_owned()),
+            ("X-GitHub-Delivery", delivery.to_owned()),
+            ("X-Hub-Signature-256", github_signature(SECRET, &body)),
+            ("Content-Type", "application/json".to_owned()),
+        ];
+        let (status, text) = http(self.daemon.addr, "POST", "/webhook", &headers, &body).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Waits until `done` holds on the fake's state (or fails after `limit`).
+    pub async fn until(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&api::fake_github::FakeState) -> bool,
+    ) {
+        let started = std::time::Instant::now();
+        while !self.fake.with(|state| done(state)) {
+            assert!(
+                started.elapsed() < limit,
+                "timed out waiting for {what}\nrequests: {:#?}\ndaemon log:\n{}",
+                self.fake.with(|state| state
+                    .requests
+                    .iter()
+                    .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+                    .collect::<Vec<_>>()),
+                self.daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The completed check run of `task`.
+    pub fn completed(&self, task: &str) -> Option<Value> {
+        self.fake.with(|state| {
+            state
+                .check_runs
+                .values()
+                .find(|run| run["external_id"] == task && run["status"] == "completed")
+                .cloned()
+        })
+    }
+
+    /// Waits for the completed check run of `task` and returns it.
+    pub async fn outcome(&self, task: &str, limit: Duration) -> Value {
+        self.until(&format!("task {task} to complete"), limit, |state| {
+            state.check_runs.values().any(|run| run["external_id"] == task && run["status"] == "completed")
+        })
+        .await;
+        self.completed(task).unwrap()
+    }
+
+    /// Comments that carry `task`'s marker.
+    pub fn comments_of(&self, task: &str) -> Vec<Value> {
+        let marker = format!("<!-- berth:task={task} -->");
+        self.fake.with(|state| {
+            state
+                .comments
+                .values()
+                .filter(|c| c["body"].as_str().is_some_and(|b| b.contains(&marker)))
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Waits until at least `count` of this rig's workers run (or fails
+    /// after `limit`); returns the running ones.
+    pub async fn wait_running(
+        &self,
+        count: usize,
+        limit: Duration,
+    ) -> Vec<bollard::models::ContainerSummary> {
+        self.wait_running_where(count, limit, |_| true).await
+    }
+
+    /// Waits until `task`'s worker runs (or fails after `limit`).
+    pub async fn wait_task_running(&self, task: &str, limit: Duration) {
+        let name = format!("berth-{task}");
+        let named = |c: &bollard::models::ContainerSummary| {
+            c.names.as_ref().is_some_and(|names| names.iter().any(|n| n.trim_start_matches('/') == name))
+        };
+        self.wait_running_where(1, limit, named).await;
+    }
+
+    async fn wait_running_where(
+        &self,
+        count: usize,
+        limit: Duration,
+        select: impl Fn(&bollard::models::ContainerSummary) -> bool,
+    ) -> Vec<bollard::models::ContainerSummary> {
+        let started = std::time::Instant::now();
+        loop {
+            let running: Vec<_> = self
+                .containers()
+                .await
+                .into_iter()
+                .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) && select(c))
+                .collect();
+            if running.len() >= count {
+                return running;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{count} worker(s) never ran within {limit:?}\n{}",
+                self.daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Managed containers of this rig's repository.
+    pub async fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
+        let docker = docker_client(self.docker_host.as_deref()).unwrap();
+        let filters = std::collections::HashMap::from([("label", vec![format!("berth.repo={}", self.repo)])]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        docker.list_containers(Some(options)).await.unwrap()
+    }
+}
