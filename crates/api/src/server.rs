@@ -121,7 +121,12 @@ pub fn router_with_admin(state: AppState, admin: Admin) -> Router {
         .with_state(state)
         .merge(status::routes(operator.clone()))
         .merge(dashboard::routes(operator))
-        .layer(TraceLayer::new_for_http())
+        // Each handler logs its own failures with their reason; a 503 from
+        // /readyz while starting is an answer, not an error.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
 }
 
 /// Serves `router` on `listener` under `limits` until `shutdown` is
