@@ -83,7 +83,7 @@ impl Template {
     /// from the repository's OWNER, as a GitHub App delivers it.
     fn load() -> Template {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/github-webhooks/payloads")
+            .join("fixtures/github-webhooks/payloads")
             .join(FIXTURE);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|err| panic!("webhook fixture {} unreadable: {err}", path.display()));
