@@ -300,7 +300,9 @@ impl<E: ContainerEngine> Dispatcher<E> {
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
-    /// Only stdout so far, as text (where the result record is).
+    /// Only stdout so far, as text, all of it: memory grows with the
+    /// output (tests and benchmarks; the daemon reads
+    /// [`Dispatcher::stdout_tail`]).
     ///
     /// # Errors
     /// Engine failures.
