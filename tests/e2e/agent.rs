@@ -195,6 +195,11 @@ async fn doctor_runs_the_worker_image_to_find_the_agent_and_checks_the_secrets_f
     let open = std::net::TcpListener::bind((gateway, 0)).unwrap();
     let open_addr = open.local_addr().unwrap().to_string();
     let closed_addr = std::net::TcpListener::bind((gateway, 0)).unwrap().local_addr().unwrap().to_string();
+    // The first-run checks ask GitHub: a fake one, where the App is installed
+    // and delivers to BERTH_PUBLIC_URL/webhook.
+    let github = api::fake_github::FakeGitHub::start().await.unwrap();
+    github.add_installation("e2e");
+    let github_url = github.url();
     let doctor = move |agent: &str, mode: u32, egress: &str| {
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(mode)).unwrap();
         let output = std::process::Command::new(workspace_binaries().join("berth"))
@@ -209,6 +214,8 @@ async fn doctor_runs_the_worker_image_to_find_the_agent_and_checks_the_secrets_f
             .env("BERTH_STATE_DIR", dir.path().join("state"))
             .env("BERTH_BIND", "127.0.0.1:0")
             .env("BERTH_DOCTOR_EGRESS_PROBE", egress)
+            .env("BERTH_GITHUB_API_URL", &github_url)
+            .env("BERTH_PUBLIC_URL", "https://berth.invalid")
             .output()
             .unwrap();
         (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())

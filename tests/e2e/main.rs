@@ -20,4 +20,5 @@ mod operate;
 mod real_agent;
 mod recovery;
 mod running;
+mod setup;
 mod worker;

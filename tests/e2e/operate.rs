@@ -248,9 +248,10 @@ async fn the_dashboard_in_chromium_shows_a_real_task_and_follows_its_log() {
     assert_eq!(rig.outcome(&task, Duration::from_secs(60)).await["conclusion"], "cancelled");
 }
 
-/// Headless Chromium behind chromedriver, spoken to over WebDriver's HTTP API.
-/// Both run in a process group of their own, killed when this is dropped.
-struct Browser {
+/// Headless Chromium behind chromedriver, spoken to over WebDriver's HTTP API
+/// (also used by `setup.rs`). Both run in a process group of their own,
+/// killed when this is dropped.
+pub(crate) struct Browser {
     driver: tokio::process::Child,
     addr: SocketAddr,
     session: String,
@@ -274,7 +275,7 @@ fn required(name: &str) -> PathBuf {
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    pub(crate) async fn start() -> Browser {
         let chromium = required("chromium");
         let chromedriver = required("chromedriver");
         let port = {
@@ -344,26 +345,26 @@ impl Browser {
         self.call(method, &format!("/session/{}{path}", self.session), &body).await
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.session_call("POST", "/url", json!({ "url": url })).await;
     }
 
-    async fn find(&self, css: &str) -> String {
+    pub(crate) async fn find(&self, css: &str) -> String {
         let found =
             self.session_call("POST", "/element", json!({"using": "css selector", "value": css})).await;
         found[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {found}")).to_owned()
     }
 
-    async fn element(&self, element: &str, command: &str, body: Value) {
+    pub(crate) async fn element(&self, element: &str, command: &str, body: Value) {
         self.session_call("POST", &format!("/element/{element}/{command}"), body).await;
     }
 
-    async fn script(&self, script: &str, args: Value) -> Value {
+    pub(crate) async fn script(&self, script: &str, args: Value) -> Value {
         self.session_call("POST", "/execute/sync", json!({ "script": script, "args": args })).await
     }
 
     /// Polls `done` until it holds; fails with the page's HTML after 60 s.
-    async fn wait_for<'a, F, Fut>(&'a self, what: &str, done: F)
+    pub(crate) async fn wait_for<'a, F, Fut>(&'a self, what: &str, done: F)
     where
         F: Fn(&'a Browser) -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -378,7 +379,7 @@ impl Browser {
         }
     }
 
-    async fn quit(self) {
+    pub(crate) async fn quit(self) {
         self.session_call("DELETE", "", json!({})).await;
     }
 }

@@ -48,6 +48,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the GitHub App manifest with the permissions and events Berth needs.
     AppManifest(AppManifestArgs),
+    /// Create Berth's GitHub App from a page in your browser (GitHub's manifest
+    /// flow) and write its key, webhook secret and a config file `berth serve` reads.
+    Setup(Box<SetupArgs>),
 }
 
 /// `berth logs`.
@@ -102,6 +105,48 @@ pub struct AppManifestArgs {
     pub name: String,
 }
 
+/// `berth setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Where people and GitHub reach Berth (`https://berth.example.com`): the
+    /// App's homepage; GitHub delivers to `<url>/webhook`.
+    #[arg(long, env = "BERTH_PUBLIC_URL")]
+    pub url: Option<String>,
+    /// The App's name on GitHub (unique across GitHub, at most 34 characters;
+    /// GitHub's page lets you change it before creating).
+    #[arg(long, default_value = "berth")]
+    pub name: String,
+    /// Create the App in this organisation rather than your personal account
+    /// (the setup page can change it).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Where the setup page listens; loopback by default: from your own
+    /// machine, reach it with `ssh -N -L 8080:127.0.0.1:8080 <server>`.
+    #[arg(long, env = "BERTH_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Allow the setup page on all interfaces (0.0.0.0 or ::); refused otherwise.
+    #[arg(long, env = "BERTH_ALLOW_PUBLIC_BIND")]
+    pub allow_public_bind: bool,
+    /// Where the App's key, its webhook secret and `berth.toml` are written (mode 0600).
+    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth")]
+    pub state_dir: PathBuf,
+    /// GitHub REST base URL (GitHub Enterprise: `https://HOST/api/v3`).
+    #[arg(long, env = "BERTH_GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: String,
+    /// GitHub's web address, where the App is created; by default github.com,
+    /// or the host of a GitHub Enterprise `.../api/v3` URL.
+    #[arg(long)]
+    pub github_web_url: Option<String>,
+    /// The agent `berth.toml` sets up: `claude-code` (README: Running a real
+    /// agent) or `none` (the agent settings left to you).
+    #[arg(long, default_value = "claude-code")]
+    pub agent: String,
+    /// Replace the files of an App set up before (the old App stays on GitHub
+    /// until you delete it there).
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// `berth ps`.
 #[derive(Debug, Args)]
 pub struct PsArgs {
@@ -144,6 +189,10 @@ pub struct ServeArgs {
     /// GitHub REST base URL (GitHub Enterprise, or a local fake in tests).
     #[arg(long, env = "BERTH_GITHUB_API_URL", default_value = "https://api.github.com")]
     pub github_api_url: String,
+    /// Where people and GitHub reach Berth (`https://berth.example.com`); the
+    /// App's webhook is `<url>/webhook` (`berth doctor` compares the two).
+    #[arg(long, env = "BERTH_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Image the workers run (built from this repository's Dockerfile; never pulled).
     #[arg(long, env = "BERTH_WORKER_IMAGE", default_value = "berth:latest")]
     pub worker_image: String,
@@ -302,6 +351,8 @@ pub struct ServeConfig {
     pub github_private_key: Secret,
     /// The REST base URL, without a trailing slash.
     pub github_api_url: String,
+    /// Where people and GitHub reach Berth, without a trailing slash.
+    pub public_url: Option<String>,
     /// Worker image.
     pub worker_image: String,
     /// Worker entrypoint.
@@ -525,6 +576,10 @@ impl ServeArgs {
         if !(github_api_url.starts_with("https://") || github_api_url.starts_with("http://")) {
             return Err(invalid("BERTH_GITHUB_API_URL", format!("{github_api_url:?} is not an http(s) URL")));
         }
+        let public_url = match self.public_url.as_deref().filter(|url| !url.trim().is_empty()) {
+            Some(url) => Some(public_url(url).map_err(|reason| invalid("BERTH_PUBLIC_URL", reason))?),
+            None => None,
+        };
         if self.worker_image.trim().is_empty() {
             return Err(invalid("BERTH_WORKER_IMAGE", "must not be empty"));
         }
@@ -656,6 +711,7 @@ impl ServeArgs {
             github_app_id,
             github_private_key,
             github_api_url,
+            public_url,
             worker_image: self.worker_image.clone(),
             worker_entrypoint: self.worker_entrypoint.clone(),
             worker_network: self.worker_network.clone(),
@@ -733,6 +789,27 @@ fn read_template(setting: &'static str, path: &std::path::Path) -> Result<Templa
     let text = std::fs::read_to_string(path)
         .map_err(|err| invalid(setting, format!("cannot read {}: {err}", path.display())))?;
     Template::parse(&text).map_err(|err| invalid(setting, format!("{}: {err}", path.display())))
+}
+
+/// `BERTH_PUBLIC_URL`: an http(s) URL with a host and no query or fragment,
+/// returned without its trailing slash.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn public_url(text: &str) -> Result<String, String> {
+    let url = text.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?} is not an http(s) URL like https://berth.example.com"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') {
+        return Err(format!("{url:?} names no host"));
+    }
+    if rest.contains(['?', '#']) || rest.contains(char::is_whitespace) || rest.contains(char::is_control) {
+        return Err(format!("{url:?} must be a plain base URL (no query, fragment or spaces)"));
+    }
+    Ok(url.to_owned())
 }
 
 /// A light check that the key is a PEM private key (PKCS#1 or PKCS#8).
@@ -826,4 +903,70 @@ pub fn with_config_file(
     merged.extend(extra.into_iter().map(std::ffi::OsString::from));
     merged.extend(tail);
     Ok(merged)
+}
+
+impl SetupArgs {
+    /// Checks the settings of `berth setup`.
+    ///
+    /// # Errors
+    /// The first setting that is missing or invalid.
+    pub fn validate(&self) -> Result<crate::setup::SetupConfig, ConfigError> {
+        let url = self.url.as_deref().filter(|url| !url.trim().is_empty()).ok_or_else(|| {
+            invalid(
+                "BERTH_PUBLIC_URL",
+                "required (--url): where GitHub reaches Berth, like https://berth.example.com",
+            )
+        })?;
+        let public_url = public_url(url).map_err(|reason| invalid("BERTH_PUBLIC_URL", reason))?;
+        let name = self.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 34 {
+            return Err(invalid("--name", "must be 1 to 34 characters (GitHub's limit for App names)"));
+        }
+        let org = match self.org.as_deref().map(str::trim).filter(|org| !org.is_empty()) {
+            Some(org) if crate::setup::is_account_name(org) => Some(org.to_owned()),
+            Some(org) => return Err(invalid("--org", format!("{org:?} is not a GitHub organisation name"))),
+            None => None,
+        };
+        let bind: SocketAddr = self.bind.parse().map_err(|_| {
+            invalid("BERTH_BIND", format!("{:?} is not an address like 127.0.0.1:8080", self.bind))
+        })?;
+        if bind.ip().is_unspecified() && !self.allow_public_bind {
+            return Err(invalid(
+                "BERTH_BIND",
+                format!(
+                    "{bind} listens on every interface; keep the setup page on loopback (reach it with ssh -L) or set BERTH_ALLOW_PUBLIC_BIND=true"
+                ),
+            ));
+        }
+        let github_api_url = self.github_api_url.trim().trim_end_matches('/').to_owned();
+        if !(github_api_url.starts_with("https://") || github_api_url.starts_with("http://")) {
+            return Err(invalid("BERTH_GITHUB_API_URL", format!("{github_api_url:?} is not an http(s) URL")));
+        }
+        let github_web_url = match self.github_web_url.as_deref().filter(|url| !url.trim().is_empty()) {
+            Some(url) => self::public_url(url).map_err(|reason| invalid("--github-web-url", reason))?,
+            None => crate::status::Links::new(&github_api_url).web_base().to_owned(),
+        };
+        let agent = match self.agent.trim() {
+            "claude-code" => crate::setup::Agent::ClaudeCode,
+            "none" => crate::setup::Agent::None,
+            other => return Err(invalid("--agent", format!("{other:?} is not claude-code or none"))),
+        };
+        if self.state_dir.to_str().is_none() {
+            return Err(invalid("BERTH_STATE_DIR", "must be a UTF-8 path (it goes into berth.toml)"));
+        }
+        let state_dir = std::path::absolute(&self.state_dir)
+            .map_err(|err| invalid("BERTH_STATE_DIR", format!("{}: {err}", self.state_dir.display())))?;
+        Ok(crate::setup::SetupConfig {
+            public_url,
+            name,
+            org,
+            bind,
+            state_dir,
+            github_api_url,
+            github_web_url,
+            agent,
+            force: self.force,
+            state_ttl: crate::setup::STATE_TTL,
+        })
+    }
 }

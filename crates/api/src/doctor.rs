@@ -57,6 +57,14 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
             }
             checks.push(match engine.image_exists(&args.worker_image).await {
                 Ok(true) => ok("worker image", args.worker_image.clone()),
+                Ok(false) if args.worker_image == crate::setup::CLAUDE_IMAGE => bad(
+                    "worker image",
+                    format!(
+                        "{} is not on the engine; build it in a clone of Berth with `docker build -t berth:latest . && \
+                         docker build -t {} deploy/agents/claude-code` (berth never pulls)",
+                        args.worker_image, args.worker_image
+                    ),
+                ),
                 Ok(false) => bad(
                     "worker image",
                     format!(
@@ -153,6 +161,7 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
             ),
         },
     );
+    checks.extend(first_run(args).await);
     checks
 }
 
@@ -311,4 +320,437 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failed} check(s) failed");
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// First-run checks, asked of GitHub as the App (its JWT): that the App
+// authenticates and has the permissions and events Berth needs, that it is
+// installed somewhere, that the webhook URL GitHub has for it is
+// BERTH_PUBLIC_URL's, and that its recent deliveries reached Berth (the
+// failed ones named). Each problem comes with its fix.
+// ---------------------------------------------------------------------------
+
+/// How a GitHub call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// GitHub's status; `None` when GitHub did not answer.
+    pub status: Option<u16>,
+    /// GitHub's message, or the transport error.
+    pub message: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(status) => write!(f, "GitHub answered {status} ({})", self.message),
+            None => write!(f, "GitHub did not answer ({})", self.message),
+        }
+    }
+}
+
+/// What the fixes point at: the App's pages on GitHub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPages {
+    /// The App's settings (webhook URL, secret, permissions, keys).
+    pub settings: String,
+    /// Where it is installed on repositories.
+    pub install: String,
+}
+
+impl AppPages {
+    /// The pages of the App `app` (as `GET /app` describes it) on the GitHub whose web address is `web`.
+    pub fn of(app: &serde_json::Value, web: &str) -> Self {
+        let slug = app["slug"].as_str().unwrap_or("YOUR-APP");
+        let owner = app["owner"]["login"].as_str().unwrap_or_default();
+        let settings = if app["owner"]["type"] == "Organization" {
+            format!("{web}/organizations/{owner}/settings/apps/{slug}")
+        } else {
+            format!("{web}/settings/apps/{slug}")
+        };
+        let install = app["html_url"]
+            .as_str()
+            .map_or_else(|| format!("{web}/apps/{slug}"), |url| url.trim_end_matches('/').to_owned());
+        Self { settings, install: format!("{install}/installations/new") }
+    }
+}
+
+/// The first-run checks (empty of GitHub calls when the App's settings are missing).
+pub async fn first_run(args: &ServeArgs) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let app_id =
+        args.github_app_id.as_deref().and_then(|id| id.trim().parse::<u64>().ok()).filter(|id| *id > 0);
+    let key = args
+        .github_private_key_file
+        .as_ref()
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|pem| octocrab::EncodingKey::from_rsa_pem(&pem).ok());
+    let api = args.github_api_url.trim().trim_end_matches('/').to_owned();
+    let (Some(app_id), Some(key)) = (app_id, key) else {
+        checks.push(bad(
+            "github app",
+            "cannot ask GitHub without BERTH_GITHUB_APP_ID and a usable BERTH_GITHUB_PRIVATE_KEY_FILE; \
+             `berth setup` creates the App and writes both",
+        ));
+        return checks;
+    };
+    let client = match octocrab::Octocrab::builder().base_uri(api.as_str()).map(|builder| {
+        builder
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .app(octocrab::models::AppId(app_id), key)
+            .build()
+    }) {
+        Ok(Ok(client)) => client,
+        Ok(Err(err)) => {
+            checks.push(bad("github app", format!("the GitHub client did not start: {err}")));
+            return checks;
+        }
+        Err(err) => {
+            checks.push(bad("github app", format!("BERTH_GITHUB_API_URL {api:?}: {err}")));
+            return checks;
+        }
+    };
+    let web = crate::status::Links::new(&api).web_base().to_owned();
+    let app = get(&client, "/app", &[]).await;
+    checks.push(app_check(&app, app_id, &api));
+    let Ok(app) = app else {
+        for name in ["installations", "webhook url", "deliveries"] {
+            checks.push(bad(name, "cannot ask GitHub until the App authenticates (above)"));
+        }
+        return checks;
+    };
+    let pages = AppPages::of(&app, &web);
+    checks.push(access_check(&app, &pages));
+    let installations = get(&client, "/app/installations", &[("per_page", "100")]).await;
+    checks.push(installations_check(&installations, &pages));
+    let hook = get(&client, "/app/hook/config", &[]).await;
+    let public_url = args
+        .public_url
+        .as_deref()
+        .filter(|url| !url.trim().is_empty())
+        .map(|url| crate::config::public_url(url).unwrap_or_else(|_| url.trim().to_owned()));
+    checks.push(hook_check(&hook, public_url.as_deref(), &pages));
+    let hook_url =
+        hook.as_ref().ok().and_then(|hook| hook["url"].as_str()).unwrap_or("the webhook URL").to_owned();
+    let deliveries = get(&client, "/app/hook/deliveries", &[("per_page", "50")]).await;
+    checks.push(deliveries_check(&deliveries, &hook_url, &pages));
+    if let Some(check) = agent_key_check(args) {
+        checks.push(check);
+    }
+    checks
+}
+
+async fn get(
+    client: &octocrab::Octocrab,
+    route: &str,
+    query: &[(&str, &str)],
+) -> Result<serde_json::Value, CallError> {
+    client.get::<serde_json::Value, _, _>(route, Some(&query)).await.map_err(|err| match err {
+        octocrab::Error::GitHub { source, .. } => {
+            CallError { status: Some(source.status_code.as_u16()), message: source.message }
+        }
+        other => CallError { status: None, message: crate::setup::error_chain(&other) },
+    })
+}
+
+/// `GET /app` with the App's JWT.
+pub fn app_check(app: &Result<serde_json::Value, CallError>, app_id: u64, api: &str) -> Check {
+    match app {
+        Ok(app) => ok(
+            "github app",
+            format!(
+                "{} ({}, id {}) of {} authenticates",
+                app["name"].as_str().unwrap_or("?"),
+                app["slug"].as_str().unwrap_or("?"),
+                app["id"].as_u64().unwrap_or(app_id),
+                app["owner"]["login"].as_str().unwrap_or("?")
+            ),
+        ),
+        Err(err @ CallError { status: Some(401 | 403), message }) => {
+            let lower = message.to_ascii_lowercase();
+            let fix = if lower.contains("iat") || lower.contains("exp") || lower.contains("expir") {
+                "this host's clock is off (the App's token is time-stamped): turn on time sync (`timedatectl set-ntp true`)".to_owned()
+            } else {
+                format!(
+                    "BERTH_GITHUB_APP_ID {app_id} and the key in BERTH_GITHUB_PRIVATE_KEY_FILE do not belong together, \
+                     or the key was deleted: generate a private key on the App's settings page and point \
+                     BERTH_GITHUB_PRIVATE_KEY_FILE at it (or create a new App with `berth setup --force`)"
+                )
+            };
+            bad("github app", format!("{err}; {fix}"))
+        }
+        Err(err @ CallError { status: Some(404), .. }) => bad(
+            "github app",
+            format!(
+                "{err}: {api} does not know App {app_id}; check BERTH_GITHUB_APP_ID and BERTH_GITHUB_API_URL"
+            ),
+        ),
+        Err(err @ CallError { status: Some(status), .. }) if *status >= 500 => {
+            bad("github app", format!("{err}; GitHub is having trouble, try again in a minute"))
+        }
+        Err(err @ CallError { status: Some(_), .. }) => bad("github app", err.to_string()),
+        Err(err @ CallError { status: None, .. }) => bad(
+            "github app",
+            format!(
+                "{err}; check that this host reaches {api} (DNS, firewall, HTTPS_PROXY) and BERTH_GITHUB_API_URL"
+            ),
+        ),
+    }
+}
+
+/// The App's permissions and events cover what Berth uses (those of its manifest).
+pub fn access_check(app: &serde_json::Value, pages: &AppPages) -> Check {
+    let wanted =
+        crate::cli::app_manifest(&crate::config::AppManifestArgs { url: String::new(), name: String::new() });
+    let rank = |level: &str| match level {
+        "read" => 1,
+        "write" => 2,
+        "admin" => 3,
+        _ => 0,
+    };
+    let mut missing = Vec::new();
+    if let Some(permissions) = wanted["default_permissions"].as_object() {
+        for (name, level) in permissions {
+            let level = level.as_str().unwrap_or_default();
+            if rank(app["permissions"][name].as_str().unwrap_or_default()) < rank(level) {
+                missing.push(format!("{name} ({level})"));
+            }
+        }
+    }
+    let events: Vec<&str> = app["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|event| event.as_str()).collect())
+        .unwrap_or_default();
+    for event in wanted["default_events"].as_array().into_iter().flatten().filter_map(|event| event.as_str())
+    {
+        if !events.contains(&event) {
+            missing.push(format!("the {event} event"));
+        }
+    }
+    if missing.is_empty() {
+        ok("app access", format!("permissions and events as Berth needs ({})", events.join(", ")))
+    } else {
+        bad(
+            "app access",
+            format!(
+                "the App lacks {}; add them under Permissions & events on {} (then accept them on each installation)",
+                missing.join(", "),
+                pages.settings
+            ),
+        )
+    }
+}
+
+/// `GET /app/installations`: installed somewhere, not suspended everywhere.
+pub fn installations_check(installations: &Result<serde_json::Value, CallError>, pages: &AppPages) -> Check {
+    let installations = match installations {
+        Ok(value) => value.as_array().cloned().unwrap_or_default(),
+        Err(err) => return bad("installations", format!("cannot list them: {err}")),
+    };
+    if installations.is_empty() {
+        return bad(
+            "installations",
+            format!(
+                "the App is installed nowhere, so GitHub sends Berth nothing; install it on your repositories: {}",
+                pages.install
+            ),
+        );
+    }
+    let describe = |installation: &serde_json::Value| {
+        let selection = match installation["repository_selection"].as_str() {
+            Some("all") => "all repositories",
+            _ => "selected repositories",
+        };
+        format!("{} ({selection})", installation["account"]["login"].as_str().unwrap_or("?"))
+    };
+    let (suspended, active): (Vec<_>, Vec<_>) =
+        installations.iter().partition(|installation| !installation["suspended_at"].is_null());
+    if active.is_empty() {
+        return bad(
+            "installations",
+            format!(
+                "every installation is suspended ({}); unsuspend one in the account's Settings > Applications, or install anew: {}",
+                suspended.iter().map(|installation| describe(installation)).collect::<Vec<_>>().join(", "),
+                pages.install
+            ),
+        );
+    }
+    ok(
+        "installations",
+        format!(
+            "installed on {}",
+            active.iter().map(|installation| describe(installation)).collect::<Vec<_>>().join(", ")
+        ),
+    )
+}
+
+/// `GET /app/hook/config`: GitHub delivers JSON to `BERTH_PUBLIC_URL/webhook`.
+pub fn hook_check(
+    hook: &Result<serde_json::Value, CallError>,
+    public_url: Option<&str>,
+    pages: &AppPages,
+) -> Check {
+    let hook = match hook {
+        Ok(hook) => hook,
+        Err(err) => return bad("webhook url", format!("cannot read the App's webhook settings: {err}")),
+    };
+    let url = hook["url"].as_str().unwrap_or_default().trim_end_matches('/');
+    if url.is_empty() {
+        return bad(
+            "webhook url",
+            format!("the App has no webhook URL; set it to BERTH_PUBLIC_URL/webhook on {}", pages.settings),
+        );
+    }
+    let Some(public_url) = public_url else {
+        let suggestion = url.strip_suffix("/webhook").unwrap_or(url);
+        return bad(
+            "webhook url",
+            format!(
+                "GitHub delivers to {url}, and BERTH_PUBLIC_URL is not set to check it against; set BERTH_PUBLIC_URL={suggestion} if that is where Berth is reached"
+            ),
+        );
+    };
+    let expected = format!("{public_url}/webhook");
+    if url != expected {
+        return bad(
+            "webhook url",
+            format!(
+                "GitHub delivers to {url}, not to {expected} (BERTH_PUBLIC_URL/webhook); set the Webhook URL on {} to {expected}, or fix BERTH_PUBLIC_URL",
+                pages.settings
+            ),
+        );
+    }
+    if hook["content_type"].as_str().is_some_and(|kind| kind != "json") {
+        return bad(
+            "webhook url",
+            format!(
+                "GitHub delivers to {url} as {}, which Berth refuses (400); set the content type to application/json on {}",
+                hook["content_type"].as_str().unwrap_or_default(),
+                pages.settings
+            ),
+        );
+    }
+    let tls = if hook["insecure_ssl"] == "1" { ", TLS verification off" } else { "" };
+    ok("webhook url", format!("GitHub delivers to {url} (BERTH_PUBLIC_URL/webhook{tls})"))
+}
+
+/// The fix for deliveries that failed with `status_code` (`status` is GitHub's text).
+fn delivery_fix(status_code: u64, status: &str, hook_url: &str, pages: &AppPages) -> String {
+    match status_code {
+        0 => format!(
+            "GitHub could not reach {hook_url} ({status}): berth serve must be running and that address reachable \
+             from the internet (DNS, the HTTPS proxy or tunnel in front of Berth, the firewall)"
+        ),
+        401 => format!(
+            "Berth refused the signature: the secret in BERTH_WEBHOOK_SECRET_FILE is not the App's webhook secret; \
+             put the same secret in the file and on {}",
+            pages.settings
+        ),
+        400 | 415 => format!(
+            "Berth could not read the delivery: set the webhook's content type to application/json on {}",
+            pages.settings
+        ),
+        404 | 405 => format!(
+            "{hook_url} does not reach Berth's POST /webhook: the proxy in front of Berth must pass /webhook through"
+        ),
+        502 | 504 => "the proxy in front of Berth got no answer from it: is berth serve running on the address the proxy forwards to (BERTH_BIND)?".to_owned(),
+        503 => "Berth could not take it (starting, or its journal could not write: a full disk or a read-only BERTH_STATE_DIR); see berth serve's log".to_owned(),
+        code => format!("Berth or the proxy in front of it answered {code}; see berth serve's log"),
+    }
+}
+
+/// `GET /app/hook/deliveries`: the last attempt of each recent delivery reached Berth.
+pub fn deliveries_check(
+    deliveries: &Result<serde_json::Value, CallError>,
+    hook_url: &str,
+    pages: &AppPages,
+) -> Check {
+    let deliveries = match deliveries {
+        Ok(value) => value.as_array().cloned().unwrap_or_default(),
+        Err(err) => return bad("deliveries", format!("cannot list the App's deliveries: {err}")),
+    };
+    if deliveries.is_empty() {
+        return ok(
+            "deliveries",
+            "none yet (GitHub sends the first when the App is installed or on the first comment)",
+        );
+    }
+    // A delivery reached Berth when any attempt of it did (Berth drops
+    // repeats), as the backfill counts it; listed newest first, so the first
+    // attempt seen of a failed one is its last.
+    let reached = |delivery: &serde_json::Value| {
+        delivery["status_code"].as_u64().is_some_and(|code| (200..300).contains(&code))
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut failed = Vec::new();
+    let mut delivered = 0;
+    for delivery in &deliveries {
+        let guid = delivery["guid"].as_str().unwrap_or_default();
+        if !seen.insert(guid.to_owned()) {
+            continue;
+        }
+        if deliveries.iter().any(|attempt| attempt["guid"] == guid && reached(attempt)) {
+            delivered += 1;
+        } else {
+            failed.push(delivery);
+        }
+    }
+    if failed.is_empty() {
+        return ok("deliveries", format!("the last {delivered} reached Berth"));
+    }
+    let mut names = Vec::new();
+    let mut fixes: Vec<String> = Vec::new();
+    for delivery in &failed {
+        let event = match delivery["action"].as_str() {
+            Some(action) => format!("{}.{action}", delivery["event"].as_str().unwrap_or("?")),
+            None => delivery["event"].as_str().unwrap_or("?").to_owned(),
+        };
+        let status = delivery["status"].as_str().unwrap_or("failed");
+        let code = delivery["status_code"].as_u64().unwrap_or(0);
+        if names.len() < 5 {
+            names.push(format!(
+                "{} ({event}, {}): {status}",
+                delivery["guid"].as_str().unwrap_or("?"),
+                delivery["delivered_at"].as_str().unwrap_or("?")
+            ));
+        }
+        let fix = delivery_fix(code, status, hook_url, pages);
+        if !fixes.contains(&fix) {
+            fixes.push(fix);
+        }
+    }
+    let more = failed.len().saturating_sub(names.len());
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    bad(
+        "deliveries",
+        format!(
+            "{} of the last {} deliveries did not reach Berth: {}{more}. Fix: {}. Once fixed, berth serve asks GitHub \
+             to deliver them again (at start and every 10 minutes)",
+            failed.len(),
+            seen.len(),
+            names.join("; "),
+            fixes.join("; ")
+        ),
+    )
+}
+
+/// The agent's secrets file holds a secret (a fresh one from `berth setup` holds only comments).
+fn agent_key_check(args: &ServeArgs) -> Option<Check> {
+    let path = args.worker_secrets_file.as_ref().filter(|path| !path.as_os_str().is_empty())?;
+    let files = crate::agent_env::AgentEnvFiles { env_file: None, secrets_file: Some(path.clone()) };
+    // A file that cannot be read or parsed is the settings check's to report.
+    let env = files.load().ok()?;
+    Some(if env.secrets.is_empty() {
+        bad(
+            "agent key",
+            format!(
+                "{} holds no secret yet, so the agent has no key; write it (bash): {}",
+                path.display(),
+                crate::setup::key_command(path)
+            ),
+        )
+    } else {
+        let names: Vec<&str> = env.secrets.iter().map(|(name, _)| name.as_str()).collect();
+        ok("agent key", format!("{} holds {}", path.display(), names.join(", ")))
+    })
 }

@@ -66,6 +66,15 @@ pub struct FakeState {
     /// Create check runs but never answer the request (as if the answer
     /// were lost), so a test can kill Berth between the two.
     pub stall_check_run_answers: bool,
+    /// The manifest flow (see its section below): the private key (PEM)
+    /// conversions hand out; `None`: a new one from `openssl genrsa`.
+    pub manifest_key: Option<String>,
+    /// Every manifest posted to the flow, with its code, in order.
+    pub manifest_apps: Vec<ManifestApp>,
+    /// The App's installations, as `GET /app/installations` lists them.
+    pub installations: Vec<Value>,
+    /// The App's webhook configuration (`GET /app/hook/config`); set by a conversion.
+    pub hook_config: Option<Value>,
 }
 
 impl FakeState {
@@ -177,6 +186,7 @@ fn routes(state: Shared) -> Router {
         .route("/repos/{owner}/{repo}/issues/comments/{id}/reactions", post(react))
         .route("/repos/{owner}/{repo}/issues/{number}/comments", get(list_comments).post(create_comment))
         .route("/repos/{owner}/{repo}/issues/comments/{id}", patch(update_comment))
+        .merge(manifest_flow_routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .with_state(state)
 }
@@ -205,7 +215,7 @@ async fn record(State(state): State<Shared>, request: Request, next: Next) -> Re
     let injected = {
         let mut state = lock(&state);
         let app_route = path.starts_with("/app/") || path.ends_with("/installation");
-        if (state.reject_credentials && app_route) || auth.ends_with("none") {
+        if (state.reject_credentials && app_route) || (auth.ends_with("none") && !is_unauthenticated(&path)) {
             Some(StatusCode::UNAUTHORIZED)
         } else {
             match state.fail_next {
@@ -431,15 +441,21 @@ async fn revoke_token(State(state): State<Shared>, headers: HeaderMap) -> Respon
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn app() -> Response {
-    Json(json!({
+async fn app(State(state): State<Shared>) -> Response {
+    let mut app = json!({
         "id": 4242,
         "slug": APP_SLUG,
         "name": "Berth",
         "owner": {"login": "e2e", "type": "Organization"},
         "html_url": format!("https://github.invalid/apps/{APP_SLUG}"),
-    }))
-    .into_response()
+        "permissions": {"checks": "write", "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"},
+        "events": ["issue_comment", "issues", "pull_request"],
+    });
+    // Once the manifest flow made the App, it is described as made.
+    if let Some(made) = lock(&state).manifest_apps.iter().rev().find(|made| made.converted) {
+        manifest_app_description(&mut app, made);
+    }
+    Json(app).into_response()
 }
 
 async fn list_comments(
@@ -500,4 +516,316 @@ async fn redeliver(State(state): State<Shared>, Path(id): Path<u64>, method: Met
     debug_assert_eq!(method, Method::POST);
     lock(&state).redeliveries.push(id);
     (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+}
+
+// ---------------------------------------------------------------------------
+// The App manifest flow, the App's installations and its webhook
+// configuration: what `berth setup` and the first-run checks of `berth
+// doctor` use. GitHub's web pages of the flow are served here too, at the
+// fake's own address (for a local fake, links to GitHub's web go into its
+// base URL): the manifest form, the "Create GitHub App" button that
+// redirects back with a one-time code, and the install page.
+// ---------------------------------------------------------------------------
+
+/// One manifest posted to the flow.
+#[derive(Debug, Clone)]
+pub struct ManifestApp {
+    /// The manifest as posted.
+    pub manifest: Value,
+    /// The organisation it was posted for; `None`: the personal account.
+    pub org: Option<String>,
+    /// The `state` the form's address carried, handed back in the redirect.
+    pub state: String,
+    /// The one-time code.
+    pub code: String,
+    /// Whether "Create GitHub App" was pressed (the code is then handed out).
+    pub created: bool,
+    /// Whether the code was converted (it works once).
+    pub converted: bool,
+    /// The webhook secret the conversion handed out.
+    pub webhook_secret: Option<String>,
+    /// The OAuth client secret the conversion handed out (Berth needs none).
+    pub client_secret: Option<String>,
+}
+
+/// The fake's personal account, owner of the Apps made without an organisation.
+pub const FAKE_USER: &str = "e2e";
+
+/// The id of the fake's one App (`GET /app`); conversions hand out this App.
+pub const FAKE_APP_ID: u64 = 4242;
+
+impl FakeGitHub {
+    /// Installs the App on `login`'s account (all repositories), as if done
+    /// on GitHub; `berth doctor` then finds it installed.
+    pub fn add_installation(&self, login: &str) {
+        add_installation(&self.state, login);
+    }
+}
+
+fn add_installation(state: &Shared, login: &str) {
+    let mut state = lock(state);
+    let id = state.id();
+    state.installations.push(json!({
+        "id": id,
+        "app_id": FAKE_APP_ID,
+        "app_slug": APP_SLUG,
+        "account": {"login": login, "type": "User"},
+        "target_type": "User",
+        "repository_selection": "all",
+        "suspended_at": null,
+    }));
+}
+
+/// GitHub's web pages and the conversion need no credentials.
+fn is_unauthenticated(path: &str) -> bool {
+    ["/app-manifests/", "/settings/apps/", "/organizations/", "/apps/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+}
+
+fn manifest_flow_routes() -> Router<Shared> {
+    Router::new()
+        .route("/settings/apps/new", post(new_app_page))
+        .route("/organizations/{org}/settings/apps/new", post(new_org_app_page))
+        .route("/settings/apps/new/{code}", post(create_app))
+        .route("/app-manifests/{code}/conversions", post(convert_manifest))
+        .route("/app/installations", get(list_installations))
+        .route("/app/hook/config", get(hook_config))
+        .route("/apps/{slug}/installations/new", get(install_page).post(install))
+}
+
+fn web_page(status: StatusCode, title: &str, body: &str) -> Response {
+    let title = crate::dashboard::escape(title);
+    let document = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head><body>\n{body}\n</body></html>\n"
+    );
+    (status, [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], document).into_response()
+}
+
+/// `http://<the fake's address, as the client called it>`.
+fn fake_base(headers: &HeaderMap) -> String {
+    let host = headers.get("host").and_then(|value| value.to_str().ok()).unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
+fn random_hex(length: usize) -> String {
+    let random = crate::status::random_id().unwrap_or_else(|_| {
+        format!(
+            "{:064x}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+        )
+    });
+    random.chars().cycle().take(length).collect()
+}
+
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+                (byte as char).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn new_app_page(
+    State(state): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    body: bytes::Bytes,
+) -> Response {
+    manifest_page(&state, None, &query, &body)
+}
+
+async fn new_org_app_page(
+    State(state): State<Shared>,
+    Path(org): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: bytes::Bytes,
+) -> Response {
+    manifest_page(&state, Some(org), &query, &body)
+}
+
+/// GitHub's page for a posted manifest: what will be created, and the button.
+fn manifest_page(
+    state: &Shared,
+    org: Option<String>,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Response {
+    let invalid =
+        |reason: &str| web_page(StatusCode::UNPROCESSABLE_ENTITY, "Invalid GitHub App configuration", reason);
+    let Some(text) = crate::dashboard::form_value(body, "manifest") else {
+        return invalid("No manifest was posted.");
+    };
+    let Ok(manifest) = serde_json::from_str::<Value>(&text) else {
+        return invalid("The manifest is not JSON.");
+    };
+    for field in ["/name", "/url", "/redirect_url", "/hook_attributes/url"] {
+        if manifest.pointer(field).and_then(Value::as_str).is_none_or(str::is_empty) {
+            return invalid(&format!("The manifest has no {field}."));
+        }
+    }
+    let mut state = lock(state);
+    let code = format!("{:x}{}", state.id(), random_hex(20));
+    let owner = org.clone().unwrap_or_else(|| FAKE_USER.to_owned());
+    let name = manifest["name"].as_str().unwrap_or_default().to_owned();
+    state.manifest_apps.push(ManifestApp {
+        manifest,
+        org,
+        state: query.get("state").cloned().unwrap_or_default(),
+        code: code.clone(),
+        created: false,
+        converted: false,
+        webhook_secret: None,
+        client_secret: None,
+    });
+    let escape = crate::dashboard::escape;
+    web_page(
+        StatusCode::OK,
+        "Create GitHub App",
+        &format!(
+            "<h1>Create GitHub App for {owner}</h1><p id=\"app-name\">{name}</p>\
+             <form method=\"post\" action=\"/settings/apps/new/{code}\">\
+             <button type=\"submit\" id=\"create-app\">Create GitHub App for {owner}</button></form>",
+            owner = escape(&owner),
+            name = escape(&name),
+        ),
+    )
+}
+
+/// "Create GitHub App": the App exists; the browser goes back with the code.
+async fn create_app(State(state): State<Shared>, Path(code): Path<String>) -> Response {
+    let mut state = lock(&state);
+    let Some(app) = state.manifest_apps.iter_mut().find(|app| app.code == code && !app.created) else {
+        return web_page(StatusCode::NOT_FOUND, "Not Found", "No such App request.");
+    };
+    app.created = true;
+    let redirect = app.manifest["redirect_url"].as_str().unwrap_or_default();
+    let separator = if redirect.contains('?') { '&' } else { '?' };
+    let location =
+        format!("{redirect}{separator}code={}&state={}", query_escape(&code), query_escape(&app.state));
+    (StatusCode::FOUND, [(axum::http::header::LOCATION, location)]).into_response()
+}
+
+/// `POST /app-manifests/{code}/conversions`: the App with its key and webhook
+/// secret, once per code.
+async fn convert_manifest(
+    State(state): State<Shared>,
+    Path(code): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let claimed = {
+        let mut state = lock(&state);
+        let key = state.manifest_key.clone();
+        state.manifest_apps.iter_mut().find(|app| app.code == code && app.created && !app.converted).map(
+            |app| {
+                app.converted = true;
+                (app.manifest.clone(), app.org.clone(), key)
+            },
+        )
+    };
+    let Some((manifest, org, key)) = claimed else { return not_found() };
+    let pem = match key {
+        Some(pem) => pem,
+        None => match tokio::process::Command::new("openssl")
+            .args(["genrsa", "-traditional", "2048"])
+            .output()
+            .await
+        {
+            Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout).into_owned(),
+            _ => {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"message": "the fake needs openssl"})),
+                )
+                    .into_response();
+            }
+        },
+    };
+    let webhook_secret = random_hex(40);
+    let client_secret = random_hex(40);
+    let base = fake_base(&headers);
+    let hook_url = manifest["hook_attributes"]["url"].clone();
+    {
+        let mut state = lock(&state);
+        if let Some(app) = state.manifest_apps.iter_mut().find(|app| app.code == code) {
+            app.webhook_secret = Some(webhook_secret.clone());
+            app.client_secret = Some(client_secret.clone());
+        }
+        state.hook_config =
+            Some(json!({"content_type": "json", "insecure_ssl": "0", "url": hook_url, "secret": "********"}));
+    }
+    let (owner, owner_type) = match &org {
+        Some(org) => (org.as_str(), "Organization"),
+        None => (FAKE_USER, "User"),
+    };
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "id": FAKE_APP_ID,
+            "slug": APP_SLUG,
+            "node_id": "A_fake",
+            "name": manifest["name"],
+            "description": manifest["description"],
+            "external_url": manifest["url"],
+            "html_url": format!("{base}/apps/{APP_SLUG}"),
+            "owner": {"login": owner, "type": owner_type},
+            "permissions": manifest["default_permissions"],
+            "events": manifest["default_events"],
+            "created_at": "2026-11-30T00:00:00Z",
+            "updated_at": "2026-11-30T00:00:00Z",
+            "client_id": format!("Iv1.{}", random_hex(16)),
+            "client_secret": client_secret,
+            "webhook_secret": webhook_secret,
+            "pem": pem,
+        })),
+    )
+        .into_response()
+}
+
+/// `GET /app` of an App the manifest flow made: its name, owner, permissions and events.
+fn manifest_app_description(app: &mut Value, made: &ManifestApp) {
+    app["name"] = made.manifest["name"].clone();
+    app["owner"] = match &made.org {
+        Some(org) => json!({"login": org, "type": "Organization"}),
+        None => json!({"login": FAKE_USER, "type": "User"}),
+    };
+    app["permissions"] = made.manifest["default_permissions"].clone();
+    app["events"] = made.manifest["default_events"].clone();
+}
+
+async fn list_installations(State(state): State<Shared>) -> Response {
+    Json(Value::Array(lock(&state).installations.clone())).into_response()
+}
+
+async fn hook_config(State(state): State<Shared>) -> Response {
+    let config = lock(&state).hook_config.clone().unwrap_or_else(
+        || json!({"content_type": "json", "insecure_ssl": "0", "url": "https://berth.invalid/webhook", "secret": "********"}),
+    );
+    Json(config).into_response()
+}
+
+/// GitHub's install page: the account, and the button.
+async fn install_page(Path(slug): Path<String>) -> Response {
+    let slug = crate::dashboard::escape(&slug);
+    web_page(
+        StatusCode::OK,
+        "Install",
+        &format!(
+            "<h1>Install {slug}</h1><form method=\"post\" action=\"/apps/{slug}/installations/new\">\
+             <button type=\"submit\" id=\"install-app\">Install on all repositories of {FAKE_USER}</button></form>"
+        ),
+    )
+}
+
+/// "Install": the App is installed on the fake's account (once).
+async fn install(State(state): State<Shared>) -> Response {
+    let installed =
+        lock(&state).installations.iter().any(|installation| installation["account"]["login"] == FAKE_USER);
+    if !installed {
+        add_installation(&state, FAKE_USER);
+    }
+    web_page(StatusCode::OK, "Installed", &format!("<h1 id=\"installed\">Installed on {FAKE_USER}</h1>"))
 }

@@ -22,6 +22,7 @@ pub mod prompt;
 pub mod ps;
 pub mod runner;
 pub mod server;
+pub mod setup;
 pub mod signature;
 pub mod status;
 pub mod tasks;

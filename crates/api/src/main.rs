@@ -35,6 +35,16 @@ async fn main() -> ExitCode {
             api::demo::run(&args).await
         }
         Command::AppManifest(args) => api::cli::print_app_manifest(&args),
+        Command::Setup(args) => {
+            let config = match args.validate() {
+                Ok(config) => config,
+                Err(err) => return api::cli::config_error(&err),
+            };
+            api::cli::init_tracing(false, "warn");
+            let shutdown = CancellationToken::new();
+            tokio::spawn(api::cli::cancel_on_signal(shutdown.clone()));
+            api::setup::run(config, shutdown).await
+        }
     };
     api::cli::exit_code(result)
 }

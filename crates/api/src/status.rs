@@ -38,6 +38,11 @@ use crate::journal::Journal;
 use crate::runner::Runner;
 use crate::tasks::{CancelCause, TaskRecord, TaskState};
 
+/// How many of a worker's last log lines the plain logs route returns.
+const LOG_TAIL_LINES: u64 = 10_000;
+/// At most this many bytes of them (the follow stream is not bounded: it streams).
+const LOG_TAIL_BYTES: usize = 4 << 20;
+
 /// The dashboard's session cookie: a random session id, never the token.
 pub const SESSION_COOKIE: &str = "berth_token";
 
@@ -152,8 +157,8 @@ impl Sessions {
     }
 }
 
-/// 32 random bytes from the kernel, in hex.
-fn random_id() -> Result<String, ApiError> {
+/// 32 random bytes from the kernel, in hex (sessions; `berth setup`'s key and states).
+pub(crate) fn random_id() -> Result<String, ApiError> {
     let mut bytes = [0_u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut urandom| urandom.read_exact(&mut bytes)).map_err(
         |err| {
@@ -379,6 +384,12 @@ impl Links {
             api.strip_suffix("/api/v3").map(str::to_owned)
         };
         Self { web, api }
+    }
+
+    /// GitHub's web address: github.com, the Enterprise host, or, for any
+    /// other API (a local fake, which serves GitHub's pages too), the API's base.
+    pub fn web_base(&self) -> &str {
+        self.web.as_deref().unwrap_or(&self.api)
     }
 
     /// The issue (implement) or pull request (review) a task works on.
@@ -781,10 +792,14 @@ async fn task_logs(
         return Err(ApiError::NoContainer { task_id: task_id.to_string(), reason });
     };
     if query.follow != Some(true) {
-        let text = runner.dispatcher().logs_text(&container.id).await.map_err(|err| {
-            warn!(task_id = %task_id, error = %err, "could not read the worker's logs");
-            ApiError::Unavailable("the container engine did not answer".to_owned())
-        })?;
+        // The end of it, bounded: a worker may have printed hundreds of megabytes.
+        let text =
+            runner.dispatcher().logs_tail(&container.id, LOG_TAIL_LINES, LOG_TAIL_BYTES).await.map_err(
+                |err| {
+                    warn!(task_id = %task_id, error = %err, "could not read the worker's logs");
+                    ApiError::Unavailable("the container engine did not answer".to_owned())
+                },
+            )?;
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
     // A reconnecting EventSource says which line it saw last; it gets the rest.

@@ -300,6 +300,27 @@ impl<E: ContainerEngine> Dispatcher<E> {
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
+    /// The end of the output so far (stdout and stderr interleaved): the last
+    /// `lines` lines, of which at most the last `max_bytes` are kept while
+    /// reading. What an operator reads through the status API, bounded
+    /// whatever a worker printed.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn logs_tail(
+        &self,
+        id: &ContainerId,
+        lines: u64,
+        max_bytes: usize,
+    ) -> Result<String, DispatchError> {
+        let mut logs = self.engine.logs(id, false, Some(lines));
+        let mut tail = TailBuffer::new(max_bytes);
+        while let Some(chunk) = logs.next().await {
+            tail.push(chunk?.bytes());
+        }
+        Ok(String::from_utf8_lossy(&tail.into_bytes()).into_owned())
+    }
+
     /// Only stdout so far, as text, all of it: memory grows with the
     /// output (tests and benchmarks; the daemon reads
     /// [`Dispatcher::stdout_tail`]).

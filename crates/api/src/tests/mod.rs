@@ -7,6 +7,7 @@ mod hardening;
 mod intake;
 mod journal;
 mod runner;
+mod setup;
 mod signature;
 mod status;
 mod triggers;
