@@ -248,6 +248,15 @@ async fn setup_in_chromium_creates_the_app_and_berth_serve_starts_from_its_files
     assert_eq!(manifest["default_permissions"]["checks"], "write");
     assert_eq!(manifest["default_events"], json!(["issue_comment", "issues", "pull_request"]));
     assert!(posted[0].converted && posted[0].state.len() == 64, "{:?}", posted[0].state);
+    let conversions: Vec<String> = fake.with(|state| {
+        state
+            .requests
+            .iter()
+            .filter(|request| request.path.starts_with("/app-manifests/"))
+            .map(|request| request.auth.clone())
+            .collect()
+    });
+    assert_eq!(conversions, [" none"], "one conversion, with no credentials");
 
     // The install link leads to GitHub's install page.
     let install_link = browser.find("#install").await;
