@@ -44,7 +44,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tests::claude::{CLAUDE, claude_image};
+use tests::claude::{CLAUDE, claude_image, claude_settings};
 use tests::fake_model::FakeModel;
 use tests::git_server::{GitServer, bridge_gateway};
 use tests::{
@@ -54,9 +54,6 @@ use tests::{
 
 const SECRET: &str = "bench-agent-webhook-secret";
 const API_KEY: &str = "sk-ant-bench-agent-0123456789abcdef";
-/// The agent command the README gives for Claude Code (as `claude_rig`).
-const CLAUDE_COMMAND: &str =
-    "claude -p --permission-mode acceptEdits --add-dir {work_dir} --output-format text";
 /// The CLI's arguments on the paths without Berth.
 const DIRECT_ARGS: [&str; 4] = ["-p", "review this", "--output-format", "text"];
 /// The worker's note just before it spawns the agent (after the checkout).
@@ -343,15 +340,7 @@ async fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let key = rsa_key(dir.path());
-    let env_file = dir.path().join("agent.env");
-    let secrets_file = dir.path().join("agent.secrets");
-    std::fs::write(
-        &env_file,
-        format!("ANTHROPIC_BASE_URL={}\nCLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1\n", model.url()),
-    )
-    .unwrap();
-    std::fs::write(&secrets_file, format!("ANTHROPIC_API_KEY={API_KEY}\n")).unwrap();
-    let env: Vec<(&'static str, String)> = vec![
+    let mut env: Vec<(&'static str, String)> = vec![
         ("BERTH_WEBHOOK_SECRET", SECRET.to_owned()),
         ("BERTH_GITHUB_APP_ID", "4242".to_owned()),
         ("BERTH_GITHUB_PRIVATE_KEY_FILE", key.display().to_string()),
@@ -359,14 +348,11 @@ async fn main() {
         ("BERTH_STATE_DIR", dir.path().join("state").display().to_string()),
         ("BERTH_WORKER_IMAGE", image.clone()),
         ("BERTH_WORKER_NETWORK", "bridge".to_owned()),
-        ("BERTH_WORKER_MEMORY", "1g".to_owned()),
-        ("BERTH_AGENT_COMMAND", CLAUDE_COMMAND.to_owned()),
-        ("BERTH_WORKER_ENV_FILE", env_file.display().to_string()),
-        ("BERTH_WORKER_SECRETS_FILE", secrets_file.display().to_string()),
         ("BERTH_INSTANCE", instance.clone()),
         ("BERTH_MAX_WORKERS", "1".to_owned()),
         ("RUST_LOG", "info".to_owned()),
     ];
+    env.extend(claude_settings(dir.path(), &model.url(), API_KEY));
     let daemon = Daemon::start(&env).await;
     while !matches!(http(daemon.addr, "GET", "/readyz", &[], b"").await, Ok((200, _))) {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -11,16 +11,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use tests::claude::claude_image;
+use tests::claude::{claude_image, claude_settings};
 use tests::fake_model::{FakeModel, Script};
 use tests::git_server::bridge_gateway;
 use tests::{http, workspace_binaries};
 
 use crate::running::{ADMIN_TOKEN, Rig};
-
-/// The agent command the README gives for Claude Code.
-const CLAUDE_COMMAND: &str =
-    "claude -p --permission-mode acceptEdits --add-dir {work_dir} --output-format text";
 
 const API_KEY: &str = "sk-ant-e2e-secret-key-0123456789abcdef";
 
@@ -30,26 +26,9 @@ const REVIEW_TEXT: &str =
 /// A rig whose workers run Claude Code against `model`.
 async fn claude_rig(name: &str, model: &FakeModel, dir: &tempfile::TempDir) -> Rig {
     let image = claude_image().await.to_owned();
-    let env_file = dir.path().join("agent.env");
-    let secrets_file = dir.path().join("agent.secrets");
-    std::fs::write(
-        &env_file,
-        format!("ANTHROPIC_BASE_URL={}\nCLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1\n", model.url()),
-    )
-    .unwrap();
-    std::fs::write(&secrets_file, format!("ANTHROPIC_API_KEY={API_KEY}\n")).unwrap();
-    Rig::start(
-        name,
-        &[
-            ("BERTH_WORKER_IMAGE", image),
-            ("BERTH_AGENT_COMMAND", CLAUDE_COMMAND.to_owned()),
-            ("BERTH_WORKER_ENV_FILE", env_file.display().to_string()),
-            ("BERTH_WORKER_SECRETS_FILE", secrets_file.display().to_string()),
-            ("BERTH_WORKER_MEMORY", "1g".to_owned()),
-            ("RUST_LOG", "debug".to_owned()),
-        ],
-    )
-    .await
+    let mut settings = claude_settings(dir.path(), &model.url(), API_KEY);
+    settings.extend([("BERTH_WORKER_IMAGE", image), ("RUST_LOG", "debug".to_owned())]);
+    Rig::start(name, &settings).await
 }
 
 fn task_of(answer: &Value) -> String {

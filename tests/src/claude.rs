@@ -17,6 +17,32 @@ pub const CLAUDE_IMAGE: &str = "berth-test-claude:e2e";
 /// Where the CLI lives in that image (on its `PATH`).
 pub const CLAUDE: &str = "/usr/local/bin/claude";
 
+/// The agent command the README gives for Claude Code.
+pub const CLAUDE_COMMAND: &str =
+    "claude -p --permission-mode acceptEdits --add-dir {work_dir} --output-format text";
+
+/// The settings of a daemon whose workers run Claude Code (the README's
+/// "Running a real agent") against the model at `model_url`: the agent
+/// command, 1 GiB workers, and the env and secrets files, written into `dir`
+/// (the key only in the secrets file).
+pub fn claude_settings(dir: &std::path::Path, model_url: &str, api_key: &str) -> Vec<(&'static str, String)> {
+    let env_file = dir.join("agent.env");
+    let secrets_file = dir.join("agent.secrets");
+    std::fs::write(
+        &env_file,
+        format!("ANTHROPIC_BASE_URL={model_url}\nCLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1\n"),
+    )
+    .expect("the agent's env file is written");
+    std::fs::write(&secrets_file, format!("ANTHROPIC_API_KEY={api_key}\n"))
+        .expect("the secrets file is written");
+    vec![
+        ("BERTH_AGENT_COMMAND", CLAUDE_COMMAND.to_owned()),
+        ("BERTH_WORKER_ENV_FILE", env_file.display().to_string()),
+        ("BERTH_WORKER_SECRETS_FILE", secrets_file.display().to_string()),
+        ("BERTH_WORKER_MEMORY", "1g".to_owned()),
+    ]
+}
+
 /// The script that fetches the CLI into the cache, relative to the clone.
 pub const FETCH_SCRIPT: &str = "tests/agents/fetch-claude-code.sh";
 

@@ -313,12 +313,7 @@ impl<E: ContainerEngine> Dispatcher<E> {
         lines: u64,
         max_bytes: usize,
     ) -> Result<String, DispatchError> {
-        let mut logs = self.engine.logs(id, false, Some(lines));
-        let mut tail = TailBuffer::new(max_bytes);
-        while let Some(chunk) = logs.next().await {
-            tail.push(chunk?.bytes());
-        }
-        Ok(String::from_utf8_lossy(&tail.into_bytes()).into_owned())
+        self.tail_of(id, lines, max_bytes, |_| true).await
     }
 
     /// Only stdout so far, as text, all of it: memory grows with the
@@ -352,11 +347,24 @@ impl<E: ContainerEngine> Dispatcher<E> {
         lines: u64,
         max_bytes: usize,
     ) -> Result<String, DispatchError> {
+        self.tail_of(id, lines, max_bytes, |chunk| matches!(chunk, LogChunk::Stdout(_))).await
+    }
+
+    /// The last `lines` lines of output, of which the chunks `keep` accepts
+    /// are kept, at most their last `max_bytes`.
+    async fn tail_of(
+        &self,
+        id: &ContainerId,
+        lines: u64,
+        max_bytes: usize,
+        keep: impl Fn(&LogChunk) -> bool,
+    ) -> Result<String, DispatchError> {
         let mut logs = self.engine.logs(id, false, Some(lines));
         let mut tail = TailBuffer::new(max_bytes);
         while let Some(chunk) = logs.next().await {
-            if let LogChunk::Stdout(bytes) = chunk? {
-                tail.push(&bytes);
+            let chunk = chunk?;
+            if keep(&chunk) {
+                tail.push(chunk.bytes());
             }
         }
         Ok(String::from_utf8_lossy(&tail.into_bytes()).into_owned())

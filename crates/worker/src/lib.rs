@@ -227,7 +227,7 @@ async fn execute(
         Ok(ready) => ready,
         Err(halt) => return Outcome::halted(halt),
     };
-    let argv = command.render(&placeholder_values(task, &layout, &checkout));
+    let argv = command.render(&placeholder_values(task, options, &layout, &checkout));
     let Some((program, args)) = argv.split_first() else {
         return Outcome::halted(Halt::Failed(WorkerError::AgentCommand(command::CommandError::Empty)));
     };
@@ -401,20 +401,17 @@ fn find_program(program: &str, path: &str) -> Result<(), WorkerError> {
     }
 }
 
-fn placeholder_values(task: &WorkerTask, layout: &Layout, checkout: &Checkout) -> PlaceholderValues {
-    // The prompt as the worker wrote it to the prompt file, paths filled in.
+/// Every placeholder, once the clone is checked out: the early ones, then
+/// what the checkout found, and the prompt as written to the prompt file.
+fn placeholder_values(
+    task: &WorkerTask,
+    options: &WorkerOptions,
+    layout: &Layout,
+    checkout: &Checkout,
+) -> PlaceholderValues {
     let prompt = std::fs::read_to_string(&layout.prompt_file).unwrap_or_else(|_| task.prompt.clone());
-    let path = |path: &Path| path.to_string_lossy().into_owned();
-    let mut values = PlaceholderValues::default();
+    let mut values = early_values(task, options, layout);
     values
-        .set("task_id", task.task_id.as_str())
-        .set("kind", task.kind.as_str())
-        .set("repo", task.repo.as_str())
-        .set("number", task.number.to_string())
-        .set("workspace", path(&layout.repo))
-        .set("work_dir", path(&layout.work_dir))
-        .set("prompt_file", path(&layout.prompt_file))
-        .set("summary_file", path(&layout.summary_file))
         .set("prompt", prompt)
         .set("branch", checkout.branch.clone().or_else(|| task.head_ref.clone()).unwrap_or_default())
         .set("base_ref", checkout.base_ref.clone().unwrap_or_default())
