@@ -987,6 +987,21 @@ fn cancel_in(txn: &WriteTransaction, cancel: &CancelRequest) -> Result<Vec<TaskI
         }
         if record.cancel.is_none() {
             record.cancel = Some(cancel.clone());
+            // A task on its way out no longer holds its dedupe key: a new
+            // request for the same work (a review asked for right after the
+            // push that superseded this one) is not a duplicate of it. It
+            // stays active under a key of its own until it has ended.
+            let leaving = format!("{}~cancelled~{task_id}", record.dedupe_key);
+            let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
+            let ours = active
+                .get(record.dedupe_key.as_str())
+                .map_err(storage_of("write"))?
+                .is_some_and(|value| value.value() == task_id.as_str());
+            if ours {
+                active.remove(record.dedupe_key.as_str()).map_err(storage_of("write"))?;
+                active.insert(leaving.as_str(), task_id.as_str()).map_err(storage_of("write"))?;
+                record.dedupe_key = leaving;
+            }
             tasks.insert(task_id.as_str(), encode(&record).as_slice()).map_err(storage_of("write"))?;
         }
         cancelled.push(record.task_id);

@@ -265,3 +265,32 @@ async fn triggers_without_a_comment_are_deduped_by_delivery_and_active_task_only
     let after = journal.accept("l-3", "issues", review_by_comment(6, None)).await.unwrap();
     assert!(matches!(after, Accepted::Queued { .. }), "{after:?}");
 }
+
+#[tokio::test]
+async fn a_review_asked_for_while_the_superseded_one_is_stopping_is_not_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let old = queued_task(&journal.accept("d-1", "issue_comment", review(5)).await.unwrap());
+    journal.update_task(&old, Box::new(|task| task.head_sha = Some("aaaaaaa1".to_owned()))).await.unwrap();
+    // A push supersedes the running review of the old head...
+    let push = CancelRequest {
+        repo: "octo/repo".into(),
+        number: 5,
+        cause: CancelCause::Superseded,
+        by: "octocat".into(),
+        kind: Some(TaskKind::Review),
+        except_head: Some("bbbbbbb2".to_owned()),
+        reason: "superseded by a push of bbbbbbb".into(),
+    };
+    let answer = journal.accept("d-2", "pull_request", Decision::Cancel(push)).await.unwrap();
+    assert!(matches!(answer, Accepted::CancelRequested { ref tasks, .. } if *tasks == vec![old.clone()]));
+    // ...and a review asked for at once, while the old one still stops, runs.
+    let new = queued_task(&journal.accept("d-3", "issue_comment", review(5)).await.unwrap());
+    assert_ne!(new, old);
+    let active: Vec<_> = journal.active_tasks().unwrap().into_iter().map(|task| task.task_id).collect();
+    assert!(active.contains(&old) && active.contains(&new), "both stay active until they end: {active:?}");
+    // The old one ending frees only its own key: the new one is still what a third request duplicates.
+    journal.update_task(&old, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
+    let third = journal.accept("d-4", "issue_comment", review(5)).await.unwrap();
+    assert!(matches!(third, Accepted::Duplicate { task: Some(ref t), .. } if *t == new), "{third:?}");
+}
