@@ -315,3 +315,83 @@ async fn the_worker_gets_only_the_scoped_token_and_no_secret_is_logged() {
         assert!(!log.contains(secret), "daemon log leaks {secret:?}");
     }
 }
+
+#[tokio::test]
+async fn a_busy_repository_cannot_starve_a_quiet_one() {
+    // At most 2 workers per repository (and 4 in all): the busy repository
+    // fills its own 2 slots, the quiet one still gets the others.
+    let rig = Rig::start(
+        "fair",
+        &[("BERTH_MAX_WORKERS", "4".to_owned()), ("BERTH_MAX_WORKERS_PER_REPO", "2".to_owned())],
+    )
+    .await;
+    // A second repository on the same git server.
+    let quiet_name = format!("{}-quiet", rig.repo_name);
+    let quiet_repo = format!("e2e/{quiet_name}");
+    let quiet_seed = rig.server.repo(&format!("{quiet_name}.git"));
+    quiet_seed.commit("main", "README.md", "quiet\n");
+    let quiet_head = quiet_seed.commit("feature", "change.txt", "a quiet change\n");
+    for number in 1..=20 {
+        rig.fake.set_pull(&rig.repo, number, &rig.head_sha, "feature", Some(&rig.repo));
+    }
+    for number in [1, 2] {
+        rig.fake.set_pull(&quiet_repo, number, &quiet_head, "feature", Some(&quiet_repo));
+    }
+    // Twenty slow reviews from the busy repository, then two from the quiet one.
+    let mut busy = Vec::new();
+    for number in 1..=20 {
+        let comment = rig.comment(number, true, "/berth review sleep 2", 2000 + number);
+        busy.push(task_of(&rig.deliver("issue_comment", &format!("busy-{number}"), &comment).await));
+    }
+    let mut quiet = Vec::new();
+    for number in [1, 2] {
+        let mut comment = rig.comment(number, true, "/berth review", 3000 + number);
+        comment["repository"] = json!({
+            "full_name": quiet_repo,
+            "clone_url": rig.server.url(&format!("{quiet_name}.git")),
+            "default_branch": "main"
+        });
+        quiet.push(task_of(&rig.deliver("issue_comment", &format!("quiet-{number}"), &comment).await));
+    }
+    rig.until("the quiet repository's reviews", Duration::from_secs(120), |state| {
+        quiet.iter().all(|task| {
+            state
+                .check_runs
+                .values()
+                .any(|run| run["external_id"] == task.as_str() && run["status"] == "completed")
+        })
+    })
+    .await;
+    // Check runs are made at dispatch, in order: the quiet ones are among the first four.
+    let dispatched: Vec<String> = rig.fake.with(|state| {
+        state
+            .check_runs
+            .values()
+            .map(|run| run["external_id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    });
+    for task in &quiet {
+        let place = dispatched.iter().position(|id| id == task).expect("dispatched");
+        assert!(place < 4, "{task} was dispatched {}th: {dispatched:?}", place + 1);
+    }
+    // The busy repository never runs more than its 2 at once.
+    let mut most = 0;
+    let started = std::time::Instant::now();
+    while !busy.iter().all(|task| rig.completed(task).is_some()) {
+        assert!(started.elapsed() < Duration::from_secs(180), "the busy reviews did not end");
+        let running = rig
+            .containers()
+            .await
+            .into_iter()
+            .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+            .count();
+        most = most.max(running);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(most <= 2, "{most} workers of one repository ran at once");
+    assert!(most >= 1);
+    // Everything still ends, each once.
+    for task in busy.iter().chain(&quiet) {
+        assert_eq!(rig.outcome(task, Duration::from_secs(180)).await["conclusion"], "success");
+    }
+}

@@ -205,6 +205,9 @@ pub struct ServeArgs {
     /// Running workers at once; more wait in a queue.
     #[arg(long, env = "BERTH_MAX_WORKERS", default_value = "4")]
     pub max_workers: String,
+    /// Running workers at once for any one repository (empty: only BERTH_MAX_WORKERS).
+    #[arg(long, env = "BERTH_MAX_WORKERS_PER_REPO", default_value = "")]
+    pub max_workers_per_repo: String,
     /// Memory limit per worker (`512m`, `2g`); swap is set equal, so no extra swap.
     #[arg(long, env = "BERTH_WORKER_MEMORY", default_value = "2g")]
     pub worker_memory: String,
@@ -361,6 +364,8 @@ pub struct ServeConfig {
     pub worker_network: String,
     /// Running workers at once.
     pub max_workers: usize,
+    /// Running workers at once per repository, if capped.
+    pub max_workers_per_repo: Option<usize>,
     /// Worker memory in bytes.
     pub worker_memory_bytes: i64,
     /// Worker CPUs in billionths.
@@ -593,6 +598,12 @@ impl ServeArgs {
             self.max_workers.parse().ok().filter(|count| *count > 0).ok_or_else(|| {
                 invalid("BERTH_MAX_WORKERS", format!("{:?} is not a positive number", self.max_workers))
             })?;
+        let max_workers_per_repo = match self.max_workers_per_repo.trim() {
+            "" => None,
+            text => Some(text.parse::<usize>().ok().filter(|count| *count > 0).ok_or_else(|| {
+                invalid("BERTH_MAX_WORKERS_PER_REPO", format!("{text:?} is not a positive number"))
+            })?),
+        };
         let worker_memory_bytes =
             parse_size(&self.worker_memory).map_err(|reason| invalid("BERTH_WORKER_MEMORY", reason))?;
         if worker_memory_bytes < 6 * 1024 * 1024 {
@@ -716,6 +727,7 @@ impl ServeArgs {
             worker_entrypoint: self.worker_entrypoint.clone(),
             worker_network: self.worker_network.clone(),
             max_workers,
+            max_workers_per_repo,
             worker_memory_bytes,
             worker_nano_cpus,
             worker_pids_limit,

@@ -135,6 +135,7 @@ async fn start_runner(
         github,
         RunnerConfig {
             max_workers: config.max_workers,
+            max_workers_per_repo: config.max_workers_per_repo,
             task_timeout: config.task_timeout,
             stop_grace: config.stop_grace,
             agent_command: config.agent_command.clone(),

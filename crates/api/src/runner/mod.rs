@@ -53,6 +53,8 @@ const RESULT_TAIL_BYTES: usize = 512 * 1024;
 pub struct RunnerConfig {
     /// Running workers at once.
     pub max_workers: usize,
+    /// Running workers at once for any one repository (none: only the global cap).
+    pub max_workers_per_repo: Option<usize>,
     /// Hard deadline per task.
     pub task_timeout: Duration,
     /// SIGTERM-to-SIGKILL grace when a worker is stopped.
@@ -217,6 +219,26 @@ fn capitalize(text: &str) -> String {
     chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
 }
 
+/// The queued tasks in the order they get a worker slot: round-robin across
+/// repositories, so one busy repository cannot starve the others. A task's
+/// turn is its place in its repository's queue plus the workers that
+/// repository already runs; ties go to the task accepted first.
+pub fn fair_order(mut queued: Vec<TaskRecord>, running: &HashMap<String, usize>) -> Vec<TaskRecord> {
+    queued.sort_by_key(|task| task.seq);
+    let mut places: HashMap<String, usize> = HashMap::new();
+    let mut turns: Vec<(usize, u64, TaskRecord)> = queued
+        .into_iter()
+        .map(|task| {
+            let place = places.entry(task.repo.clone()).or_default();
+            let turn = *place + running.get(&task.repo).copied().unwrap_or(0);
+            *place += 1;
+            (turn, task.seq, task)
+        })
+        .collect();
+    turns.sort_by_key(|(turn, seq, _)| (*turn, *seq));
+    turns.into_iter().map(|(_, _, task)| task).collect()
+}
+
 /// How long an installation token lives from when GitHub makes it.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -369,16 +391,30 @@ impl Runner {
                 None => {}
             }
         }
-        for task in tasks.into_iter().filter(|task| task.state == TaskState::Queued && task.cancel.is_none())
+        let mut running: HashMap<String, usize> = HashMap::new();
         {
+            let active = self.active();
+            for task in tasks.iter().filter(|task| active.contains_key(&task.task_id)) {
+                *running.entry(task.repo.clone()).or_default() += 1;
+            }
+        }
+        let waiting = tasks
+            .into_iter()
+            .filter(|task| task.state == TaskState::Queued && task.cancel.is_none())
+            .collect();
+        for task in fair_order(waiting, &running) {
             let mut active = self.active();
             if active.contains_key(&task.task_id) {
                 continue;
             }
-            if active.len() >= self.config.max_workers {
+            let of_repo = running.entry(task.repo.clone()).or_default();
+            if active.len() >= self.config.max_workers
+                || self.config.max_workers_per_repo.is_some_and(|cap| *of_repo >= cap)
+            {
                 queued += 1;
                 continue;
             }
+            *of_repo += 1;
             let token = self.shutdown.child_token();
             let reason = Arc::new(Mutex::new(None));
             active.insert(task.task_id.clone(), (token.clone(), reason.clone()));

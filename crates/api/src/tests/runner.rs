@@ -61,3 +61,53 @@ fn a_well_formed_record_still_succeeds_and_other_endings_read_as_before() {
     let late = words(&Ending::Exited { exit: exit(4), result: None, stopped: Some(StopCause::Deadline) });
     assert_eq!(late.conclusion, "timed_out");
 }
+
+fn queued(repo: &str, number: u64, seq: u64) -> crate::tasks::TaskRecord {
+    let request = crate::triggers::TaskRequest {
+        kind: TaskKind::Review,
+        repo: repo.to_owned(),
+        number,
+        head_sha: None,
+        head_ref: None,
+        clone_url: "https://example.invalid/x.git".to_owned(),
+        prompt: String::new(),
+        subject_title: String::new(),
+        subject_body: String::new(),
+        base_ref: None,
+        sender: "octocat".to_owned(),
+        installation: None,
+        comment_id: Some(seq),
+    };
+    crate::tasks::TaskRecord::queued(request, &format!("d-{seq}"), seq, 0)
+}
+
+#[test]
+fn the_queue_is_taken_round_robin_across_repositories() {
+    // Twenty from a busy repository first, then two from a quiet one.
+    let mut waiting: Vec<_> = (1..=20).map(|n| queued("busy/repo", n, n)).collect();
+    waiting.push(queued("quiet/repo", 1, 21));
+    waiting.push(queued("quiet/repo", 2, 22));
+    let order: Vec<(String, u64)> =
+        crate::runner::fair_order(waiting.clone(), &std::collections::HashMap::new())
+            .into_iter()
+            .map(|task| (task.repo, task.number))
+            .collect();
+    assert_eq!(
+        order[..5],
+        [
+            ("busy/repo".to_owned(), 1),
+            ("quiet/repo".to_owned(), 1),
+            ("busy/repo".to_owned(), 2),
+            ("quiet/repo".to_owned(), 2),
+            ("busy/repo".to_owned(), 3)
+        ]
+    );
+    // With two of the busy repository's already running, the quiet one goes first.
+    let running = std::collections::HashMap::from([("busy/repo".to_owned(), 2)]);
+    let order = crate::runner::fair_order(waiting, &running);
+    assert_eq!((order[0].repo.as_str(), order[1].repo.as_str()), ("quiet/repo", "quiet/repo"));
+    // Within a repository, the order accepted holds.
+    let busy: Vec<u64> =
+        order.iter().filter(|task| task.repo == "busy/repo").map(|task| task.number).collect();
+    assert_eq!(busy, (1..=20).collect::<Vec<_>>());
+}
