@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use serde_json::{Value, json};
-use tests::{Daemon, github_signature, http, rsa_key};
+use serde_json::Value;
+use tests::{Daemon, review_comment, rsa_key};
 
 const SECRET: &str = "e2e-webhook-secret";
 
@@ -33,27 +33,8 @@ impl Env {
     }
 }
 
-fn review_comment(number: u64) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "action": "created",
-        "comment": {"id": number, "body": "/berth review", "user": {"login": "alice", "type": "User"}, "author_association": "OWNER"},
-        "issue": {"number": number, "pull_request": {"url": "x"}},
-        "repository": {"full_name": "octo/repo", "clone_url": "https://git.invalid/octo/repo.git", "default_branch": "main"},
-        "sender": {"login": "alice", "type": "User"},
-        "installation": {"id": 1}
-    }))
-    .unwrap()
-}
-
 async fn deliver(addr: SocketAddr, delivery: &str, body: &[u8]) -> std::io::Result<(u16, Value)> {
-    let headers = [
-        ("X-GitHub-Event", "issue_comment".to_owned()),
-        ("X-GitHub-Delivery", delivery.to_owned()),
-        ("X-Hub-Signature-256", github_signature(SECRET, body)),
-        ("Content-Type", "application/json".to_owned()),
-    ];
-    let (status, text) = http(addr, "POST", "/webhook", &headers, body).await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    tests::deliver_comment(addr, SECRET, delivery, body).await
 }
 
 #[tokio::test]

@@ -433,3 +433,38 @@ pub fn engine_time(text: &str) -> Option<SystemTime> {
 pub fn started_at(inspect: &bollard::models::ContainerInspectResponse) -> Option<SystemTime> {
     engine_time(inspect.state.as_ref()?.started_at.as_deref()?)
 }
+
+/// A `/berth review` comment by a trusted OWNER on pull request `number` of
+/// `octo/repo`, as a GitHub App receives it (the body of a delivery).
+pub fn review_comment(number: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "action": "created",
+        "comment": {"id": number, "body": "/berth review", "user": {"login": "alice", "type": "User"}, "author_association": "OWNER"},
+        "issue": {"number": number, "pull_request": {"url": "x"}},
+        "repository": {"full_name": "octo/repo", "clone_url": "https://git.invalid/octo/repo.git", "default_branch": "main"},
+        "sender": {"login": "alice", "type": "User"},
+        "installation": {"id": 1}
+    }))
+    .expect("a JSON value serializes")
+}
+
+/// Posts `body` as an `issue_comment` delivery signed with `secret`; the
+/// status and the JSON answer (`Null` when the answer is not JSON).
+///
+/// # Errors
+/// Connection failures.
+pub async fn deliver_comment(
+    addr: std::net::SocketAddr,
+    secret: &str,
+    delivery: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let headers = [
+        ("X-GitHub-Event", "issue_comment".to_owned()),
+        ("X-GitHub-Delivery", delivery.to_owned()),
+        ("X-Hub-Signature-256", github_signature(secret, body)),
+        ("Content-Type", "application/json".to_owned()),
+    ];
+    let (status, text) = http(addr, "POST", "/webhook", &headers, body).await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
+}
