@@ -529,17 +529,7 @@ impl ServeArgs {
     /// # Errors
     /// The first setting that is missing or invalid.
     pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
-        let bind: SocketAddr = self.bind.parse().map_err(|_| {
-            invalid("BERTH_BIND", format!("{:?} is not an address like 127.0.0.1:8080", self.bind))
-        })?;
-        if bind.ip().is_unspecified() && !self.allow_public_bind {
-            return Err(invalid(
-                "BERTH_BIND",
-                format!(
-                    "{bind} listens on every interface; bind one private address or set BERTH_ALLOW_PUBLIC_BIND=true"
-                ),
-            ));
-        }
+        let bind = check_bind(&self.bind, self.allow_public_bind, "bind one private address")?;
         let webhook_secret = match (&self.webhook_secret, &self.webhook_secret_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -797,6 +787,21 @@ impl ServeArgs {
     }
 }
 
+/// `BERTH_BIND` as an address; every interface only when allowed, else
+/// refused with `instead` as the way out.
+fn check_bind(text: &str, allow_public: bool, instead: &str) -> Result<SocketAddr, ConfigError> {
+    let bind: SocketAddr = text
+        .parse()
+        .map_err(|_| invalid("BERTH_BIND", format!("{text:?} is not an address like 127.0.0.1:8080")))?;
+    if bind.ip().is_unspecified() && !allow_public {
+        return Err(invalid(
+            "BERTH_BIND",
+            format!("{bind} listens on every interface; {instead} or set BERTH_ALLOW_PUBLIC_BIND=true"),
+        ));
+    }
+    Ok(bind)
+}
+
 fn read_template(setting: &'static str, path: &std::path::Path) -> Result<Template, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| invalid(setting, format!("cannot read {}: {err}", path.display())))?;
@@ -939,17 +944,11 @@ impl SetupArgs {
             Some(org) => return Err(invalid("--org", format!("{org:?} is not a GitHub organisation name"))),
             None => None,
         };
-        let bind: SocketAddr = self.bind.parse().map_err(|_| {
-            invalid("BERTH_BIND", format!("{:?} is not an address like 127.0.0.1:8080", self.bind))
-        })?;
-        if bind.ip().is_unspecified() && !self.allow_public_bind {
-            return Err(invalid(
-                "BERTH_BIND",
-                format!(
-                    "{bind} listens on every interface; keep the setup page on loopback (reach it with ssh -L) or set BERTH_ALLOW_PUBLIC_BIND=true"
-                ),
-            ));
-        }
+        let bind = check_bind(
+            &self.bind,
+            self.allow_public_bind,
+            "keep the setup page on loopback (reach it with ssh -L)",
+        )?;
         let github_api_url = self.github_api_url.trim().trim_end_matches('/').to_owned();
         if !(github_api_url.starts_with("https://") || github_api_url.starts_with("http://")) {
             return Err(invalid("BERTH_GITHUB_API_URL", format!("{github_api_url:?} is not an http(s) URL")));

@@ -466,16 +466,19 @@ impl Runner {
             None => {}
             Some((ending, container)) => {
                 self.finish(task.clone(), ending, container).await;
+                // Off the task's slot: a slow GitHub must not hold a worker place.
                 if let Some(token) = token {
-                    let revoked =
-                        tokio::time::timeout(Duration::from_secs(30), self.github.revoke_token(&token));
-                    match revoked.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(err)) => {
-                            warn!(error = %err, "could not revoke the worker token; it expires within the hour")
+                    let github = self.github.clone();
+                    self.tracker.spawn(async move {
+                        let revoked = tokio::time::timeout(Duration::from_secs(30), github.revoke_token(&token));
+                        match revoked.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(err)) => {
+                                warn!(error = %err, "could not revoke the worker token; it expires within the hour");
+                            }
+                            Err(_) => warn!("revoking the worker token timed out; it expires within the hour"),
                         }
-                        Err(_) => warn!("revoking the worker token timed out; it expires within the hour"),
-                    }
+                    });
                 }
             }
         }

@@ -5,15 +5,7 @@ use clap::Parser;
 use crate::config::{Cli, Command, ServeArgs, parse_duration, parse_size};
 
 fn serve_args(extra: &[&str]) -> ServeArgs {
-    // Written once per test process and never rewritten: tests run in
-    // parallel, and a file rewritten by one is read empty by another.
-    static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        let key = std::env::temp_dir().join(format!("berth-config-test-{}.pem", std::process::id()));
-        std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
-            .unwrap();
-        key
-    });
+    let key = super::test_key();
     let mut args = vec![
         "berth".to_owned(),
         "serve".to_owned(),
@@ -55,6 +47,10 @@ fn each_bad_setting_is_named() {
         (&["--worker-cpus=-1"], "BERTH_WORKER_CPUS"),
         (&["--task-timeout=soon"], "BERTH_TASK_TIMEOUT"),
         (&["--task-timeout=0s"], "BERTH_TASK_TIMEOUT"),
+        (&["--worker-scratch-size=1k"], "BERTH_WORKER_SCRATCH_SIZE"),
+        (&["--worker-scratch-size=lots"], "BERTH_WORKER_SCRATCH_SIZE"),
+        (&["--max-workers-per-repo=0"], "BERTH_MAX_WORKERS_PER_REPO"),
+        (&["--max-workers-per-repo=two"], "BERTH_MAX_WORKERS_PER_REPO"),
         (&["--github-app-id=abc"], "BERTH_GITHUB_APP_ID"),
         (&["--github-api-url=ftp://x"], "BERTH_GITHUB_API_URL"),
         (&["--admin-token=short"], "BERTH_ADMIN_TOKEN"),
@@ -252,4 +248,30 @@ fn a_timeout_no_token_can_cover_is_refused() {
     assert_eq!(err.setting, "BERTH_TASK_TIMEOUT");
     assert!(err.to_string().contains("expires one hour after it is made"), "{err}");
     assert_eq!(serve_args(&["--task-timeout=2h"]).validate().unwrap_err().setting, "BERTH_TASK_TIMEOUT");
+}
+
+#[test]
+fn the_agent_files_and_prompt_templates_are_settable_in_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.toml");
+    std::fs::write(
+        &path,
+        "worker_env_file = \"/etc/berth/agent.env\"\nworker_secrets_file = \"/etc/berth/agent.secrets\"\nreview_prompt_file = \"/etc/berth/review.md\"\nimplement_prompt_file = \"/etc/berth/implement.md\"\n",
+    )
+    .unwrap();
+    let args: Vec<std::ffi::OsString> =
+        ["berth", "serve", &format!("--config={}", path.display())].map(Into::into).to_vec();
+    let merged: Vec<String> = crate::config::with_config_file(args, |_| None)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect();
+    for flag in [
+        "--worker-env-file=/etc/berth/agent.env",
+        "--worker-secrets-file=/etc/berth/agent.secrets",
+        "--review-prompt-file=/etc/berth/review.md",
+        "--implement-prompt-file=/etc/berth/implement.md",
+    ] {
+        assert!(merged.contains(&flag.to_owned()), "{flag} missing from {merged:?}");
+    }
 }

@@ -4,8 +4,6 @@
 //! the secrets' settings.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,44 +12,20 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use clap::Parser;
 use core_types::Secret;
-use tokio::sync::Notify;
 use tower::ServiceExt;
 
 use crate::config::{Cli, Command, ServeArgs};
-use crate::journal::Journal;
 use crate::metrics::Metrics;
-use crate::server::{AppState, router_with_admin};
-use crate::signature::{WebhookSecrets, sign};
-use crate::status::Admin;
-use crate::triggers::Policy;
+use crate::server::router_with_admin;
+use crate::signature::sign;
 
 const SECRET: &str = "hardening-webhook-secret";
 const TOKEN: &str = "hardening-admin-token-0123456789";
 
-struct Harness {
-    _dir: tempfile::TempDir,
-    state: AppState,
-    admin: Admin,
-}
+use super::status::Harness;
 
-impl Harness {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let state = AppState {
-            secrets: WebhookSecrets::new(Secret::new(SECRET), None),
-            policy: Arc::new(Policy::default()),
-            journal: Journal::open(dir.path()).unwrap(),
-            ready: Arc::new(AtomicBool::new(true)),
-            metrics: Arc::new(Metrics::default()),
-            wake: Arc::new(Notify::new()),
-        };
-        let admin = Admin::new(Some(&Secret::new(TOKEN)), "https://api.github.com");
-        Self { _dir: dir, state, admin }
-    }
-
-    fn router(&self) -> Router {
-        router_with_admin(self.state.clone(), self.admin.clone())
-    }
+fn harness() -> Harness {
+    Harness::with_secrets(SECRET, TOKEN)
 }
 
 struct Answer {
@@ -98,7 +72,7 @@ fn random_names(count: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn random_event_names_signed_or_not_leave_the_metric_series_bounded() {
-    let harness = Harness::new();
+    let harness = harness();
     let body = br#"{"zen":"hi"}"#.to_vec();
     for (n, name) in random_names(400).iter().enumerate() {
         let signature = if n % 2 == 0 { sign(SECRET, &body) } else { format!("sha256={}", "0".repeat(64)) };
@@ -152,7 +126,7 @@ async fn random_event_names_signed_or_not_leave_the_metric_series_bounded() {
 
 #[tokio::test]
 async fn a_request_without_a_usable_signature_is_refused_before_its_body_is_read() {
-    let harness = Harness::new();
+    let harness = harness();
     for signature in [None, Some("sha256=00"), Some("sha1=0123")] {
         // A body that never ends: reading it would hang.
         let never = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
@@ -181,7 +155,7 @@ async fn a_request_without_a_usable_signature_is_refused_before_its_body_is_read
 
 #[tokio::test]
 async fn api_answers_are_never_cached_and_the_logs_are_not_sniffed() {
-    let harness = Harness::new();
+    let harness = harness();
     let bearer = format!("Bearer {TOKEN}");
     for (uri, auth, expected) in [
         ("/api/tasks", Some(bearer.as_str()), StatusCode::OK),
@@ -236,7 +210,7 @@ async fn with_cookie(harness: &Harness, cookie: &str) -> StatusCode {
 
 #[tokio::test]
 async fn each_sign_in_gets_its_own_random_session_and_signing_out_revokes_it() {
-    let harness = Harness::new();
+    let harness = harness();
     let first = cookie_of(&sign_in(&harness, [10, 0, 0, 1], TOKEN).await);
     let second = cookie_of(&sign_in(&harness, [10, 0, 0, 1], TOKEN).await);
     assert_ne!(first, second, "a session is a fresh random id, not derived from the token");
@@ -252,7 +226,7 @@ async fn each_sign_in_gets_its_own_random_session_and_signing_out_revokes_it() {
 
 #[tokio::test]
 async fn sign_in_failures_are_limited_per_client_address() {
-    let harness = Harness::new();
+    let harness = harness();
     for attempt in 1..=5 {
         let answer = sign_in(&harness, [192, 0, 2, 7], "not-the-admin-token").await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
@@ -268,13 +242,7 @@ async fn sign_in_failures_are_limited_per_client_address() {
 }
 
 fn serve_args(extra: &[String]) -> ServeArgs {
-    static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        let key = std::env::temp_dir().join(format!("berth-hardening-test-{}.pem", std::process::id()));
-        std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
-            .unwrap();
-        key
-    });
+    let key = super::test_key();
     let mut args = vec![
         "berth".to_owned(),
         "serve".to_owned(),
@@ -312,7 +280,7 @@ fn webhook_secrets_under_16_characters_are_refused_naming_the_setting() {
 
 #[tokio::test]
 async fn metrics_can_be_put_behind_a_token() {
-    let harness = Harness::new();
+    let harness = harness();
     let open = send(harness.router(), request("GET", "/metrics", &[], Body::empty())).await;
     assert_eq!(open.status, StatusCode::OK, "no token set: open as before");
 

@@ -25,3 +25,16 @@ pub(crate) fn fixtures_dir() -> PathBuf {
     );
     dir
 }
+
+/// A file holding a PEM-shaped App key, for settings tests. Written once per
+/// test process and never rewritten: tests run in parallel, and a file
+/// rewritten by one is read empty by another.
+pub(crate) fn test_key() -> &'static std::path::Path {
+    static KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let key = std::env::temp_dir().join(format!("berth-config-test-{}.pem", std::process::id()));
+        std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
+            .expect("the test key is written");
+        key
+    })
+}

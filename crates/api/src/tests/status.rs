@@ -26,29 +26,36 @@ use crate::triggers::{Decision, Policy, TaskRequest};
 
 const TOKEN: &str = "status-test-admin-token-0123456789";
 
-struct Harness {
+/// The whole router over a journal of its own, with no engine; shared with
+/// the hardening tests.
+pub(super) struct Harness {
     _dir: tempfile::TempDir,
-    state: AppState,
+    pub(super) state: AppState,
     /// One admin side for every request, as in the daemon: sessions live in it.
-    admin: Admin,
+    pub(super) admin: Admin,
 }
 
 impl Harness {
     fn new() -> Self {
+        Self::with_secrets("status-test-webhook-secret", TOKEN)
+    }
+
+    /// A harness whose webhook secret and admin token are these.
+    pub(super) fn with_secrets(webhook_secret: &str, admin_token: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = AppState {
-            secrets: WebhookSecrets::new(Secret::new("status-test-webhook-secret"), None),
+            secrets: WebhookSecrets::new(Secret::new(webhook_secret), None),
             policy: Arc::new(Policy::default()),
             journal: Journal::open(dir.path()).unwrap(),
             ready: Arc::new(AtomicBool::new(true)),
             metrics: Arc::new(Metrics::default()),
             wake: Arc::new(Notify::new()),
         };
-        let admin = Admin::new(Some(&Secret::new(TOKEN)), "https://api.github.com");
+        let admin = Admin::new(Some(&Secret::new(admin_token)), "https://api.github.com");
         Self { _dir: dir, state, admin }
     }
 
-    fn router(&self) -> Router {
+    pub(super) fn router(&self) -> Router {
         router_with_admin(self.state.clone(), self.admin.clone())
     }
 
