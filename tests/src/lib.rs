@@ -374,6 +374,16 @@ pub fn hardened_host_config() -> bollard::models::HostConfig {
         init: Some(true),
         privileged: Some(false),
         network_mode: Some("none".into()),
+        // The read-only root and capped scratch of ADR 13, as the dispatcher
+        // sets them for an image whose HOME is /home/berth.
+        readonly_rootfs: Some(true),
+        tmpfs: Some(std::collections::HashMap::from([
+            ("/tmp".to_owned(), "rw,nosuid,nodev,size=1073741824,mode=1777".to_owned()),
+            (
+                "/home/berth".to_owned(),
+                "rw,nosuid,nodev,size=1073741824,uid=65532,gid=65532,mode=0700".to_owned(),
+            ),
+        ])),
         ..Default::default()
     }
 }
@@ -391,6 +401,9 @@ pub fn hardened_cli_flags() -> Vec<String> {
         "--init",
         "--user=65532:65532",
         "--network=none",
+        "--read-only",
+        "--tmpfs=/tmp:rw,nosuid,nodev,size=1073741824,mode=1777",
+        "--tmpfs=/home/berth:rw,nosuid,nodev,size=1073741824,uid=65532,gid=65532,mode=0700",
         "--label=berth.bench=true",
     ]
     .map(str::to_owned)
