@@ -35,13 +35,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use api::fake_github::FakeGitHub;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, WaitContainerOptions,
 };
+use fake_github::FakeGitHub;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tests::claude::{CLAUDE, claude_image, claude_settings};

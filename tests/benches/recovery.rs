@@ -16,9 +16,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use api::fake_github::FakeGitHub;
 use core_types::{TaskId, TaskKind, TaskLabels};
 use dispatcher::{DispatcherConfig, HardenedProfile};
+use fake_github::FakeGitHub;
 use futures_util::{StreamExt, stream};
 use tests::{Daemon, STUB, dispatcher_with, http, rsa_key, test_image};
 

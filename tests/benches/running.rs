@@ -19,11 +19,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use api::fake_github::FakeGitHub;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, RemoveContainerOptionsBuilder,
 };
+use fake_github::FakeGitHub;
 use futures_util::{StreamExt, stream};
 use serde_json::json;
 use tests::{

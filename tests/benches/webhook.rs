@@ -38,13 +38,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use api::signature::{SIGNATURE_HEADER, WebhookSecrets, sign};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::routing::post;
 use bytes::Bytes;
 use core_types::Secret;
+use domain::signature::{SIGNATURE_HEADER, WebhookSecrets, sign};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -756,7 +756,7 @@ async fn main() {
         // Keep the runner off (no engine to reach), so the figures are the
         // intake alone and no container is ever created: the queued tasks stay queued.
         ("DOCKER_HOST", format!("unix://{}", dir.path().join("no-docker.sock").display())),
-        // The daemon's default; BERTH_BENCH_RUST_LOG can add e.g. `api::journal=debug`.
+        // The daemon's default; BERTH_BENCH_RUST_LOG can add e.g. `journal=debug`.
         ("RUST_LOG", std::env::var("BERTH_BENCH_RUST_LOG").unwrap_or_else(|_| "info".to_owned())),
     ];
     progress("building and starting berth serve");

@@ -197,7 +197,7 @@ async fn doctor_runs_the_worker_image_to_find_the_agent_and_checks_the_secrets_f
     let closed_addr = std::net::TcpListener::bind((gateway, 0)).unwrap().local_addr().unwrap().to_string();
     // The first-run checks ask GitHub: a fake one, where the App is installed
     // and delivers to BERTH_PUBLIC_URL/webhook.
-    let github = api::fake_github::FakeGitHub::start().await.unwrap();
+    let github = fake_github::FakeGitHub::start().await.unwrap();
     github.add_installation("e2e");
     let github_url = github.url();
     let doctor = move |agent: &str, mode: u32, egress: &str| {

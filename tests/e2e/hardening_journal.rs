@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use api::journal::{Accepted, Journal};
-use api::triggers::{Decision, TaskRequest};
+use domain::triggers::{Decision, TaskRequest};
+use journal::{Accepted, Journal};
 use serde_json::{Value, json};
 use tests::private_engine::PrivateEngine;
 use tests::{Daemon, github_signature, http, rsa_key};

@@ -207,7 +207,7 @@ async fn missed_deliveries_are_redelivered_once() {
     rig.until("the redelivery request", Duration::from_secs(30), |state| !state.redeliveries.is_empty())
         .await;
     rig.kill_daemon().await;
-    let listings = |state: &api::fake_github::FakeState| {
+    let listings = |state: &fake_github::FakeState| {
         state.requests.iter().filter(|r| r.path.starts_with("/app/hook/deliveries?")).count()
     };
     let before = rig.fake.with(|state| listings(state));

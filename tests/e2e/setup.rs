@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use api::fake_github::FakeGitHub;
+use fake_github::FakeGitHub;
 use serde_json::json;
 use tests::{Daemon, github_signature, http, rsa_key, workspace_binaries};
 

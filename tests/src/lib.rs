@@ -267,7 +267,7 @@ fn dechunk(body: &str) -> String {
 
 /// HMAC-SHA256 signature header for `body`, as GitHub sends it.
 pub fn github_signature(secret: &str, body: &[u8]) -> String {
-    api::signature::sign(secret, body)
+    domain::signature::sign(secret, body)
 }
 
 /// Writes a fresh RSA private key (PKCS#1 PEM, as GitHub issues them) into `dir`.

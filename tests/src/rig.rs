@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use api::fake_github::FakeGitHub;
+use fake_github::FakeGitHub;
 use serde_json::{Value, json};
 
 use crate::git_server::{GitServer, SeedRepo};
@@ -195,12 +195,7 @@ impl Rig {
     }
 
     /// Waits until `done` holds on the fake's state (or fails after `limit`).
-    pub async fn until(
-        &self,
-        what: &str,
-        limit: Duration,
-        done: impl Fn(&api::fake_github::FakeState) -> bool,
-    ) {
+    pub async fn until(&self, what: &str, limit: Duration, done: impl Fn(&fake_github::FakeState) -> bool) {
         let started = std::time::Instant::now();
         while !self.fake.with(|state| done(state)) {
             assert!(

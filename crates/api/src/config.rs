@@ -14,11 +14,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use core_types::Secret;
 
-use crate::agent_env::AgentEnvFiles;
 use crate::connections::HttpLimits;
-use crate::prompt::{Prompts, Template};
 use crate::server::MAX_WEBHOOK_BODY;
-use crate::triggers::Policy;
+use domain::prompt::{Prompts, Template};
+use domain::triggers::Policy;
+use runner::agent_env::AgentEnvFiles;
 
 /// Berth: GitHub events in, hardened agent containers out, every task reported.
 #[derive(Debug, Parser)]

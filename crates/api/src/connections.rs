@@ -52,8 +52,8 @@ use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::error::ApiError;
-use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
+use telemetry::Metrics;
 
 /// Default of `BERTH_MAX_CONNECTIONS`: far more than GitHub, Prometheus and
 /// a few browsers need, and well inside the usual limit of 1024 open files.

@@ -18,13 +18,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::ServeConfig;
-use crate::github::{GitHub, RetryPolicy};
-use crate::journal::{Journal, now_unix};
-use crate::metrics::Metrics;
-use crate::runner::{Runner, RunnerConfig};
 use crate::server::{AppState, router_with_admin, serve};
-use crate::signature::WebhookSecrets;
 use crate::status::Admin;
+use domain::signature::WebhookSecrets;
+use github::{GitHub, RetryPolicy};
+use journal::{Journal, now_unix};
+use runner::{Runner, RunnerConfig};
+use telemetry::Metrics;
 
 /// How often the sweep reconciles when no engine event wakes it.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);

@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Cli, Command as CliCommand, DemoArgs};
-use crate::fake_github::FakeGitHub;
+use fake_github::FakeGitHub;
 
 const REPO: &str = "demo/hello-berth";
 const PULL: u64 = 1;
@@ -232,7 +232,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 async fn post_delivery(addr: SocketAddr, secret: &str, body: &[u8]) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let signature = crate::signature::sign(secret, body);
+    let signature = domain::signature::sign(secret, body);
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let head = format!(
         "POST /webhook HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nX-GitHub-Event: issue_comment\r\nX-GitHub-Delivery: demo-{}\r\nX-Hub-Signature-256: {signature}\r\nContent-Length: {}\r\n\r\n",

@@ -737,7 +737,7 @@ pub fn deliveries_check(
 /// The agent's secrets file holds a secret (a fresh one from `berth setup` holds only comments).
 fn agent_key_check(args: &ServeArgs) -> Option<Check> {
     let path = args.worker_secrets_file.as_ref().filter(|path| !path.as_os_str().is_empty())?;
-    let files = crate::agent_env::AgentEnvFiles { env_file: None, secrets_file: Some(path.clone()) };
+    let files = runner::agent_env::AgentEnvFiles { env_file: None, secrets_file: Some(path.clone()) };
     // A file that cannot be read or parsed is the settings check's to report.
     let env = files.load().ok()?;
     Some(if env.secrets.is_empty() {

@@ -6,9 +6,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::error;
 
-use crate::events::PayloadError;
-use crate::journal::JournalError;
-use crate::signature::SignatureError;
+use domain::events::PayloadError;
+use domain::signature::SignatureError;
+use journal::JournalError;
 
 /// A request that could not be served.
 #[derive(Debug, thiserror::Error)]

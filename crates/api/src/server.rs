@@ -26,13 +26,13 @@ use tracing::{info, instrument, warn};
 use crate::connections::{self, HttpLimits};
 use crate::dashboard;
 use crate::error::ApiError;
-use crate::events::Event;
-use crate::journal::{Accepted, Journal};
-use crate::metrics::Metrics;
-use crate::signature::{ClaimedSignature, SIGNATURE_HEADER, WebhookSecrets};
 use crate::status::{self, Admin, StatusState};
 use crate::throttle::LogThrottle;
-use crate::triggers::Policy;
+use domain::events::Event;
+use domain::signature::{ClaimedSignature, SIGNATURE_HEADER, WebhookSecrets};
+use domain::triggers::Policy;
+use journal::{Accepted, Journal};
+use telemetry::Metrics;
 
 /// Largest webhook body accepted (GitHub caps payloads at 25 MiB).
 pub const MAX_WEBHOOK_BODY: usize = 25 * 1024 * 1024;

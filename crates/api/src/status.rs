@@ -34,9 +34,9 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use crate::error::ApiError;
-use crate::journal::Journal;
-use crate::runner::Runner;
-use crate::tasks::{CancelCause, TaskRecord, TaskState};
+use domain::tasks::{CancelCause, TaskRecord, TaskState};
+use journal::Journal;
+use runner::Runner;
 
 /// How many of a worker's last log lines the plain logs route returns.
 const LOG_TAIL_LINES: u64 = 10_000;

@@ -9,6 +9,7 @@ mod id;
 mod labels;
 mod result;
 
+pub mod web;
 pub mod worker_env;
 
 pub use worker_env::{Secret, WorkerEnvError, WorkerOptions, WorkerTask};

@@ -232,7 +232,7 @@ fn prompt_templates_are_checked_at_start() {
     let (_dir, good) =
         file("review.md", "Review {repo}#{number} for @{requester}; write {summary_file}. {{braces}}");
     let config = serve_args(&[&format!("--review-prompt-file={good}")]).validate().unwrap();
-    assert_ne!(config.prompts.review, crate::prompt::Prompts::default().review);
+    assert_ne!(config.prompts.review, domain::prompt::Prompts::default().review);
     let (_dir, bad) = file("implement.md", "Implement {title} on {branch_name}");
     let err = serve_args(&[&format!("--implement-prompt-file={bad}")]).validate().unwrap_err();
     assert_eq!(err.setting, "BERTH_IMPLEMENT_PROMPT_FILE");

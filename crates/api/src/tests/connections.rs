@@ -16,11 +16,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::connections::HttpLimits;
-use crate::journal::Journal;
-use crate::metrics::Metrics;
 use crate::server::{AppState, router, serve};
-use crate::signature::WebhookSecrets;
-use crate::triggers::Policy;
+use domain::signature::WebhookSecrets;
+use domain::triggers::Policy;
+use journal::Journal;
+use telemetry::Metrics;
 
 struct Server {
     addr: SocketAddr,

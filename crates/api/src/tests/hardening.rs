@@ -15,9 +15,9 @@ use core_types::Secret;
 use tower::ServiceExt;
 
 use crate::config::{Cli, Command, ServeArgs};
-use crate::metrics::Metrics;
 use crate::server::router_with_admin;
-use crate::signature::sign;
+use domain::signature::sign;
+use telemetry::Metrics;
 
 const SECRET: &str = "hardening-webhook-secret";
 const TOKEN: &str = "hardening-admin-token-0123456789";
@@ -356,7 +356,7 @@ fn a_throttled_log_lets_one_line_a_period_through_and_counts_the_rest() {
 
 #[test]
 fn the_metric_series_stop_growing_at_the_cap() {
-    use crate::metrics::MAX_SERIES;
+    use telemetry::MAX_SERIES;
     let metrics = Metrics::default();
     for n in 0..MAX_SERIES + 500 {
         metrics.inc("berth_test_total", "A test counter", &[("n", &n.to_string())]);

@@ -12,11 +12,11 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 
 use super::fixtures_dir;
-use crate::journal::Journal;
-use crate::metrics::Metrics;
 use crate::server::{AppState, router};
-use crate::signature::{WebhookSecrets, sign};
-use crate::triggers::Policy;
+use domain::signature::{WebhookSecrets, sign};
+use domain::triggers::Policy;
+use journal::Journal;
+use telemetry::Metrics;
 
 const SECRET: &str = "It's a Secret to Everybody";
 
@@ -371,7 +371,7 @@ async fn a_signed_comment_replayed_under_a_new_delivery_id_makes_no_second_task(
     // The task ends, so the active-task key no longer stands in the way.
     let task: core_types::TaskId = first["task"].as_str().unwrap().parse().unwrap();
     let finished =
-        Box::new(|task: &mut crate::tasks::TaskRecord| task.state = crate::tasks::TaskState::Finished);
+        Box::new(|task: &mut domain::tasks::TaskRecord| task.state = domain::tasks::TaskState::Finished);
     state.journal.update_task(&task, finished).await.unwrap().unwrap();
     // The same signed body, captured and sent again under a new delivery id.
     let (status, replay) = answer_of(state, "issue_comment", "replay-2", &review).await;
@@ -403,7 +403,7 @@ async fn a_label_trigger_is_deduped_by_delivery_and_by_the_active_task_as_before
     assert!(active["reason"].as_str().unwrap().contains("already queued or running"), "{active}");
     let task: core_types::TaskId = first["task"].as_str().unwrap().parse().unwrap();
     let finished =
-        Box::new(|task: &mut crate::tasks::TaskRecord| task.state = crate::tasks::TaskState::Finished);
+        Box::new(|task: &mut domain::tasks::TaskRecord| task.state = domain::tasks::TaskState::Finished);
     state.journal.update_task(&task, finished).await.unwrap().unwrap();
     let (_, after) = answer_of(state, "issues", "label-3", &labeled).await;
     assert_eq!(after["outcome"], "queued", "a label added again later is a new request: {after}");

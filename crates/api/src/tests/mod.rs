@@ -1,16 +1,13 @@
 //! Unit and router tests of the api crate. The router is driven with
 //! `oneshot`, no socket; the journal is a real redb file in a temp dir.
 
+mod arrows;
 mod config;
 mod connections;
 mod hardening;
 mod intake;
-mod journal;
-mod runner;
 mod setup;
-mod signature;
 mod status;
-mod triggers;
 
 use std::path::PathBuf;
 

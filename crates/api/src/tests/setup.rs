@@ -16,8 +16,8 @@ use crate::config::{Cli, Command, SetupArgs, public_url};
 use crate::doctor::{
     AppPages, CallError, access_check, app_check, deliveries_check, hook_check, installations_check,
 };
-use crate::fake_github::{FakeGitHub, ManifestApp};
 use crate::setup::{Agent, Files, SetupConfig, SetupServer, check_existing};
+use fake_github::{FakeGitHub, ManifestApp};
 
 const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -240,7 +240,7 @@ async fn the_callback_converts_the_code_once_and_writes_the_files_mode_0600() {
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     assert!(server.done().is_cancelled(), "setup ends once the App is set up");
     let app = server.finished().await.expect("the App is recorded");
-    assert_eq!(app.id, crate::fake_github::FAKE_APP_ID);
+    assert_eq!(app.id, fake_github::FAKE_APP_ID);
     assert!(
         done.body.contains(&format!("href=\"{}/apps/berth/installations/new\"", fake.url())),
         "{}",
@@ -270,7 +270,7 @@ async fn the_callback_converts_the_code_once_and_writes_the_files_mode_0600() {
     .unwrap();
     let Command::Serve(serve) = Cli::try_parse_from(args).unwrap().command else { panic!() };
     let serve = serve.validate().unwrap();
-    assert_eq!(serve.github_app_id, crate::fake_github::FAKE_APP_ID);
+    assert_eq!(serve.github_app_id, fake_github::FAKE_APP_ID);
     assert_eq!(serve.webhook_secret.expose(), secret);
     assert_eq!(serve.github_api_url, fake.url());
     assert_eq!(serve.public_url.as_deref(), Some("https://berth.example.com"));

@@ -16,13 +16,13 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 
 use crate::dashboard::{escape, form_value};
-use crate::journal::{Accepted, Journal};
-use crate::metrics::Metrics;
 use crate::server::{AppState, router, router_with_admin};
-use crate::signature::WebhookSecrets;
 use crate::status::{Admin, LineSplitter, Links};
-use crate::tasks::TaskState;
-use crate::triggers::{Decision, Policy, TaskRequest};
+use domain::signature::WebhookSecrets;
+use domain::tasks::TaskState;
+use domain::triggers::{Decision, Policy, TaskRequest};
+use journal::{Accepted, Journal};
+use telemetry::Metrics;
 
 const TOKEN: &str = "status-test-admin-token-0123456789";
 
@@ -432,7 +432,7 @@ async fn everything_from_github_is_escaped_on_the_dashboard() {
 #[test]
 fn links_point_at_github_enterprise_or_the_api() {
     let harness_task = |kind, pull_request: Option<&str>| {
-        let mut record = crate::tasks::TaskRecord::queued(
+        let mut record = domain::tasks::TaskRecord::queued(
             TaskRequest {
                 kind,
                 repo: "octo/repo".to_owned(),

@@ -22,13 +22,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, instrument, warn};
 
 use crate::agent_env::{AgentEnv, AgentEnvFiles};
-use crate::github::{GitHub, GitHubError};
-use crate::journal::{Journal, now_unix};
-use crate::metrics::Metrics;
-use crate::prompt::{PromptFacts, Prompts};
-use crate::tasks::{CancelCause, CancelRequest, TaskRecord, TaskState};
+use domain::prompt::{PromptFacts, Prompts};
+use domain::tasks::{CancelCause, CancelRequest, TaskRecord, TaskState};
+use github::{GitHub, GitHubError};
+use journal::{Journal, now_unix};
+use telemetry::Metrics;
 
+pub mod agent_env;
 mod recovery;
+
+#[cfg(test)]
+mod tests;
 
 pub use recovery::Reconciled;
 
@@ -373,7 +377,7 @@ impl Runner {
     ///
     /// # Errors
     /// When the journal cannot be read.
-    pub fn tick(self: &Arc<Self>) -> Result<(), crate::journal::JournalError> {
+    pub fn tick(self: &Arc<Self>) -> Result<(), journal::JournalError> {
         let tasks = self.journal.active_tasks()?;
         let mut queued = 0_usize;
         for task in &tasks {
@@ -1105,7 +1109,7 @@ impl Runner {
         &self,
         task_id: &TaskId,
         by: &str,
-    ) -> Result<Option<TaskRecord>, crate::journal::JournalError> {
+    ) -> Result<Option<TaskRecord>, journal::JournalError> {
         let by = by.to_owned();
         let record = self
             .journal

@@ -5,7 +5,7 @@ use std::time::Duration;
 use core_types::{ResultRecord, ResultStatus, TaskKind};
 use dispatcher::ExitInfo;
 
-use crate::runner::{Ending, StopCause, conclude};
+use crate::{Ending, StopCause, conclude};
 
 fn exit(code: i64) -> ExitInfo {
     ExitInfo { code, oom_killed: false, started_at: None, finished_at: None }
@@ -22,7 +22,7 @@ fn record(branch: Option<&str>) -> ResultRecord {
     }
 }
 
-fn words(ending: &Ending) -> crate::runner::Report {
+fn words(ending: &Ending) -> crate::Report {
     conclude(ending, TaskKind::Implement, Duration::from_secs(600), 256 << 20)
 }
 
@@ -62,8 +62,8 @@ fn a_well_formed_record_still_succeeds_and_other_endings_read_as_before() {
     assert_eq!(late.conclusion, "timed_out");
 }
 
-fn queued(repo: &str, number: u64, seq: u64) -> crate::tasks::TaskRecord {
-    let request = crate::triggers::TaskRequest {
+fn queued(repo: &str, number: u64, seq: u64) -> domain::tasks::TaskRecord {
+    let request = domain::triggers::TaskRequest {
         kind: TaskKind::Review,
         repo: repo.to_owned(),
         number,
@@ -78,7 +78,7 @@ fn queued(repo: &str, number: u64, seq: u64) -> crate::tasks::TaskRecord {
         installation: None,
         comment_id: Some(seq),
     };
-    crate::tasks::TaskRecord::queued(request, &format!("d-{seq}"), seq, 0)
+    domain::tasks::TaskRecord::queued(request, &format!("d-{seq}"), seq, 0)
 }
 
 #[test]
@@ -87,11 +87,10 @@ fn the_queue_is_taken_round_robin_across_repositories() {
     let mut waiting: Vec<_> = (1..=20).map(|n| queued("busy/repo", n, n)).collect();
     waiting.push(queued("quiet/repo", 1, 21));
     waiting.push(queued("quiet/repo", 2, 22));
-    let order: Vec<(String, u64)> =
-        crate::runner::fair_order(waiting.clone(), &std::collections::HashMap::new())
-            .into_iter()
-            .map(|task| (task.repo, task.number))
-            .collect();
+    let order: Vec<(String, u64)> = crate::fair_order(waiting.clone(), &std::collections::HashMap::new())
+        .into_iter()
+        .map(|task| (task.repo, task.number))
+        .collect();
     assert_eq!(
         order[..5],
         [
@@ -104,7 +103,7 @@ fn the_queue_is_taken_round_robin_across_repositories() {
     );
     // With two of the busy repository's already running, the quiet one goes first.
     let running = std::collections::HashMap::from([("busy/repo".to_owned(), 2)]);
-    let order = crate::runner::fair_order(waiting, &running);
+    let order = crate::fair_order(waiting, &running);
     assert_eq!((order[0].repo.as_str(), order[1].repo.as_str()), ("quiet/repo", "quiet/repo"));
     // Within a repository, the order accepted holds.
     let busy: Vec<u64> =

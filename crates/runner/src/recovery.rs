@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use super::{Ending, Runner};
-use crate::journal::now_unix;
-use crate::tasks::{TaskRecord, TaskState};
+use domain::tasks::{TaskRecord, TaskState};
+use journal::now_unix;
 
 /// Containers younger than this are left to whoever is creating them.
 const SWEEP_GRACE: Duration = Duration::from_secs(30);
@@ -51,7 +51,7 @@ fn age(container: &ManagedContainer) -> Duration {
 
 /// A task record rebuilt from a container's labels, for a task the journal does not know.
 fn record_from_labels(labels: &TaskLabels) -> TaskRecord {
-    let request = crate::triggers::TaskRequest {
+    let request = domain::triggers::TaskRequest {
         kind: labels.kind,
         repo: labels.repo.clone(),
         number: labels.number,
@@ -315,8 +315,7 @@ impl Runner {
             if deliveries.iter().any(|other| other["guid"] == guid && ok(other)) {
                 continue;
             }
-            let delivered =
-                delivery["delivered_at"].as_str().and_then(crate::runner::recovery::parse_github_time);
+            let delivered = delivery["delivered_at"].as_str().and_then(crate::recovery::parse_github_time);
             if delivered.is_some_and(|at| now.saturating_sub(at) > BACKFILL_WINDOW.as_secs()) {
                 continue;
             }

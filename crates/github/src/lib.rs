@@ -19,7 +19,7 @@ use octocrab::models::{AppId, InstallationId};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
+use telemetry::Metrics;
 
 /// How Berth retries GitHub calls that failed with 5xx, 429 or a transport error.
 #[derive(Debug, Clone, Copy)]

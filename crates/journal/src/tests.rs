@@ -1,8 +1,8 @@
 use core_types::TaskKind;
 
-use crate::journal::{Accepted, Journal};
-use crate::tasks::{CancelCause, CancelRequest, TaskState};
-use crate::triggers::{Decision, TaskRequest};
+use crate::{Accepted, Journal};
+use domain::tasks::{CancelCause, CancelRequest, TaskState};
+use domain::triggers::{Decision, TaskRequest};
 
 /// A review of `number` asked for in a comment of its own.
 fn review(number: u64) -> Decision {

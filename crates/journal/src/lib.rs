@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::tasks::{CancelRequest, TaskRecord, TaskState};
-use crate::triggers::{Decision, TaskRequest};
+use domain::tasks::{CancelRequest, TaskRecord, TaskState};
+use domain::triggers::{Decision, TaskRequest};
 
 /// Delivery id → [`DeliveryRecord`] (JSON).
 const DELIVERIES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("deliveries");
@@ -1091,3 +1091,6 @@ fn prune_in(txn: &WriteTransaction, older_than_unix: u64) -> Result<usize, Journ
     }
     Ok(old.len())
 }
+
+#[cfg(test)]
+mod tests;

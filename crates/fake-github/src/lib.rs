@@ -5,6 +5,7 @@
 //! number of calls, or refused App credentials.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -595,7 +596,7 @@ fn manifest_flow_routes() -> Router<Shared> {
 }
 
 fn web_page(status: StatusCode, title: &str, body: &str) -> Response {
-    let title = crate::dashboard::escape(title);
+    let title = core_types::web::escape(title);
     let document = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head><body>\n{body}\n</body></html>\n"
     );
@@ -609,12 +610,16 @@ fn fake_base(headers: &HeaderMap) -> String {
 }
 
 fn random_hex(length: usize) -> String {
-    let random = crate::status::random_id().unwrap_or_else(|_| {
-        format!(
+    let mut bytes = [0_u8; 32];
+    let random = match std::fs::File::open("/dev/urandom")
+        .and_then(|mut urandom| urandom.read_exact(&mut bytes))
+    {
+        Ok(()) => bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>(),
+        Err(_) => format!(
             "{:064x}",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
-        )
-    });
+        ),
+    };
     random.chars().cycle().take(length).collect()
 }
 
@@ -656,7 +661,7 @@ fn manifest_page(
 ) -> Response {
     let invalid =
         |reason: &str| web_page(StatusCode::UNPROCESSABLE_ENTITY, "Invalid GitHub App configuration", reason);
-    let Some(text) = crate::dashboard::form_value(body, "manifest") else {
+    let Some(text) = core_types::web::form_value(body, "manifest") else {
         return invalid("No manifest was posted.");
     };
     let Ok(manifest) = serde_json::from_str::<Value>(&text) else {
@@ -681,7 +686,7 @@ fn manifest_page(
         webhook_secret: None,
         client_secret: None,
     });
-    let escape = crate::dashboard::escape;
+    let escape = core_types::web::escape;
     web_page(
         StatusCode::OK,
         "Create GitHub App",
@@ -809,7 +814,7 @@ async fn hook_config(State(state): State<Shared>) -> Response {
 
 /// GitHub's install page: the account, and the button.
 async fn install_page(Path(slug): Path<String>) -> Response {
-    let slug = crate::dashboard::escape(&slug);
+    let slug = core_types::web::escape(&slug);
     web_page(
         StatusCode::OK,
         "Install",

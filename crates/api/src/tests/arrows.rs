@@ -1,0 +1,131 @@
+//! The crate graph, checked: every dependency between Berth's own crates
+//! points the way ARCHITECTURE.md's table says, as rust-analyzer's tidy
+//! tests check theirs. A new crate, or a new arrow, starts by changing the
+//! table here and in ARCHITECTURE.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Each workspace crate and the workspace crates it may depend on (normal,
+/// dev and build dependencies alike).
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("core-types", &[]),
+    ("telemetry", &[]),
+    ("domain", &["core-types"]),
+    ("journal", &["core-types", "domain"]),
+    ("github", &["core-types", "telemetry"]),
+    ("fake-github", &["core-types"]),
+    ("dispatcher", &["core-types"]),
+    ("runner", &["core-types", "domain", "journal", "github", "dispatcher", "telemetry"]),
+    (
+        "api",
+        &["core-types", "domain", "journal", "github", "fake-github", "dispatcher", "runner", "telemetry"],
+    ),
+    ("worker", &["core-types"]),
+    ("stub", &[]),
+    // The end-to-end tests and benchmarks may use anything.
+    (
+        "tests",
+        &[
+            "core-types",
+            "domain",
+            "journal",
+            "github",
+            "fake-github",
+            "dispatcher",
+            "runner",
+            "telemetry",
+            "api",
+            "worker",
+        ],
+    ),
+];
+
+fn workspace_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let output = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(output.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&output.stderr));
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let packages = metadata["packages"].as_array().expect("packages");
+    let ours: BTreeSet<String> =
+        packages.iter().filter_map(|package| package["name"].as_str().map(str::to_owned)).collect();
+    packages
+        .iter()
+        .map(|package| {
+            let name = package["name"].as_str().expect("name").to_owned();
+            let deps = package["dependencies"]
+                .as_array()
+                .expect("dependencies")
+                .iter()
+                .filter_map(|dep| dep["name"].as_str())
+                .filter(|dep| ours.contains(*dep))
+                .map(str::to_owned)
+                .collect();
+            (name, deps)
+        })
+        .collect()
+}
+
+#[test]
+fn every_arrow_between_our_crates_is_in_the_table() {
+    let allowed: BTreeMap<&str, BTreeSet<&str>> =
+        ALLOWED.iter().map(|(name, deps)| (*name, deps.iter().copied().collect())).collect();
+    let mut wrong = Vec::new();
+    for (name, deps) in workspace_graph() {
+        let Some(may) = allowed.get(name.as_str()) else {
+            wrong.push(format!("crate `{name}` is not in the table"));
+            continue;
+        };
+        for dep in deps {
+            if !may.contains(dep.as_str()) {
+                wrong.push(format!("`{name}` depends on `{dep}`, which the table does not allow"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "crate graph outside ARCHITECTURE.md's table:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_table_names_only_crates_that_exist() {
+    let graph = workspace_graph();
+    for (name, _) in ALLOWED {
+        assert!(graph.contains_key(*name), "the table names `{name}`, which is not a workspace crate");
+    }
+}
+
+#[test]
+fn only_the_journal_names_redb_and_only_the_dispatcher_names_bollard() {
+    let output = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    for package in metadata["packages"].as_array().expect("packages") {
+        let name = package["name"].as_str().expect("name");
+        for dep in package["dependencies"].as_array().expect("dependencies") {
+            let dep = dep["name"].as_str().expect("dependency name");
+            match dep {
+                "redb" => assert_eq!(name, "journal", "only `journal` may name redb"),
+                "bollard" => assert!(
+                    ["dispatcher", "tests"].contains(&name),
+                    "only `dispatcher` (and the benchmarks' raw Engine API baseline) may name bollard, not `{name}`"
+                ),
+                "octocrab" => assert!(
+                    ["github", "api"].contains(&name),
+                    "only `github` (and, until doctor and setup go through it, `api`) may name octocrab, not `{name}`"
+                ),
+                "axum" => assert!(
+                    ["api", "fake-github", "tests"].contains(&name),
+                    "`{name}` depends on axum: only the HTTP side may"
+                ),
+                _ => {}
+            }
+        }
+    }
+}
