@@ -6,15 +6,15 @@
 //! holds a random session id kept on the server, never the token; it
 //! expires after eight hours and signing out revokes it. Sign-in failures
 //! are limited per client address (five a minute, then 429). No token ever
-//! travels in a URL. Everything from GitHub (titles, repository names,
-//! summaries, logins) is escaped; a strict Content-Security-Policy allows
-//! only the page's own script and style, served from `/dashboard.js` and
-//! `/dashboard.css`. The script refreshes the tables from
+//! travels in a URL. The HTML comes from `maud` templates, which escape
+//! every value they splice, so everything from GitHub (titles, repository
+//! names, summaries, logins) is escaped; a strict Content-Security-Policy
+//! allows only the page's own script and style, served from
+//! `/dashboard.js` and `/dashboard.css`. The script refreshes the tables from
 //! `/dashboard/tasks` and follows a log with an `EventSource` on the status
 //! API's SSE route. There is no build step. Changing things (cancel) stays
 //! with the bearer-only API.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::body::Bytes;
@@ -25,6 +25,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use core_types::TaskId;
+use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 use tracing::info;
 
@@ -77,7 +78,7 @@ async fn page(
         Ok(body) => body,
         Err(err) => return refusal(&err),
     };
-    html(StatusCode::OK, body)
+    respond(StatusCode::OK, body)
 }
 
 async fn tables(
@@ -90,7 +91,7 @@ async fn tables(
     }
     let selected = selection.ok().and_then(|Query(selection)| selection.task);
     match render_tables(&state, selected.as_deref()) {
-        Ok(body) => html(StatusCode::OK, body),
+        Ok(body) => respond(StatusCode::OK, body),
         Err(err) => err.into_response(),
     }
 }
@@ -116,10 +117,10 @@ async fn login(
         }
         Err(ApiError::Unauthorized) => {
             info!(%client, "dashboard sign-in with a wrong token");
-            html(StatusCode::UNAUTHORIZED, login_page(Some("That is not the admin token.")))
+            respond(StatusCode::UNAUTHORIZED, login_page(Some("That is not the admin token.")))
         }
         Err(err @ ApiError::TooManyAttempts { .. }) => {
-            let mut response = html(err.status(), login_page(Some(&err.to_string())));
+            let mut response = respond(err.status(), login_page(Some(&err.to_string())));
             if let ApiError::TooManyAttempts { retry_after } = err {
                 response.headers_mut().insert(header::RETRY_AFTER, retry_after.into());
             }
@@ -156,7 +157,7 @@ fn asset(content_type: &'static str, text: &'static str) -> Response {
         .into_response()
 }
 
-fn html(status: StatusCode, body: String) -> Response {
+fn respond(status: StatusCode, body: Markup) -> Response {
     (
         status,
         [
@@ -166,7 +167,7 @@ fn html(status: StatusCode, body: String) -> Response {
             (header::REFERRER_POLICY, "no-referrer"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        Html(body),
+        Html(body.into_string()),
     )
         .into_response()
 }
@@ -178,57 +179,83 @@ fn refusal(err: &ApiError) -> Response {
         ApiError::Unauthorized => login_page(None),
         ApiError::ApiDisabled => document(
             "Berth",
-            "<main class=\"narrow\"><h1>Berth</h1><p>The dashboard is off: no \
-             <code>BERTH_ADMIN_TOKEN</code> is configured.</p></main>",
+            html! {
+                main.narrow {
+                    h1 { "Berth" }
+                    p { "The dashboard is off: no " code { "BERTH_ADMIN_TOKEN" } " is configured." }
+                }
+            },
         ),
         other => document(
             "Berth",
-            &format!("<main class=\"narrow\"><h1>Berth</h1><p>{}</p></main>", escape(&other.to_string())),
+            html! {
+                main.narrow {
+                    h1 { "Berth" }
+                    p { (other) }
+                }
+            },
         ),
     };
-    html(err.status(), body)
+    respond(err.status(), body)
 }
 
-fn login_page(message: Option<&str>) -> String {
-    let message =
-        message.map(|message| format!("<p class=\"error\">{}</p>", escape(message))).unwrap_or_default();
+fn login_page(message: Option<&str>) -> Markup {
     document(
         "Berth: sign in",
-        &format!(
-            "<main class=\"narrow\"><h1>Berth</h1>{message}\
-             <form method=\"post\" action=\"/login\">\
-             <label for=\"token\">Admin token</label>\
-             <input id=\"token\" type=\"password\" name=\"token\" autocomplete=\"current-password\" required autofocus>\
-             <button type=\"submit\">Sign in</button></form></main>"
-        ),
+        html! {
+            main.narrow {
+                h1 { "Berth" }
+                @if let Some(message) = message {
+                    p.error { (message) }
+                }
+                form method="post" action="/login" {
+                    label for="token" { "Admin token" }
+                    input id="token" type="password" name="token" autocomplete="current-password" required autofocus;
+                    button type="submit" { "Sign in" }
+                }
+            }
+        },
     )
 }
 
-fn document(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><link rel=\"stylesheet\" href=\"/dashboard.css\">\
-         <script src=\"/dashboard.js\" defer></script></head>\n<body>{body}</body></html>\n",
-        escape(title)
-    )
+fn document(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                link rel="stylesheet" href="/dashboard.css";
+                script src="/dashboard.js" defer {}
+            }
+            body { (body) }
+        }
+    }
 }
 
-fn render_page(state: &StatusState, selected: Option<&str>) -> Result<String, ApiError> {
+fn render_page(state: &StatusState, selected: Option<&str>) -> Result<Markup, ApiError> {
     let tables = render_tables(state, selected)?;
     let details = render_selected(state, selected)?;
     Ok(document(
         "Berth",
-        &format!(
-            "<header><h1>Berth</h1><form method=\"post\" action=\"/logout\">\
-             <button type=\"submit\">Sign out</button></form></header>\
-             <main><div id=\"tasks\">{tables}</div>{details}</main>"
-        ),
+        html! {
+            header {
+                h1 { "Berth" }
+                form method="post" action="/logout" {
+                    button type="submit" { "Sign out" }
+                }
+            }
+            main {
+                div id="tasks" { (tables) }
+                (details)
+            }
+        },
     ))
 }
 
 /// The two tables; also what the script fetches to refresh them.
-fn render_tables(state: &StatusState, selected: Option<&str>) -> Result<String, ApiError> {
+fn render_tables(state: &StatusState, selected: Option<&str>) -> Result<Markup, ApiError> {
     let tasks = state.journal.tasks().map_err(ApiError::Journal)?;
     let links = state.admin.links();
     let now = now_unix();
@@ -240,152 +267,148 @@ fn render_tables(state: &StatusState, selected: Option<&str>) -> Result<String, 
     finished.sort_by_key(|task| std::cmp::Reverse(task.finished_unix.unwrap_or(0)));
     finished.truncate(RECENT_OUTCOMES);
 
-    let mut out = String::new();
-    let _ = write!(out, "<section><h2>Running and queued ({})</h2>", active.len());
-    if active.is_empty() {
-        out.push_str("<p class=\"empty\">Nothing is running or queued.</p>");
-    } else {
-        out.push_str(
-            "<table id=\"active\"><thead><tr><th>Task</th><th>Kind</th><th>Repository</th>\
-             <th>State</th><th>Since</th><th>By</th></tr></thead><tbody>",
-        );
-        for task in active {
-            let since = task.started_unix.unwrap_or(task.accepted_unix);
-            let _ = write!(
-                out,
-                "<tr{}><td>{}</td><td>{}</td><td>{}</td><td class=\"state-{}\">{}</td><td>{}</td><td>{}</td></tr>",
-                row_attributes(task, selected),
-                task_link(task),
-                task.kind,
-                subject_link(task, links),
-                task.state.as_str(),
-                activity(task),
-                ago(now, since),
-                escape(&task.sender),
-            );
+    Ok(html! {
+        section {
+            h2 { "Running and queued (" (active.len()) ")" }
+            @if active.is_empty() {
+                p.empty { "Nothing is running or queued." }
+            } @else {
+                table id="active" {
+                    thead {
+                        tr { th { "Task" } th { "Kind" } th { "Repository" } th { "State" } th { "Since" } th { "By" } }
+                    }
+                    tbody {
+                        @for task in &active {
+                            tr id={ "task-" (task.task_id.as_str()) }
+                                data-task=(task.task_id.as_str())
+                                class=[selected_class(task, selected)] {
+                                td { (task_link(task)) }
+                                td { (task.kind) }
+                                td { (subject_link(task, links)) }
+                                td class={ "state-" (task.state.as_str()) } { (activity(task)) }
+                                td { (ago(now, task.started_unix.unwrap_or(task.accepted_unix))) }
+                                td { (task.sender) }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        out.push_str("</tbody></table>");
-    }
-    out.push_str("</section><section><h2>Recent outcomes</h2>");
-    if finished.is_empty() {
-        out.push_str("<p class=\"empty\">No task has finished yet.</p>");
-    } else {
-        out.push_str(
-            "<table id=\"finished\"><thead><tr><th>Task</th><th>Kind</th><th>Repository</th>\
-             <th>Conclusion</th><th>Title</th><th>Took</th><th>Finished</th></tr></thead><tbody>",
-        );
-        for task in finished {
-            let conclusion = task.conclusion.as_deref().unwrap_or("unknown");
-            let took = match (task.started_unix, task.finished_unix) {
-                (Some(started), Some(finished)) => duration(finished.saturating_sub(started)),
-                _ => "not run".to_owned(),
-            };
-            let _ = write!(
-                out,
-                "<tr{}><td>{}</td><td>{}</td><td>{}</td><td class=\"conclusion-{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                row_attributes(task, selected),
-                task_link(task),
-                task.kind,
-                subject_link(task, links),
-                css_word(conclusion),
-                escape(conclusion),
-                escape(task.title.as_deref().unwrap_or("")),
-                took,
-                task.finished_unix.map(|finished| ago(now, finished)).unwrap_or_default(),
-            );
+        section {
+            h2 { "Recent outcomes" }
+            @if finished.is_empty() {
+                p.empty { "No task has finished yet." }
+            } @else {
+                table id="finished" {
+                    thead {
+                        tr {
+                            th { "Task" } th { "Kind" } th { "Repository" } th { "Conclusion" }
+                            th { "Title" } th { "Took" } th { "Finished" }
+                        }
+                    }
+                    tbody {
+                        @for task in &finished {
+                            @let conclusion = task.conclusion.as_deref().unwrap_or("unknown");
+                            tr id={ "task-" (task.task_id.as_str()) }
+                                data-task=(task.task_id.as_str())
+                                class=[selected_class(task, selected)] {
+                                td { (task_link(task)) }
+                                td { (task.kind) }
+                                td { (subject_link(task, links)) }
+                                td class={ "conclusion-" (css_word(conclusion)) } { (conclusion) }
+                                td { (task.title.as_deref().unwrap_or("")) }
+                                td { (took(task)) }
+                                td { (task.finished_unix.map(|finished| ago(now, finished)).unwrap_or_default()) }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        out.push_str("</tbody></table>");
-    }
-    out.push_str("</section>");
-    Ok(out)
+    })
 }
 
 /// The selected task's details and its log tail.
-fn render_selected(state: &StatusState, selected: Option<&str>) -> Result<String, ApiError> {
+fn render_selected(state: &StatusState, selected: Option<&str>) -> Result<Markup, ApiError> {
     let Some(selected) = selected else {
-        return Ok("<section id=\"selected\"><h2>Log</h2><p class=\"empty\">Select a task to follow its log.</p></section>"
-            .to_owned());
+        return Ok(html! {
+            section id="selected" {
+                h2 { "Log" }
+                p.empty { "Select a task to follow its log." }
+            }
+        });
     };
     let Ok(task_id) = TaskId::new(selected) else {
-        return Ok(format!(
-            "<section id=\"selected\"><h2>Log</h2><p class=\"error\">{} is not a task id.</p></section>",
-            escape(selected)
-        ));
+        return Ok(html! {
+            section id="selected" {
+                h2 { "Log" }
+                p.error { (selected) " is not a task id." }
+            }
+        });
     };
     let Some(task) = state.journal.task(&task_id).map_err(ApiError::Journal)? else {
-        return Ok(format!(
-            "<section id=\"selected\"><h2>Log</h2><p class=\"error\">No task {} is known.</p></section>",
-            escape(task_id.as_str())
-        ));
+        return Ok(html! {
+            section id="selected" {
+                h2 { "Log" }
+                p.error { "No task " (task_id.as_str()) " is known." }
+            }
+        });
     };
     let links = state.admin.links();
-    let mut out = format!(
-        "<section id=\"selected\" data-task=\"{id}\"><h2>Task <code>{id}</code></h2><dl>\
-         <dt>Kind</dt><dd>{kind}</dd><dt>Repository</dt><dd>{subject}</dd>\
-         <dt>State</dt><dd>{state}</dd><dt>Triggered by</dt><dd>{sender}</dd>",
-        id = escape(task.task_id.as_str()),
-        kind = task.kind,
-        subject = subject_link(&task, links),
-        state = activity(&task),
-        sender = escape(&task.sender),
-    );
-    if let Some(check_run) = task.check_run {
-        let _ = write!(
-            out,
-            "<dt>Check run</dt><dd><a href=\"{}\" rel=\"noreferrer\">{check_run}</a></dd>",
-            escape(&links.check_run(&task.repo, check_run))
-        );
-    }
-    if let Some(conclusion) = &task.conclusion {
-        let _ = write!(
-            out,
-            "<dt>Outcome</dt><dd class=\"conclusion-{}\">{}: {}</dd>",
-            css_word(conclusion),
-            escape(conclusion),
-            escape(task.title.as_deref().unwrap_or(""))
-        );
-    }
-    out.push_str("</dl>");
-    if let Some(summary) = &task.summary {
-        let _ = write!(out, "<h3>Summary</h3><pre class=\"summary\">{}</pre>", escape(summary));
-    }
-    out.push_str("<h3>Log <span id=\"log-state\"></span></h3>");
-    if task.state == TaskState::Finished {
-        out.push_str(
-            "<p class=\"empty\">This task has finished; its container, and its log with it, was removed.</p>",
-        );
-    } else {
-        let _ = write!(
-            out,
-            "<pre id=\"log\" data-follow=\"/api/tasks/{}/logs?follow=true\"></pre>",
-            escape(task.task_id.as_str())
-        );
-    }
-    out.push_str("</section>");
-    Ok(out)
+    let id = task.task_id.as_str();
+    Ok(html! {
+        section id="selected" data-task=(id) {
+            h2 { "Task " code { (id) } }
+            dl {
+                dt { "Kind" } dd { (task.kind) }
+                dt { "Repository" } dd { (subject_link(&task, links)) }
+                dt { "State" } dd { (activity(&task)) }
+                dt { "Triggered by" } dd { (task.sender) }
+                @if let Some(check_run) = task.check_run {
+                    dt { "Check run" }
+                    dd { a href=(links.check_run(&task.repo, check_run)) rel="noreferrer" { (check_run) } }
+                }
+                @if let Some(conclusion) = &task.conclusion {
+                    dt { "Outcome" }
+                    dd class={ "conclusion-" (css_word(conclusion)) } {
+                        (conclusion) ": " (task.title.as_deref().unwrap_or(""))
+                    }
+                }
+            }
+            @if let Some(summary) = &task.summary {
+                h3 { "Summary" }
+                pre.summary { (summary) }
+            }
+            h3 { "Log " span id="log-state" {} }
+            @if task.state == TaskState::Finished {
+                p.empty { "This task has finished; its container, and its log with it, was removed." }
+            } @else {
+                pre id="log" data-follow={ "/api/tasks/" (id) "/logs?follow=true" } {}
+            }
+        }
+    })
 }
 
-fn row_attributes(task: &TaskRecord, selected: Option<&str>) -> String {
-    let class = if selected == Some(task.task_id.as_str()) { " class=\"selected\"" } else { "" };
-    format!(
-        " id=\"task-{}\" data-task=\"{}\"{class}",
-        escape(task.task_id.as_str()),
-        escape(task.task_id.as_str())
-    )
+/// `selected` on the row of the task the page shows.
+fn selected_class(task: &TaskRecord, selected: Option<&str>) -> Option<&'static str> {
+    (selected == Some(task.task_id.as_str())).then_some("selected")
 }
 
-fn task_link(task: &TaskRecord) -> String {
-    let id = escape(task.task_id.as_str());
-    format!("<a href=\"/?task={id}\"><code>{id}</code></a>")
+fn task_link(task: &TaskRecord) -> Markup {
+    let id = task.task_id.as_str();
+    html! { a href={ "/?task=" (id) } { code { (id) } } }
 }
 
-fn subject_link(task: &TaskRecord, links: &Links) -> String {
-    format!(
-        "<a href=\"{}\" rel=\"noreferrer\">{}#{}</a>",
-        escape(&links.subject(task)),
-        escape(&task.repo),
-        task.number
-    )
+fn subject_link(task: &TaskRecord, links: &Links) -> Markup {
+    html! { a href=(links.subject(task)) rel="noreferrer" { (task.repo) "#" (task.number) } }
+}
+
+/// How long a finished task ran.
+fn took(task: &TaskRecord) -> String {
+    match (task.started_unix, task.finished_unix) {
+        (Some(started), Some(finished)) => duration(finished.saturating_sub(started)),
+        _ => "not run".to_owned(),
+    }
 }
 
 /// What an active task is doing, in a word or two.
@@ -417,4 +440,4 @@ fn duration(seconds: u64) -> String {
     }
 }
 
-pub use core_types::web::{escape, form_value};
+use core_types::web::form_value;

@@ -35,6 +35,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use core_types::Secret;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -42,7 +43,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::AppManifestArgs;
-use crate::dashboard::escape;
 
 /// How long the button of one page load works: GitHub's code itself is good
 /// for an hour, and filling in GitHub's page takes a minute or two.
@@ -654,7 +654,7 @@ fn origin(url: &str) -> &str {
 
 /// A page with the setup's headers: a nonce for its one style element, no
 /// script at all, forms only to itself and to GitHub, never framed, no referrer.
-fn respond(server: &SetupServer, status: StatusCode, title: &str, body: &str) -> Response {
+fn respond(server: &SetupServer, status: StatusCode, title: &str, body: Markup) -> Response {
     let Ok(nonce) = random() else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "cannot read random bytes").into_response();
     };
@@ -662,13 +662,20 @@ fn respond(server: &SetupServer, status: StatusCode, title: &str, body: &str) ->
         "default-src 'none'; style-src 'nonce-{nonce}'; form-action 'self' {}; frame-ancestors 'none'; base-uri 'none'",
         origin(&server.config.github_web_url)
     );
-    let document = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title}</title><style nonce=\"{nonce}\">{STYLE}</style></head>\n<body><main>\n{body}\n</main></body></html>\n",
-        title = escape(title),
-    );
-    let mut response = (status, Html(document)).into_response();
+    let document = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                // The page's own stylesheet, compiled in: nothing to escape.
+                style nonce=(nonce) { (PreEscaped(STYLE)) }
+            }
+            body { main { (body) } }
+        }
+    };
+    let mut response = (status, Html(document.into_string())).into_response();
     let headers = response.headers_mut();
     if let Ok(policy) = HeaderValue::from_str(&policy) {
         headers.insert(header::CONTENT_SECURITY_POLICY, policy);
@@ -680,8 +687,7 @@ fn respond(server: &SetupServer, status: StatusCode, title: &str, body: &str) ->
 }
 
 fn problem(server: &SetupServer, status: StatusCode, title: &str, text: &str) -> Response {
-    let body = format!("<h1>{}</h1>\n<p class=\"error\">{}</p>", escape(title), escape(text));
-    respond(server, status, title, &body)
+    respond(server, status, title, html! { h1 { (title) } p.error { (text) } })
 }
 
 /// `GET /`: the page with the button, for the holder of the printed key.
@@ -738,8 +744,8 @@ async fn page(
     let manifest = manifest(&server.config, &redirect_url(&headers, server.config.bind));
     let action = manifest_form_url(&server.config.github_web_url, org.as_deref(), &state);
     let owner = match &org {
-        Some(org) => format!("the organisation <b>{}</b>", escape(org)),
-        None => "your personal account".to_owned(),
+        Some(org) => html! { "the organisation " b { (org) } },
+        None => html! { "your personal account" },
     };
     let permissions = manifest["default_permissions"]
         .as_object()
@@ -755,43 +761,45 @@ async fn page(
         .as_array()
         .map(|events| events.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
         .unwrap_or_default();
-    let mut body = format!(
-        "<h1>Set up Berth</h1>\n\
-         <p>This creates Berth's GitHub App on <code>{web}</code> for {owner}. GitHub shows you the App \
-         before creating it, then sends you back here; Berth writes the App's key and webhook secret \
-         to <code>{dir}</code> (mode 0600).</p>\n\
-         <dl><dt>App name</dt><dd>{name} <span class=\"muted\">(GitHub lets you change it)</span></dd>\
-         <dt>Homepage</dt><dd><code>{public}</code></dd>\
-         <dt>Webhook</dt><dd><code>{hook}</code></dd>\
-         <dt>Permissions</dt><dd>{permissions}</dd>\
-         <dt>Events</dt><dd>{events}</dd></dl>\n\
-         <form method=\"post\" action=\"{action}\" id=\"create-form\">\
-         <input type=\"hidden\" name=\"manifest\" value=\"{manifest}\">\
-         <button type=\"submit\" class=\"primary\" id=\"create\">Create the GitHub App</button></form>\n\
-         <p class=\"muted\">The button works once, for {minutes} minutes; reload the page for a new one.</p>\n",
-        web = escape(&server.config.github_web_url),
-        dir = escape(&server.files.dir.display().to_string()),
-        name = escape(&server.config.name),
-        public = escape(&server.config.public_url),
-        hook = escape(manifest["hook_attributes"]["url"].as_str().unwrap_or_default()),
-        permissions = escape(&permissions),
-        events = escape(&events),
-        action = escape(&action),
-        manifest = escape(&manifest.to_string()),
-        minutes = server.config.state_ttl.as_secs() / 60,
-    );
-    if let Some(text) = org_problem {
-        let _ = writeln!(body, "<p class=\"error\">{}</p>", escape(&text));
-    }
-    let _ = write!(
-        body,
-        "<h2>Owner</h2>\n<form method=\"get\" action=\"/\" id=\"owner-form\">\
-         <label for=\"org\">Organisation</label>\
-         <input id=\"org\" name=\"org\" value=\"{}\" placeholder=\"leave empty for your personal account\">\
-         <button type=\"submit\">Use this owner</button></form>\n",
-        escape(org.as_deref().unwrap_or_default())
-    );
-    respond(&server, StatusCode::OK, "Set up Berth", &body)
+    let body = html! {
+        h1 { "Set up Berth" }
+        p {
+            "This creates Berth's GitHub App on " code { (server.config.github_web_url) } " for " (owner)
+            ". GitHub shows you the App before creating it, then sends you back here; Berth writes the \
+             App's key and webhook secret to " code { (server.files.dir.display()) } " (mode 0600)."
+        }
+        dl {
+            dt { "App name" }
+            dd { (server.config.name) " " span.muted { "(GitHub lets you change it)" } }
+            dt { "Homepage" }
+            dd { code { (server.config.public_url) } }
+            dt { "Webhook" }
+            dd { code { (manifest["hook_attributes"]["url"].as_str().unwrap_or_default()) } }
+            dt { "Permissions" }
+            dd { (permissions) }
+            dt { "Events" }
+            dd { (events) }
+        }
+        form method="post" action=(action) id="create-form" {
+            input type="hidden" name="manifest" value=(manifest.to_string());
+            button type="submit" class="primary" id="create" { "Create the GitHub App" }
+        }
+        p.muted {
+            "The button works once, for " (server.config.state_ttl.as_secs() / 60)
+            " minutes; reload the page for a new one."
+        }
+        @if let Some(text) = &org_problem {
+            p.error { (text) }
+        }
+        h2 { "Owner" }
+        form method="get" action="/" id="owner-form" {
+            label for="org" { "Organisation" }
+            input id="org" name="org" value=(org.as_deref().unwrap_or_default())
+                placeholder="leave empty for your personal account";
+            button type="submit" { "Use this owner" }
+        }
+    };
+    respond(&server, StatusCode::OK, "Set up Berth", body)
 }
 
 /// The query GitHub sends the browser back with.
@@ -906,38 +914,35 @@ async fn callback(State(server): State<Arc<SetupServer>>, Query(query): Query<Ca
 
 fn done_page(server: &SetupServer, app: &CreatedApp) -> Response {
     let files = &server.files;
-    let mut body = format!(
-        "<h1 id=\"done\">The GitHub App {name} is set up</h1>\n\
-         <p>GitHub created it (id {id}, <code>{html_url}</code>), and Berth wrote, mode 0600:</p>\n\
-         <dl><dt>Private key</dt><dd><code>{key}</code></dd>\
-         <dt>Webhook secret</dt><dd><code>{secret}</code></dd>\
-         <dt>Settings</dt><dd><code>{config}</code></dd></dl>\n\
-         <p class=\"muted\">berth setup has ended; this page is all that is left of it.</p>\n\
-         <h2>Next</h2>\n<ol>\n",
-        name = escape(&app.name),
-        id = app.id,
-        html_url = escape(&app.html_url),
-        key = escape(&files.key.display().to_string()),
-        secret = escape(&files.webhook_secret.display().to_string()),
-        config = escape(&files.config.display().to_string()),
-    );
-    for step in next_steps(&server.config, files, app) {
-        body.push_str("<li>");
-        body.push_str(&escape(&step.text));
-        if let Some(link) = &step.link {
-            let _ = write!(
-                body,
-                "<br><a class=\"button\" id=\"install\" href=\"{}\">Install the App</a>",
-                escape(link)
-            );
+    let body = html! {
+        h1 id="done" { "The GitHub App " (app.name) " is set up" }
+        p { "GitHub created it (id " (app.id) ", " code { (app.html_url) } "), and Berth wrote, mode 0600:" }
+        dl {
+            dt { "Private key" }
+            dd { code { (files.key.display()) } }
+            dt { "Webhook secret" }
+            dd { code { (files.webhook_secret.display()) } }
+            dt { "Settings" }
+            dd { code { (files.config.display()) } }
         }
-        if let Some(command) = &step.command {
-            let _ = write!(body, "<pre>{}</pre>", escape(command));
+        p.muted { "berth setup has ended; this page is all that is left of it." }
+        h2 { "Next" }
+        ol {
+            @for step in next_steps(&server.config, files, app) {
+                li {
+                    (step.text)
+                    @if let Some(link) = &step.link {
+                        br;
+                        a class="button" id="install" href=(link) { "Install the App" }
+                    }
+                    @if let Some(command) = &step.command {
+                        pre { (command) }
+                    }
+                }
+            }
         }
-        body.push_str("</li>\n");
-    }
-    body.push_str("</ol>\n");
-    respond(server, StatusCode::OK, "Berth is set up", &body)
+    };
+    respond(server, StatusCode::OK, "Berth is set up", body)
 }
 
 /// `berth setup`: serves the page until the App is set up (or `shutdown`),

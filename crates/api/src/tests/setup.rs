@@ -329,6 +329,40 @@ async fn states_expire_and_an_earlier_app_is_kept_without_force() {
     assert_eq!(conversions(&fake), 0);
 }
 
+#[tokio::test]
+async fn the_app_name_github_hands_back_is_escaped_on_every_setup_page() {
+    // GitHub's form lets the name be changed before the App is created; the
+    // conversion answers with whatever it became.
+    let raw = "<script>alert(\"app\")</script> & 'co'";
+    let escaped = "&lt;script&gt;alert(&quot;app&quot;)&lt;/script&gt; &amp; 'co'";
+    let fake = FakeGitHub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = SetupServer::new(config(dir.path(), &fake.url()), Secret::new(KEY)).unwrap();
+    let mut callbacks = Vec::new();
+    for _ in 0..2 {
+        let page = call(&server, "/", true).await;
+        let state = state_of(&page.body);
+        let mut manifest = manifest_of(&page.body);
+        manifest["name"] = json!(raw);
+        let code = created_code(&fake, manifest, &state);
+        callbacks.push(format!("/callback?code={code}&state={state}"));
+    }
+
+    let done = call(&server, &callbacks[0], false).await;
+    let reloaded = call(&server, "/", true).await;
+    let second = call(&server, &callbacks[1], false).await;
+    for (what, answer, status) in [
+        ("the done page", done, StatusCode::OK),
+        ("the page reloaded", reloaded, StatusCode::OK),
+        ("a second callback", second, StatusCode::CONFLICT),
+    ] {
+        assert_eq!(answer.status, status, "{what}: {}", answer.body);
+        assert!(!answer.body.contains(raw) && !answer.body.contains("<script>"), "{what}: {}", answer.body);
+        assert!(answer.body.contains(escaped), "{what}: {}", answer.body);
+    }
+    assert_eq!(conversions(&fake), 1, "the second code was not used");
+}
+
 fn pages() -> AppPages {
     AppPages::of(
         &json!({"slug": "berth-x", "owner": {"login": "acme", "type": "Organization"}, "html_url": "https://github.com/apps/berth-x"}),

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-use crate::dashboard::{escape, form_value};
+use core_types::web::{escape, form_value};
 use crate::server::{AppState, router, router_with_admin};
 use crate::status::{Admin, LineSplitter, Links};
 use domain::signature::WebhookSecrets;
@@ -427,6 +427,94 @@ async fn everything_from_github_is_escaped_on_the_dashboard() {
     }
     let page = get(harness.router(), &format!("/?task={task}")).await;
     assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;iframe"), "{}", page.body);
+}
+
+/// Text from GitHub with markup, both quotes and `&`, as it arrives and as
+/// the page must show it. The templates leave `'` alone: every attribute
+/// value is in double quotes, so it cannot end one.
+struct Hostile {
+    field: &'static str,
+    raw: &'static str,
+    escaped: &'static str,
+}
+
+const REPO: Hostile = Hostile {
+    field: "repository",
+    raw: "acme&co/re\"po<script>alert('repo')</script>",
+    escaped: "acme&amp;co/re&quot;po&lt;script&gt;alert('repo')&lt;/script&gt;",
+};
+const SENDER: Hostile = Hostile {
+    field: "sender",
+    raw: "<img src=x onerror=\"alert('sender')\">&",
+    escaped: "&lt;img src=x onerror=&quot;alert('sender')&quot;&gt;&amp;",
+};
+const CONCLUSION: Hostile =
+    Hostile { field: "conclusion", raw: "failure\"<b>&", escaped: "failure&quot;&lt;b&gt;&amp;" };
+const TITLE: Hostile = Hostile {
+    field: "title",
+    raw: "<script>alert(\"title\")</script> & more",
+    escaped: "&lt;script&gt;alert(&quot;title&quot;)&lt;/script&gt; &amp; more",
+};
+const SUMMARY: Hostile = Hostile {
+    field: "summary",
+    raw: "\"quoted\" & <iframe src='//evil'>",
+    escaped: "&quot;quoted&quot; &amp; &lt;iframe src='//evil'&gt;",
+};
+
+#[tokio::test]
+async fn hostile_github_text_is_escaped_on_every_dashboard_view() {
+    let harness = Harness::new();
+    let finished = harness.task("d-1", TaskKind::Implement, REPO.raw, 1).await;
+    let active = harness.task("d-2", TaskKind::Review, REPO.raw, 2).await;
+    for task in [&finished, &active] {
+        harness
+            .state
+            .journal
+            .update_task(task, Box::new(|record| record.sender = SENDER.raw.to_owned()))
+            .await
+            .unwrap();
+    }
+    harness.finish(&finished, CONCLUSION.raw, TITLE.raw, SUMMARY.raw).await;
+    let cookie = login(&harness).await;
+
+    let tables = [&REPO, &SENDER, &CONCLUSION, &TITLE];
+    let finished_details = [&REPO, &SENDER, &CONCLUSION, &TITLE, &SUMMARY];
+    let views: [(String, &[&Hostile]); 5] = [
+        ("/".to_owned(), &tables),
+        (format!("/?task={finished}"), &finished_details),
+        (format!("/?task={active}"), &tables),
+        ("/dashboard/tasks".to_owned(), &tables),
+        (format!("/dashboard/tasks?task={finished}"), &tables),
+    ];
+    for (uri, shown) in views {
+        let page = send(harness.router(), "GET", &uri, &[("cookie", &cookie)], "").await;
+        assert_eq!(page.status, StatusCode::OK, "{uri}");
+        for hostile in [&REPO, &SENDER, &CONCLUSION, &TITLE, &SUMMARY] {
+            assert!(
+                !page.body.contains(hostile.raw),
+                "{uri} carries the {} unescaped:\n{}",
+                hostile.field,
+                page.body
+            );
+        }
+        for hostile in shown {
+            assert!(
+                page.body.contains(hostile.escaped),
+                "{uri} lacks the escaped {}:\n{}",
+                hostile.field,
+                page.body
+            );
+        }
+        for markup in ["<script>", "<img", "<iframe", "<b>"] {
+            assert!(!page.body.contains(markup), "{uri} carries {markup:?}:\n{}", page.body);
+        }
+    }
+    let details = get(harness.router(), &format!("/?task={finished}")).await;
+    assert!(
+        details.body.contains(&format!("href=\"https://github.com/{}/issues/1\"", REPO.escaped)),
+        "the repository is escaped inside the link's address too:\n{}",
+        details.body
+    );
 }
 
 #[test]
