@@ -1,11 +1,16 @@
 //! The dispatcher against the real engine: lifecycle, exit codes, OOM, the
-//! hardened profile seen from inside, listing, adoption, stop, and errors.
+//! hardened profile seen from inside, listing, adoption, stop, errors, and
+//! the engine seam's Docker side (capabilities, description, images, waits
+//! from every state, change events, bounded names).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{CreateContainerOptionsBuilder, InspectContainerOptions};
-use dispatcher::{ContainerStatus, DispatchError, DispatcherConfig, DockerEngine, HardenedProfile};
+use dispatcher::{
+    ChangeKind, ContainerEngine, ContainerStatus, DispatchError, Dispatcher, DispatcherConfig, DockerEngine,
+    HardenedProfile, ImageStatus, Protection,
+};
 use futures_util::StreamExt;
 use tests::{Cleanup, STUB, dispatcher, dispatcher_with, task_labels, test_image, unique_task_id};
 
@@ -310,4 +315,127 @@ async fn engine_errors_say_what_was_being_done() {
     let err = dispatcher.wait(&created.id).await.unwrap_err();
     assert!(matches!(err, DispatchError::ContainerNotFound { .. }), "{err}");
     assert!(err.to_string().contains("not found while trying to wait for"), "{err}");
+}
+
+#[tokio::test]
+async fn the_docker_engine_describes_itself_and_enforces_the_strict_profile() {
+    let engine = tests::engine().await;
+    let info = engine.describe().await.unwrap();
+    assert_eq!(info.kind, "docker");
+    assert!(!info.version.is_empty(), "{info:?}");
+    assert!(info.api_version.starts_with("1."), "{info:?}");
+    assert!(info.storage_driver.as_deref().is_some_and(|driver| !driver.is_empty()), "{info:?}");
+    assert_eq!(info.endpoint, engine.endpoint());
+    // This host's kernel gives the engine every limit the strict profile needs.
+    let capabilities = engine.capabilities();
+    assert!(capabilities.missing_for(&HardenedProfile::strict()).is_empty(), "{capabilities:?}");
+    assert!(Protection::ALL.iter().all(|protection| capabilities.enforces(*protection)));
+    let config = DispatcherConfig {
+        image: test_image().await.to_owned(),
+        network: "none".into(),
+        profile: HardenedProfile::strict(),
+        entrypoint: Some(vec![STUB.into()]),
+        instance: tests::test_instance(),
+    };
+    Dispatcher::checked(engine, config).expect("docker enforces the strict profile");
+}
+
+#[tokio::test]
+async fn image_status_tells_a_present_image_from_a_missing_one() {
+    let engine = tests::engine().await;
+    match engine.image_status(test_image().await).await.unwrap() {
+        ImageStatus::Present { id } => assert!(id.starts_with("sha256:"), "{id}"),
+        ImageStatus::Missing => panic!("the test image was just built"),
+    }
+    let missing = engine.image_status("berth-test-no-such-image:none").await.unwrap();
+    assert_eq!(missing, ImageStatus::Missing);
+}
+
+#[tokio::test]
+async fn the_engine_waits_from_every_state_and_closes_the_start_race() {
+    let dispatcher = dispatcher().await;
+    let engine = dispatcher.engine();
+    let ids: Vec<_> =
+        ["wait-created", "wait-running", "wait-quick"].iter().map(|name| unique_task_id(name)).collect();
+    let _cleanup = Cleanup::tasks(&ids.iter().collect::<Vec<_>>());
+
+    // Created: the wait outlasts the created state and returns the real exit.
+    let created = dispatcher.create(&task_labels(&ids[0]), &[], args(&["exit", "4"])).await.unwrap();
+    let waiter = {
+        let engine = engine.clone();
+        let id = created.id.clone();
+        tokio::spawn(async move { engine.wait(&id).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
+    dispatcher.start(&created.id).await.unwrap();
+    let exit = waiter.await.unwrap().unwrap();
+    assert_eq!(exit.code, 4);
+    assert!(exit.finished_at >= exit.started_at && exit.started_at.is_some());
+    // Exited: at once, the same exit.
+    assert_eq!(engine.wait(&created.id).await.unwrap(), exit);
+
+    // Running: until it ends.
+    let running = dispatcher.launch(&task_labels(&ids[1]), &[], args(&["sleep", "300"])).await.unwrap();
+    let waiter = {
+        let engine = engine.clone();
+        let id = running.id.clone();
+        tokio::spawn(async move { engine.wait(&id).await })
+    };
+    dispatcher.kill(&running.id).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap().code, 137);
+
+    // Started and exited before the wait is asked: answered from what it was.
+    let quick = dispatcher.create(&task_labels(&ids[2]), &[], args(&["exit", "5"])).await.unwrap();
+    dispatcher.start(&quick.id).await.unwrap();
+    assert_eq!(engine.wait(&quick.id).await.unwrap().code, 5);
+
+    for id in [&created.id, &running.id, &quick.id] {
+        dispatcher.remove(id).await.unwrap();
+    }
+    let err = engine.wait(&quick.id).await.unwrap_err();
+    assert!(matches!(err, DispatchError::ContainerNotFound { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn changes_tell_of_the_start_death_and_removal_of_labelled_containers() {
+    let dispatcher = dispatcher().await;
+    let id = unique_task_id("changes");
+    let _cleanup = Cleanup::tasks(&[&id]);
+    // Asked before anything happens; the stream starts from this moment even
+    // though the engine sees the request only when it is first polled.
+    let mut changes = dispatcher.engine().changes(core_types::label::TASK_ID, id.as_str());
+    let launched = dispatcher.launch(&task_labels(&id), &[], args(&["exit", "0"])).await.unwrap();
+    dispatcher.wait(&launched.id).await.unwrap();
+    dispatcher.remove(&launched.id).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let change = tokio::time::timeout(Duration::from_secs(30), changes.next())
+            .await
+            .expect("the engine reports the change")
+            .expect("the stream goes on")
+            .unwrap();
+        assert_eq!(change.id, launched.id);
+        seen.push(change.kind);
+    }
+    assert_eq!(seen, [ChangeKind::Started, ChangeKind::Died, ChangeKind::Removed]);
+}
+
+#[tokio::test]
+async fn a_task_with_the_longest_id_runs_under_a_63_character_name() {
+    let dispatcher = dispatcher().await;
+    let short = unique_task_id("long");
+    let long =
+        core_types::TaskId::new(format!("{short}-{}", "x".repeat(63 - short.as_str().len() - 1))).unwrap();
+    assert_eq!(long.as_str().len(), 63);
+    let name = dispatcher::container_name(&long);
+    let _cleanup = Cleanup::names(&[&name]);
+    assert_eq!(name.len(), 63);
+    let launched = dispatcher.launch(&task_labels(&long), &[], args(&["exit", "0"])).await.unwrap();
+    assert_eq!(dispatcher.wait(&launched.id).await.unwrap().code, 0);
+    let found = dispatcher.find(&long).await.unwrap().expect("found by its name");
+    assert_eq!((found.id, found.name), (launched.id.clone(), name));
+    // A second launch adopts it rather than making another.
+    assert!(dispatcher.launch(&task_labels(&long), &[], args(&["exit", "0"])).await.unwrap().adopted);
+    dispatcher.remove(&launched.id).await.unwrap();
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dispatcher::{ContainerEngine, ContainerSpec, DockerEngine, WaitCondition};
+use dispatcher::{ContainerEngine, ContainerSpec, DockerEngine};
 use futures_util::StreamExt;
 
 use crate::config::{ServeArgs, ServeConfig};
@@ -220,10 +220,11 @@ async fn run_probe(
     };
     let outcome = async {
         engine.start(&id).await.map_err(|err| format!("cannot run the worker image: {err}"))?;
-        let code = tokio::time::timeout(Duration::from_secs(60), engine.wait(&id, WaitCondition::NotRunning))
+        let code = tokio::time::timeout(Duration::from_secs(60), engine.wait(&id))
             .await
             .map_err(|_| "the check did not end within 60 s".to_owned())?
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| err.to_string())?
+            .code;
         let mut text = String::new();
         let mut logs = engine.logs(&id, false, Some(20));
         while let Some(Ok(chunk)) = logs.next().await {

@@ -8,21 +8,23 @@ use futures_util::StreamExt;
 use tracing::{debug, info, instrument};
 
 use crate::engine::{
-    ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus, ExitInfo, LogChunk,
-    LogStream, WaitCondition,
+    Change, ChangeKind, ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus,
+    ExitInfo, LogChunk, LogStream,
 };
+use crate::name::{container_name, legacy_container_name};
 use crate::{DispatchError, HardenedProfile};
 
-/// How often a wait on a created container re-checks by inspect, covering the
-/// moment between a `next-exit` wait being sent and being registered.
-const CREATED_WAIT_RECHECK: Duration = Duration::from_secs(2);
+/// How long [`next_change`] waits when the engine's event stream is broken,
+/// so that a watcher looping on it does not spin while the engine is away.
+const BROKEN_CHANGES_PAUSE: Duration = Duration::from_secs(1);
 
 /// What every worker container gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatcherConfig {
     /// The worker image.
     pub image: String,
-    /// The Docker network workers join.
+    /// The network workers join, by name (backend-defined; see
+    /// [`ContainerSpec::network`]).
     pub network: String,
     /// Limits and privileges.
     pub profile: HardenedProfile,
@@ -89,9 +91,34 @@ pub struct Dispatcher<E> {
 }
 
 impl<E: ContainerEngine> Dispatcher<E> {
-    /// A dispatcher over `engine`.
+    /// A dispatcher over `engine`. It does not check that the engine
+    /// enforces the profile; [`Dispatcher::checked`] does.
     pub fn new(engine: E, config: DispatcherConfig) -> Self {
         Self { engine, config }
+    }
+
+    /// A dispatcher over `engine`, refused when the engine does not enforce
+    /// every protection the configured profile asks for.
+    ///
+    /// # Errors
+    /// [`DispatchError::ProfileUnsupported`] naming what is missing.
+    pub fn checked(engine: E, config: DispatcherConfig) -> Result<Self, DispatchError> {
+        let dispatcher = Self::new(engine, config);
+        dispatcher.check_profile()?;
+        Ok(dispatcher)
+    }
+
+    /// Whether the engine enforces every protection the configured profile
+    /// asks for: a worker must never run with less than it was promised.
+    ///
+    /// # Errors
+    /// [`DispatchError::ProfileUnsupported`] naming what is missing.
+    pub fn check_profile(&self) -> Result<(), DispatchError> {
+        let missing = self.engine.capabilities().missing_for(&self.config.profile);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(DispatchError::ProfileUnsupported { engine: engine_kind::<E>(), missing })
     }
 
     /// The engine underneath.
@@ -197,11 +224,20 @@ impl<E: ContainerEngine> Dispatcher<E> {
     /// # Errors
     /// Engine failures.
     pub async fn find(&self, task_id: &TaskId) -> Result<Option<ManagedContainer>, DispatchError> {
-        let found =
-            self.engine.inspect(&task_id.container_name()).await?.and_then(ManagedContainer::from_state);
-        Ok(found.filter(|container| {
-            container.labels.get(label::TASK_ID).map(String::as_str) == Some(task_id.as_str())
-        }))
+        let name = container_name(task_id);
+        let legacy = legacy_container_name(task_id);
+        // A container an earlier version made may carry the older, longer name.
+        let names = if legacy == name { vec![name] } else { vec![name, legacy] };
+        for name in names {
+            let found = self.engine.inspect(&name).await?.and_then(ManagedContainer::from_state);
+            let found = found.filter(|container| {
+                container.labels.get(label::TASK_ID).map(String::as_str) == Some(task_id.as_str())
+            });
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     /// Every managed container of this instance, in any state. Nothing
@@ -229,57 +265,25 @@ impl<E: ContainerEngine> Dispatcher<E> {
     /// # Errors
     /// Engine failures; [`DispatchError::ContainerNotFound`] when it is gone.
     pub async fn wait(&self, id: &ContainerId) -> Result<ExitInfo, DispatchError> {
-        match self.status(id).await? {
-            ContainerStatus::Exited(exit) => return Ok(exit),
-            ContainerStatus::Missing => {
-                return Err(DispatchError::ContainerNotFound {
-                    container: id.to_string(),
-                    operation: "wait for",
-                });
-            }
-            // `not-running` returns at once for a created container; wait for
-            // its next exit instead, and re-check in case it exits before that
-            // wait is registered.
-            ContainerStatus::Created => {
-                let wait = self.engine.wait(id, WaitCondition::NextExit);
-                tokio::pin!(wait);
-                loop {
-                    tokio::select! {
-                        result = &mut wait => { result?; break; }
-                        () = tokio::time::sleep(CREATED_WAIT_RECHECK) => {
-                            if let ContainerStatus::Exited(exit) = self.status(id).await? {
-                                return Ok(exit);
-                            }
-                        }
-                    }
-                }
-            }
-            ContainerStatus::Running { .. } | ContainerStatus::Removing => {
-                self.engine.wait(id, WaitCondition::NotRunning).await?;
-            }
-        }
-        self.exit_info(id).await
+        self.engine.wait(id).await
     }
 
     /// Waits for a container this process has just started, then returns how
-    /// it ended. Skips the first inspect of [`Dispatcher::wait`].
+    /// it ended. The same as [`Dispatcher::wait`], which now handles every
+    /// state; kept for its callers.
     ///
     /// # Errors
     /// Engine failures.
     pub async fn wait_started(&self, id: &ContainerId) -> Result<ExitInfo, DispatchError> {
-        self.engine.wait(id, WaitCondition::NotRunning).await?;
-        self.exit_info(id).await
+        self.engine.wait(id).await
     }
 
-    async fn exit_info(&self, id: &ContainerId) -> Result<ExitInfo, DispatchError> {
-        match self.status(id).await? {
-            ContainerStatus::Exited(exit) => Ok(exit),
-            ContainerStatus::Missing => Err(DispatchError::ContainerNotFound {
-                container: id.to_string(),
-                operation: "inspect the exit of",
-            }),
-            _ => Err(DispatchError::WaitEnded { container: id.to_string() }),
-        }
+    /// Resolves when the engine reports that a managed container died or was
+    /// removed or, after a short pause, when its change stream fails or
+    /// ends. A hint to reconcile early, never a record: the caller resyncs by
+    /// listing either way.
+    pub async fn next_change(&self) {
+        next_change(&self.engine).await;
     }
 
     /// The container's output, stdout and stderr interleaved as they came.
@@ -445,7 +449,7 @@ pub(crate) fn spec_for(
     let mut labels = task.to_labels();
     labels.insert(label::INSTANCE.to_owned(), config.instance.clone());
     ContainerSpec {
-        name: task.task_id.container_name(),
+        name: container_name(&task.task_id),
         image: config.image.clone(),
         labels,
         env: env.iter().map(|(name, value)| format!("{name}={value}")).collect(),
@@ -454,4 +458,29 @@ pub(crate) fn spec_for(
         network: config.network.clone(),
         profile: config.profile.clone(),
     }
+}
+
+/// See [`Dispatcher::next_change`].
+pub(crate) async fn next_change<E: ContainerEngine>(engine: &E) {
+    let mut changes = engine.changes(label::MANAGED, "true");
+    loop {
+        match changes.next().await {
+            // Berth starts its workers itself; only an ending is news.
+            Some(Ok(Change { kind: ChangeKind::Started, .. })) => {}
+            Some(Ok(_)) => return,
+            // Broken or ended: the engine is restarting or gone. Do not spin.
+            Some(Err(_)) | None => {
+                tokio::time::sleep(BROKEN_CHANGES_PAUSE).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A short name for the engine type, for messages (`DockerEngine` -> `docker`).
+fn engine_kind<E>() -> String {
+    let type_name = std::any::type_name::<E>();
+    let type_name = type_name.split('<').next().unwrap_or(type_name);
+    let short = type_name.rsplit("::").next().unwrap_or(type_name);
+    short.strip_suffix("Engine").unwrap_or(short).to_ascii_lowercase()
 }

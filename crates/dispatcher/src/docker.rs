@@ -19,19 +19,25 @@ use bollard::query_parameters::{
 use futures_util::{StreamExt, TryStreamExt, stream};
 
 use crate::engine::{
-    ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus, ExitInfo, LogChunk,
-    LogStream, WaitCondition,
+    Capabilities, Change, ChangeKind, ChangeStream, ContainerEngine, ContainerId, ContainerSpec,
+    ContainerState, ContainerStatus, EngineInfo, ExitInfo, ImageStatus, LogChunk, LogStream,
 };
-use crate::{DispatchError, DockerError};
+use crate::{DispatchError, EngineError};
 
 /// How many inspects a listing runs at once.
 const LIST_INSPECT_CONCURRENCY: usize = 16;
+
+/// How often a wait on a created container looks again by inspect, covering
+/// the moment between a `next-exit` wait being sent and being registered (a
+/// container started and ended in that moment is otherwise never seen to exit).
+const CREATED_WAIT_RECHECK: Duration = Duration::from_secs(2);
 
 /// The Docker Engine API on a unix socket.
 #[derive(Debug, Clone)]
 pub struct DockerEngine {
     docker: Docker,
     endpoint: String,
+    capabilities: Capabilities,
 }
 
 fn status_code(err: &BollardError) -> Option<u16> {
@@ -49,9 +55,11 @@ impl DockerEngine {
     /// [`DispatchError::EngineUnreachable`] when the socket does not answer.
     pub async fn connect_local() -> Result<Self, DispatchError> {
         let endpoint = "the local docker socket (DOCKER_HOST or /var/run/docker.sock)".to_owned();
-        let docker = Docker::connect_with_unix_defaults().map_err(|source| {
-            DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) }
-        })?;
+        let docker =
+            Docker::connect_with_unix_defaults().map_err(|source| DispatchError::EngineUnreachable {
+                endpoint: endpoint.clone(),
+                source: EngineError::docker(source),
+            })?;
         Self::negotiate(docker, endpoint).await
     }
 
@@ -63,17 +71,32 @@ impl DockerEngine {
         let endpoint = path.to_owned();
         let docker =
             Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION).map_err(|source| {
-                DispatchError::EngineUnreachable { endpoint: endpoint.clone(), source: DockerError(source) }
+                DispatchError::EngineUnreachable {
+                    endpoint: endpoint.clone(),
+                    source: EngineError::docker(source),
+                }
             })?;
         Self::negotiate(docker, endpoint).await
     }
 
     async fn negotiate(docker: Docker, endpoint: String) -> Result<Self, DispatchError> {
-        let docker = docker.negotiate_version().await.map_err(|source| DispatchError::EngineUnreachable {
+        let unreachable = |source| DispatchError::EngineUnreachable {
             endpoint: endpoint.clone(),
-            source: DockerError(source),
-        })?;
-        Ok(Self { docker, endpoint })
+            source: EngineError::docker(source),
+        };
+        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        // The kernel features the engine found at its start: without swap
+        // accounting (cgroup v1 without `swapaccount=1`), for one, Docker
+        // accepts a swap limit, warns, and does not enforce it.
+        let info = docker.info().await.map_err(unreachable)?;
+        let capabilities = Capabilities {
+            memory_limit: info.memory_limit.unwrap_or(true),
+            swap_limit: info.swap_limit.unwrap_or(true),
+            cpu_limit: info.cpu_cfs_quota.unwrap_or(true),
+            pids_limit: info.pids_limit.unwrap_or(true),
+            ..Capabilities::all()
+        };
+        Ok(Self { docker, endpoint, capabilities })
     }
 
     /// Where this engine was reached.
@@ -88,7 +111,7 @@ impl DockerEngine {
     pub async fn version(&self) -> Result<(String, String), DispatchError> {
         let version = self.docker.version().await.map_err(|source| DispatchError::EngineUnreachable {
             endpoint: self.endpoint.clone(),
-            source: DockerError(source),
+            source: EngineError::docker(source),
         })?;
         Ok((version.version.unwrap_or_default(), version.api_version.unwrap_or_default()))
     }
@@ -100,7 +123,7 @@ impl DockerEngine {
     pub async fn storage_driver(&self) -> Result<String, DispatchError> {
         let info = self.docker.info().await.map_err(|source| DispatchError::EngineUnreachable {
             endpoint: self.endpoint.clone(),
-            source: DockerError(source),
+            source: EngineError::docker(source),
         })?;
         Ok(info.driver.unwrap_or_default())
     }
@@ -118,7 +141,7 @@ impl DockerEngine {
                 return Err(DispatchError::EngineCall {
                     operation: "inspect image of",
                     container: image.to_owned(),
-                    source: DockerError(source),
+                    source: EngineError::docker(source),
                 });
             }
         };
@@ -130,20 +153,13 @@ impl DockerEngine {
             .map(str::to_owned))
     }
 
-    /// Whether an image is present locally.
+    /// Whether an image is present locally ([`ContainerEngine::image_status`]
+    /// without the id).
     ///
     /// # Errors
     /// When the engine cannot be asked.
     pub async fn image_exists(&self, image: &str) -> Result<bool, DispatchError> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(err) if status_code(&err) == Some(404) => Ok(false),
-            Err(source) => Err(DispatchError::EngineCall {
-                operation: "inspect image of",
-                container: image.to_owned(),
-                source: DockerError(source),
-            }),
-        }
+        Ok(matches!(self.image_status(image).await?, ImageStatus::Present { .. }))
     }
 
     /// Builds `tag` from an in-memory tar context with the classic builder
@@ -162,7 +178,7 @@ impl DockerEngine {
         let failed = |reason: String| DispatchError::BuildFailed { image: tag.to_owned(), reason };
         let mut build = self.docker.build_image(options, None, Some(bollard::body_full(context_tar.into())));
         while let Some(step) = build.next().await {
-            let info = step.map_err(|err| failed(DockerError(err).to_string()))?;
+            let info = step.map_err(|err| failed(EngineError::docker(err).to_string()))?;
             if let Some(detail) = info.error_detail {
                 return Err(failed(detail.message.unwrap_or_else(|| "unknown build error".to_owned())));
             }
@@ -185,7 +201,7 @@ impl DockerEngine {
             Err(source) => Err(DispatchError::EngineCall {
                 operation: "remove image of",
                 container: image.to_owned(),
-                source: DockerError(source),
+                source: EngineError::docker(source),
             }),
         }
     }
@@ -219,22 +235,26 @@ impl DockerEngine {
             })
     }
 
-    /// Resolves when the engine reports a change to a managed container (a
-    /// die, an OOM, a destroy) or when its event stream breaks. Events are
+    /// Resolves when the engine reports that a managed container died or was
+    /// removed, or when its event stream breaks. Events are
     /// hints only: the engine drops them for slow readers and forgets them
-    /// when it restarts, so the caller resyncs by listing either way.
+    /// when it restarts, so the caller resyncs by listing either way. The
+    /// same as [`Dispatcher::next_change`](crate::Dispatcher::next_change),
+    /// kept for callers that hold the engine.
     pub async fn next_change(&self) {
-        let filters = HashMap::from([
-            ("type", vec!["container".to_owned()]),
-            ("label", vec![format!("{}=true", core_types::label::MANAGED)]),
-            ("event", vec!["die".to_owned(), "oom".to_owned(), "destroy".to_owned()]),
-        ]);
-        let options = bollard::query_parameters::EventsOptionsBuilder::new().filters(&filters).build();
-        let mut events = self.docker.events(Some(options));
-        match events.next().await {
-            Some(Ok(_)) => {}
-            // Broken or ended: the engine is restarting or gone. Do not spin.
-            Some(Err(_)) | None => tokio::time::sleep(Duration::from_secs(1)).await,
+        crate::dispatcher::next_change(self).await;
+    }
+
+    /// Waits for the wait `condition` of the engine and returns when it is met.
+    async fn wait_for(&self, id: &ContainerId, condition: &str) -> Result<(), DispatchError> {
+        let options = WaitContainerOptionsBuilder::new().condition(condition).build();
+        let mut wait = self.docker.wait_container(id.as_str(), Some(options));
+        match wait.next().await {
+            // A non-zero exit is an outcome, not a failure of ours; the exit
+            // itself is read by inspect.
+            Some(Ok(_) | Err(BollardError::DockerContainerWaitError { .. })) => Ok(()),
+            Some(Err(source)) => Err(Self::call_failed("wait for", id.as_str(), source)),
+            None => Err(DispatchError::WaitEnded { container: id.to_string() }),
         }
     }
 
@@ -245,7 +265,7 @@ impl DockerEngine {
             DispatchError::EngineCall {
                 operation,
                 container: container.to_owned(),
-                source: DockerError(source),
+                source: EngineError::docker(source),
             }
         }
     }
@@ -315,6 +335,34 @@ fn create_body(spec: &ContainerSpec, home: Option<&str>) -> ContainerCreateBody 
 }
 
 impl ContainerEngine for DockerEngine {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn describe(&self) -> Result<EngineInfo, DispatchError> {
+        let (version, api_version) = self.version().await?;
+        let storage_driver = self.storage_driver().await?;
+        Ok(EngineInfo {
+            kind: "docker".to_owned(),
+            endpoint: self.endpoint.clone(),
+            version,
+            api_version,
+            storage_driver: Some(storage_driver).filter(|driver| !driver.is_empty()),
+        })
+    }
+
+    async fn image_status(&self, image: &str) -> Result<ImageStatus, DispatchError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspected) => Ok(ImageStatus::Present { id: inspected.id.unwrap_or_default() }),
+            Err(err) if status_code(&err) == Some(404) => Ok(ImageStatus::Missing),
+            Err(source) => Err(DispatchError::EngineCall {
+                operation: "inspect image of",
+                container: image.to_owned(),
+                source: EngineError::docker(source),
+            }),
+        }
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<Option<ContainerId>, DispatchError> {
         let home = if spec.profile.read_only_root { self.image_home(&spec.image).await? } else { None };
         let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
@@ -327,7 +375,7 @@ impl ContainerEngine for DockerEngine {
             Err(source) => Err(DispatchError::EngineCall {
                 operation: "create",
                 container: spec.name.clone(),
-                source: DockerError(source),
+                source: EngineError::docker(source),
             }),
         }
     }
@@ -337,7 +385,7 @@ impl ContainerEngine for DockerEngine {
             if status_code(&source) == Some(404) {
                 DispatchError::ContainerNotFound { container: id.to_string(), operation: "start" }
             } else {
-                DispatchError::StartFailed { container: id.to_string(), source: DockerError(source) }
+                DispatchError::StartFailed { container: id.to_string(), source: EngineError::docker(source) }
             }
         })
     }
@@ -378,19 +426,33 @@ impl ContainerEngine for DockerEngine {
         }))
     }
 
-    async fn wait(&self, id: &ContainerId, condition: WaitCondition) -> Result<i64, DispatchError> {
-        let condition = match condition {
-            WaitCondition::NotRunning => "not-running",
-            WaitCondition::NextExit => "next-exit",
-        };
-        let options = WaitContainerOptionsBuilder::new().condition(condition).build();
-        let mut wait = self.docker.wait_container(id.as_str(), Some(options));
-        match wait.next().await {
-            Some(Ok(response)) => Ok(response.status_code),
-            // A non-zero exit is an outcome, not a failure of ours.
-            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(source)) => Err(Self::call_failed("wait for", id.as_str(), source)),
-            None => Err(DispatchError::WaitEnded { container: id.to_string() }),
+    async fn wait(&self, id: &ContainerId) -> Result<ExitInfo, DispatchError> {
+        // Look, wait as the state asks, and look again: the state read after
+        // a wait is the truth (the wait only says "something ended").
+        loop {
+            let status =
+                self.inspect(id.as_str()).await?.map_or(ContainerStatus::Missing, |state| state.status);
+            match status {
+                ContainerStatus::Exited(exit) => return Ok(exit),
+                ContainerStatus::Missing => {
+                    return Err(DispatchError::ContainerNotFound {
+                        container: id.to_string(),
+                        operation: "wait for",
+                    });
+                }
+                // `not-running` returns at once for a created container: wait
+                // for its next exit instead, and look again now and then in
+                // case it started and exited before that wait was registered.
+                ContainerStatus::Created => {
+                    tokio::select! {
+                        result = self.wait_for(id, "next-exit") => result?,
+                        () = tokio::time::sleep(CREATED_WAIT_RECHECK) => {}
+                    }
+                }
+                ContainerStatus::Running { .. } | ContainerStatus::Removing => {
+                    self.wait_for(id, "not-running").await?;
+                }
+            }
         }
     }
 
@@ -401,7 +463,7 @@ impl ContainerEngine for DockerEngine {
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(|source| DispatchError::ListFailed { source: DockerError(source) })?;
+            .map_err(|source| DispatchError::ListFailed { source: EngineError::docker(source) })?;
         let ids: Vec<String> = summaries.into_iter().filter_map(|summary| summary.id).collect();
         // A container removed between the list and its inspect is simply gone.
         let states: Vec<Option<ContainerState>> = stream::iter(ids)
@@ -430,6 +492,37 @@ impl ContainerEngine for DockerEngine {
                     Ok(bollard::container::LogOutput::StdIn { .. }) => None,
                     Err(source) => Some(Err(Self::call_failed("read logs of", &container, source))),
                 }
+            }
+        });
+        Box::pin(stream)
+    }
+
+    fn changes(&self, label: &str, value: &str) -> ChangeStream {
+        // From now, not from when the stream is first polled: a change that
+        // comes between this call and the request reaching the engine is
+        // replayed from the engine's recent events rather than lost.
+        let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let since = format!("{}.{:09}", since.as_secs(), since.subsec_nanos());
+        let filters = HashMap::from([
+            ("type", vec!["container".to_owned()]),
+            ("label", vec![format!("{label}={value}")]),
+            ("event", vec!["start".to_owned(), "die".to_owned(), "destroy".to_owned()]),
+        ]);
+        let options =
+            bollard::query_parameters::EventsOptionsBuilder::new().since(&since).filters(&filters).build();
+        let stream = self.docker.events(Some(options)).filter_map(|item| async move {
+            match item {
+                Ok(event) => {
+                    let kind = match event.action.as_deref()? {
+                        "start" => ChangeKind::Started,
+                        "die" => ChangeKind::Died,
+                        "destroy" => ChangeKind::Removed,
+                        _ => return None,
+                    };
+                    let id = event.actor.and_then(|actor| actor.id).filter(|id| !id.is_empty())?;
+                    Some(Ok(Change { id: ContainerId::new(id), kind }))
+                }
+                Err(source) => Some(Err(DispatchError::WatchFailed { source: EngineError::docker(source) })),
             }
         });
         Box::pin(stream)

@@ -1,6 +1,11 @@
 //! The container engine seam: the few operations Berth needs, in our own
-//! types. `DockerEngine` implements it; a second backend (Swarm jobs,
-//! Kubernetes Jobs) is another implementation, not a rewrite.
+//! types. `DockerEngine` implements it, and `FakeEngine` (feature `fake`) for
+//! tests; a second backend (Swarm jobs, Kubernetes Jobs) is another
+//! implementation, not a rewrite.
+//!
+//! Nothing here is Docker's: each backend owns its own races (a wait
+//! registered before a start, an event missed while disconnected) and says
+//! which protections of a [`HardenedProfile`] it enforces.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,6 +34,12 @@ impl ContainerId {
     }
 }
 
+impl AsRef<str> for ContainerId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ContainerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The short form, as `docker ps` prints it.
@@ -39,7 +50,8 @@ impl fmt::Display for ContainerId {
 /// Everything needed to create one worker container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
-    /// Container name (`berth-<task id>`).
+    /// Container name: at most 63 of `[a-z0-9-]`, starting and ending with a
+    /// letter or digit (see [`container_name`](crate::container_name)).
     pub name: String,
     /// Image reference.
     pub image: String,
@@ -51,7 +63,12 @@ pub struct ContainerSpec {
     pub entrypoint: Option<Vec<String>>,
     /// Arguments (the image's CMD when `None`).
     pub cmd: Option<Vec<String>>,
-    /// Docker network to attach to.
+    /// The network the worker joins, by name; what a name means is the
+    /// backend's (for Docker, a network such as `berth-workers`, or `none`).
+    /// It stays in the spec rather than in one engine's configuration because
+    /// it varies per container: `berth doctor` runs one probe with no network
+    /// and one on the workers' network. A backend that cannot honour a name
+    /// refuses the create rather than attaching the worker elsewhere.
     pub network: String,
     /// Limits and privileges.
     pub profile: HardenedProfile,
@@ -103,16 +120,214 @@ pub struct ContainerState {
     pub created_at: Option<SystemTime>,
 }
 
-/// Which exit a wait waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitCondition {
-    /// Returns once the container is not running; at once for a created or
-    /// exited container.
-    NotRunning,
-    /// Returns at the next exit; correct for a created container, never
-    /// returns for one that already exited.
-    NextExit,
+/// One protection a [`HardenedProfile`] can ask of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protection {
+    /// A memory limit.
+    MemoryLimit,
+    /// No swap beyond the memory limit.
+    SwapLimit,
+    /// A CPU quota.
+    CpuLimit,
+    /// A limit on processes and threads.
+    PidsLimit,
+    /// Running as a given non-root user.
+    NonRootUser,
+    /// Every Linux capability dropped (some may be added back).
+    DropAllCapabilities,
+    /// `no-new-privileges`.
+    NoNewPrivileges,
+    /// An init as PID 1 that forwards signals and reaps zombies.
+    Init,
+    /// Bounded logs on the host's disk.
+    LogLimits,
+    /// A read-only root filesystem.
+    ReadOnlyRoot,
+    /// Memory-backed, size-capped scratch mounts (tmpfs) at `/tmp` and `HOME`.
+    ScratchTmpfs,
 }
+
+impl Protection {
+    /// Every protection, in a stable order.
+    pub const ALL: [Protection; 11] = [
+        Protection::MemoryLimit,
+        Protection::SwapLimit,
+        Protection::CpuLimit,
+        Protection::PidsLimit,
+        Protection::NonRootUser,
+        Protection::DropAllCapabilities,
+        Protection::NoNewPrivileges,
+        Protection::Init,
+        Protection::LogLimits,
+        Protection::ReadOnlyRoot,
+        Protection::ScratchTmpfs,
+    ];
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protection::MemoryLimit => "a memory limit",
+            Protection::SwapLimit => "a swap limit",
+            Protection::CpuLimit => "a cpu limit",
+            Protection::PidsLimit => "a pids limit",
+            Protection::NonRootUser => "a non-root user",
+            Protection::DropAllCapabilities => "dropping all capabilities",
+            Protection::NoNewPrivileges => "no-new-privileges",
+            Protection::Init => "an init process",
+            Protection::LogLimits => "log limits",
+            Protection::ReadOnlyRoot => "a read-only root filesystem",
+            Protection::ScratchTmpfs => "tmpfs scratch mounts",
+        })
+    }
+}
+
+/// "a, b and c", for error messages.
+pub(crate) fn join_protections(protections: &[Protection]) -> String {
+    let names: Vec<String> = protections.iter().map(ToString::to_string).collect();
+    match names.split_last() {
+        None => "nothing".to_owned(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Which protections an engine enforces (not merely accepts) on the
+/// containers it runs. A plain record: an engine fills it in from what it
+/// knows of itself, e.g. the kernel features the Docker Engine reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(clippy::struct_excessive_bools, reason = "one independent yes/no per protection, by design")]
+pub struct Capabilities {
+    /// Memory limits.
+    pub memory_limit: bool,
+    /// Swap limits (memory plus swap).
+    pub swap_limit: bool,
+    /// CPU quotas.
+    pub cpu_limit: bool,
+    /// Process and thread limits.
+    pub pids_limit: bool,
+    /// Running as a given user.
+    pub non_root_user: bool,
+    /// Dropping all capabilities.
+    pub drop_all_capabilities: bool,
+    /// `no-new-privileges`.
+    pub no_new_privileges: bool,
+    /// An init as PID 1.
+    pub init: bool,
+    /// Per-container log limits.
+    pub log_limits: bool,
+    /// A read-only root filesystem.
+    pub read_only_root: bool,
+    /// Size-capped tmpfs mounts.
+    pub scratch_tmpfs: bool,
+}
+
+impl Capabilities {
+    /// Every protection enforced.
+    pub fn all() -> Self {
+        Self::only(&Protection::ALL)
+    }
+
+    /// Exactly the given protections enforced.
+    pub fn only(protections: &[Protection]) -> Self {
+        let has = |protection| protections.contains(&protection);
+        Self {
+            memory_limit: has(Protection::MemoryLimit),
+            swap_limit: has(Protection::SwapLimit),
+            cpu_limit: has(Protection::CpuLimit),
+            pids_limit: has(Protection::PidsLimit),
+            non_root_user: has(Protection::NonRootUser),
+            drop_all_capabilities: has(Protection::DropAllCapabilities),
+            no_new_privileges: has(Protection::NoNewPrivileges),
+            init: has(Protection::Init),
+            log_limits: has(Protection::LogLimits),
+            read_only_root: has(Protection::ReadOnlyRoot),
+            scratch_tmpfs: has(Protection::ScratchTmpfs),
+        }
+    }
+
+    /// These capabilities without `protection`.
+    pub fn without(self, protection: Protection) -> Self {
+        let kept: Vec<Protection> =
+            Protection::ALL.into_iter().filter(|have| *have != protection && self.enforces(*have)).collect();
+        Self::only(&kept)
+    }
+
+    /// Whether `protection` is enforced.
+    pub fn enforces(&self, protection: Protection) -> bool {
+        match protection {
+            Protection::MemoryLimit => self.memory_limit,
+            Protection::SwapLimit => self.swap_limit,
+            Protection::CpuLimit => self.cpu_limit,
+            Protection::PidsLimit => self.pids_limit,
+            Protection::NonRootUser => self.non_root_user,
+            Protection::DropAllCapabilities => self.drop_all_capabilities,
+            Protection::NoNewPrivileges => self.no_new_privileges,
+            Protection::Init => self.init,
+            Protection::LogLimits => self.log_limits,
+            Protection::ReadOnlyRoot => self.read_only_root,
+            Protection::ScratchTmpfs => self.scratch_tmpfs,
+        }
+    }
+
+    /// What `profile` asks for that these capabilities do not enforce, in
+    /// [`Protection::ALL`] order; empty when the engine can run it.
+    pub fn missing_for(&self, profile: &HardenedProfile) -> Vec<Protection> {
+        profile.protections().into_iter().filter(|protection| !self.enforces(*protection)).collect()
+    }
+}
+
+/// What an engine says about itself, for `berth doctor` and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// Which backend: `docker`, `fake`, ...
+    pub kind: String,
+    /// Where it was reached.
+    pub endpoint: String,
+    /// The engine's version, e.g. `20.10.24`.
+    pub version: String,
+    /// The API version spoken, e.g. `1.41` (empty when the backend has none).
+    pub api_version: String,
+    /// The storage driver (`overlay2`, `fuse-overlayfs`, ...), when the
+    /// backend has such a thing.
+    pub storage_driver: Option<String>,
+}
+
+/// Whether an image is on the engine (Berth never pulls).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageStatus {
+    /// Present, with the engine's id for it.
+    Present {
+        /// The image id (`sha256:...` on Docker).
+        id: String,
+    },
+    /// Not present.
+    Missing,
+}
+
+/// What happened to a container, as an engine's event stream tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// It started.
+    Started,
+    /// Its process ended (exit, kill or OOM); inspect for how.
+    Died,
+    /// It was removed.
+    Removed,
+}
+
+/// One change to a container: a hint to look again, never a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The container.
+    pub id: ContainerId,
+    /// What happened.
+    pub kind: ChangeKind,
+}
+
+/// A stream of changes. It may miss changes and may end or fail at any time
+/// (an engine restart, a slow reader); the caller then resyncs by listing.
+pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change, DispatchError>> + Send>>;
 
 /// One piece of a container's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +352,12 @@ pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, DispatchError>> 
 
 /// The operations Berth needs from a container engine.
 pub trait ContainerEngine: Send + Sync + 'static {
+    /// Which protections this engine enforces.
+    fn capabilities(&self) -> Capabilities;
+    /// What the engine is: kind, version, storage.
+    fn describe(&self) -> impl Future<Output = Result<EngineInfo, DispatchError>> + Send;
+    /// Whether `image` is present (it is never pulled).
+    fn image_status(&self, image: &str) -> impl Future<Output = Result<ImageStatus, DispatchError>> + Send;
     /// Creates a container. A name already in use is `Ok(None)`: the caller
     /// decides whether the holder is the same task.
     fn create(
@@ -150,12 +371,14 @@ pub trait ContainerEngine: Send + Sync + 'static {
         &self,
         id_or_name: &str,
     ) -> impl Future<Output = Result<Option<ContainerState>, DispatchError>> + Send;
-    /// Waits for an exit and returns its code.
-    fn wait(
-        &self,
-        id: &ContainerId,
-        condition: WaitCondition,
-    ) -> impl Future<Output = Result<i64, DispatchError>> + Send;
+    /// Waits until the container has exited and returns how, from any state:
+    /// at once when it already exited; when it is created, until it has been
+    /// started and has exited. The backend closes its own races (a start or
+    /// an exit between a look and a wait).
+    ///
+    /// # Errors
+    /// [`DispatchError::ContainerNotFound`] when it is gone; engine failures.
+    fn wait(&self, id: &ContainerId) -> impl Future<Output = Result<ExitInfo, DispatchError>> + Send;
     /// Every container (any state) carrying `label=value`.
     fn list_by_label(
         &self,
@@ -164,6 +387,10 @@ pub trait ContainerEngine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ContainerState>, DispatchError>> + Send;
     /// Output so far (`follow == false`) or as it comes until exit (`follow == true`).
     fn logs(&self, id: &ContainerId, follow: bool, tail: Option<u64>) -> LogStream;
+    /// Changes (start, death, removal) to containers carrying `label=value`,
+    /// from about now on: hints that let a watcher look again early. See
+    /// [`ChangeStream`] for what they do not promise.
+    fn changes(&self, label: &str, value: &str) -> ChangeStream;
     /// SIGTERM, then SIGKILL after `grace`.
     fn stop(
         &self,

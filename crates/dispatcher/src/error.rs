@@ -5,35 +5,66 @@ use std::fmt;
 use core_types::TaskId;
 
 /// A failure of the container engine, kept opaque so callers cannot match on
-/// the engine client's internals.
+/// the engine client's internals (bollard's for Docker, another client's for
+/// a second backend).
 #[derive(Debug)]
-pub struct DockerError(pub(crate) bollard::errors::Error);
+pub struct EngineError(pub(crate) Repr);
 
-impl fmt::Display for DockerError {
+/// The former name of [`EngineError`], from when Docker was the only engine.
+pub type DockerError = EngineError;
+
+#[derive(Debug)]
+pub(crate) enum Repr {
+    /// What the Docker Engine (or the way to it) said.
+    Docker(bollard::errors::Error),
+    /// Any other backend's failure, already put in words.
+    Other {
+        /// What went wrong.
+        message: String,
+        /// Whether the engine was away rather than refusing.
+        transient: bool,
+    },
+}
+
+impl EngineError {
+    pub(crate) fn docker(source: bollard::errors::Error) -> Self {
+        Self(Repr::Docker(source))
+    }
+
+    /// A failure of a backend other than Docker: `transient` when the engine
+    /// was not there to answer (worth retrying once it is back), false when
+    /// it answered with a refusal.
+    pub fn other(message: impl Into<String>, transient: bool) -> Self {
+        Self(Repr::Other { message: message.into(), transient })
+    }
+}
+
+impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             // bollard's own text repeats "Docker responded with status code"; keep the message.
-            bollard::errors::Error::DockerResponseServerError { status_code, message } => {
+            Repr::Docker(bollard::errors::Error::DockerResponseServerError { status_code, message }) => {
                 write!(f, "engine answered {status_code}: {message}")
             }
-            other => write!(f, "{other}"),
+            Repr::Docker(other) => write!(f, "{other}"),
+            Repr::Other { message, .. } => f.write_str(message),
         }
     }
 }
 
-impl std::error::Error for DockerError {}
+impl std::error::Error for EngineError {}
 
 /// What went wrong while driving containers, named after the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     /// The engine could not be reached at all.
-    #[error("cannot reach the docker engine at {endpoint}")]
+    #[error("cannot reach the container engine at {endpoint}")]
     EngineUnreachable {
         /// The socket or URL tried.
         endpoint: String,
         /// Why.
         #[source]
-        source: DockerError,
+        source: EngineError,
     },
     /// The worker image is not present on the engine (and is never pulled).
     #[error("worker image {image} is not present on the engine (build or load it first; berth never pulls)")]
@@ -48,7 +79,7 @@ pub enum DispatchError {
         task_id: TaskId,
         /// Why.
         #[source]
-        source: DockerError,
+        source: EngineError,
     },
     /// The name `berth-<task id>` is held by a container that is not this task.
     #[error("container name {name} is taken by a container that is not task {task_id} ({reason})")]
@@ -75,7 +106,7 @@ pub enum DispatchError {
         container: String,
         /// Why.
         #[source]
-        source: DockerError,
+        source: EngineError,
     },
     /// Any other engine call failed.
     #[error("failed to {operation} container {container}")]
@@ -86,14 +117,14 @@ pub enum DispatchError {
         container: String,
         /// Why.
         #[source]
-        source: DockerError,
+        source: EngineError,
     },
     /// Listing containers failed.
     #[error("failed to list managed containers")]
     ListFailed {
         /// Why.
         #[source]
-        source: DockerError,
+        source: EngineError,
     },
     /// The wait stream ended without an exit status.
     #[error("wait for container {container} ended without an exit status")]
@@ -109,6 +140,25 @@ pub enum DispatchError {
         /// Why.
         #[source]
         source: core_types::LabelError,
+    },
+    /// Following the engine's container events failed or broke off.
+    #[error("failed to follow the engine's container events")]
+    WatchFailed {
+        /// Why.
+        #[source]
+        source: EngineError,
+    },
+    /// The worker profile asks for protections this engine does not enforce.
+    #[error(
+        "the {engine} engine does not enforce {} that the worker profile asks for; \
+         use an engine that does, or relax the profile",
+        crate::engine::join_protections(.missing)
+    )]
+    ProfileUnsupported {
+        /// The engine's kind (`docker`, ...).
+        engine: String,
+        /// Every protection asked for and not enforced.
+        missing: Vec<crate::Protection>,
     },
     /// Building an image failed.
     #[error("failed to build image {image}: {reason}")]
@@ -129,19 +179,23 @@ pub enum DispatchError {
     },
 }
 
-impl DockerError {
+impl EngineError {
     /// Whether the engine was not there to answer (socket missing, connection
     /// refused or dropped, timed out), as while dockerd restarts, rather than
     /// answering with a refusal. Worth retrying once it is back.
     pub fn is_transient(&self) -> bool {
         use bollard::errors::Error;
+        let error = match &self.0 {
+            Repr::Docker(error) => error,
+            Repr::Other { transient, .. } => return *transient,
+        };
         // A socket we may not open stays closed to us: that is for an operator.
-        if let Error::IOError { err } = &self.0
+        if let Error::IOError { err } = error
             && err.kind() == std::io::ErrorKind::PermissionDenied
         {
             return false;
         }
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&self.0);
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(error) = source {
             if let Some(io) = error.downcast_ref::<std::io::Error>()
                 && io.kind() == std::io::ErrorKind::PermissionDenied
@@ -150,7 +204,7 @@ impl DockerError {
             }
             source = error.source();
         }
-        match &self.0 {
+        match error {
             Error::DockerResponseServerError { status_code, message } => {
                 // What dockerd says while it shuts down or before it is ready.
                 *status_code == 503
@@ -169,14 +223,15 @@ impl DockerError {
 
 impl DispatchError {
     /// Whether this failed because the engine could not be reached, so the
-    /// same call may succeed once it is back (see [`DockerError::is_transient`]).
+    /// same call may succeed once it is back (see [`EngineError::is_transient`]).
     pub fn is_transient(&self) -> bool {
         match self {
             Self::EngineUnreachable { .. } => true,
             Self::CreateFailed { source, .. }
             | Self::StartFailed { source, .. }
             | Self::EngineCall { source, .. }
-            | Self::ListFailed { source } => source.is_transient(),
+            | Self::ListFailed { source }
+            | Self::WatchFailed { source } => source.is_transient(),
             Self::WaitEnded { .. } => true,
             _ => false,
         }

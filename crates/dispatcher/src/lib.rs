@@ -3,7 +3,8 @@
 //!
 //! [`Dispatcher`] speaks in tasks (`TaskId`, `TaskLabels`) over a
 //! [`ContainerEngine`]; [`DockerEngine`] is the engine over the Docker Engine
-//! API (the only module that names bollard). This crate knows nothing of HTTP
+//! API (the only module that names bollard besides the error's opaque
+//! wrapper), and `FakeEngine` (feature `fake`) an in-memory one for tests. This crate knows nothing of HTTP
 //! or GitHub, and never touches a container that lacks `berth.managed=true`:
 //! a [`ContainerId`] can only come from our own create or from a listing or
 //! inspect that checked the label.
@@ -12,16 +13,22 @@ mod dispatcher;
 mod docker;
 mod engine;
 mod error;
+#[cfg(feature = "fake")]
+mod fake;
 pub mod image;
+mod name;
 mod profile;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig, Launched, ManagedContainer};
 pub use docker::DockerEngine;
 pub use engine::{
-    ContainerEngine, ContainerId, ContainerSpec, ContainerState, ContainerStatus, ExitInfo, LogChunk,
-    LogStream, WaitCondition,
+    Capabilities, Change, ChangeKind, ChangeStream, ContainerEngine, ContainerId, ContainerSpec,
+    ContainerState, ContainerStatus, EngineInfo, ExitInfo, ImageStatus, LogChunk, LogStream, Protection,
 };
-pub use error::{DispatchError, DockerError};
+pub use error::{DispatchError, DockerError, EngineError};
+#[cfg(feature = "fake")]
+pub use fake::{FakeCalls, FakeEngine, Program};
+pub use name::{MAX_CONTAINER_NAME_LEN, container_name};
 pub use profile::HardenedProfile;
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The hardened worker profile: the resource limits and privileges every
 //! worker container gets unless the operator configures otherwise.
 
+use crate::engine::Protection;
+
 /// Limits and privileges of a worker container. [`HardenedProfile::strict`]
 /// is the default of CONTRACT.md.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,29 @@ pub struct HardenedProfile {
 }
 
 impl HardenedProfile {
+    /// The protections this profile asks the engine to enforce, in
+    /// [`Protection::ALL`] order.
+    pub fn protections(&self) -> Vec<Protection> {
+        let root =
+            self.user.split(':').next().is_none_or(|user| user.is_empty() || user == "0" || user == "root");
+        let asked = |protection| match protection {
+            Protection::MemoryLimit => self.memory_bytes > 0,
+            // Equal to memory, or any positive figure: both bound the swap.
+            Protection::SwapLimit => self.memory_swap_bytes > 0,
+            Protection::CpuLimit => self.nano_cpus > 0,
+            Protection::PidsLimit => self.pids_limit > 0,
+            Protection::NonRootUser => !root,
+            // Every worker drops every capability; `cap_add` adds some back.
+            Protection::DropAllCapabilities => true,
+            Protection::NoNewPrivileges => self.no_new_privileges,
+            Protection::Init => self.init,
+            Protection::LogLimits => self.log_max_bytes > 0,
+            Protection::ReadOnlyRoot => self.read_only_root,
+            Protection::ScratchTmpfs => self.read_only_root && self.scratch_bytes > 0,
+        };
+        Protection::ALL.into_iter().filter(|protection| asked(*protection)).collect()
+    }
+
     /// 2 GiB memory, no extra swap, 2 CPUs, 512 pids, uid 65532, no
     /// capabilities, `no-new-privileges`, init, logs of at most 3 files of
     /// 10 MiB, and a read-only root with 1 GiB tmpfs at `/tmp` and `HOME`.

@@ -1,7 +1,13 @@
+use std::collections::HashSet;
+
 use core_types::{TaskId, TaskKind, TaskLabels};
+use proptest::prelude::*;
 
 use crate::docker::parse_time;
-use crate::{DispatcherConfig, HardenedProfile};
+use crate::{
+    Capabilities, DispatchError, DispatcherConfig, HardenedProfile, MAX_CONTAINER_NAME_LEN, Protection,
+    container_name,
+};
 
 #[test]
 fn engine_times_parse_and_zero_time_is_none() {
@@ -77,6 +83,10 @@ fn container_spec_carries_name_labels_env_and_profile() {
     };
     let spec = crate::dispatcher::spec_for(&config, &labels, &[("A", "b".into())], None);
     assert_eq!(spec.name, "berth-t-1");
+    let long = TaskLabels { task_id: TaskId::new("t".repeat(63)).unwrap(), ..labels.clone() };
+    let spec_of_long = crate::dispatcher::spec_for(&config, &long, &[], None);
+    assert_eq!(spec_of_long.name, container_name(&long.task_id));
+    assert_eq!(spec_of_long.name.len(), MAX_CONTAINER_NAME_LEN);
     assert_eq!(spec.env, ["A=b"]);
     assert_eq!(spec.labels["berth.task-id"], "t-1");
     assert_eq!(spec.profile, HardenedProfile::strict());
@@ -111,10 +121,11 @@ fn image_dockerfile_is_scratch_with_a_non_root_user() {
 fn only_an_engine_that_is_away_counts_as_transient() {
     use std::io::{Error as IoError, ErrorKind};
 
-    use crate::error::{DispatchError, DockerError};
-    let io = |kind: ErrorKind| DockerError(bollard::errors::Error::IOError { err: IoError::from(kind) });
+    use crate::error::{DispatchError, EngineError};
+    let io =
+        |kind: ErrorKind| EngineError::docker(bollard::errors::Error::IOError { err: IoError::from(kind) });
     let answered = |status_code: u16, message: &str| {
-        DockerError(bollard::errors::Error::DockerResponseServerError {
+        EngineError::docker(bollard::errors::Error::DockerResponseServerError {
             status_code,
             message: message.to_owned(),
         })
@@ -131,4 +142,115 @@ fn only_an_engine_that_is_away_counts_as_transient() {
     assert!(create(io(ErrorKind::ConnectionReset)).is_transient());
     assert!(!create(answered(400, "bad request")).is_transient());
     assert!(!DispatchError::ImageMissing { image: "x".to_owned() }.is_transient());
+}
+
+/// Whether `name` is a DNS label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63.
+fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let end = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_CONTAINER_NAME_LEN
+        && bytes.iter().all(inner)
+        && bytes.first().is_some_and(end)
+        && bytes.last().is_some_and(end)
+}
+
+fn name_of(id: &str) -> String {
+    container_name(&TaskId::new(id).unwrap())
+}
+
+#[test]
+fn short_task_ids_keep_the_name_berth_always_gave() {
+    assert_eq!(name_of("t-1"), "berth-t-1");
+    let id = "a".repeat(56);
+    assert_eq!(name_of(&id), format!("berth-{id}"));
+    assert_eq!(name_of(&id).len(), 62);
+}
+
+#[test]
+fn long_task_ids_and_ids_ending_in_a_dash_get_a_hashed_name_of_63() {
+    let ids = ["a".repeat(57), "b".repeat(63), "1-".repeat(31), "abc-".to_owned(), "x--".to_owned()];
+    for id in ids {
+        let name = name_of(&id);
+        assert!(is_dns_label(&name), "{id} -> {name}");
+        if id.len() > 56 || id.ends_with('-') {
+            assert_eq!(name.len(), MAX_CONTAINER_NAME_LEN, "{id} -> {name}");
+        }
+    }
+    // Readable: the start of the id stays in front of the hash.
+    let id = format!("implement-{}-42-0123abcd", "r".repeat(40));
+    let name = name_of(&id);
+    assert!(name.starts_with("berth-implement-rrrr"), "{name}");
+    // Stable across builds: a name must not change when Berth is rebuilt.
+    assert_eq!(name_of(&"a".repeat(57)), "berth-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-1e9d15151fbbabc3");
+    assert_eq!(name_of("abc-"), "berth-abc-8b5241377956ce828701cb8faabedabbcdb06b34e0db0f8c8474b");
+}
+
+fn task_id_strategy() -> impl Strategy<Value = String> {
+    // Every valid task id: `[a-z0-9-]`, not starting with `-`, 1 to 63 long.
+    "[a-z0-9][a-z0-9-]{0,62}"
+}
+
+proptest! {
+    #[test]
+    fn every_task_gets_a_dns_label_name(id in task_id_strategy()) {
+        let name = name_of(&id);
+        prop_assert!(is_dns_label(&name), "{} -> {}", id, name);
+    }
+
+    #[test]
+    fn distinct_tasks_get_distinct_names(a in task_id_strategy(), b in task_id_strategy()) {
+        prop_assume!(a != b);
+        prop_assert_ne!(name_of(&a), name_of(&b));
+    }
+
+    #[test]
+    fn distinct_tasks_sharing_a_long_start_get_distinct_names(
+        start in "[a-z0-9][a-z0-9-]{39,55}",
+        a in "[a-z0-9-]{1,7}",
+        b in "[a-z0-9-]{1,7}",
+    ) {
+        prop_assume!(a != b);
+        prop_assert_ne!(name_of(&format!("{start}{a}")), name_of(&format!("{start}{b}")));
+    }
+}
+
+#[test]
+fn many_similar_long_task_ids_never_share_a_name() {
+    let mut names = HashSet::new();
+    for n in 0..20_000 {
+        // 58 to 62 characters, all alike in the 40 a name keeps.
+        let id = format!("review-{}-{n}", "a".repeat(45));
+        assert!(names.insert(name_of(&id)), "{id}");
+    }
+}
+
+#[test]
+fn the_strict_profile_asks_for_every_protection() {
+    assert_eq!(HardenedProfile::strict().protections(), Protection::ALL);
+    let writable = HardenedProfile::strict().with_scratch(false, 0);
+    let asked = writable.protections();
+    assert!(!asked.contains(&Protection::ReadOnlyRoot) && !asked.contains(&Protection::ScratchTmpfs));
+    let root = HardenedProfile { user: "0:0".to_owned(), ..HardenedProfile::strict() };
+    assert!(!root.protections().contains(&Protection::NonRootUser));
+}
+
+#[test]
+fn capabilities_name_what_a_profile_misses() {
+    let profile = HardenedProfile::strict();
+    assert!(Capabilities::all().missing_for(&profile).is_empty());
+    let lacking = Capabilities::all().without(Protection::ReadOnlyRoot).without(Protection::SwapLimit);
+    assert!(!lacking.read_only_root && !lacking.swap_limit && lacking.memory_limit);
+    assert_eq!(lacking.missing_for(&profile), [Protection::SwapLimit, Protection::ReadOnlyRoot]);
+    let err = DispatchError::ProfileUnsupported {
+        engine: "swarm".to_owned(),
+        missing: lacking.missing_for(&profile),
+    };
+    assert_eq!(
+        err.to_string(),
+        "the swarm engine does not enforce a swap limit and a read-only root filesystem that the worker \
+         profile asks for; use an engine that does, or relax the profile"
+    );
+    assert!(!err.is_transient());
 }

@@ -9,6 +9,10 @@
 //! idempotent: check runs are found by their external id, comments by a
 //! hidden marker, pull requests by their head branch.
 
+mod api;
+
+pub use api::GitHubApi;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -136,6 +140,53 @@ pub struct PullHead {
     pub state: String,
     /// The base branch.
     pub base: Option<String>,
+}
+
+/// One webhook delivery as GitHub's delivery log lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The attempt's id (what a redelivery is asked by).
+    pub id: u64,
+    /// The delivery's GUID (`X-GitHub-Delivery`), shared by its attempts.
+    pub guid: String,
+    /// The HTTP status Berth answered this attempt with (`None`: no answer).
+    pub status_code: Option<u64>,
+    /// When GitHub sent it, as seconds since the epoch.
+    pub delivered_unix: Option<u64>,
+}
+
+impl Delivery {
+    /// A delivery from GitHub's JSON; `None` without an id or GUID.
+    fn from_json(value: &Value) -> Option<Self> {
+        Some(Self {
+            id: value["id"].as_u64()?,
+            guid: value["guid"].as_str()?.to_owned(),
+            status_code: value["status_code"].as_u64(),
+            delivered_unix: value["delivered_at"].as_str().and_then(parse_github_time),
+        })
+    }
+
+    /// Whether Berth answered this attempt with a 2xx.
+    pub fn succeeded(&self) -> bool {
+        self.status_code.is_some_and(|code| (200..300).contains(&code))
+    }
+}
+
+/// Seconds since the epoch of GitHub's `2026-11-29T03:19:31Z`.
+pub fn parse_github_time(text: &str) -> Option<u64> {
+    let (date, time) = text.split_once('T')?;
+    let mut date_parts = date.splitn(3, '-').map(|part| part.parse::<i64>().ok());
+    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
+    let time = time.trim_end_matches('Z');
+    let time = time.split(['+', '.']).next()?;
+    let mut clock = time.splitn(3, ':').map(|part| part.parse::<i64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }
 
 /// The GitHub App, as Berth uses it.
@@ -599,14 +650,17 @@ impl GitHub {
     ///
     /// # Errors
     /// GitHub failures.
-    pub async fn recent_deliveries(&self, per_page: u32) -> Result<Vec<Value>, GitHubError> {
+    pub async fn recent_deliveries(&self, per_page: u32) -> Result<Vec<Delivery>, GitHubError> {
         let query = [("per_page", per_page.to_string())];
         let value = self
             .with_retry("list the App's webhook deliveries", true, |_| {
                 self.app.get::<Value, _, _>("/app/hook/deliveries", Some(&query))
             })
             .await?;
-        Ok(value.as_array().cloned().unwrap_or_default())
+        Ok(value
+            .as_array()
+            .map(|deliveries| deliveries.iter().filter_map(Delivery::from_json).collect())
+            .unwrap_or_default())
     }
 
     /// Asks GitHub to deliver one delivery again.

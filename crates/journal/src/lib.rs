@@ -308,6 +308,25 @@ struct Shared {
     failure: Mutex<Option<String>>,
     /// Notified when writes succeed again after failing.
     recovered: Notify,
+    /// Writes sent to the writer thread and not yet answered.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// One write counted in flight for as long as it is awaited (or until the
+/// waiter is dropped).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn count(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Journal {
@@ -447,6 +466,7 @@ impl Journal {
             db: RwLock::new(Some(Arc::new(db))),
             failure: Mutex::new(None),
             recovered: Notify::new(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         });
         let (writer, ops) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
@@ -486,8 +506,16 @@ impl Journal {
         op: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> WriteOp,
     ) -> Result<T, JournalError> {
         let (reply, answer) = oneshot::channel();
+        let _counted = InFlight::count(&self.shared.in_flight);
         self.writer.send(op(reply)).map_err(|_| JournalError::WriterGone)?;
         answer.await.map_err(|_| JournalError::WriterGone)?
+    }
+
+    /// Writes waiting for the writer thread now. Tests that run tokio's
+    /// clock ahead let it move only while this is zero, since the writer is
+    /// a real thread that paused time does not wait for.
+    pub fn writes_in_flight(&self) -> usize {
+        self.shared.in_flight.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Records a delivery and what it decided, durably, and says how it was taken.

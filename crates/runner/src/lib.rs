@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use core_types::worker_env::WorkerOptions;
 use core_types::{ResultRecord, Secret, TaskId, TaskKind, TaskLabels, WorkerTask};
-use dispatcher::{ContainerId, ContainerStatus, Dispatcher, DockerEngine, ExitInfo};
+use dispatcher::{ContainerEngine, ContainerId, ContainerStatus, Dispatcher, DockerEngine, ExitInfo};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,7 +24,7 @@ use tracing::{error, info, instrument, warn};
 use crate::agent_env::{AgentEnv, AgentEnvFiles};
 use domain::prompt::{PromptFacts, Prompts};
 use domain::tasks::{CancelCause, CancelRequest, TaskRecord, TaskState};
-use github::{GitHub, GitHubError};
+use github::{GitHub, GitHubApi, GitHubError};
 use journal::{Journal, now_unix};
 use telemetry::Metrics;
 
@@ -267,10 +267,13 @@ enum Interrupted {
 type ActiveTask = (CancellationToken, Arc<Mutex<Option<CancelRequest>>>);
 
 /// Runs tasks from the journal on the engine and reports them to GitHub.
-pub struct Runner {
+///
+/// Generic over the engine and GitHub so that its unit tests drive it with
+/// in-memory fakes of both; the daemon uses the defaults.
+pub struct Runner<E: ContainerEngine = DockerEngine, G: GitHubApi = GitHub> {
     journal: Journal,
-    dispatcher: Dispatcher<DockerEngine>,
-    github: GitHub,
+    dispatcher: Dispatcher<E>,
+    github: G,
     config: RunnerConfig,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
@@ -289,7 +292,7 @@ pub struct Runner {
     tokens: Mutex<HashMap<TaskId, Secret>>,
 }
 
-impl std::fmt::Debug for Runner {
+impl<E: ContainerEngine, G: GitHubApi> std::fmt::Debug for Runner<E, G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner").field("config", &self.config).finish_non_exhaustive()
     }
@@ -307,14 +310,14 @@ struct Prepared {
     token_made: std::time::Instant,
 }
 
-impl Runner {
+impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// A runner over these parts. Spawned work is tracked by `tracker` and
     /// stops at `shutdown` without touching the workers.
     #[expect(clippy::too_many_arguments, reason = "the runner's parts, wired once in the daemon")]
     pub fn new(
         journal: Journal,
-        dispatcher: Dispatcher<DockerEngine>,
-        github: GitHub,
+        dispatcher: Dispatcher<E>,
+        github: G,
         config: RunnerConfig,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
@@ -349,7 +352,7 @@ impl Runner {
     }
 
     /// The dispatcher, for the status API's labels and logs.
-    pub fn dispatcher(&self) -> &Dispatcher<DockerEngine> {
+    pub fn dispatcher(&self) -> &Dispatcher<E> {
         &self.dispatcher
     }
 

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use core_types::{LabelError, TaskLabels};
-use dispatcher::{ContainerId, ContainerStatus, DispatchError, ExitInfo, ManagedContainer};
+use dispatcher::{ContainerEngine, ContainerId, ContainerStatus, DispatchError, ExitInfo, ManagedContainer};
+use github::GitHubApi;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
@@ -74,7 +75,7 @@ fn record_from_labels(labels: &TaskLabels) -> TaskRecord {
     record
 }
 
-impl Runner {
+impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// Waits for the container's exit, riding out engine restarts: a broken
     /// wait is retried until the engine answers again.
     pub(super) async fn wait_exit(&self, container: &ContainerId) -> Result<ExitInfo, DispatchError> {
@@ -264,7 +265,7 @@ impl Runner {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
-                () = self.dispatcher.engine().next_change() => {}
+                () = self.dispatcher.next_change() => {}
             }
             if let Err(err) = self.reconcile().await {
                 warn!(error = %format!("{err:#}"), "sweep could not reconcile; will retry");
@@ -301,21 +302,16 @@ impl Runner {
         let deliveries = self.github.recent_deliveries(100).await?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
         let mut asked = 0;
-        let ok = |delivery: &serde_json::Value| {
-            delivery["status_code"].as_u64().is_some_and(|code| (200..300).contains(&code))
-        };
         for delivery in &deliveries {
-            let (Some(id), Some(guid)) = (delivery["id"].as_u64(), delivery["guid"].as_str()) else {
-                continue;
-            };
-            if ok(delivery) {
+            let (id, guid) = (delivery.id, delivery.guid.as_str());
+            if delivery.succeeded() {
                 continue;
             }
             // Another attempt of the same delivery may have succeeded since.
-            if deliveries.iter().any(|other| other["guid"] == guid && ok(other)) {
+            if deliveries.iter().any(|other| other.guid == guid && other.succeeded()) {
                 continue;
             }
-            let delivered = delivery["delivered_at"].as_str().and_then(crate::recovery::parse_github_time);
+            let delivered = delivery.delivered_unix;
             if delivered.is_some_and(|at| now.saturating_sub(at) > BACKFILL_WINDOW.as_secs()) {
                 continue;
             }
@@ -331,21 +327,4 @@ impl Runner {
         }
         Ok(asked)
     }
-}
-
-/// Seconds since the epoch of GitHub's `2026-11-29T03:19:31Z`.
-pub(crate) fn parse_github_time(text: &str) -> Option<u64> {
-    let (date, time) = text.split_once('T')?;
-    let mut date_parts = date.splitn(3, '-').map(|part| part.parse::<i64>().ok());
-    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
-    let time = time.trim_end_matches('Z');
-    let time = time.split(['+', '.']).next()?;
-    let mut clock = time.splitn(3, ':').map(|part| part.parse::<i64>().ok());
-    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }

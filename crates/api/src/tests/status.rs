@@ -15,9 +15,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-use core_types::web::{escape, form_value};
 use crate::server::{AppState, router, router_with_admin};
 use crate::status::{Admin, LineSplitter, Links};
+use core_types::web::{escape, form_value};
 use domain::signature::WebhookSecrets;
 use domain::tasks::TaskState;
 use domain::triggers::{Decision, Policy, TaskRequest};

@@ -1,0 +1,226 @@
+//! GitHub in memory, for the runner's unit tests: it records each write
+//! the runner makes and can be told to fail.
+
+use std::sync::{Arc, Mutex};
+
+use core_types::{Secret, TaskId, TaskKind};
+use github::{Delivery, GitHubApi, GitHubError, PullHead};
+
+/// What the fake GitHub has seen and holds.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// Check runs made: (id, repo, head sha, task id).
+    pub check_runs: Vec<(u64, String, String, TaskId)>,
+    /// Check runs completed: (id, conclusion, title).
+    pub completed: Vec<(u64, String, String)>,
+    /// Result comments, by task: (task id, body). An edit replaces the body.
+    pub comments: Vec<(TaskId, String)>,
+    /// Tokens made and revoked.
+    pub tokens_made: usize,
+    pub tokens_revoked: usize,
+    /// Reactions: (comment id, content).
+    pub reactions: Vec<(u64, String)>,
+    /// Pull requests opened: (branch, base).
+    pub pull_requests: Vec<(String, String)>,
+    /// Deliveries asked to be sent again.
+    pub redelivered: Vec<u64>,
+}
+
+/// Switches and canned answers.
+#[derive(Debug)]
+pub(crate) struct Script {
+    /// Every call fails as unavailable while set.
+    pub down: bool,
+    /// The head repository of pull requests (`None`: a deleted fork).
+    pub pull_repo: Option<String>,
+    /// `open` or `closed`.
+    pub pull_state: String,
+    /// The delivery log.
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            down: false,
+            pull_repo: Some(String::new()),
+            pull_state: "open".to_owned(),
+            deliveries: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemoryGitHub {
+    pub seen: Arc<Mutex<Seen>>,
+    pub script: Arc<Mutex<Script>>,
+}
+
+impl MemoryGitHub {
+    pub(crate) fn seen<T>(&self, look: impl FnOnce(&Seen) -> T) -> T {
+        look(&self.seen.lock().unwrap())
+    }
+
+    pub(crate) fn set_down(&self, down: bool) {
+        self.script.lock().unwrap().down = down;
+    }
+
+    fn call(&self, what: &str) -> Result<(), GitHubError> {
+        if self.script.lock().unwrap().down {
+            return Err(GitHubError::Unavailable {
+                what: what.to_owned(),
+                attempts: 1,
+                last: "503 Service Unavailable".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl GitHubApi for MemoryGitHub {
+    async fn repo_installation(&self, _repo: &str) -> Result<u64, GitHubError> {
+        self.call("find the installation")?;
+        Ok(7)
+    }
+
+    async fn worker_token(
+        &self,
+        _installation: u64,
+        _repo: &str,
+        _kind: TaskKind,
+    ) -> Result<Secret, GitHubError> {
+        self.call("make a worker token")?;
+        let mut seen = self.seen.lock().unwrap();
+        seen.tokens_made += 1;
+        Ok(Secret::new(format!("ghs_fake_token_{:04}", seen.tokens_made)))
+    }
+
+    async fn pull_head(&self, _installation: u64, repo: &str, number: u64) -> Result<PullHead, GitHubError> {
+        self.call("read the pull request")?;
+        let script = self.script.lock().unwrap();
+        let head_repo = script
+            .pull_repo
+            .as_ref()
+            .map(|named| if named.is_empty() { repo.to_owned() } else { named.clone() });
+        Ok(PullHead {
+            sha: format!("{number:040x}"),
+            branch: format!("topic-{number}"),
+            repo: head_repo,
+            state: script.pull_state.clone(),
+            base: Some("main".to_owned()),
+        })
+    }
+
+    async fn branch_head(
+        &self,
+        _installation: u64,
+        _repo: &str,
+        _branch: &str,
+    ) -> Result<String, GitHubError> {
+        self.call("read the branch")?;
+        Ok("b".repeat(40))
+    }
+
+    async fn start_check_run(
+        &self,
+        _installation: u64,
+        repo: &str,
+        head_sha: &str,
+        task_id: &TaskId,
+        _kind: TaskKind,
+        _asked_before: bool,
+    ) -> Result<u64, GitHubError> {
+        self.call("create the check run")?;
+        let mut seen = self.seen.lock().unwrap();
+        if let Some((id, ..)) = seen.check_runs.iter().find(|(_, _, _, task)| task == task_id) {
+            return Ok(*id);
+        }
+        let id = seen.check_runs.len() as u64 + 100;
+        seen.check_runs.push((id, repo.to_owned(), head_sha.to_owned(), task_id.clone()));
+        Ok(id)
+    }
+
+    async fn complete_check_run(
+        &self,
+        _installation: u64,
+        _repo: &str,
+        check_run: u64,
+        conclusion: &str,
+        title: &str,
+        _summary: &str,
+    ) -> Result<(), GitHubError> {
+        self.call("complete the check run")?;
+        self.seen.lock().unwrap().completed.push((check_run, conclusion.to_owned(), title.to_owned()));
+        Ok(())
+    }
+
+    async fn react(
+        &self,
+        _installation: u64,
+        _repo: &str,
+        comment_id: u64,
+        content: &str,
+    ) -> Result<(), GitHubError> {
+        self.call("react")?;
+        self.seen.lock().unwrap().reactions.push((comment_id, content.to_owned()));
+        Ok(())
+    }
+
+    async fn revoke_token(&self, _token: &Secret) -> Result<(), GitHubError> {
+        self.call("revoke a token")?;
+        self.seen.lock().unwrap().tokens_revoked += 1;
+        Ok(())
+    }
+
+    async fn upsert_comment(
+        &self,
+        _installation: u64,
+        _repo: &str,
+        _number: u64,
+        task_id: &TaskId,
+        body: &str,
+    ) -> Result<u64, GitHubError> {
+        self.call("write the result comment")?;
+        let mut seen = self.seen.lock().unwrap();
+        match seen.comments.iter_mut().position(|(task, _)| task == task_id) {
+            Some(at) => {
+                seen.comments[at].1 = body.to_owned();
+                Ok(at as u64 + 1)
+            }
+            None => {
+                seen.comments.push((task_id.clone(), body.to_owned()));
+                Ok(seen.comments.len() as u64)
+            }
+        }
+    }
+
+    async fn ensure_pull_request(
+        &self,
+        _installation: u64,
+        _repo: &str,
+        branch: &str,
+        base: &str,
+        _title: &str,
+        _body: &str,
+    ) -> Result<(u64, String), GitHubError> {
+        self.call("open the pull request")?;
+        let mut seen = self.seen.lock().unwrap();
+        if !seen.pull_requests.iter().any(|(known, _)| known == branch) {
+            seen.pull_requests.push((branch.to_owned(), base.to_owned()));
+        }
+        let number =
+            seen.pull_requests.iter().position(|(known, _)| known == branch).unwrap_or(0) as u64 + 500;
+        Ok((number, format!("https://github.invalid/pull/{number}")))
+    }
+
+    async fn recent_deliveries(&self, _per_page: u32) -> Result<Vec<Delivery>, GitHubError> {
+        self.call("list deliveries")?;
+        Ok(self.script.lock().unwrap().deliveries.clone())
+    }
+
+    async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError> {
+        self.call("redeliver")?;
+        self.seen.lock().unwrap().redelivered.push(delivery_id);
+        Ok(())
+    }
+}

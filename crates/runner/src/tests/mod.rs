@@ -1,0 +1,10 @@
+//! The runner's unit tests. `words` covers how endings read; `scenarios`
+//! drives a whole runner with the in-memory engine (`dispatcher`'s `fake`
+//! feature) and an in-memory GitHub under paused tokio time, so each
+//! cancel, deadline, outage and restart path runs in milliseconds. The
+//! journal is the real one, in a temporary directory.
+
+mod github;
+mod harness;
+mod scenarios;
+mod words;
