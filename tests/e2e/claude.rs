@@ -111,7 +111,7 @@ async fn run_claude(task: &WorkerTask, model: &FakeModel, api_key: &str) -> Run 
     let exit = dispatcher.wait_started(&launched.id).await.expect("the worker ends");
     let logs = dispatcher.logs_text(&launched.id).await.expect("its logs are read");
     let stdout = dispatcher.stdout_text(&launched.id).await.expect("its stdout is read");
-    assert_hardened(&task.task_id.container_name()).await;
+    assert_hardened(&dispatcher::container_name(&task.task_id)).await;
     dispatcher.remove(&launched.id).await.expect("the container is removed");
     let record = ResultRecord::find_last(&stdout)
         .unwrap_or_else(|| panic!("no result record on stdout; logs:\n{logs}"));

@@ -152,7 +152,7 @@ async fn listing_sees_only_managed_containers_and_leaves_foreign_ones_alone() {
     let dispatcher = dispatcher().await;
     let ours = unique_task_id("listed");
     let foreign_name = format!("berth-{}", unique_task_id("foreign"));
-    let _cleanup = Cleanup::names(&[&ours.container_name(), &foreign_name]);
+    let _cleanup = Cleanup::names(&[&dispatcher::container_name(&ours), &foreign_name]);
 
     // A foreign container with a Berth-like name and a berth-looking label, but not managed.
     let docker = bollard::Docker::connect_with_unix_defaults().unwrap();
@@ -216,7 +216,7 @@ async fn a_second_create_of_the_same_task_adopts_and_does_not_duplicate() {
         labels: Some(task_labels(&id).to_labels().into_iter().collect()),
         ..Default::default()
     };
-    let options = CreateContainerOptionsBuilder::new().name(&other.container_name()).build();
+    let options = CreateContainerOptionsBuilder::new().name(&dispatcher::container_name(&other)).build();
     docker.create_container(Some(options), body).await.unwrap();
     let err = dispatcher.create(&task_labels(&other), &[], None).await.unwrap_err();
     assert!(matches!(err, DispatchError::NameTaken { .. }), "{err}");

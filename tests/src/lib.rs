@@ -187,7 +187,7 @@ pub struct Cleanup {
 impl Cleanup {
     /// Cleans up the containers of these tasks.
     pub fn tasks(task_ids: &[&TaskId]) -> Self {
-        Self { names: task_ids.iter().map(|id| id.container_name()).collect() }
+        Self { names: task_ids.iter().map(|id| dispatcher::container_name(id)).collect() }
     }
 
     /// Cleans up containers by name.

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::ServeConfig;
 use crate::server::{AppState, router_with_admin, serve};
@@ -119,7 +119,7 @@ async fn start_runner(
     tracker: TaskTracker,
 ) {
     let Some(engine) = connect(&shutdown).await else { return };
-    let dispatcher = Dispatcher::new(
+    let dispatcher = Dispatcher::checked(
         engine,
         DispatcherConfig {
             image: config.worker_image.clone(),
@@ -129,6 +129,15 @@ async fn start_runner(
             instance: config.instance.clone(),
         },
     );
+    // An engine that would silently weaken the hardened profile runs nothing:
+    // accepted tasks stay queued in the journal and /readyz stays 503.
+    let dispatcher = match dispatcher {
+        Ok(dispatcher) => dispatcher,
+        Err(err) => {
+            error!(error = %err, "refusing to run workers on this engine");
+            return;
+        }
+    };
     let runner = Runner::new(
         state.journal.clone(),
         dispatcher,
@@ -146,7 +155,7 @@ async fn start_runner(
         state.metrics.clone(),
         state.wake.clone(),
         shutdown.clone(),
-        tracker,
+        tracker.clone(),
     );
     admin.set_runner(Arc::clone(&runner));
     // Reconcile before /readyz turns 200: find every worker again.
@@ -168,16 +177,12 @@ async fn start_runner(
     runner.mark_started();
     state.ready.store(true, Ordering::Release);
     info!("docker reachable and workers reconciled; ready");
-    tracker_spawn(&runner, shutdown.clone());
+    // The sweep and the delivery backfill, next to the scheduler, tracked
+    // like everything else the daemon starts.
+    tracker.spawn(Arc::clone(&runner).sweep(SWEEP_EVERY));
+    let backfiller = Arc::clone(&runner);
+    tracker.spawn(async move { backfiller.backfill_every(BACKFILL_EVERY, shutdown).await });
     runner.run().await;
-}
-
-/// The sweep and the delivery backfill, next to the scheduler.
-fn tracker_spawn(runner: &Arc<Runner>, shutdown: CancellationToken) {
-    let sweeper = Arc::clone(runner);
-    tokio::spawn(async move { sweeper.sweep(SWEEP_EVERY).await });
-    let backfiller = Arc::clone(runner);
-    tokio::spawn(async move { backfiller.backfill_every(BACKFILL_EVERY, shutdown).await });
 }
 
 async fn connect(shutdown: &CancellationToken) -> Option<DockerEngine> {

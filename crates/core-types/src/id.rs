@@ -50,11 +50,6 @@ impl TaskId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The name of the task's container: `berth-<task id>`.
-    pub fn container_name(&self) -> String {
-        format!("berth-{}", self.0)
-    }
 }
 
 impl fmt::Display for TaskId {

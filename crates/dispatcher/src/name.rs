@@ -49,7 +49,7 @@ pub fn container_name(task_id: &TaskId) -> String {
 /// (`berth-<task id>`, up to 69 characters), for finding containers made by
 /// an earlier version. Equal to [`container_name`] for most ids.
 pub(crate) fn legacy_container_name(task_id: &TaskId) -> String {
-    task_id.container_name()
+    format!("berth-{task_id}")
 }
 
 /// FNV-1a, 64 bits, over `bytes` and then `round`, mixed by MurmurHash3's
