@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use domain::triggers::{Decision, TaskRequest};
+use domain::request::TaskRequest;
+use domain::triggers::Decision;
 use journal::{Accepted, Journal};
 use serde_json::{Value, json};
 use tests::private_engine::PrivateEngine;

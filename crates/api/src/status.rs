@@ -34,7 +34,8 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use crate::error::ApiError;
-use domain::tasks::{CancelCause, TaskRecord, TaskState};
+use domain::request::CancelCause;
+use domain::tasks::{TaskRecord, TaskState};
 use journal::Journal;
 use runner::Runner;
 
@@ -394,11 +395,10 @@ impl Links {
 
     /// The issue (implement) or pull request (review) a task works on.
     pub fn subject(&self, task: &TaskRecord) -> String {
-        match (&self.web, task.kind) {
-            (Some(web), TaskKind::Review) => format!("{web}/{}/pull/{}", task.repo, task.number),
-            (Some(web), TaskKind::Implement) => format!("{web}/{}/issues/{}", task.repo, task.number),
-            (None, TaskKind::Review) => format!("{}/repos/{}/pulls/{}", self.api, task.repo, task.number),
-            (None, TaskKind::Implement) => format!("{}/repos/{}/issues/{}", self.api, task.repo, task.number),
+        let subject = task.kind.spec().subject;
+        match &self.web {
+            Some(web) => format!("{web}/{}/{}/{}", task.repo, subject.web_segment(), task.number),
+            None => format!("{}/repos/{}/{}/{}", self.api, task.repo, subject.api_segment(), task.number),
         }
     }
 

@@ -6,6 +6,7 @@
 //! (`ResultRecord`). It does no I/O and knows nothing of Docker, HTTP or GitHub.
 
 mod id;
+mod kinds;
 mod labels;
 mod result;
 
@@ -15,6 +16,7 @@ pub mod worker_env;
 pub use worker_env::{Secret, WorkerEnvError, WorkerOptions, WorkerTask};
 
 pub use id::{InvalidTaskId, TaskId, TaskKind, UnknownTaskKind};
+pub use kinds::{KINDS, KindSpec, Subject};
 pub use labels::{DEFAULT_INSTANCE, LabelError, SCHEMA_VERSION, TaskLabels, is_repo_name, label};
 pub use result::{ResultRecord, ResultStatus, WorkerExit};
 

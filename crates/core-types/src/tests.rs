@@ -33,8 +33,7 @@ fn task_id_rejects_everything_else() {
 }
 
 #[test]
-fn task_id_names_its_container() {
-}
+fn task_id_names_its_container() {}
 
 #[test]
 fn labels_round_trip() {

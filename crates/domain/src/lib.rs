@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod prompt;
+pub mod request;
 pub mod signature;
 pub mod tasks;
 pub mod triggers;

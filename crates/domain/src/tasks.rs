@@ -3,7 +3,7 @@
 use core_types::{TaskId, TaskKind};
 use serde::{Deserialize, Serialize};
 
-use crate::triggers::TaskRequest;
+use crate::request::{CancelRequest, TaskRequest};
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,41 +28,9 @@ impl TaskState {
     }
 }
 
-/// Why tasks are to be cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CancelCause {
-    /// `/berth cancel` in a comment.
-    Command,
-    /// The issue or pull request was closed.
-    Closed,
-    /// A new push superseded a review.
-    Superseded,
-    /// An operator asked through the API or CLI.
-    Operator,
-}
-
-/// A request to cancel the queued and running tasks of one issue or pull request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CancelRequest {
-    /// `owner/name`.
-    pub repo: String,
-    /// Issue or pull request number.
-    pub number: u64,
-    /// Why.
-    pub cause: CancelCause,
-    /// Who asked (a login, or `operator`).
-    pub by: String,
-    /// Only tasks of this kind, if set.
-    pub kind: Option<TaskKind>,
-    /// Spare the task working on this head (the push that superseded the others).
-    pub except_head: Option<String>,
-    /// A sentence for the report, e.g. "cancelled by @octocat".
-    pub reason: String,
-}
-
 impl CancelRequest {
-    /// Whether this request covers `task`.
+    /// Whether this request covers `task`. (Here, beside the record it
+    /// reads, so that `request` knows nothing of records.)
     pub fn applies_to(&self, task: &TaskRecord) -> bool {
         task.repo == self.repo
             && task.number == self.number

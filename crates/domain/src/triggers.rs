@@ -4,11 +4,10 @@
 //! Pure logic over parsed events; no I/O. Every refusal carries its reason,
 //! which goes into the 202 body and the log.
 
-use core_types::{TaskId, TaskKind};
-use sha2::{Digest, Sha256};
+use core_types::{Subject, TaskKind};
 
 use crate::events::{Account, Event, IssueCommentEvent, IssuesEvent, PullRequestEvent};
-use crate::tasks::{CancelCause, CancelRequest};
+use crate::request::{CancelCause, CancelRequest, TaskRequest};
 
 /// The label that asks for an implementation.
 pub const IMPLEMENT_LABEL: &str = "berth:implement";
@@ -40,70 +39,6 @@ impl Default for Policy {
     }
 }
 
-/// A task to queue, as far as the delivery describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskRequest {
-    /// Review or implement.
-    pub kind: TaskKind,
-    /// `owner/name`.
-    pub repo: String,
-    /// Issue or pull request number.
-    pub number: u64,
-    /// Head commit, when the payload carries it.
-    pub head_sha: Option<String>,
-    /// Head branch (review) or base branch (implement), when known.
-    pub head_ref: Option<String>,
-    /// The repository's clone URL.
-    pub clone_url: String,
-    /// The requester's words: the rest of the command's line and the lines
-    /// after it (empty for a label or an automatic review).
-    pub prompt: String,
-    /// The issue's or pull request's title, as the delivery gave it.
-    pub subject_title: String,
-    /// The issue's or pull request's body, as the delivery gave it.
-    pub subject_body: String,
-    /// A review's base branch, when the delivery names it (else read at dispatch).
-    pub base_ref: Option<String>,
-    /// Who asked.
-    pub sender: String,
-    /// The App installation.
-    pub installation: Option<u64>,
-    /// The triggering comment.
-    pub comment_id: Option<u64>,
-}
-
-impl TaskRequest {
-    /// The key that makes a second trigger for the same work a duplicate while
-    /// the first is queued or running: repository, number, kind and, for
-    /// reviews, the head when known.
-    pub fn dedupe_key(&self) -> String {
-        match (&self.kind, &self.head_sha) {
-            (TaskKind::Review, Some(sha)) => format!("{}#{}:{}@{sha}", self.repo, self.number, self.kind),
-            _ => format!("{}#{}:{}", self.repo, self.number, self.kind),
-        }
-    }
-
-    /// The task id for this request made by `delivery`: readable, unique per
-    /// delivery, and at most 63 characters.
-    pub fn task_id(&self, delivery: &str) -> TaskId {
-        let digest = Sha256::digest(format!("{delivery}\n{}", self.dedupe_key()).as_bytes());
-        let suffix = hex::encode(&digest[..4]);
-        let name = self.repo.rsplit('/').next().unwrap_or(&self.repo);
-        let slug: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-            .collect();
-        let slug = slug.trim_matches('-');
-        let tail = format!("-{}-{suffix}", self.number);
-        let head = self.kind.as_str();
-        let room = 63 - head.len() - tail.len() - 1;
-        let slug: String = slug.chars().take(room).collect();
-        let slug = slug.trim_end_matches('-');
-        let id = if slug.is_empty() { format!("{head}{tail}") } else { format!("{head}-{slug}{tail}") };
-        TaskId::new(id).expect("built only from [a-z0-9-] and within the length limit")
-    }
-}
-
 /// What a delivery asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -125,10 +60,13 @@ pub enum Decision {
 /// A recognised command in a comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `review [args]`.
-    Review(String),
-    /// `implement [args]`.
-    Implement(String),
+    /// A task of a kind in [`core_types::KINDS`] (`review [args]`, `implement [args]`).
+    Run {
+        /// Which.
+        kind: TaskKind,
+        /// The rest of the line.
+        args: String,
+    },
     /// `cancel`.
     Cancel,
     /// The prefix with a word Berth does not know.
@@ -154,10 +92,11 @@ pub fn parse_command(prefix: &str, body: &str) -> Option<Command> {
     let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
     let args = args.trim().to_owned();
     Some(match word.to_ascii_lowercase().as_str() {
-        "review" => Command::Review(args),
-        "implement" => Command::Implement(args),
         "cancel" | "stop" => Command::Cancel,
-        other => Command::Unknown(other.to_owned()),
+        other => match TaskKind::from_command(other) {
+            Some(kind) => Command::Run { kind, args },
+            None => Command::Unknown(other.to_owned()),
+        },
     })
 }
 
@@ -261,15 +200,15 @@ impl Policy {
             comment_id: Some(event.comment.id),
         };
         match command {
-            Command::Review(args) if is_pull => Decision::Queue(request(TaskKind::Review, &args)),
-            Command::Review(_) => Decision::Ignore(format!(
-                "{} review needs a pull request; #{number} is an issue",
-                self.command_prefix
-            )),
-            Command::Implement(args) if !is_pull => Decision::Queue(request(TaskKind::Implement, &args)),
-            Command::Implement(_) => Decision::Ignore(format!(
-                "{} implement needs an issue; #{number} is a pull request",
-                self.command_prefix
+            Command::Run { kind, args } if (kind.spec().subject == Subject::PullRequest) == is_pull => {
+                Decision::Queue(request(kind, &args))
+            }
+            Command::Run { kind, .. } => Decision::Ignore(format!(
+                "{} {} needs {}; #{number} is {}",
+                self.command_prefix,
+                kind.spec().command,
+                kind.spec().subject.with_article(),
+                if is_pull { "a pull request" } else { "an issue" },
             )),
             Command::Cancel => Decision::Cancel(CancelRequest {
                 repo: repo.clone(),
@@ -281,8 +220,9 @@ impl Policy {
                 reason: format!("cancelled by @{login}"),
             }),
             Command::Unknown(word) => Decision::Ignore(format!(
-                "unknown command {:?} (known: review, implement, cancel)",
-                format!("{} {word}", self.command_prefix)
+                "unknown command {:?} (known: {}, cancel)",
+                format!("{} {word}", self.command_prefix),
+                core_types::KINDS.map(|spec| spec.command).join(", ")
             )),
         }
     }

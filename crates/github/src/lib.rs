@@ -119,12 +119,13 @@ fn classify(err: octocrab::Error) -> Attempt {
 
 /// The permissions a worker's token gets, by kind.
 pub fn worker_permissions(kind: TaskKind) -> Value {
-    match kind {
-        TaskKind::Review => json!({"contents": "read", "pull_requests": "write", "metadata": "read"}),
-        TaskKind::Implement => {
-            json!({"contents": "write", "pull_requests": "write", "issues": "read", "metadata": "read"})
-        }
-    }
+    Value::Object(
+        kind.spec()
+            .permissions
+            .iter()
+            .map(|(name, access)| ((*name).to_owned(), Value::from(*access)))
+            .collect(),
+    )
 }
 
 /// A pull request's head, as dispatch needs it.
@@ -423,7 +424,7 @@ impl GitHub {
         asked_before: bool,
     ) -> Result<u64, GitHubError> {
         let client = self.installation(installation)?;
-        let name = format!("berth/{kind}");
+        let name = kind.spec().check_run_name;
         let what = format!("create check run {name} on {repo}@{head_sha}");
         let body = json!({
             "name": name,
@@ -441,7 +442,7 @@ impl GitHub {
                     if attempt > 1 || asked_before {
                         // An earlier attempt (in this process or before a restart)
                         // may have been applied before its answer was lost.
-                        let query = [("check_name", name.as_str()), ("filter", "all")];
+                        let query = [("check_name", *name), ("filter", "all")];
                         let found: Value = client.get(find, Some(&query)).await?;
                         if let Some(run) = found["check_runs"]
                             .as_array()

@@ -30,8 +30,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
 
-use domain::tasks::{CancelRequest, TaskRecord, TaskState};
-use domain::triggers::{Decision, TaskRequest};
+use domain::request::CancelRequest;
+use domain::request::TaskRequest;
+use domain::tasks::{TaskRecord, TaskState};
+use domain::triggers::Decision;
 
 /// Delivery id → [`DeliveryRecord`] (JSON).
 const DELIVERIES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("deliveries");

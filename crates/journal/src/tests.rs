@@ -1,8 +1,10 @@
 use core_types::TaskKind;
 
 use crate::{Accepted, Journal};
-use domain::tasks::{CancelCause, CancelRequest, TaskState};
-use domain::triggers::{Decision, TaskRequest};
+use domain::request::TaskRequest;
+use domain::request::{CancelCause, CancelRequest};
+use domain::tasks::TaskState;
+use domain::triggers::Decision;
 
 /// A review of `number` asked for in a comment of its own.
 fn review(number: u64) -> Decision {

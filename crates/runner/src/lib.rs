@@ -23,7 +23,8 @@ use tracing::{error, info, instrument, warn};
 
 use crate::agent_env::{AgentEnv, AgentEnvFiles};
 use domain::prompt::{PromptFacts, Prompts};
-use domain::tasks::{CancelCause, CancelRequest, TaskRecord, TaskState};
+use domain::request::{CancelCause, CancelRequest};
+use domain::tasks::{TaskRecord, TaskState};
 use github::{GitHub, GitHubApi, GitHubError};
 use journal::{Journal, now_unix};
 use telemetry::Metrics;

@@ -52,7 +52,7 @@ fn age(container: &ManagedContainer) -> Duration {
 
 /// A task record rebuilt from a container's labels, for a task the journal does not know.
 fn record_from_labels(labels: &TaskLabels) -> TaskRecord {
-    let request = domain::triggers::TaskRequest {
+    let request = domain::request::TaskRequest {
         kind: labels.kind,
         repo: labels.repo.clone(),
         number: labels.number,

@@ -18,9 +18,10 @@ use tower::ServiceExt;
 use crate::server::{AppState, router, router_with_admin};
 use crate::status::{Admin, LineSplitter, Links};
 use core_types::web::{escape, form_value};
+use domain::request::TaskRequest;
 use domain::signature::WebhookSecrets;
 use domain::tasks::TaskState;
-use domain::triggers::{Decision, Policy, TaskRequest};
+use domain::triggers::{Decision, Policy};
 use journal::{Accepted, Journal};
 use telemetry::Metrics;
 

@@ -1,14 +1,21 @@
 use core_types::TaskKind;
 
-use crate::triggers::{Command, TaskRequest, parse_command};
+use crate::request::TaskRequest;
+use crate::triggers::{Command, parse_command};
 
 #[test]
 fn commands_are_recognised_robustly() {
     let cases: &[(&str, Option<Command>)] = &[
-        ("/berth review", Some(Command::Review(String::new()))),
-        ("  \n\t/berth review please look at x\r\nthanks", Some(Command::Review("please look at x".into()))),
-        ("/BERTH REVIEW", Some(Command::Review(String::new()))),
-        ("/Berth Implement with tests\r\n", Some(Command::Implement("with tests".into()))),
+        ("/berth review", Some(Command::Run { kind: TaskKind::Review, args: String::new() })),
+        (
+            "  \n\t/berth review please look at x\r\nthanks",
+            Some(Command::Run { kind: TaskKind::Review, args: "please look at x".into() }),
+        ),
+        ("/BERTH REVIEW", Some(Command::Run { kind: TaskKind::Review, args: String::new() })),
+        (
+            "/Berth Implement with tests\r\n",
+            Some(Command::Run { kind: TaskKind::Implement, args: "with tests".into() }),
+        ),
         ("/berth cancel", Some(Command::Cancel)),
         ("/berth  stop", Some(Command::Cancel)),
         ("/berth deploy", Some(Command::Unknown("deploy".into()))),
@@ -17,12 +24,15 @@ fn commands_are_recognised_robustly() {
         ("please /berth review", None),
         ("", None),
         ("/build", None),
-        ("\u{feff}/berth review", Some(Command::Review(String::new()))),
+        ("\u{feff}/berth review", Some(Command::Run { kind: TaskKind::Review, args: String::new() })),
     ];
     for (body, expected) in cases {
         assert_eq!(&parse_command("/berth", body), expected, "{body:?}");
     }
-    assert_eq!(parse_command("!bot", "!BOT review"), Some(Command::Review(String::new())));
+    assert_eq!(
+        parse_command("!bot", "!BOT review"),
+        Some(Command::Run { kind: TaskKind::Review, args: String::new() })
+    );
     // Multi-byte text right at the prefix boundary does not panic.
     assert_eq!(parse_command("/berth", "/bé"), None);
     assert_eq!(parse_command("/berth", "/bert€ review"), None);

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use core_types::{ResultRecord, ResultStatus, TaskId, TaskKind};
 use dispatcher::{Dispatcher, DispatcherConfig, FakeEngine, HardenedProfile, Program};
+use domain::request::TaskRequest;
 use domain::tasks::{TaskRecord, TaskState};
-use domain::triggers::{Decision, TaskRequest};
+use domain::triggers::Decision;
 use journal::{Accepted, Journal};
 use telemetry::Metrics;
 use tokio::sync::Notify;

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use core_types::TaskKind;
 use dispatcher::Program;
-use domain::tasks::{CancelCause, CancelRequest, TaskState};
+use domain::request::{CancelCause, CancelRequest};
+use domain::tasks::TaskState;
 use domain::triggers::Decision;
 use journal::Accepted;
 

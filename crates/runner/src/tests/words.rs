@@ -63,7 +63,7 @@ fn a_well_formed_record_still_succeeds_and_other_endings_read_as_before() {
 }
 
 fn queued(repo: &str, number: u64, seq: u64) -> domain::tasks::TaskRecord {
-    let request = domain::triggers::TaskRequest {
+    let request = domain::request::TaskRequest {
         kind: TaskKind::Review,
         repo: repo.to_owned(),
         number,

@@ -1,0 +1,104 @@
+//! What a delivery asks for: a task to queue, or the cancellation of the
+//! tasks of one issue or pull request. Triggers make these; the journal and
+//! the task records consume them.
+
+use core_types::{TaskId, TaskKind};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A task to queue, as far as the delivery describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRequest {
+    /// Review or implement.
+    pub kind: TaskKind,
+    /// `owner/name`.
+    pub repo: String,
+    /// Issue or pull request number.
+    pub number: u64,
+    /// Head commit, when the payload carries it.
+    pub head_sha: Option<String>,
+    /// Head branch (review) or base branch (implement), when known.
+    pub head_ref: Option<String>,
+    /// The repository's clone URL.
+    pub clone_url: String,
+    /// The requester's words: the rest of the command's line and the lines
+    /// after it (empty for a label or an automatic review).
+    pub prompt: String,
+    /// The issue's or pull request's title, as the delivery gave it.
+    pub subject_title: String,
+    /// The issue's or pull request's body, as the delivery gave it.
+    pub subject_body: String,
+    /// A review's base branch, when the delivery names it (else read at dispatch).
+    pub base_ref: Option<String>,
+    /// Who asked.
+    pub sender: String,
+    /// The App installation.
+    pub installation: Option<u64>,
+    /// The triggering comment.
+    pub comment_id: Option<u64>,
+}
+
+impl TaskRequest {
+    /// The key that makes a second trigger for the same work a duplicate while
+    /// the first is queued or running: repository, number, kind and, for
+    /// reviews, the head when known.
+    pub fn dedupe_key(&self) -> String {
+        match (&self.kind, &self.head_sha) {
+            (TaskKind::Review, Some(sha)) => format!("{}#{}:{}@{sha}", self.repo, self.number, self.kind),
+            _ => format!("{}#{}:{}", self.repo, self.number, self.kind),
+        }
+    }
+
+    /// The task id for this request made by `delivery`: readable, unique per
+    /// delivery, and at most 63 characters.
+    pub fn task_id(&self, delivery: &str) -> TaskId {
+        let digest = Sha256::digest(format!("{delivery}\n{}", self.dedupe_key()).as_bytes());
+        let suffix = hex::encode(&digest[..4]);
+        let name = self.repo.rsplit('/').next().unwrap_or(&self.repo);
+        let slug: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        let slug = slug.trim_matches('-');
+        let tail = format!("-{}-{suffix}", self.number);
+        let head = self.kind.as_str();
+        let room = 63 - head.len() - tail.len() - 1;
+        let slug: String = slug.chars().take(room).collect();
+        let slug = slug.trim_end_matches('-');
+        let id = if slug.is_empty() { format!("{head}{tail}") } else { format!("{head}-{slug}{tail}") };
+        TaskId::new(id).expect("built only from [a-z0-9-] and within the length limit")
+    }
+}
+
+/// Why tasks are to be cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelCause {
+    /// `/berth cancel` in a comment.
+    Command,
+    /// The issue or pull request was closed.
+    Closed,
+    /// A new push superseded a review.
+    Superseded,
+    /// An operator asked through the API or CLI.
+    Operator,
+}
+
+/// A request to cancel the queued and running tasks of one issue or pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// `owner/name`.
+    pub repo: String,
+    /// Issue or pull request number.
+    pub number: u64,
+    /// Why.
+    pub cause: CancelCause,
+    /// Who asked (a login, or `operator`).
+    pub by: String,
+    /// Only tasks of this kind, if set.
+    pub kind: Option<TaskKind>,
+    /// Spare the task working on this head (the push that superseded the others).
+    pub except_head: Option<String>,
+    /// A sentence for the report, e.g. "cancelled by @octocat".
+    pub reason: String,
+}
