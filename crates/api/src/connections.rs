@@ -53,7 +53,7 @@ use tracing::{debug, warn};
 
 use crate::error::ApiError;
 use crate::throttle::LogThrottle;
-use telemetry::Metrics;
+use telemetry::{DropReason, Metrics, RefusedReason};
 
 /// Default of `BERTH_MAX_CONNECTIONS`: far more than GitHub, Prometheus and
 /// a few browsers need, and well inside the usual limit of 1024 open files.
@@ -131,13 +131,13 @@ enum Dropped {
 }
 
 impl Dropped {
-    fn label(self) -> &'static str {
+    fn label(self) -> DropReason {
         match self {
-            Dropped::Evicted => "evicted",
-            Dropped::Refused => "refused",
-            Dropped::HeaderTimeout => "header_timeout",
-            Dropped::IdleTimeout => "idle_timeout",
-            Dropped::Shutdown => "shutdown",
+            Dropped::Evicted => DropReason::Evicted,
+            Dropped::Refused => DropReason::Refused,
+            Dropped::HeaderTimeout => DropReason::HeaderTimeout,
+            Dropped::IdleTimeout => DropReason::IdleTimeout,
+            Dropped::Shutdown => DropReason::Shutdown,
         }
     }
 }
@@ -336,24 +336,15 @@ impl Server {
     }
 
     fn count_open(&self, open: usize) {
-        #[expect(clippy::cast_precision_loss, reason = "a count of connections")]
-        self.metrics.set("berth_http_connections", "Open HTTP connections", &[], open as f64);
+        self.metrics.http_connections_open(open);
     }
 
     fn count_dropped(&self, why: Dropped) {
-        self.metrics.inc(
-            "berth_http_connections_dropped_total",
-            "HTTP connections the daemon closed before their client did, by reason",
-            &[("reason", why.label())],
-        );
+        self.metrics.http_connection_dropped(why.label());
     }
 
-    fn count_refused_request(&self, reason: &'static str) {
-        self.metrics.inc(
-            "berth_http_requests_refused_total",
-            "HTTP requests refused while their body was read (body budget full, body too slow)",
-            &[("reason", reason)],
-        );
+    fn count_refused_request(&self, reason: RefusedReason) {
+        self.metrics.http_request_refused(reason);
     }
 }
 
@@ -473,7 +464,7 @@ async fn run_connection(
     };
     // Eviction counted itself when it chose this connection.
     if let Some(why) = dropped.filter(|why| *why != Dropped::Evicted) {
-        debug!(%peer, reason = why.label(), "connection closed by the server");
+        debug!(%peer, reason = why.label().as_str(), "connection closed by the server");
         server.count_dropped(why);
     }
     server.forget(id);
@@ -545,7 +536,7 @@ struct Budgeted {
 impl Budgeted {
     fn timed_out(&mut self) -> ApiError {
         self.failed = true;
-        self.server.count_refused_request("body_timeout");
+        self.server.count_refused_request(RefusedReason::BodyTimeout);
         ApiError::BodyTimeout { limit: self.server.limits.body_read_timeout }
     }
 }
@@ -579,7 +570,7 @@ impl hyper::body::Body for Budgeted {
                         Some(permit) => this.held.add(permit),
                         None => {
                             this.failed = true;
-                            this.server.count_refused_request("body_budget");
+                            this.server.count_refused_request(RefusedReason::BodyBudget);
                             return Poll::Ready(Some(Err(ApiError::BodyBudgetExhausted)));
                         }
                     }

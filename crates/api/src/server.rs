@@ -32,17 +32,10 @@ use domain::events::Event;
 use domain::signature::{ClaimedSignature, SIGNATURE_HEADER, WebhookSecrets};
 use domain::triggers::Policy;
 use journal::{Accepted, Journal};
-use telemetry::Metrics;
+use telemetry::{DeliveryOutcome, Metrics, WebhookEvent};
 
 /// Largest webhook body accepted (GitHub caps payloads at 25 MiB).
 pub const MAX_WEBHOOK_BODY: usize = 25 * 1024 * 1024;
-
-/// The events counted under their own name in
-/// `berth_webhook_deliveries_total`: those Berth parses. Any other
-/// `X-GitHub-Event`, or none, counts as `other`, so whoever sends
-/// deliveries, signed or not, cannot add series.
-pub const COUNTED_EVENTS: [&str; 6] =
-    ["issue_comment", "issues", "pull_request", "ping", "installation", "installation_repositories"];
 
 /// Refusals before a delivery's signature holds (bad or missing signature,
 /// a body too large, too slow or over the budget) are anyone's to cause:
@@ -72,7 +65,8 @@ pub struct DeliveryAnswer {
     /// The `X-GitHub-Delivery`.
     pub delivery: String,
     /// `queued`, `duplicate`, `ignored` or `cancel_requested`.
-    pub outcome: &'static str,
+    #[serde(serialize_with = "outcome_as_str")]
+    pub outcome: DeliveryOutcome,
     /// Why (for anything but a plain queue).
     pub reason: Option<String>,
     /// The task queued or duplicated, if any.
@@ -82,16 +76,25 @@ pub struct DeliveryAnswer {
     pub cancelled: Vec<String>,
 }
 
+fn outcome_as_str<S: serde::Serializer>(outcome: &DeliveryOutcome, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(outcome.as_str())
+}
+
 impl DeliveryAnswer {
     fn new(delivery: &str, accepted: &Accepted) -> Self {
         let (outcome, reason, task, cancelled) = match accepted {
-            Accepted::Queued { task } => ("queued", None, Some(task.to_string()), Vec::new()),
-            Accepted::Duplicate { task, reason } => {
-                ("duplicate", Some(reason.clone()), task.as_ref().map(ToString::to_string), Vec::new())
+            Accepted::Queued { task } => (DeliveryOutcome::Queued, None, Some(task.to_string()), Vec::new()),
+            Accepted::Duplicate { task, reason } => (
+                DeliveryOutcome::Duplicate,
+                Some(reason.clone()),
+                task.as_ref().map(ToString::to_string),
+                Vec::new(),
+            ),
+            Accepted::Ignored { reason } => {
+                (DeliveryOutcome::Ignored, Some(reason.clone()), None, Vec::new())
             }
-            Accepted::Ignored { reason } => ("ignored", Some(reason.clone()), None, Vec::new()),
             Accepted::CancelRequested { tasks, reason, queued } => (
-                "cancel_requested",
+                DeliveryOutcome::CancelRequested,
                 Some(reason.clone()),
                 queued.as_ref().map(ToString::to_string),
                 tasks.iter().map(ToString::to_string).collect(),
@@ -166,7 +169,7 @@ async fn require_metrics_token(State(admin): State<Admin>, request: Request, nex
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    ([(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)], state.metrics.render())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, ApiError> {
@@ -188,11 +191,14 @@ fn check_token(name: &'static str, value: &str, allowed: impl Fn(char) -> bool) 
     Ok(())
 }
 
-/// The metric label of a delivery's `X-GitHub-Event`: one of
-/// [`COUNTED_EVENTS`], else `other`.
-pub fn event_label(headers: &HeaderMap) -> &'static str {
-    let event = headers.get("x-github-event").map_or(&b""[..], |value| value.as_bytes());
-    COUNTED_EVENTS.iter().find(|known| known.as_bytes() == event).copied().unwrap_or("other")
+/// The metric label of a delivery's `X-GitHub-Event`: the events Berth
+/// parses, else `other`, so whoever sends deliveries, signed or not, cannot
+/// add series.
+pub fn event_label(headers: &HeaderMap) -> WebhookEvent {
+    headers
+        .get("x-github-event")
+        .and_then(|value| value.to_str().ok())
+        .map_or(WebhookEvent::Other, WebhookEvent::from_name)
 }
 
 #[instrument(skip_all, fields(delivery, event))]
@@ -201,28 +207,21 @@ async fn webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<DeliveryAnswer>), ApiError> {
+    let received = tokio::time::Instant::now();
     let result = intake(&state, &headers, body).await;
     let outcome = match &result {
         Ok((_, answer)) => answer.outcome,
         Err(ApiError::Signature(_)) => {
-            state.metrics.inc(
-                "berth_webhook_signature_failures_total",
-                "Deliveries refused for their signature",
-                &[],
-            );
-            "unauthorized"
+            state.metrics.webhook_signature_failure();
+            DeliveryOutcome::Unauthorized
         }
-        Err(ApiError::BodyTooLarge { .. }) => "too_large",
-        Err(ApiError::BodyBudgetExhausted) => "busy",
-        Err(ApiError::BodyTimeout { .. }) => "timeout",
-        Err(ApiError::Journal(_)) => "unavailable",
-        Err(_) => "bad_request",
+        Err(ApiError::BodyTooLarge { .. }) => DeliveryOutcome::TooLarge,
+        Err(ApiError::BodyBudgetExhausted) => DeliveryOutcome::Busy,
+        Err(ApiError::BodyTimeout { .. }) => DeliveryOutcome::Timeout,
+        Err(ApiError::Journal(_)) => DeliveryOutcome::Unavailable,
+        Err(_) => DeliveryOutcome::BadRequest,
     };
-    state.metrics.inc(
-        "berth_webhook_deliveries_total",
-        "Webhook deliveries by event (those Berth parses, else other) and outcome",
-        &[("event", event_label(&headers)), ("outcome", outcome)],
-    );
+    state.metrics.webhook_delivery(event_label(&headers), outcome);
     match &result {
         Ok(_) => {}
         Err(
@@ -242,6 +241,7 @@ async fn webhook(
         }
         Err(err) => warn!(error = %err, "delivery refused"),
     }
+    state.metrics.webhook_handled(received.elapsed());
     result.map(|(status, answer)| (status, Json(answer)))
 }
 
@@ -314,7 +314,7 @@ async fn intake(
         state.wake.notify_one();
     }
     info!(
-        outcome = answer.outcome,
+        outcome = answer.outcome.as_str(),
         task = answer.task.as_deref().unwrap_or(""),
         reason = answer.reason.as_deref().unwrap_or(""),
         "delivery accepted"

@@ -23,7 +23,7 @@ use octocrab::models::{AppId, InstallationId};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use telemetry::Metrics;
+use telemetry::{GitHubStatus, Metrics};
 
 /// How Berth retries GitHub calls that failed with 5xx, 429 or a transport error.
 #[derive(Debug, Clone, Copy)]
@@ -283,21 +283,12 @@ impl GitHub {
         for attempt in 1..=self.retry.attempts {
             match call(attempt).await {
                 Ok(value) => {
-                    self.metrics.inc(
-                        "berth_github_calls_total",
-                        "GitHub API calls by status class",
-                        &[("status", "2xx")],
-                    );
+                    self.metrics.github_call(GitHubStatus::Success);
                     return Ok(value);
                 }
                 Err(err) => match classify(err) {
                     Attempt::Final { status, message } => {
-                        let class = format!("{status}");
-                        self.metrics.inc(
-                            "berth_github_calls_total",
-                            "GitHub API calls by status class",
-                            &[("status", &class)],
-                        );
+                        self.metrics.github_call(GitHubStatus::from_code(status));
                         return Err(
                             if status == 401 || (app_level && status == 403 && message.contains("JWT")) {
                                 GitHubError::Credentials { what: what.to_owned(), status, message }
@@ -310,13 +301,8 @@ impl GitHub {
                         return Err(GitHubError::Unexpected { what: what.to_owned(), detail });
                     }
                     Attempt::Retry { status, text } => {
-                        let class =
-                            status.map_or_else(|| "transport".to_owned(), |status| status.to_string());
-                        self.metrics.inc(
-                            "berth_github_calls_total",
-                            "GitHub API calls by status class",
-                            &[("status", &class)],
-                        );
+                        self.metrics
+                            .github_call(status.map_or(GitHubStatus::Transport, GitHubStatus::from_code));
                         warn!(what, attempt, error = %text, "GitHub call failed; retrying");
                         last = text;
                     }

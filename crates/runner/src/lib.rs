@@ -430,13 +430,8 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             let runner = Arc::clone(self);
             self.tracker.spawn(async move { runner.run_task(task, token, reason).await });
         }
-        self.metrics.set("berth_queue_depth", "Tasks waiting for a worker slot", &[], queued as f64);
-        self.metrics.set(
-            "berth_workers_running",
-            "Tasks with a live worker or preparation",
-            &[],
-            self.running() as f64,
-        );
+        self.metrics.queue_depth(queued);
+        self.metrics.workers_running(self.running());
         for task in self.journal.unreported_tasks()? {
             self.report_later(task);
         }
@@ -668,6 +663,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             }
         }
         info!(container_id = %container, "worker started");
+        self.metrics.dispatch_wait(Duration::from_secs(now_unix().saturating_sub(task.accepted_unix)));
         // The worker enforces the deadline itself and reports it; Berth's own
         // stop comes after the worker's grace, as a backstop.
         let deadline =
@@ -999,32 +995,29 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
 
     /// The metrics of a task that just ended.
     fn count_ending(&self, record: &TaskRecord, conclusion: &str, ending: &Ending) {
-        let labels = [("kind", record.kind.as_str()), ("conclusion", conclusion)];
-        self.metrics.inc("berth_tasks_finished_total", "Finished tasks by kind and conclusion", &labels);
+        let (kind, conclusion) = (
+            telemetry::TaskKind::from_name(record.kind.as_str()),
+            telemetry::Conclusion::from_github(conclusion),
+        );
+        self.metrics.task_finished(kind, conclusion);
         match ending {
             Ending::Exited { exit, stopped: None, .. } if exit.oom_killed => {
-                self.metrics.inc("berth_oom_total", "Workers killed for memory", &[]);
+                self.metrics.worker_oom();
             }
             Ending::Exited { stopped: Some(StopCause::Deadline), .. } => {
-                self.metrics.inc("berth_timeouts_total", "Workers stopped at their deadline", &[]);
+                self.metrics.worker_timeout();
             }
             Ending::Exited { stopped: Some(StopCause::Cancel(_)), .. } | Ending::CancelledBeforeStart(_) => {
-                self.metrics.inc("berth_cancels_total", "Tasks cancelled", &[]);
+                self.metrics.task_cancelled();
             }
             _ => {}
         }
         // From the journal's dispatch time, so a worker re-attached after a restart counts whole.
         if let (Some(started), Some(finished)) = (record.started_unix, record.finished_unix) {
-            self.metrics.add(
-                "berth_task_duration_seconds_sum",
-                "Total seconds tasks ran, from dispatch to their end, by kind and conclusion",
-                &labels,
-                finished.saturating_sub(started) as f64,
-            );
-            self.metrics.inc(
-                "berth_task_duration_seconds_count",
-                "Tasks timed, by kind and conclusion",
-                &labels,
+            self.metrics.task_duration(
+                kind,
+                conclusion,
+                Duration::from_secs(finished.saturating_sub(started)),
             );
         }
     }

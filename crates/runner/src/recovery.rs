@@ -216,18 +216,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         if done != Reconciled::default() {
             info!(?done, "reconciled workers with the journal");
         }
-        self.metrics.add(
-            "berth_reattached_total",
-            "Running workers re-attached by reconcile",
-            &[],
-            done.reattached as f64,
-        );
-        self.metrics.add(
-            "berth_collected_total",
-            "Exited workers collected by reconcile",
-            &[],
-            done.collected as f64,
-        );
+        self.metrics.reconciled(done.reattached, done.collected);
         self.wake.notify_one();
         Ok(done)
     }
@@ -267,7 +256,13 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 () = tokio::time::sleep(every) => {}
                 () = self.dispatcher.next_change() => {}
             }
-            if let Err(err) = self.reconcile().await {
+            // A stop does not wait for a pass: every step of one is safe to
+            // cut short, and the next start reconciles anyway.
+            let reconciled = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                reconciled = self.reconcile() => reconciled,
+            };
+            if let Err(err) = reconciled {
                 warn!(error = %format!("{err:#}"), "sweep could not reconcile; will retry");
             }
         }
@@ -278,7 +273,12 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// with 503 meanwhile are not retried by GitHub, only redelivered when asked.
     pub async fn backfill_every(&self, every: Duration, shutdown: CancellationToken) {
         loop {
-            match self.backfill().await {
+            // A GitHub that does not answer (retried for minutes) must not hold a stop.
+            let backfilled = tokio::select! {
+                () = shutdown.cancelled() => return,
+                backfilled = self.backfill() => backfilled,
+            };
+            match backfilled {
                 Ok(0) => tracing::debug!("no missed deliveries"),
                 Ok(asked) => info!(asked, "asked GitHub to redeliver missed deliveries"),
                 Err(err) => warn!(error = %format!("{err:#}"), "could not check for missed deliveries"),
