@@ -315,7 +315,8 @@ fn mean(samples: &[f64]) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let n: u64 = std::env::var("BERTH_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let n: u64 =
+        std::env::var(core_types::env_names::BERTH_BENCH_N).ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     assert!(n > 0, "BERTH_BENCH_N must be at least 1");
     let image = claude_image().await.to_owned();
     let docker = Docker::connect_with_unix_defaults().unwrap().negotiate_version().await.unwrap();

@@ -61,7 +61,8 @@ fn stats(samples: &mut [Duration]) -> (f64, f64, f64) {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BERTH_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let n: usize =
+        std::env::var(core_types::env_names::BERTH_BENCH_N).ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let image = test_image().await.to_owned();
     let dispatcher = dispatcher().await;
     let raw = bollard::Docker::connect_with_unix_defaults()

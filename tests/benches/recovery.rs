@@ -71,7 +71,8 @@ fn cli_list_inspect(instance: &str) -> (usize, Duration) {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BERTH_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let n: usize =
+        std::env::var(core_types::env_names::BERTH_BENCH_N).ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let image = test_image().await.to_owned();
     let instance = format!("bench-recovery-{}", std::process::id());
     let dispatcher = dispatcher_with(DispatcherConfig {

@@ -94,7 +94,8 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let n: u64 = std::env::var("BERTH_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let n: u64 =
+        std::env::var(core_types::env_names::BERTH_BENCH_N).ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let image = test_image().await.to_owned();
     let docker = bollard::Docker::connect_with_unix_defaults().unwrap().negotiate_version().await.unwrap();
     let fake = FakeGitHub::start().await.unwrap();

@@ -52,7 +52,10 @@ fn queued(answer: &Value) -> String {
 
 #[tokio::main]
 async fn main() {
-    let total: u64 = std::env::var("BERTH_SOAK_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let total: u64 = std::env::var(core_types::env_names::BERTH_SOAK_TASKS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     let mut random = seed;
     let mut next = move |below: u64| {

@@ -735,10 +735,12 @@ impl Target {
 
 #[tokio::main]
 async fn main() {
-    let seconds = setting("BERTH_BENCH_SECONDS", 5);
-    let connections = usize::try_from(setting("BERTH_BENCH_CONNECTIONS", 32)).expect("a sane count");
-    let wide = usize::try_from(setting("BERTH_BENCH_WIDE_CONNECTIONS", 256)).expect("a sane count");
-    let rate = setting("BERTH_BENCH_RATE", 1000);
+    let seconds = setting(core_types::env_names::BERTH_BENCH_SECONDS, 5);
+    let connections =
+        usize::try_from(setting(core_types::env_names::BERTH_BENCH_CONNECTIONS, 32)).expect("a sane count");
+    let wide = usize::try_from(setting(core_types::env_names::BERTH_BENCH_WIDE_CONNECTIONS, 256))
+        .expect("a sane count");
+    let rate = setting(core_types::env_names::BERTH_BENCH_RATE, 1000);
     let duration = Duration::from_secs(seconds);
     let template = Arc::new(Template::load());
 
@@ -757,7 +759,10 @@ async fn main() {
         // intake alone and no container is ever created: the queued tasks stay queued.
         ("DOCKER_HOST", format!("unix://{}", dir.path().join("no-docker.sock").display())),
         // The daemon's default; BERTH_BENCH_RUST_LOG can add e.g. `journal=debug`.
-        ("RUST_LOG", std::env::var("BERTH_BENCH_RUST_LOG").unwrap_or_else(|_| "info".to_owned())),
+        (
+            "RUST_LOG",
+            std::env::var(core_types::env_names::BERTH_BENCH_RUST_LOG).unwrap_or_else(|_| "info".to_owned()),
+        ),
     ];
     progress("building and starting berth serve");
     let daemon = Daemon::start(&settings).await;
@@ -817,7 +822,7 @@ async fn main() {
     let metrics_queued = berth_queued_count(daemon.addr).await;
     let journal_bytes = std::fs::metadata(state_dir.join("journal.redb")).map(|meta| meta.len()).ok();
 
-    if let Ok(path) = std::env::var("BERTH_BENCH_LOG") {
+    if let Ok(path) = std::env::var(core_types::env_names::BERTH_BENCH_LOG) {
         match std::fs::write(&path, daemon.log_text()) {
             Ok(()) => progress(&format!("berth's log is in {path}")),
             Err(err) => progress(&format!("cannot write berth's log to {path}: {err}")),

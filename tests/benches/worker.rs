@@ -113,8 +113,10 @@ fn ratio(worker: Duration, direct: Duration) -> String {
 
 #[expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 async fn bench() {
-    let iterations: usize =
-        std::env::var("BERTH_BENCH_ITERATIONS").ok().and_then(|value| value.parse().ok()).unwrap_or(20);
+    let iterations: usize = std::env::var(core_types::env_names::BERTH_BENCH_ITERATIONS)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(20);
     let warmups = 2;
     let server = GitServer::start().await;
     let repo = server.repo("bench.git");

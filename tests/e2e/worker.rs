@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use core_types::{
-    ResultRecord, ResultStatus, Secret, TaskId, TaskKind, WorkerOptions, WorkerTask, worker_env,
+    ResultRecord, ResultStatus, Secret, TaskId, TaskKind, WorkerOptions, WorkerTask, env_names,
 };
 use dispatcher::{Dispatcher, DispatcherConfig, DockerEngine, HardenedProfile};
 use futures_util::StreamExt;
@@ -213,7 +213,7 @@ async fn a_missing_repository_ref_or_variable_is_a_setup_failure() {
     no_commit.head_sha = Some("0123456789abcdef0123456789abcdef01234567".to_owned());
     let bad_env = task(&ids[3], TaskKind::Review, server.url("repo.git"), agent.clone());
     let options = WorkerOptions::default();
-    let bad_number = [(worker_env::NUMBER, "seven".to_owned())];
+    let bad_number = [(env_names::BERTH_NUMBER, "seven".to_owned())];
     let (no_repo, no_ref, no_commit, bad_env) = tokio::join!(
         run_worker(&no_repo, &options, &[]),
         run_worker(&no_ref, &options, &[]),

@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use core_types::env_names::{BERTH_AGENT_CACHE, BERTH_CLAUDE_BIN};
 use tokio::sync::OnceCell;
 
 /// Tag of the offline image with the Claude Code CLI.
@@ -49,10 +50,10 @@ pub const FETCH_SCRIPT: &str = "tests/agents/fetch-claude-code.sh";
 /// The Claude Code CLI on this host: `BERTH_CLAUDE_BIN`, else the cache
 /// the fetch script fills. Panics with one line when it is not there.
 pub fn claude_binary() -> PathBuf {
-    let path = match std::env::var_os("BERTH_CLAUDE_BIN").filter(|path| !path.is_empty()) {
+    let path = match std::env::var_os(BERTH_CLAUDE_BIN).filter(|path| !path.is_empty()) {
         Some(path) => PathBuf::from(path),
         None => {
-            let cache = std::env::var_os("BERTH_AGENT_CACHE").filter(|path| !path.is_empty()).map_or_else(
+            let cache = std::env::var_os(BERTH_AGENT_CACHE).filter(|path| !path.is_empty()).map_or_else(
                 || {
                     let home = std::env::var_os("HOME").expect("HOME is set");
                     PathBuf::from(home).join(".cache/berth")
@@ -64,7 +65,7 @@ pub fn claude_binary() -> PathBuf {
     };
     assert!(
         path.is_file(),
-        "the Claude Code CLI is not at {}: run {FETCH_SCRIPT} (or set BERTH_CLAUDE_BIN)",
+        "the Claude Code CLI is not at {}: run {FETCH_SCRIPT} (or set {BERTH_CLAUDE_BIN})",
         path.display()
     );
     path

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use core_types::env_names::{BERTH_ADMIN_TOKEN, BERTH_ADMIN_TOKEN_FILE, BERTH_BIND};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -178,12 +179,12 @@ pub async fn cancel(args: &crate::config::CancelArgs) -> anyhow::Result<()> {
     let token = crate::config::admin_token(args.admin_token.as_deref(), args.admin_token_file.as_deref())?
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "BERTH_ADMIN_TOKEN (or BERTH_ADMIN_TOKEN_FILE) is not set; the status API needs it"
+                "{BERTH_ADMIN_TOKEN} (or {BERTH_ADMIN_TOKEN_FILE}) is not set; the status API needs it"
             )
         })?;
     let token = token.expose();
     let mut addr: std::net::SocketAddr =
-        args.bind.parse().map_err(|_| anyhow::anyhow!("BERTH_BIND {:?} is not an address", args.bind))?;
+        args.bind.parse().map_err(|_| anyhow::anyhow!("{BERTH_BIND} {:?} is not an address", args.bind))?;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

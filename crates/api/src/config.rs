@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use core_types::Secret;
+use core_types::env_names as names;
 
 use crate::connections::HttpLimits;
 use crate::server::MAX_WEBHOOK_BODY;
@@ -73,13 +74,13 @@ pub struct CancelArgs {
     /// The task id.
     pub task: String,
     /// The daemon's address.
-    #[arg(long, env = "BERTH_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = names::BERTH_BIND, default_value = "127.0.0.1:8080")]
     pub bind: String,
     /// The daemon's admin token.
-    #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = names::BERTH_ADMIN_TOKEN, hide_env_values = true)]
     pub admin_token: Option<String>,
     /// File holding the admin token (instead of BERTH_ADMIN_TOKEN).
-    #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
+    #[arg(long, env = names::BERTH_ADMIN_TOKEN_FILE)]
     pub admin_token_file: Option<PathBuf>,
 }
 
@@ -110,7 +111,7 @@ pub struct AppManifestArgs {
 pub struct SetupArgs {
     /// Where people and GitHub reach Berth (`https://berth.example.com`): the
     /// App's homepage; GitHub delivers to `<url>/webhook`.
-    #[arg(long, env = "BERTH_PUBLIC_URL")]
+    #[arg(long, env = names::BERTH_PUBLIC_URL)]
     pub url: Option<String>,
     /// The App's name on GitHub (unique across GitHub, at most 34 characters;
     /// GitHub's page lets you change it before creating).
@@ -122,16 +123,16 @@ pub struct SetupArgs {
     pub org: Option<String>,
     /// Where the setup page listens; loopback by default: from your own
     /// machine, reach it with `ssh -N -L 8080:127.0.0.1:8080 <server>`.
-    #[arg(long, env = "BERTH_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = names::BERTH_BIND, default_value = "127.0.0.1:8080")]
     pub bind: String,
     /// Allow the setup page on all interfaces (0.0.0.0 or ::); refused otherwise.
-    #[arg(long, env = "BERTH_ALLOW_PUBLIC_BIND")]
+    #[arg(long, env = names::BERTH_ALLOW_PUBLIC_BIND)]
     pub allow_public_bind: bool,
     /// Where the App's key, its webhook secret and `berth.toml` are written (mode 0600).
-    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth")]
+    #[arg(long, env = names::BERTH_STATE_DIR, default_value = "/var/lib/berth")]
     pub state_dir: PathBuf,
     /// GitHub REST base URL (GitHub Enterprise: `https://HOST/api/v3`).
-    #[arg(long, env = "BERTH_GITHUB_API_URL", default_value = "https://api.github.com")]
+    #[arg(long, env = names::BERTH_GITHUB_API_URL, default_value = "https://api.github.com")]
     pub github_api_url: String,
     /// GitHub's web address, where the App is created; by default github.com,
     /// or the host of a GitHub Enterprise `.../api/v3` URL.
@@ -163,157 +164,157 @@ pub struct PsArgs {
 pub struct ServeArgs {
     /// TOML file holding any of these settings by their long names (`max_workers = 8`);
     /// flags and `BERTH_*` variables take precedence over it.
-    #[arg(long, env = "BERTH_CONFIG")]
+    #[arg(long, env = names::BERTH_CONFIG)]
     pub config: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, env = "BERTH_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = names::BERTH_BIND, default_value = "127.0.0.1:8080")]
     pub bind: String,
     /// Allow listening on all interfaces (0.0.0.0 or ::); refused otherwise.
-    #[arg(long, env = "BERTH_ALLOW_PUBLIC_BIND")]
+    #[arg(long, env = names::BERTH_ALLOW_PUBLIC_BIND)]
     pub allow_public_bind: bool,
     /// HMAC secret of the GitHub App's webhook.
-    #[arg(long, env = "BERTH_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(long, env = names::BERTH_WEBHOOK_SECRET, hide_env_values = true)]
     pub webhook_secret: Option<String>,
     /// File holding the webhook secret (instead of BERTH_WEBHOOK_SECRET).
-    #[arg(long, env = "BERTH_WEBHOOK_SECRET_FILE")]
+    #[arg(long, env = names::BERTH_WEBHOOK_SECRET_FILE)]
     pub webhook_secret_file: Option<PathBuf>,
     /// The previous webhook secret, still accepted while a rotation is under way.
-    #[arg(long, env = "BERTH_WEBHOOK_SECRET_PREVIOUS", hide_env_values = true)]
+    #[arg(long, env = names::BERTH_WEBHOOK_SECRET_PREVIOUS, hide_env_values = true)]
     pub webhook_secret_previous: Option<String>,
     /// GitHub App id.
-    #[arg(long, env = "BERTH_GITHUB_APP_ID")]
+    #[arg(long, env = names::BERTH_GITHUB_APP_ID)]
     pub github_app_id: Option<String>,
     /// PEM file of the App's private key (PKCS#1 as GitHub issues it, or PKCS#8).
-    #[arg(long, env = "BERTH_GITHUB_PRIVATE_KEY_FILE")]
+    #[arg(long, env = names::BERTH_GITHUB_PRIVATE_KEY_FILE)]
     pub github_private_key_file: Option<PathBuf>,
     /// GitHub REST base URL (GitHub Enterprise, or a local fake in tests).
-    #[arg(long, env = "BERTH_GITHUB_API_URL", default_value = "https://api.github.com")]
+    #[arg(long, env = names::BERTH_GITHUB_API_URL, default_value = "https://api.github.com")]
     pub github_api_url: String,
     /// Where people and GitHub reach Berth (`https://berth.example.com`); the
     /// App's webhook is `<url>/webhook` (`berth doctor` compares the two).
-    #[arg(long, env = "BERTH_PUBLIC_URL")]
+    #[arg(long, env = names::BERTH_PUBLIC_URL)]
     pub public_url: Option<String>,
     /// Image the workers run (built from this repository's Dockerfile; never pulled).
-    #[arg(long, env = "BERTH_WORKER_IMAGE", default_value = "berth:latest")]
+    #[arg(long, env = names::BERTH_WORKER_IMAGE, default_value = "berth:latest")]
     pub worker_image: String,
     /// Entrypoint of worker containers (the same image runs the daemon by default).
-    #[arg(long, env = "BERTH_WORKER_ENTRYPOINT", default_value = "/usr/local/bin/berth-worker")]
+    #[arg(long, env = names::BERTH_WORKER_ENTRYPOINT, default_value = "/usr/local/bin/berth-worker")]
     pub worker_entrypoint: String,
     /// Docker network of the workers.
-    #[arg(long, env = "BERTH_WORKER_NETWORK", default_value = "bridge")]
+    #[arg(long, env = names::BERTH_WORKER_NETWORK, default_value = "bridge")]
     pub worker_network: String,
     /// Running workers at once; more wait in a queue.
-    #[arg(long, env = "BERTH_MAX_WORKERS", default_value = "4")]
+    #[arg(long, env = names::BERTH_MAX_WORKERS, default_value = "4")]
     pub max_workers: String,
     /// Running workers at once for any one repository (empty: only BERTH_MAX_WORKERS).
-    #[arg(long, env = "BERTH_MAX_WORKERS_PER_REPO", default_value = "")]
+    #[arg(long, env = names::BERTH_MAX_WORKERS_PER_REPO, default_value = "")]
     pub max_workers_per_repo: String,
     /// Memory limit per worker (`512m`, `2g`); swap is set equal, so no extra swap.
-    #[arg(long, env = "BERTH_WORKER_MEMORY", default_value = "2g")]
+    #[arg(long, env = names::BERTH_WORKER_MEMORY, default_value = "2g")]
     pub worker_memory: String,
     /// CPUs per worker (`2`, `0.5`).
-    #[arg(long, env = "BERTH_WORKER_CPUS", default_value = "2")]
+    #[arg(long, env = names::BERTH_WORKER_CPUS, default_value = "2")]
     pub worker_cpus: String,
     /// Most processes per worker.
-    #[arg(long, env = "BERTH_WORKER_PIDS_LIMIT", default_value = "512")]
+    #[arg(long, env = names::BERTH_WORKER_PIDS_LIMIT, default_value = "512")]
     pub worker_pids_limit: String,
     /// Add back CHOWN, FOWNER, SETUID and SETGID for images whose entrypoint drops privileges.
-    #[arg(long, env = "BERTH_WORKER_PRIVILEGE_DROP_CAPS")]
+    #[arg(long, env = names::BERTH_WORKER_PRIVILEGE_DROP_CAPS)]
     pub worker_privilege_drop_caps: bool,
     /// Largest log file of a worker before the engine rotates it (`10m`).
-    #[arg(long, env = "BERTH_WORKER_LOG_MAX_SIZE", default_value = "10m")]
+    #[arg(long, env = names::BERTH_WORKER_LOG_MAX_SIZE, default_value = "10m")]
     pub worker_log_max_size: String,
     /// Log files the engine keeps per worker: its output on disk is at most
     /// this many times BERTH_WORKER_LOG_MAX_SIZE.
-    #[arg(long, env = "BERTH_WORKER_LOG_MAX_FILES", default_value = "3")]
+    #[arg(long, env = names::BERTH_WORKER_LOG_MAX_FILES, default_value = "3")]
     pub worker_log_max_files: String,
     /// Give workers a writable root filesystem (by default it is read-only and
     /// they write only to tmpfs at /tmp and their HOME).
-    #[arg(long, env = "BERTH_WORKER_WRITABLE_ROOT")]
+    #[arg(long, env = names::BERTH_WORKER_WRITABLE_ROOT)]
     pub worker_writable_root: bool,
     /// Size of each worker tmpfs (/tmp and HOME; memory, counted in BERTH_WORKER_MEMORY).
-    #[arg(long, env = "BERTH_WORKER_SCRATCH_SIZE", default_value = "1g")]
+    #[arg(long, env = names::BERTH_WORKER_SCRATCH_SIZE, default_value = "1g")]
     pub worker_scratch_size: String,
     /// Hard deadline per task (`90s`, `30m`, `2h`).
-    #[arg(long, env = "BERTH_TASK_TIMEOUT", default_value = "30m")]
+    #[arg(long, env = names::BERTH_TASK_TIMEOUT, default_value = "30m")]
     pub task_timeout: String,
     /// Grace between SIGTERM and SIGKILL when a worker is stopped.
-    #[arg(long, env = "BERTH_STOP_GRACE", default_value = "10s")]
+    #[arg(long, env = names::BERTH_STOP_GRACE, default_value = "10s")]
     pub stop_grace: String,
     /// This deployment's name, written as `berth.instance` on its workers; a
     /// daemon only ever touches its own instance's containers.
-    #[arg(long, env = "BERTH_INSTANCE", default_value = "default")]
+    #[arg(long, env = names::BERTH_INSTANCE, default_value = "default")]
     pub instance: String,
     /// Where the journal lives.
-    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth")]
+    #[arg(long, env = names::BERTH_STATE_DIR, default_value = "/var/lib/berth")]
     pub state_dir: PathBuf,
     /// How long deliveries are remembered for dedupe (at least 3 days).
-    #[arg(long, env = "BERTH_DELIVERY_RETENTION", default_value = "72h")]
+    #[arg(long, env = names::BERTH_DELIVERY_RETENTION, default_value = "72h")]
     pub delivery_retention: String,
     /// Bearer token for /api/*; without it /api/* is refused.
-    #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = names::BERTH_ADMIN_TOKEN, hide_env_values = true)]
     pub admin_token: Option<String>,
     /// File holding the admin token (instead of BERTH_ADMIN_TOKEN).
-    #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
+    #[arg(long, env = names::BERTH_ADMIN_TOKEN_FILE)]
     pub admin_token_file: Option<PathBuf>,
     /// Bearer token for /metrics; without it /metrics is open.
-    #[arg(long, env = "BERTH_METRICS_TOKEN", hide_env_values = true)]
+    #[arg(long, env = names::BERTH_METRICS_TOKEN, hide_env_values = true)]
     pub metrics_token: Option<String>,
     /// File holding the metrics token (instead of BERTH_METRICS_TOKEN).
-    #[arg(long, env = "BERTH_METRICS_TOKEN_FILE")]
+    #[arg(long, env = names::BERTH_METRICS_TOKEN_FILE)]
     pub metrics_token_file: Option<PathBuf>,
     /// Open HTTP connections at most; at the limit a new one closes the
     /// longest idle one, or is closed itself when all are busy.
-    #[arg(long, env = "BERTH_MAX_CONNECTIONS", default_value = "512")]
+    #[arg(long, env = names::BERTH_MAX_CONNECTIONS, default_value = "512")]
     pub max_connections: String,
     /// Bytes of request bodies held at once across all connections (`64m`);
     /// a request whose body does not fit is answered 503.
-    #[arg(long, env = "BERTH_MAX_BODY_BYTES_IN_FLIGHT", default_value = "64m")]
+    #[arg(long, env = names::BERTH_MAX_BODY_BYTES_IN_FLIGHT, default_value = "64m")]
     pub max_body_bytes_in_flight: String,
     /// Time for a complete request head, from the connection or the head's first byte.
-    #[arg(long, env = "BERTH_HEADER_READ_TIMEOUT", default_value = "10s")]
+    #[arg(long, env = names::BERTH_HEADER_READ_TIMEOUT, default_value = "10s")]
     pub header_read_timeout: String,
     /// Time for a complete request body after its head (408 past it).
-    #[arg(long, env = "BERTH_BODY_READ_TIMEOUT", default_value = "10s")]
+    #[arg(long, env = names::BERTH_BODY_READ_TIMEOUT, default_value = "10s")]
     pub body_read_timeout: String,
     /// Time a kept-alive connection may wait for its next request.
-    #[arg(long, env = "BERTH_IDLE_TIMEOUT", default_value = "30s")]
+    #[arg(long, env = names::BERTH_IDLE_TIMEOUT, default_value = "30s")]
     pub idle_timeout: String,
     /// Comma-separated logins allowed to trigger; empty means OWNER, MEMBER or COLLABORATOR.
-    #[arg(long, env = "BERTH_TRUSTED_USERS", default_value = "")]
+    #[arg(long, env = names::BERTH_TRUSTED_USERS, default_value = "")]
     pub trusted_users: String,
     /// Comma-separated `owner/name` or `owner/*` patterns; empty means every repository.
-    #[arg(long, env = "BERTH_ALLOWED_REPOS", default_value = "")]
+    #[arg(long, env = names::BERTH_ALLOWED_REPOS, default_value = "")]
     pub allowed_repos: String,
     /// The command prefix in comments.
-    #[arg(long, env = "BERTH_COMMAND_PREFIX", default_value = "/berth")]
+    #[arg(long, env = names::BERTH_COMMAND_PREFIX, default_value = "/berth")]
     pub command_prefix: String,
     /// Review pull requests automatically when opened, reopened, ready or pushed to.
-    #[arg(long, env = "BERTH_AUTO_REVIEW")]
+    #[arg(long, env = names::BERTH_AUTO_REVIEW)]
     pub auto_review: bool,
     /// The command a worker runs for a task (placeholders in the README).
-    #[arg(long, env = "BERTH_AGENT_COMMAND", default_value = DEFAULT_AGENT_COMMAND)]
+    #[arg(long, env = names::BERTH_AGENT_COMMAND, default_value = DEFAULT_AGENT_COMMAND)]
     pub agent_command: String,
     /// File of `NAME=VALUE` lines every worker gets in its environment (plain
     /// agent settings: a model base URL, a proxy, a model name); read again for each task.
-    #[arg(long, env = "BERTH_WORKER_ENV_FILE")]
+    #[arg(long, env = names::BERTH_WORKER_ENV_FILE)]
     pub worker_env_file: Option<PathBuf>,
     /// File of `NAME=VALUE` lines every worker gets, whose values are secrets
     /// (`ANTHROPIC_API_KEY`): redacted from all output; read again for each task.
-    #[arg(long, env = "BERTH_WORKER_SECRETS_FILE")]
+    #[arg(long, env = names::BERTH_WORKER_SECRETS_FILE)]
     pub worker_secrets_file: Option<PathBuf>,
     /// Template file replacing the default prompt of reviews (placeholders in the README).
-    #[arg(long, env = "BERTH_REVIEW_PROMPT_FILE")]
+    #[arg(long, env = names::BERTH_REVIEW_PROMPT_FILE)]
     pub review_prompt_file: Option<PathBuf>,
     /// Template file replacing the default prompt of implement tasks.
-    #[arg(long, env = "BERTH_IMPLEMENT_PROMPT_FILE")]
+    #[arg(long, env = names::BERTH_IMPLEMENT_PROMPT_FILE)]
     pub implement_prompt_file: Option<PathBuf>,
     /// `berth doctor` only: the address whose reachability from a worker it
     /// checks (the cloud metadata service; tests point it at a local port).
-    #[arg(long, env = "BERTH_DOCTOR_EGRESS_PROBE", default_value = "169.254.169.254:80", hide = true)]
+    #[arg(long, env = names::BERTH_DOCTOR_EGRESS_PROBE, default_value = "169.254.169.254:80", hide = true)]
     pub doctor_egress_probe: String,
     /// Log format: `human` or `json`.
-    #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "human")]
+    #[arg(long, env = names::BERTH_LOG_FORMAT, default_value = "human")]
     pub log_format: String,
 }
 
@@ -467,7 +468,7 @@ pub fn admin_token(
     value: Option<&str>,
     file: Option<&std::path::Path>,
 ) -> Result<Option<Secret>, ConfigError> {
-    bearer_token(("BERTH_ADMIN_TOKEN", value), ("BERTH_ADMIN_TOKEN_FILE", file))
+    bearer_token((names::BERTH_ADMIN_TOKEN, value), (names::BERTH_ADMIN_TOKEN_FILE, file))
 }
 
 /// The shortest secret Berth takes: a webhook secret, an admin or metrics token.
@@ -501,10 +502,10 @@ fn long_enough(setting: &'static str, secret: &Secret) -> Result<(), ConfigError
 
 /// The flags of `berth serve` that carry a secret on the command line.
 const SECRET_FLAGS: [(&str, &str); 4] = [
-    ("--webhook-secret", "BERTH_WEBHOOK_SECRET_FILE"),
-    ("--webhook-secret-previous", "BERTH_WEBHOOK_SECRET_PREVIOUS"),
-    ("--admin-token", "BERTH_ADMIN_TOKEN_FILE"),
-    ("--metrics-token", "BERTH_METRICS_TOKEN_FILE"),
+    ("--webhook-secret", names::BERTH_WEBHOOK_SECRET_FILE),
+    ("--webhook-secret-previous", names::BERTH_WEBHOOK_SECRET_PREVIOUS),
+    ("--admin-token", names::BERTH_ADMIN_TOKEN_FILE),
+    ("--metrics-token", names::BERTH_METRICS_TOKEN_FILE),
 ];
 
 /// The secret-carrying flags (and the safer setting for each) among the
@@ -533,71 +534,83 @@ impl ServeArgs {
         let webhook_secret = match (&self.webhook_secret, &self.webhook_secret_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
-                    "BERTH_WEBHOOK_SECRET",
-                    "set either BERTH_WEBHOOK_SECRET or BERTH_WEBHOOK_SECRET_FILE, not both",
+                    names::BERTH_WEBHOOK_SECRET,
+                    format!(
+                        "set either {} or {}, not both",
+                        names::BERTH_WEBHOOK_SECRET,
+                        names::BERTH_WEBHOOK_SECRET_FILE
+                    ),
                 ));
             }
             (Some(secret), None) if !secret.is_empty() => {
                 let secret = Secret::new(secret.clone());
-                long_enough("BERTH_WEBHOOK_SECRET", &secret)?;
+                long_enough(names::BERTH_WEBHOOK_SECRET, &secret)?;
                 secret
             }
             (None, Some(path)) => {
-                let secret = read_secret_file("BERTH_WEBHOOK_SECRET_FILE", path)?;
-                long_enough("BERTH_WEBHOOK_SECRET_FILE", &secret)?;
+                let secret = read_secret_file(names::BERTH_WEBHOOK_SECRET_FILE, path)?;
+                long_enough(names::BERTH_WEBHOOK_SECRET_FILE, &secret)?;
                 secret
             }
-            _ => return Err(invalid("BERTH_WEBHOOK_SECRET", "required (or BERTH_WEBHOOK_SECRET_FILE)")),
+            _ => {
+                return Err(invalid(
+                    names::BERTH_WEBHOOK_SECRET,
+                    format!("required (or {})", names::BERTH_WEBHOOK_SECRET_FILE),
+                ));
+            }
         };
         let webhook_secret_previous =
             self.webhook_secret_previous.clone().filter(|value| !value.is_empty()).map(Secret::new);
         if let Some(previous) = &webhook_secret_previous {
-            long_enough("BERTH_WEBHOOK_SECRET_PREVIOUS", previous)?;
+            long_enough(names::BERTH_WEBHOOK_SECRET_PREVIOUS, previous)?;
         }
         let github_app_id =
-            self.github_app_id.as_deref().ok_or_else(|| invalid("BERTH_GITHUB_APP_ID", "required"))?;
+            self.github_app_id.as_deref().ok_or_else(|| invalid(names::BERTH_GITHUB_APP_ID, "required"))?;
         let github_app_id: u64 = github_app_id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
-            invalid("BERTH_GITHUB_APP_ID", format!("{github_app_id:?} is not a positive number"))
+            invalid(names::BERTH_GITHUB_APP_ID, format!("{github_app_id:?} is not a positive number"))
         })?;
         let key_path = self
             .github_private_key_file
             .as_ref()
-            .ok_or_else(|| invalid("BERTH_GITHUB_PRIVATE_KEY_FILE", "required"))?;
-        let github_private_key = read_secret_file("BERTH_GITHUB_PRIVATE_KEY_FILE", key_path)?;
+            .ok_or_else(|| invalid(names::BERTH_GITHUB_PRIVATE_KEY_FILE, "required"))?;
+        let github_private_key = read_secret_file(names::BERTH_GITHUB_PRIVATE_KEY_FILE, key_path)?;
         check_private_key(github_private_key.expose()).map_err(|reason| {
-            invalid("BERTH_GITHUB_PRIVATE_KEY_FILE", format!("{}: {reason}", key_path.display()))
+            invalid(names::BERTH_GITHUB_PRIVATE_KEY_FILE, format!("{}: {reason}", key_path.display()))
         })?;
         let github_api_url = self.github_api_url.trim_end_matches('/').to_owned();
         if !(github_api_url.starts_with("https://") || github_api_url.starts_with("http://")) {
-            return Err(invalid("BERTH_GITHUB_API_URL", format!("{github_api_url:?} is not an http(s) URL")));
+            return Err(invalid(
+                names::BERTH_GITHUB_API_URL,
+                format!("{github_api_url:?} is not an http(s) URL"),
+            ));
         }
         let public_url = match self.public_url.as_deref().filter(|url| !url.trim().is_empty()) {
-            Some(url) => Some(public_url(url).map_err(|reason| invalid("BERTH_PUBLIC_URL", reason))?),
+            Some(url) => Some(public_url(url).map_err(|reason| invalid(names::BERTH_PUBLIC_URL, reason))?),
             None => None,
         };
         if self.worker_image.trim().is_empty() {
-            return Err(invalid("BERTH_WORKER_IMAGE", "must not be empty"));
+            return Err(invalid(names::BERTH_WORKER_IMAGE, "must not be empty"));
         }
         if !self.worker_entrypoint.starts_with('/') {
-            return Err(invalid("BERTH_WORKER_ENTRYPOINT", "must be an absolute path inside the image"));
+            return Err(invalid(names::BERTH_WORKER_ENTRYPOINT, "must be an absolute path inside the image"));
         }
         if self.worker_network.trim().is_empty() || self.worker_network == "host" {
-            return Err(invalid("BERTH_WORKER_NETWORK", "must name a network other than host"));
+            return Err(invalid(names::BERTH_WORKER_NETWORK, "must name a network other than host"));
         }
         let max_workers: usize =
             self.max_workers.parse().ok().filter(|count| *count > 0).ok_or_else(|| {
-                invalid("BERTH_MAX_WORKERS", format!("{:?} is not a positive number", self.max_workers))
+                invalid(names::BERTH_MAX_WORKERS, format!("{:?} is not a positive number", self.max_workers))
             })?;
         let max_workers_per_repo = match self.max_workers_per_repo.trim() {
             "" => None,
             text => Some(text.parse::<usize>().ok().filter(|count| *count > 0).ok_or_else(|| {
-                invalid("BERTH_MAX_WORKERS_PER_REPO", format!("{text:?} is not a positive number"))
+                invalid(names::BERTH_MAX_WORKERS_PER_REPO, format!("{text:?} is not a positive number"))
             })?),
         };
         let worker_memory_bytes =
-            parse_size(&self.worker_memory).map_err(|reason| invalid("BERTH_WORKER_MEMORY", reason))?;
+            parse_size(&self.worker_memory).map_err(|reason| invalid(names::BERTH_WORKER_MEMORY, reason))?;
         if worker_memory_bytes < 6 * 1024 * 1024 {
-            return Err(invalid("BERTH_WORKER_MEMORY", "must be at least 6m (Docker's minimum)"));
+            return Err(invalid(names::BERTH_WORKER_MEMORY, "must be at least 6m (Docker's minimum)"));
         }
         let cpus: f64 = self
             .worker_cpus
@@ -606,7 +619,7 @@ impl ServeArgs {
             .filter(|cpus: &f64| cpus.is_finite() && *cpus > 0.0 && *cpus <= 1024.0)
             .ok_or_else(|| {
                 invalid(
-                    "BERTH_WORKER_CPUS",
+                    names::BERTH_WORKER_CPUS,
                     format!("{:?} is not a number of CPUs like 2 or 0.5", self.worker_cpus),
                 )
             })?;
@@ -615,37 +628,37 @@ impl ServeArgs {
         let worker_pids_limit: i64 =
             self.worker_pids_limit.parse().ok().filter(|limit| *limit > 0).ok_or_else(|| {
                 invalid(
-                    "BERTH_WORKER_PIDS_LIMIT",
+                    names::BERTH_WORKER_PIDS_LIMIT,
                     format!("{:?} is not a positive number", self.worker_pids_limit),
                 )
             })?;
         let worker_log_max_bytes = parse_size(&self.worker_log_max_size)
-            .map_err(|reason| invalid("BERTH_WORKER_LOG_MAX_SIZE", reason))?;
+            .map_err(|reason| invalid(names::BERTH_WORKER_LOG_MAX_SIZE, reason))?;
         if worker_log_max_bytes < 1024 * 1024 {
-            return Err(invalid("BERTH_WORKER_LOG_MAX_SIZE", "must be at least 1m"));
+            return Err(invalid(names::BERTH_WORKER_LOG_MAX_SIZE, "must be at least 1m"));
         }
         let worker_log_max_files: u32 =
             self.worker_log_max_files.parse().ok().filter(|files| (1..=100).contains(files)).ok_or_else(
                 || {
                     invalid(
-                        "BERTH_WORKER_LOG_MAX_FILES",
+                        names::BERTH_WORKER_LOG_MAX_FILES,
                         format!("{:?} is not a number from 1 to 100", self.worker_log_max_files),
                     )
                 },
             )?;
         let worker_scratch_bytes = parse_size(&self.worker_scratch_size)
-            .map_err(|reason| invalid("BERTH_WORKER_SCRATCH_SIZE", reason))?;
+            .map_err(|reason| invalid(names::BERTH_WORKER_SCRATCH_SIZE, reason))?;
         if worker_scratch_bytes < 16 * 1024 * 1024 {
-            return Err(invalid("BERTH_WORKER_SCRATCH_SIZE", "must be at least 16m"));
+            return Err(invalid(names::BERTH_WORKER_SCRATCH_SIZE, "must be at least 16m"));
         }
-        let task_timeout =
-            parse_duration(&self.task_timeout).map_err(|reason| invalid("BERTH_TASK_TIMEOUT", reason))?;
+        let task_timeout = parse_duration(&self.task_timeout)
+            .map_err(|reason| invalid(names::BERTH_TASK_TIMEOUT, reason))?;
         if task_timeout.is_zero() {
-            return Err(invalid("BERTH_TASK_TIMEOUT", "must be longer than zero"));
+            return Err(invalid(names::BERTH_TASK_TIMEOUT, "must be longer than zero"));
         }
         if task_timeout > MAX_TASK_TIMEOUT {
             return Err(invalid(
-                "BERTH_TASK_TIMEOUT",
+                names::BERTH_TASK_TIMEOUT,
                 format!(
                     "{} is longer than 50m: a worker's GitHub token expires one hour after it is made, so a longer task would fail at its push",
                     self.task_timeout.trim()
@@ -653,40 +666,40 @@ impl ServeArgs {
             ));
         }
         let stop_grace =
-            parse_duration(&self.stop_grace).map_err(|reason| invalid("BERTH_STOP_GRACE", reason))?;
+            parse_duration(&self.stop_grace).map_err(|reason| invalid(names::BERTH_STOP_GRACE, reason))?;
         let delivery_retention = parse_duration(&self.delivery_retention)
-            .map_err(|reason| invalid("BERTH_DELIVERY_RETENTION", reason))?;
+            .map_err(|reason| invalid(names::BERTH_DELIVERY_RETENTION, reason))?;
         if delivery_retention < Duration::from_secs(72 * 3600) {
             return Err(invalid(
-                "BERTH_DELIVERY_RETENTION",
+                names::BERTH_DELIVERY_RETENTION,
                 "must be at least 72h (GitHub redelivers for 3 days)",
             ));
         }
         let admin_token = admin_token(self.admin_token.as_deref(), self.admin_token_file.as_deref())?;
         let metrics_token = bearer_token(
-            ("BERTH_METRICS_TOKEN", self.metrics_token.as_deref()),
-            ("BERTH_METRICS_TOKEN_FILE", self.metrics_token_file.as_deref()),
+            (names::BERTH_METRICS_TOKEN, self.metrics_token.as_deref()),
+            (names::BERTH_METRICS_TOKEN_FILE, self.metrics_token_file.as_deref()),
         )?;
         let http = self.http_limits()?;
         if core_types::TaskId::new(self.instance.clone()).is_err() {
             return Err(invalid(
-                "BERTH_INSTANCE",
+                names::BERTH_INSTANCE,
                 format!("{:?} must be lowercase letters, digits and '-'", self.instance),
             ));
         }
         let command_prefix = self.command_prefix.trim().to_owned();
         if command_prefix.is_empty() || command_prefix.contains(char::is_whitespace) {
-            return Err(invalid("BERTH_COMMAND_PREFIX", "must be one word like /berth"));
+            return Err(invalid(names::BERTH_COMMAND_PREFIX, "must be one word like /berth"));
         }
         let allowed_repos = list(&self.allowed_repos);
         if let Some(bad) = allowed_repos.iter().find(|pattern| {
             !(core_types::is_repo_name(pattern)
                 || pattern.strip_suffix("/*").is_some_and(|owner| !owner.is_empty() && !owner.contains('/')))
         }) {
-            return Err(invalid("BERTH_ALLOWED_REPOS", format!("{bad:?} is not owner/name or owner/*")));
+            return Err(invalid(names::BERTH_ALLOWED_REPOS, format!("{bad:?} is not owner/name or owner/*")));
         }
         if self.agent_command.trim().is_empty() {
-            return Err(invalid("BERTH_AGENT_COMMAND", "must not be empty"));
+            return Err(invalid(names::BERTH_AGENT_COMMAND, "must not be empty"));
         }
         let agent_env_files = AgentEnvFiles {
             env_file: self.worker_env_file.clone().filter(|path| !path.as_os_str().is_empty()),
@@ -695,15 +708,15 @@ impl ServeArgs {
         agent_env_files.load().map_err(|(setting, err)| invalid(setting, err.to_string()))?;
         let mut prompts = Prompts::default();
         if let Some(path) = &self.review_prompt_file {
-            prompts.review = read_template("BERTH_REVIEW_PROMPT_FILE", path)?;
+            prompts.review = read_template(names::BERTH_REVIEW_PROMPT_FILE, path)?;
         }
         if let Some(path) = &self.implement_prompt_file {
-            prompts.implement = read_template("BERTH_IMPLEMENT_PROMPT_FILE", path)?;
+            prompts.implement = read_template(names::BERTH_IMPLEMENT_PROMPT_FILE, path)?;
         }
         let json_logs = match self.log_format.as_str() {
             "human" => false,
             "json" => true,
-            other => return Err(invalid("BERTH_LOG_FORMAT", format!("{other:?} is not human or json"))),
+            other => return Err(invalid(names::BERTH_LOG_FORMAT, format!("{other:?} is not human or json"))),
         };
         Ok(ServeConfig {
             bind,
@@ -759,15 +772,18 @@ impl ServeArgs {
             .filter(|count| (1..=1_000_000).contains(count))
             .ok_or_else(|| {
                 invalid(
-                    "BERTH_MAX_CONNECTIONS",
+                    names::BERTH_MAX_CONNECTIONS,
                     format!("{:?} is not a number from 1 to 1000000", self.max_connections),
                 )
             })?;
         let budget = parse_size(&self.max_body_bytes_in_flight)
-            .map_err(|reason| invalid("BERTH_MAX_BODY_BYTES_IN_FLIGHT", reason))?;
+            .map_err(|reason| invalid(names::BERTH_MAX_BODY_BYTES_IN_FLIGHT, reason))?;
         let max_body_bytes_in_flight =
             usize::try_from(budget).ok().filter(|budget| *budget >= MAX_WEBHOOK_BODY).ok_or_else(|| {
-                invalid("BERTH_MAX_BODY_BYTES_IN_FLIGHT", "must be at least 25m, GitHub's largest payload")
+                invalid(
+                    names::BERTH_MAX_BODY_BYTES_IN_FLIGHT,
+                    "must be at least 25m, GitHub's largest payload",
+                )
             })?;
         let timeout = |setting: &'static str, text: &str| {
             let timeout = parse_duration(text).map_err(|reason| invalid(setting, reason))?;
@@ -779,9 +795,9 @@ impl ServeArgs {
         Ok(HttpLimits {
             max_connections,
             max_body_bytes_in_flight,
-            header_read_timeout: timeout("BERTH_HEADER_READ_TIMEOUT", &self.header_read_timeout)?,
-            body_read_timeout: timeout("BERTH_BODY_READ_TIMEOUT", &self.body_read_timeout)?,
-            idle_timeout: timeout("BERTH_IDLE_TIMEOUT", &self.idle_timeout)?,
+            header_read_timeout: timeout(names::BERTH_HEADER_READ_TIMEOUT, &self.header_read_timeout)?,
+            body_read_timeout: timeout(names::BERTH_BODY_READ_TIMEOUT, &self.body_read_timeout)?,
+            idle_timeout: timeout(names::BERTH_IDLE_TIMEOUT, &self.idle_timeout)?,
             ..HttpLimits::default()
         })
     }
@@ -792,11 +808,14 @@ impl ServeArgs {
 fn check_bind(text: &str, allow_public: bool, instead: &str) -> Result<SocketAddr, ConfigError> {
     let bind: SocketAddr = text
         .parse()
-        .map_err(|_| invalid("BERTH_BIND", format!("{text:?} is not an address like 127.0.0.1:8080")))?;
+        .map_err(|_| invalid(names::BERTH_BIND, format!("{text:?} is not an address like 127.0.0.1:8080")))?;
     if bind.ip().is_unspecified() && !allow_public {
         return Err(invalid(
-            "BERTH_BIND",
-            format!("{bind} listens on every interface; {instead} or set BERTH_ALLOW_PUBLIC_BIND=true"),
+            names::BERTH_BIND,
+            format!(
+                "{bind} listens on every interface; {instead} or set {}=true",
+                names::BERTH_ALLOW_PUBLIC_BIND
+            ),
         ));
     }
     Ok(bind)
@@ -866,13 +885,13 @@ pub fn with_config_file(
             .map(str::to_owned)
             .or_else(|| (arg == "--config").then(|| text.get(index + 1).cloned()).flatten())
     });
-    let Some(path) = from_flag.or_else(|| env("BERTH_CONFIG")).filter(|path| !path.is_empty()) else {
+    let Some(path) = from_flag.or_else(|| env(names::BERTH_CONFIG)).filter(|path| !path.is_empty()) else {
         return Ok(args);
     };
     let content = std::fs::read_to_string(&path)
-        .map_err(|err| invalid("BERTH_CONFIG", format!("cannot read {path}: {err}")))?;
+        .map_err(|err| invalid(names::BERTH_CONFIG, format!("cannot read {path}: {err}")))?;
     let table: toml::Table = content.parse().map_err(|err: toml::de::Error| {
-        invalid("BERTH_CONFIG", format!("{path} is not valid TOML: {}", err.message()))
+        invalid(names::BERTH_CONFIG, format!("{path} is not valid TOML: {}", err.message()))
     })?;
     let command = Cli::command();
     let serve = command.find_subcommand("serve").expect("the serve command exists");
@@ -882,7 +901,7 @@ pub fn with_config_file(
         let Some(arg) =
             serve.get_arguments().find(|arg| arg.get_long() == Some(long.as_str()) && long != "config")
         else {
-            return Err(invalid("BERTH_CONFIG", format!("{path}: unknown setting {key:?}")));
+            return Err(invalid(names::BERTH_CONFIG, format!("{path}: unknown setting {key:?}")));
         };
         let flag = format!("--{long}");
         let given = text.iter().any(|arg| *arg == flag || arg.starts_with(&format!("{flag}=")));
@@ -909,7 +928,7 @@ pub fn with_config_file(
             }
             other => {
                 return Err(invalid(
-                    "BERTH_CONFIG",
+                    names::BERTH_CONFIG,
                     format!("{path}: {key} has an unsupported value {}", other.type_str()),
                 ));
             }
@@ -930,11 +949,11 @@ impl SetupArgs {
     pub fn validate(&self) -> Result<crate::setup::SetupConfig, ConfigError> {
         let url = self.url.as_deref().filter(|url| !url.trim().is_empty()).ok_or_else(|| {
             invalid(
-                "BERTH_PUBLIC_URL",
+                names::BERTH_PUBLIC_URL,
                 "required (--url): where GitHub reaches Berth, like https://berth.example.com",
             )
         })?;
-        let public_url = public_url(url).map_err(|reason| invalid("BERTH_PUBLIC_URL", reason))?;
+        let public_url = public_url(url).map_err(|reason| invalid(names::BERTH_PUBLIC_URL, reason))?;
         let name = self.name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 34 {
             return Err(invalid("--name", "must be 1 to 34 characters (GitHub's limit for App names)"));
@@ -951,7 +970,10 @@ impl SetupArgs {
         )?;
         let github_api_url = self.github_api_url.trim().trim_end_matches('/').to_owned();
         if !(github_api_url.starts_with("https://") || github_api_url.starts_with("http://")) {
-            return Err(invalid("BERTH_GITHUB_API_URL", format!("{github_api_url:?} is not an http(s) URL")));
+            return Err(invalid(
+                names::BERTH_GITHUB_API_URL,
+                format!("{github_api_url:?} is not an http(s) URL"),
+            ));
         }
         let github_web_url = match self.github_web_url.as_deref().filter(|url| !url.trim().is_empty()) {
             Some(url) => self::public_url(url).map_err(|reason| invalid("--github-web-url", reason))?,
@@ -963,10 +985,10 @@ impl SetupArgs {
             other => return Err(invalid("--agent", format!("{other:?} is not claude-code or none"))),
         };
         if self.state_dir.to_str().is_none() {
-            return Err(invalid("BERTH_STATE_DIR", "must be a UTF-8 path (it goes into berth.toml)"));
+            return Err(invalid(names::BERTH_STATE_DIR, "must be a UTF-8 path (it goes into berth.toml)"));
         }
         let state_dir = std::path::absolute(&self.state_dir)
-            .map_err(|err| invalid("BERTH_STATE_DIR", format!("{}: {err}", self.state_dir.display())))?;
+            .map_err(|err| invalid(names::BERTH_STATE_DIR, format!("{}: {err}", self.state_dir.display())))?;
         Ok(crate::setup::SetupConfig {
             public_url,
             name,

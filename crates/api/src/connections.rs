@@ -39,6 +39,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, header};
 use bytes::Bytes;
+use core_types::env_names::BERTH_MAX_CONNECTIONS;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -305,7 +306,7 @@ impl Server {
                 warn!(
                     limit = self.limits.max_connections,
                     suppressed,
-                    "connection limit reached (BERTH_MAX_CONNECTIONS); closing the longest idle connections to make room"
+                    "connection limit reached ({BERTH_MAX_CONNECTIONS}); closing the longest idle connections to make room"
                 );
             }
         }
@@ -320,7 +321,7 @@ impl Server {
                 limit = self.limits.max_connections,
                 open,
                 suppressed,
-                "connection limit reached (BERTH_MAX_CONNECTIONS) and every connection is busy; new connections are closed"
+                "connection limit reached ({BERTH_MAX_CONNECTIONS}) and every connection is busy; new connections are closed"
             );
         }
         None

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use core_types::backoff::Backoff;
+use core_types::env_names::{BERTH_BIND, BERTH_STATE_DIR};
 use dispatcher::{Dispatcher, DispatcherConfig, DockerEngine, HardenedProfile};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -34,6 +36,10 @@ const BACKFILL_EVERY: Duration = Duration::from_secs(600);
 
 /// How often old deliveries are pruned from the journal.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Waits between tries to reach the engine, and to reconcile, at start:
+/// 200 ms, doubling, at most 10 s, until it works or shutdown.
+const START_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
 /// The worker profile the settings describe.
 pub fn worker_profile(config: &ServeConfig) -> HardenedProfile {
@@ -62,7 +68,8 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
             "a secret was given on the command line ({flag}), where `ps` shows it to every user of this machine; set it through the environment or a file ({instead}) instead"
         );
     }
-    let journal = Journal::open(&config.state_dir).context("cannot open the journal (BERTH_STATE_DIR)")?;
+    let journal = Journal::open(&config.state_dir)
+        .with_context(|| format!("cannot open the journal ({BERTH_STATE_DIR})"))?;
     info!(path = %journal.path().display(), "journal open");
     let metrics = Arc::new(Metrics::default());
     let github = GitHub::new(
@@ -74,7 +81,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     )?;
     let listener = TcpListener::bind(config.bind)
         .await
-        .with_context(|| format!("cannot listen on {} (BERTH_BIND)", config.bind))?;
+        .with_context(|| format!("cannot listen on {} ({BERTH_BIND})", config.bind))?;
     let address = listener.local_addr().map_or_else(|_| config.bind.to_string(), |addr| addr.to_string());
     info!(address = %address, "listening");
 
@@ -159,7 +166,7 @@ async fn start_runner(
     );
     admin.set_runner(Arc::clone(&runner));
     // Reconcile before /readyz turns 200: find every worker again.
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = START_BACKOFF;
     loop {
         match runner.reconcile().await {
             Ok(done) => {
@@ -170,9 +177,8 @@ async fn start_runner(
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
     runner.mark_started();
     state.ready.store(true, Ordering::Release);
@@ -186,7 +192,7 @@ async fn start_runner(
 }
 
 async fn connect(shutdown: &CancellationToken) -> Option<DockerEngine> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = START_BACKOFF;
     loop {
         match DockerEngine::connect_local().await {
             Ok(engine) => return Some(engine),
@@ -194,9 +200,8 @@ async fn connect(shutdown: &CancellationToken) -> Option<DockerEngine> {
         }
         tokio::select! {
             () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

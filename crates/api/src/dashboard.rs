@@ -182,7 +182,7 @@ fn refusal(err: &ApiError) -> Response {
             html! {
                 main.narrow {
                     h1 { "Berth" }
-                    p { "The dashboard is off: no " code { "BERTH_ADMIN_TOKEN" } " is configured." }
+                    p { "The dashboard is off: no " code { (core_types::env_names::BERTH_ADMIN_TOKEN) } " is configured." }
                 }
             },
         ),

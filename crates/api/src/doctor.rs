@@ -6,6 +6,11 @@ use std::io::Write;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use core_types::env_names::{
+    BERTH_AGENT_COMMAND, BERTH_ALLOW_PUBLIC_BIND, BERTH_BIND, BERTH_GITHUB_API_URL, BERTH_GITHUB_APP_ID,
+    BERTH_GITHUB_PRIVATE_KEY_FILE, BERTH_PUBLIC_URL, BERTH_STATE_DIR, BERTH_WEBHOOK_SECRET,
+    BERTH_WEBHOOK_SECRET_FILE, BERTH_WORKER_WRITABLE_ROOT,
+};
 use dispatcher::{ContainerEngine, ContainerSpec, DockerEngine};
 use futures_util::StreamExt;
 
@@ -100,7 +105,9 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
     checks.push(match &args.github_private_key_file {
         None => bad(
             "app key",
-            "BERTH_GITHUB_PRIVATE_KEY_FILE is not set; download the key from the App's settings page",
+            format!(
+                "{BERTH_GITHUB_PRIVATE_KEY_FILE} is not set; download the key from the App's settings page"
+            ),
         ),
         Some(path) => match std::fs::read(path) {
             Err(err) => bad(
@@ -127,14 +134,14 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
     checks.push(if secret_set {
         ok("webhook secret", "set")
     } else {
-        bad("webhook secret", "BERTH_WEBHOOK_SECRET (or BERTH_WEBHOOK_SECRET_FILE) is not set; use the secret from the App's webhook settings")
+        bad("webhook secret", format!("{BERTH_WEBHOOK_SECRET} (or {BERTH_WEBHOOK_SECRET_FILE}) is not set; use the secret from the App's webhook settings"))
     });
     checks.push(match args.bind.parse::<std::net::SocketAddr>() {
         Err(_) => bad("bind address", format!("{:?} is not an address like 127.0.0.1:8080", args.bind)),
         Ok(addr) if addr.ip().is_unspecified() && !args.allow_public_bind => bad(
             "bind address",
             format!(
-                "{addr} listens everywhere; bind one private address or set BERTH_ALLOW_PUBLIC_BIND=true"
+                "{addr} listens everywhere; bind one private address or set {BERTH_ALLOW_PUBLIC_BIND}=true"
             ),
         ),
         Ok(addr) => match std::net::TcpListener::bind(addr) {
@@ -155,7 +162,7 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
             Err(err) => bad(
                 "state dir",
                 format!(
-                    "{} is not writable ({err}); create it for this user or set BERTH_STATE_DIR",
+                    "{} is not writable ({err}); create it for this user or set {BERTH_STATE_DIR}",
                     args.state_dir.display()
                 ),
             ),
@@ -207,7 +214,7 @@ async fn run_probe(
         image: config.worker_image.clone(),
         // Not `berth.managed`: no daemon ever mistakes it for a task.
         labels: BTreeMap::from([("berth.doctor".to_owned(), "true".to_owned())]),
-        env: vec![format!("BERTH_AGENT_COMMAND={}", config.agent_command)],
+        env: vec![format!("{BERTH_AGENT_COMMAND}={}", config.agent_command)],
         entrypoint: Some(vec![config.worker_entrypoint.clone()]),
         cmd: Some(args.iter().map(|arg| (*arg).to_owned()).collect()),
         network: network.to_owned(),
@@ -296,7 +303,7 @@ async fn worker_disk(engine: &DockerEngine, config: &ServeConfig) -> Check {
     bad(
         "worker disk",
         format!(
-            "BERTH_WORKER_WRITABLE_ROOT is on and the storage driver {driver} cannot cap a container's disk here \
+            "{BERTH_WORKER_WRITABLE_ROOT} is on and the storage driver {driver} cannot cap a container's disk here \
              (only overlay2 on xfs with pquota, btrfs or zfs can): what a worker writes lands on the host's \
              Docker storage unbounded; turn it off"
         ),
@@ -389,8 +396,10 @@ pub async fn first_run(args: &ServeArgs) -> Vec<Check> {
     let (Some(app_id), Some(key)) = (app_id, key) else {
         checks.push(bad(
             "github app",
-            "cannot ask GitHub without BERTH_GITHUB_APP_ID and a usable BERTH_GITHUB_PRIVATE_KEY_FILE; \
-             `berth setup` creates the App and writes both",
+            format!(
+                "cannot ask GitHub without {BERTH_GITHUB_APP_ID} and a usable {BERTH_GITHUB_PRIVATE_KEY_FILE}; \
+                 `berth setup` creates the App and writes both"
+            ),
         ));
         return checks;
     };
@@ -407,7 +416,7 @@ pub async fn first_run(args: &ServeArgs) -> Vec<Check> {
             return checks;
         }
         Err(err) => {
-            checks.push(bad("github app", format!("BERTH_GITHUB_API_URL {api:?}: {err}")));
+            checks.push(bad("github app", format!("{BERTH_GITHUB_API_URL} {api:?}: {err}")));
             return checks;
         }
     };
@@ -473,9 +482,9 @@ pub fn app_check(app: &Result<serde_json::Value, CallError>, app_id: u64, api: &
                 "this host's clock is off (the App's token is time-stamped): turn on time sync (`timedatectl set-ntp true`)".to_owned()
             } else {
                 format!(
-                    "BERTH_GITHUB_APP_ID {app_id} and the key in BERTH_GITHUB_PRIVATE_KEY_FILE do not belong together, \
+                    "{BERTH_GITHUB_APP_ID} {app_id} and the key in {BERTH_GITHUB_PRIVATE_KEY_FILE} do not belong together, \
                      or the key was deleted: generate a private key on the App's settings page and point \
-                     BERTH_GITHUB_PRIVATE_KEY_FILE at it (or create a new App with `berth setup --force`)"
+                     {BERTH_GITHUB_PRIVATE_KEY_FILE} at it (or create a new App with `berth setup --force`)"
                 )
             };
             bad("github app", format!("{err}; {fix}"))
@@ -483,7 +492,7 @@ pub fn app_check(app: &Result<serde_json::Value, CallError>, app_id: u64, api: &
         Err(err @ CallError { status: Some(404), .. }) => bad(
             "github app",
             format!(
-                "{err}: {api} does not know App {app_id}; check BERTH_GITHUB_APP_ID and BERTH_GITHUB_API_URL"
+                "{err}: {api} does not know App {app_id}; check {BERTH_GITHUB_APP_ID} and {BERTH_GITHUB_API_URL}"
             ),
         ),
         Err(err @ CallError { status: Some(status), .. }) if *status >= 500 => {
@@ -493,7 +502,7 @@ pub fn app_check(app: &Result<serde_json::Value, CallError>, app_id: u64, api: &
         Err(err @ CallError { status: None, .. }) => bad(
             "github app",
             format!(
-                "{err}; check that this host reaches {api} (DNS, firewall, HTTPS_PROXY) and BERTH_GITHUB_API_URL"
+                "{err}; check that this host reaches {api} (DNS, firewall, HTTPS_PROXY) and {BERTH_GITHUB_API_URL}"
             ),
         ),
     }
@@ -599,7 +608,7 @@ pub fn hook_check(
     if url.is_empty() {
         return bad(
             "webhook url",
-            format!("the App has no webhook URL; set it to BERTH_PUBLIC_URL/webhook on {}", pages.settings),
+            format!("the App has no webhook URL; set it to {BERTH_PUBLIC_URL}/webhook on {}", pages.settings),
         );
     }
     let Some(public_url) = public_url else {
@@ -607,7 +616,7 @@ pub fn hook_check(
         return bad(
             "webhook url",
             format!(
-                "GitHub delivers to {url}, and BERTH_PUBLIC_URL is not set to check it against; set BERTH_PUBLIC_URL={suggestion} if that is where Berth is reached"
+                "GitHub delivers to {url}, and {BERTH_PUBLIC_URL} is not set to check it against; set {BERTH_PUBLIC_URL}={suggestion} if that is where Berth is reached"
             ),
         );
     };
@@ -616,7 +625,7 @@ pub fn hook_check(
         return bad(
             "webhook url",
             format!(
-                "GitHub delivers to {url}, not to {expected} (BERTH_PUBLIC_URL/webhook); set the Webhook URL on {} to {expected}, or fix BERTH_PUBLIC_URL",
+                "GitHub delivers to {url}, not to {expected} ({BERTH_PUBLIC_URL}/webhook); set the Webhook URL on {} to {expected}, or fix {BERTH_PUBLIC_URL}",
                 pages.settings
             ),
         );
@@ -632,7 +641,7 @@ pub fn hook_check(
         );
     }
     let tls = if hook["insecure_ssl"] == "1" { ", TLS verification off" } else { "" };
-    ok("webhook url", format!("GitHub delivers to {url} (BERTH_PUBLIC_URL/webhook{tls})"))
+    ok("webhook url", format!("GitHub delivers to {url} ({BERTH_PUBLIC_URL}/webhook{tls})"))
 }
 
 /// The fix for deliveries that failed with `status_code` (`status` is GitHub's text).
@@ -643,7 +652,7 @@ fn delivery_fix(status_code: u64, status: &str, hook_url: &str, pages: &AppPages
              from the internet (DNS, the HTTPS proxy or tunnel in front of Berth, the firewall)"
         ),
         401 => format!(
-            "Berth refused the signature: the secret in BERTH_WEBHOOK_SECRET_FILE is not the App's webhook secret; \
+            "Berth refused the signature: the secret in {BERTH_WEBHOOK_SECRET_FILE} is not the App's webhook secret; \
              put the same secret in the file and on {}",
             pages.settings
         ),
@@ -654,8 +663,12 @@ fn delivery_fix(status_code: u64, status: &str, hook_url: &str, pages: &AppPages
         404 | 405 => format!(
             "{hook_url} does not reach Berth's POST /webhook: the proxy in front of Berth must pass /webhook through"
         ),
-        502 | 504 => "the proxy in front of Berth got no answer from it: is berth serve running on the address the proxy forwards to (BERTH_BIND)?".to_owned(),
-        503 => "Berth could not take it (starting, or its journal could not write: a full disk or a read-only BERTH_STATE_DIR); see berth serve's log".to_owned(),
+        502 | 504 => format!(
+            "the proxy in front of Berth got no answer from it: is berth serve running on the address the proxy forwards to ({BERTH_BIND})?"
+        ),
+        503 => format!(
+            "Berth could not take it (starting, or its journal could not write: a full disk or a read-only {BERTH_STATE_DIR}); see berth serve's log"
+        ),
         code => format!("Berth or the proxy in front of it answered {code}; see berth serve's log"),
     }
 }

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use core_types::env_names as names;
 use serde_json::json;
 use tracing::error;
 
@@ -46,7 +47,7 @@ pub enum ApiError {
     #[error("missing or invalid bearer token")]
     Unauthorized,
     /// `/api/*` is off because no admin token is configured.
-    #[error("the status API is disabled (no BERTH_ADMIN_TOKEN configured)")]
+    #[error("the status API is disabled (no {} configured)", names::BERTH_ADMIN_TOKEN)]
     ApiDisabled,
     /// No such thing.
     #[error("{0} not found")]
@@ -69,10 +70,10 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     /// The request bodies in flight already hold `BERTH_MAX_BODY_BYTES_IN_FLIGHT`.
-    #[error("too many request bytes in flight (BERTH_MAX_BODY_BYTES_IN_FLIGHT); retry shortly")]
+    #[error("too many request bytes in flight ({}); retry shortly", names::BERTH_MAX_BODY_BYTES_IN_FLIGHT)]
     BodyBudgetExhausted,
     /// The body did not arrive within `BERTH_BODY_READ_TIMEOUT`.
-    #[error("the body did not arrive within {} s (BERTH_BODY_READ_TIMEOUT)", limit.as_secs())]
+    #[error("the body did not arrive within {} s ({})", limit.as_secs(), names::BERTH_BODY_READ_TIMEOUT)]
     BodyTimeout {
         /// The timeout.
         limit: std::time::Duration,

@@ -547,7 +547,9 @@ impl SetupServer {
     pub fn new(config: SetupConfig, key: Secret) -> anyhow::Result<Arc<Self>> {
         let github = octocrab::Octocrab::builder()
             .base_uri(config.github_api_url.as_str())
-            .with_context(|| format!("BERTH_GITHUB_API_URL {:?}", config.github_api_url))?
+            .with_context(|| {
+                format!("{} {:?}", core_types::env_names::BERTH_GITHUB_API_URL, config.github_api_url)
+            })?
             .set_connect_timeout(Some(Duration::from_secs(10)))
             .set_read_timeout(Some(Duration::from_secs(30)))
             .build()

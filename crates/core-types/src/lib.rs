@@ -3,13 +3,17 @@
 //! This crate owns task identity (`TaskId`, `TaskKind`), the label schema that
 //! makes a container self-describing (`TaskLabels`), the worker's environment
 //! contract (`worker_env`), its exit codes (`WorkerExit`) and its result record
-//! (`ResultRecord`). It does no I/O and knows nothing of Docker, HTTP or GitHub.
+//! (`ResultRecord`), every `BERTH_*` variable name (`env_names`), and the retry
+//! delays every retrying loop uses (`Backoff`). It does no I/O and knows
+//! nothing of Docker, HTTP or GitHub.
 
 mod id;
 mod kinds;
 mod labels;
 mod result;
 
+pub mod backoff;
+pub mod env_names;
 pub mod web;
 pub mod worker_env;
 

@@ -1,5 +1,8 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
+use crate::backoff::Backoff;
+use crate::env_names;
 use crate::worker_env::{self, WorkerEnvError, WorkerTask};
 use crate::*;
 
@@ -182,12 +185,12 @@ fn worker_task_round_trips_through_the_environment() {
 #[test]
 fn worker_task_names_the_bad_variable() {
     let lookup = |name: &'static str| match name {
-        worker_env::TASK_ID => Some("t-1".to_owned()),
-        worker_env::TASK_KIND => Some("deploy".to_owned()),
+        env_names::BERTH_TASK_ID => Some("t-1".to_owned()),
+        env_names::BERTH_TASK_KIND => Some("deploy".to_owned()),
         _ => None,
     };
     let err = WorkerTask::from_env(lookup).unwrap_err();
-    assert!(matches!(err, WorkerEnvError::Invalid { name: worker_env::TASK_KIND, .. }), "{err}");
+    assert!(matches!(err, WorkerEnvError::Invalid { name: env_names::BERTH_TASK_KIND, .. }), "{err}");
     let err = WorkerTask::from_env(|_| None).unwrap_err();
     assert_eq!(err.to_string(), "BERTH_TASK_ID is not set");
 }
@@ -216,12 +219,126 @@ fn worker_options_name_the_bad_variable() {
     let with = |name: &'static str, value: &'static str| {
         move |wanted: &'static str| (wanted == name).then(|| value.to_owned())
     };
-    let err = worker_env::WorkerOptions::from_env(with(worker_env::GRACE_SECS, "soon")).unwrap_err();
+    let err = worker_env::WorkerOptions::from_env(with(env_names::BERTH_GRACE_SECS, "soon")).unwrap_err();
     assert_eq!(err.to_string(), r#"BERTH_GRACE_SECS is invalid: "soon" is not a number of seconds"#);
-    let err = worker_env::WorkerOptions::from_env(with(worker_env::SECRET_VARS, "GOOD, 9bad")).unwrap_err();
-    assert!(matches!(err, WorkerEnvError::Invalid { name: worker_env::SECRET_VARS, .. }), "{err}");
-    let err = worker_env::WorkerOptions::from_env(with(worker_env::GIT_AUTHOR_EMAIL, "a>b")).unwrap_err();
-    assert!(matches!(err, WorkerEnvError::Invalid { name: worker_env::GIT_AUTHOR_EMAIL, .. }), "{err}");
-    let lists = worker_env::WorkerOptions::from_env(with(worker_env::SECRET_VARS, " A_KEY ,,B ")).unwrap();
+    let err =
+        worker_env::WorkerOptions::from_env(with(env_names::BERTH_SECRET_VARS, "GOOD, 9bad")).unwrap_err();
+    assert!(matches!(err, WorkerEnvError::Invalid { name: env_names::BERTH_SECRET_VARS, .. }), "{err}");
+    let err =
+        worker_env::WorkerOptions::from_env(with(env_names::BERTH_GIT_AUTHOR_EMAIL, "a>b")).unwrap_err();
+    assert!(matches!(err, WorkerEnvError::Invalid { name: env_names::BERTH_GIT_AUTHOR_EMAIL, .. }), "{err}");
+    let lists =
+        worker_env::WorkerOptions::from_env(with(env_names::BERTH_SECRET_VARS, " A_KEY ,,B ")).unwrap();
     assert_eq!(lists.secret_vars, ["A_KEY", "B"]);
+}
+
+/// `(name, value, group)` of every `BERTH_*` constant, read from the source of
+/// `env_names`, whose `// Group:` comments divide it into groups.
+fn env_name_constants() -> Vec<(&'static str, &'static str, &'static str)> {
+    let source = include_str!("env_names.rs");
+    let mut group = "";
+    let mut constants = Vec::new();
+    for line in source.lines() {
+        for heading in ["Daemon settings", "Worker contract", "Test and probe knobs"] {
+            if line.starts_with(&format!("// {heading}:")) {
+                group = heading;
+            }
+        }
+        if let Some(constant) = line.strip_prefix("pub const BERTH_") {
+            let (name, value) = constant.split_once(": &str = ").expect("a &str constant on one line");
+            let name = &line["pub const ".len()..][..name.len() + "BERTH_".len()];
+            let value = value.strip_prefix('"').and_then(|v| v.strip_suffix("\";")).expect("a literal value");
+            assert!(!group.is_empty(), "{name} comes before the first group");
+            constants.push((name, value, group));
+        }
+    }
+    let declared = source.lines().filter(|line| line.starts_with("pub const ")).count();
+    assert_eq!(constants.len() + 1, declared, "every constant but PREFIX is a BERTH_* name on one line");
+    constants
+}
+
+#[test]
+fn every_env_name_is_its_own_value_and_unique() {
+    let constants = env_name_constants();
+    assert!(constants.len() > 60, "the parse found {} constants", constants.len());
+    let mut values = BTreeSet::new();
+    for (name, value, _) in &constants {
+        assert_eq!(name, value, "the constant {name} names another variable");
+        assert!(value.starts_with(env_names::PREFIX), "{value}");
+        assert!(worker_env::is_env_name(value), "{value}");
+        assert!(values.insert(*value), "{value} is declared twice");
+    }
+    // The parse reads the compiled values too.
+    assert!(values.contains(env_names::BERTH_BIND) && values.contains(env_names::BERTH_TASK_ID));
+}
+
+#[test]
+fn readme_settings_table_lists_every_daemon_setting() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split_once("\n## Configuration\n")
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or_default())
+        .expect("README.md has a Configuration section");
+    let first_cells: Vec<&str> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| "))
+        .filter_map(|row| row.split(" | ").next())
+        .collect();
+    let daemon: Vec<&str> = env_name_constants()
+        .into_iter()
+        .filter(|(_, _, group)| *group == "Daemon settings")
+        .map(|(name, _, _)| name)
+        .collect();
+    assert!(daemon.contains(&env_names::BERTH_BIND), "{daemon:?}");
+    let missing: Vec<&str> = daemon
+        .into_iter()
+        .filter(|name| !first_cells.iter().any(|cell| cell.contains(&format!("`{name}`"))))
+        .collect();
+    assert!(missing.is_empty(), "README.md's settings table has no row for {missing:?}");
+}
+
+#[test]
+fn backoff_doubles_up_to_its_cap() {
+    let delays: Vec<Duration> =
+        Backoff::new(Duration::from_millis(250), Duration::from_secs(5)).take(8).collect();
+    let millis: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
+    assert_eq!(millis, [250, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
+}
+
+#[test]
+fn backoff_takes_a_first_delay_above_its_cap_as_given() {
+    let mut backoff = Backoff::new(Duration::from_secs(3), Duration::from_secs(1));
+    assert_eq!(backoff.next_delay(), Duration::from_secs(3));
+    assert_eq!(backoff.next_delay(), Duration::from_secs(1));
+    let mut huge = Backoff::new(Duration::MAX / 2 + Duration::from_secs(1), Duration::MAX);
+    huge.next_delay();
+    assert_eq!(huge.next_delay(), Duration::MAX, "doubling saturates");
+}
+
+#[test]
+fn backoff_with_max_attempts_gives_the_waits_between_them() {
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let waits: Vec<Duration> = backoff.clone().max_attempts(4).collect();
+    assert_eq!(waits, [500, 1000, 2000].map(Duration::from_millis));
+    assert_eq!(backoff.clone().max_attempts(1).count(), 0);
+    assert_eq!(backoff.max_attempts(0).count(), 0);
+}
+
+#[test]
+fn backoff_jitter_is_seeded_and_stays_within_half_to_the_whole_delay() {
+    let plain: Vec<Duration> =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(2)).take(50).collect();
+    let jittered = |seed| {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+            .with_jitter(seed)
+            .take(50)
+            .collect::<Vec<_>>()
+    };
+    let first = jittered(7);
+    assert_eq!(first, jittered(7), "the same seed gives the same delays");
+    assert_ne!(first, jittered(8));
+    assert_ne!(first, plain);
+    for (delay, full) in first.iter().zip(&plain) {
+        assert!(*delay >= *full / 2 && delay <= full, "{delay:?} of {full:?}");
+    }
 }

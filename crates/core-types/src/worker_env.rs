@@ -1,4 +1,5 @@
-//! The worker's input: the environment variables a worker container gets.
+//! The worker's input: the environment variables a worker container gets
+//! (their names are constants in [`crate::env_names`]).
 //!
 //! The daemon encodes a [`WorkerTask`] with [`WorkerTask::to_env`]; the
 //! worker decodes it with [`WorkerTask::from_env`]. The token is the only
@@ -10,43 +11,13 @@
 
 use std::fmt;
 
+use crate::env_names::{
+    BERTH_AGENT_COMMAND, BERTH_BASE_REF, BERTH_CLONE_URL, BERTH_DEADLINE, BERTH_GIT_AUTHOR_EMAIL,
+    BERTH_GIT_AUTHOR_NAME, BERTH_GITHUB_TOKEN, BERTH_GRACE_SECS, BERTH_HEAD_REF, BERTH_HEAD_SHA,
+    BERTH_NUMBER, BERTH_PROMPT, BERTH_REPO, BERTH_SECRET_VARS, BERTH_TASK_ID, BERTH_TASK_KIND,
+    BERTH_WORK_DIR,
+};
 use crate::{TaskId, TaskKind, labels::is_repo_name};
-
-/// `BERTH_TASK_ID`: the task id.
-pub const TASK_ID: &str = "BERTH_TASK_ID";
-/// `BERTH_TASK_KIND`: `review` or `implement`.
-pub const TASK_KIND: &str = "BERTH_TASK_KIND";
-/// `BERTH_REPO`: `owner/name`.
-pub const REPO: &str = "BERTH_REPO";
-/// `BERTH_NUMBER`: issue or pull request number.
-pub const NUMBER: &str = "BERTH_NUMBER";
-/// `BERTH_CLONE_URL`: what git clones (https, git or file URL).
-pub const CLONE_URL: &str = "BERTH_CLONE_URL";
-/// `BERTH_HEAD_REF`: branch to check out (a review's head branch, an implement's base).
-pub const HEAD_REF: &str = "BERTH_HEAD_REF";
-/// `BERTH_HEAD_SHA`: commit to check out, when known.
-pub const HEAD_SHA: &str = "BERTH_HEAD_SHA";
-/// `BERTH_PROMPT`: the trigger's text, handed to the agent as its prompt.
-pub const PROMPT: &str = "BERTH_PROMPT";
-/// `BERTH_AGENT_COMMAND`: the command line the worker runs.
-pub const AGENT_COMMAND: &str = "BERTH_AGENT_COMMAND";
-/// `BERTH_DEADLINE`: hard deadline, seconds since the Unix epoch.
-pub const DEADLINE: &str = "BERTH_DEADLINE";
-/// `BERTH_GITHUB_TOKEN`: installation token scoped to the one repository.
-pub const GITHUB_TOKEN: &str = "BERTH_GITHUB_TOKEN";
-
-/// `BERTH_BASE_REF`: a review's base branch, fetched so the agent can diff against it.
-pub const BASE_REF: &str = "BERTH_BASE_REF";
-/// `BERTH_GIT_AUTHOR_NAME`: author and committer name of an implement task's commit.
-pub const GIT_AUTHOR_NAME: &str = "BERTH_GIT_AUTHOR_NAME";
-/// `BERTH_GIT_AUTHOR_EMAIL`: author and committer email of an implement task's commit.
-pub const GIT_AUTHOR_EMAIL: &str = "BERTH_GIT_AUTHOR_EMAIL";
-/// `BERTH_GRACE_SECS`: seconds between SIGTERM and SIGKILL when the agent is stopped.
-pub const GRACE_SECS: &str = "BERTH_GRACE_SECS";
-/// `BERTH_SECRET_VARS`: comma-separated names of further variables whose values are redacted.
-pub const SECRET_VARS: &str = "BERTH_SECRET_VARS";
-/// `BERTH_WORK_DIR`: where the worker puts the clone, the prompt and the summary.
-pub const WORK_DIR: &str = "BERTH_WORK_DIR";
 
 /// A secret that never prints.
 #[derive(Clone, PartialEq, Eq)]
@@ -117,23 +88,23 @@ impl WorkerTask {
     /// The environment of the worker container, as `(name, value)` pairs.
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![
-            (TASK_ID, self.task_id.to_string()),
-            (TASK_KIND, self.kind.to_string()),
-            (REPO, self.repo.clone()),
-            (NUMBER, self.number.to_string()),
-            (CLONE_URL, self.clone_url.clone()),
-            (PROMPT, self.prompt.clone()),
-            (AGENT_COMMAND, self.agent_command.clone()),
-            (DEADLINE, self.deadline_unix.to_string()),
+            (BERTH_TASK_ID, self.task_id.to_string()),
+            (BERTH_TASK_KIND, self.kind.to_string()),
+            (BERTH_REPO, self.repo.clone()),
+            (BERTH_NUMBER, self.number.to_string()),
+            (BERTH_CLONE_URL, self.clone_url.clone()),
+            (BERTH_PROMPT, self.prompt.clone()),
+            (BERTH_AGENT_COMMAND, self.agent_command.clone()),
+            (BERTH_DEADLINE, self.deadline_unix.to_string()),
         ];
         if let Some(head_ref) = &self.head_ref {
-            env.push((HEAD_REF, head_ref.clone()));
+            env.push((BERTH_HEAD_REF, head_ref.clone()));
         }
         if let Some(head_sha) = &self.head_sha {
-            env.push((HEAD_SHA, head_sha.clone()));
+            env.push((BERTH_HEAD_SHA, head_sha.clone()));
         }
         if let Some(token) = &self.token {
-            env.push((GITHUB_TOKEN, token.expose().to_owned()));
+            env.push((BERTH_GITHUB_TOKEN, token.expose().to_owned()));
         }
         env
     }
@@ -147,38 +118,40 @@ impl WorkerTask {
         let required = |name: &'static str| present(name).ok_or(WorkerEnvError::Missing(name));
         let invalid = |name: &'static str, reason: String| WorkerEnvError::Invalid { name, reason };
 
-        let task_id = TaskId::new(required(TASK_ID)?).map_err(|err| invalid(TASK_ID, err.to_string()))?;
-        let kind = required(TASK_KIND)?
+        let task_id =
+            TaskId::new(required(BERTH_TASK_ID)?).map_err(|err| invalid(BERTH_TASK_ID, err.to_string()))?;
+        let kind = required(BERTH_TASK_KIND)?
             .parse()
-            .map_err(|err: crate::UnknownTaskKind| invalid(TASK_KIND, err.to_string()))?;
-        let repo = required(REPO)?;
+            .map_err(|err: crate::UnknownTaskKind| invalid(BERTH_TASK_KIND, err.to_string()))?;
+        let repo = required(BERTH_REPO)?;
         if !is_repo_name(&repo) {
-            return Err(invalid(REPO, format!("{repo:?} is not owner/name")));
+            return Err(invalid(BERTH_REPO, format!("{repo:?} is not owner/name")));
         }
-        let number = required(NUMBER)?;
-        let number = number.parse().map_err(|_| invalid(NUMBER, format!("{number:?} is not a number")))?;
-        let deadline = required(DEADLINE)?;
+        let number = required(BERTH_NUMBER)?;
+        let number =
+            number.parse().map_err(|_| invalid(BERTH_NUMBER, format!("{number:?} is not a number")))?;
+        let deadline = required(BERTH_DEADLINE)?;
         let deadline_unix = deadline
             .parse()
-            .map_err(|_| invalid(DEADLINE, format!("{deadline:?} is not seconds since the epoch")))?;
-        let head_sha = present(HEAD_SHA);
+            .map_err(|_| invalid(BERTH_DEADLINE, format!("{deadline:?} is not seconds since the epoch")))?;
+        let head_sha = present(BERTH_HEAD_SHA);
         if let Some(sha) = &head_sha
             && (sha.len() < 7 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
         {
-            return Err(invalid(HEAD_SHA, format!("{sha:?} is not a commit id")));
+            return Err(invalid(BERTH_HEAD_SHA, format!("{sha:?} is not a commit id")));
         }
         Ok(Self {
             task_id,
             kind,
             repo,
             number,
-            clone_url: required(CLONE_URL)?,
-            head_ref: present(HEAD_REF),
+            clone_url: required(BERTH_CLONE_URL)?,
+            head_ref: present(BERTH_HEAD_REF),
             head_sha,
-            prompt: lookup(PROMPT).unwrap_or_default(),
-            agent_command: required(AGENT_COMMAND)?,
+            prompt: lookup(BERTH_PROMPT).unwrap_or_default(),
+            agent_command: required(BERTH_AGENT_COMMAND)?,
             deadline_unix,
-            token: present(GITHUB_TOKEN).map(Secret::new),
+            token: present(BERTH_GITHUB_TOKEN).map(Secret::new),
         })
     }
 }
@@ -209,12 +182,12 @@ impl WorkerOptions {
                 env.push((name, value));
             }
         };
-        put(BASE_REF, self.base_ref.clone());
-        put(GIT_AUTHOR_NAME, self.author_name.clone());
-        put(GIT_AUTHOR_EMAIL, self.author_email.clone());
-        put(GRACE_SECS, self.grace_secs.map(|secs| secs.to_string()));
-        put(SECRET_VARS, (!self.secret_vars.is_empty()).then(|| self.secret_vars.join(",")));
-        put(WORK_DIR, self.work_dir.clone());
+        put(BERTH_BASE_REF, self.base_ref.clone());
+        put(BERTH_GIT_AUTHOR_NAME, self.author_name.clone());
+        put(BERTH_GIT_AUTHOR_EMAIL, self.author_email.clone());
+        put(BERTH_GRACE_SECS, self.grace_secs.map(|secs| secs.to_string()));
+        put(BERTH_SECRET_VARS, (!self.secret_vars.is_empty()).then(|| self.secret_vars.join(",")));
+        put(BERTH_WORK_DIR, self.work_dir.clone());
         env
     }
 
@@ -225,41 +198,40 @@ impl WorkerOptions {
     pub fn from_env(lookup: impl Fn(&'static str) -> Option<String>) -> Result<Self, WorkerEnvError> {
         let present = |name: &'static str| lookup(name).filter(|value| !value.trim().is_empty());
         let invalid = |name: &'static str, reason: String| WorkerEnvError::Invalid { name, reason };
-        let grace_secs = match present(GRACE_SECS) {
-            Some(text) => Some(
-                text.trim()
-                    .parse()
-                    .map_err(|_| invalid(GRACE_SECS, format!("{text:?} is not a number of seconds")))?,
-            ),
-            None => None,
-        };
-        let secret_vars: Vec<String> = present(SECRET_VARS)
+        let grace_secs =
+            match present(BERTH_GRACE_SECS) {
+                Some(text) => Some(text.trim().parse().map_err(|_| {
+                    invalid(BERTH_GRACE_SECS, format!("{text:?} is not a number of seconds"))
+                })?),
+                None => None,
+            };
+        let secret_vars: Vec<String> = present(BERTH_SECRET_VARS)
             .map(|list| {
                 list.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect()
             })
             .unwrap_or_default();
         if let Some(bad) = secret_vars.iter().find(|name| !is_env_name(name)) {
-            return Err(invalid(SECRET_VARS, format!("{bad:?} is not a variable name")));
+            return Err(invalid(BERTH_SECRET_VARS, format!("{bad:?} is not a variable name")));
         }
-        let author_email = present(GIT_AUTHOR_EMAIL);
+        let author_email = present(BERTH_GIT_AUTHOR_EMAIL);
         if let Some(email) = &author_email
             && email.contains(['<', '>', '\n'])
         {
-            return Err(invalid(GIT_AUTHOR_EMAIL, format!("{email:?} is not an email address")));
+            return Err(invalid(BERTH_GIT_AUTHOR_EMAIL, format!("{email:?} is not an email address")));
         }
-        let author_name = present(GIT_AUTHOR_NAME);
+        let author_name = present(BERTH_GIT_AUTHOR_NAME);
         if let Some(name) = &author_name
             && name.contains(['<', '>', '\n'])
         {
-            return Err(invalid(GIT_AUTHOR_NAME, format!("{name:?} holds '<', '>' or a newline")));
+            return Err(invalid(BERTH_GIT_AUTHOR_NAME, format!("{name:?} holds '<', '>' or a newline")));
         }
         Ok(Self {
-            base_ref: present(BASE_REF),
+            base_ref: present(BERTH_BASE_REF),
             author_name,
             author_email,
             grace_secs,
             secret_vars,
-            work_dir: present(WORK_DIR),
+            work_dir: present(BERTH_WORK_DIR),
         })
     }
 }
@@ -276,7 +248,7 @@ pub fn is_env_name(name: &str) -> bool {
 /// `GITHUB_TOKEN` and `GH_TOKEN` (the scoped token), `GIT_*` (how the worker
 /// authenticates and commits), `HOME` and `PATH`.
 pub fn is_reserved_name(name: &str) -> bool {
-    name.starts_with("BERTH_")
+    name.starts_with(crate::env_names::PREFIX)
         || name.starts_with("GIT_")
         || matches!(name, "GITHUB_TOKEN" | "GH_TOKEN" | "HOME" | "PATH")
 }

@@ -4,6 +4,7 @@
 //! Pure logic over parsed events; no I/O. Every refusal carries its reason,
 //! which goes into the 202 body and the log.
 
+use core_types::env_names::{BERTH_ALLOWED_REPOS, BERTH_AUTO_REVIEW, BERTH_TRUSTED_USERS};
 use core_types::{Subject, TaskKind};
 
 use crate::events::{Account, Event, IssueCommentEvent, IssuesEvent, PullRequestEvent};
@@ -117,7 +118,7 @@ impl Policy {
             return if self.trusted_users.iter().any(|user| user.eq_ignore_ascii_case(login)) {
                 Ok(())
             } else {
-                Err(format!("sender @{login} is not in BERTH_TRUSTED_USERS"))
+                Err(format!("sender @{login} is not in {BERTH_TRUSTED_USERS}"))
             };
         }
         match association {
@@ -146,7 +147,7 @@ impl Policy {
 
     fn gate(&self, repo: &str, sender: &Account) -> Result<(), String> {
         if !self.repo_allowed(repo) {
-            return Err(format!("repository {repo} is not in BERTH_ALLOWED_REPOS"));
+            return Err(format!("repository {repo} is not in {BERTH_ALLOWED_REPOS}"));
         }
         if sender.is_bot() {
             return Err(format!("sender @{} is a bot; bots never trigger", sender.login));
@@ -233,7 +234,7 @@ impl Policy {
         match event.action.as_str() {
             "closed" => {
                 if !self.repo_allowed(repo) {
-                    return Decision::Ignore(format!("repository {repo} is not in BERTH_ALLOWED_REPOS"));
+                    return Decision::Ignore(format!("repository {repo} is not in {BERTH_ALLOWED_REPOS}"));
                 }
                 Decision::Cancel(closed(repo, number, &event.sender.login, "issue"))
             }
@@ -291,7 +292,7 @@ impl Policy {
         match event.action.as_str() {
             "closed" => {
                 if !self.repo_allowed(repo) {
-                    return Decision::Ignore(format!("repository {repo} is not in BERTH_ALLOWED_REPOS"));
+                    return Decision::Ignore(format!("repository {repo} is not in {BERTH_ALLOWED_REPOS}"));
                 }
                 Decision::Cancel(closed(repo, number, &event.sender.login, "pull request"))
             }
@@ -328,7 +329,7 @@ impl Policy {
         let pull = &event.pull_request;
         if !self.auto_review {
             return Err(format!(
-                "pull_request {}: automatic review is off (BERTH_AUTO_REVIEW)",
+                "pull_request {}: automatic review is off ({BERTH_AUTO_REVIEW})",
                 event.action
             ));
         }

@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use core_types::backoff::Backoff;
+use core_types::env_names as names;
 use core_types::{Secret, TaskId, TaskKind};
 use octocrab::Octocrab;
 use octocrab::models::{AppId, InstallationId};
@@ -47,7 +49,9 @@ impl Default for RetryPolicy {
 pub enum GitHubError {
     /// GitHub refused the App's credentials.
     #[error(
-        "GitHub refused the App's credentials ({status}: {message}) while trying to {what}; check BERTH_GITHUB_APP_ID and BERTH_GITHUB_PRIVATE_KEY_FILE"
+        "GitHub refused the App's credentials ({status}: {message}) while trying to {what}; check {} and {}",
+        names::BERTH_GITHUB_APP_ID,
+        names::BERTH_GITHUB_PRIVATE_KEY_FILE
     )]
     Credentials {
         /// What was being done.
@@ -234,19 +238,23 @@ impl GitHub {
         metrics: Arc<Metrics>,
     ) -> Result<Self, GitHubError> {
         let key = octocrab::EncodingKey::from_rsa_pem(private_key.expose().as_bytes()).map_err(|err| {
-            GitHubError::Setup(format!("BERTH_GITHUB_PRIVATE_KEY_FILE is not a usable RSA key: {err}"))
+            GitHubError::Setup(format!(
+                "{} is not a usable RSA key: {err}",
+                names::BERTH_GITHUB_PRIVATE_KEY_FILE
+            ))
         })?;
         let app = Octocrab::builder()
             .base_uri(api_url)
-            .map_err(|err| GitHubError::Setup(format!("BERTH_GITHUB_API_URL {api_url:?}: {err}")))?
+            .map_err(|err| GitHubError::Setup(format!("{} {api_url:?}: {err}", names::BERTH_GITHUB_API_URL)))?
             .set_connect_timeout(Some(Duration::from_secs(10)))
             .set_read_timeout(Some(Duration::from_secs(30)))
             .app(AppId(app_id), key)
             .build()
             .map_err(|err| {
                 GitHubError::Setup(format!(
-                    "the HTTPS client for BERTH_GITHUB_API_URL {api_url:?} did not start ({err:?}); \
-                     the host needs CA certificates (Debian's ca-certificates, or SSL_CERT_FILE)"
+                    "the HTTPS client for {} {api_url:?} did not start ({err:?}); \
+                     the host needs CA certificates (Debian's ca-certificates, or SSL_CERT_FILE)",
+                    names::BERTH_GITHUB_API_URL
                 ))
             })?;
         Ok(Self {
@@ -278,7 +286,8 @@ impl GitHub {
         F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<Value, octocrab::Error>>,
     {
-        let mut delay = self.retry.first_delay;
+        let mut delays =
+            Backoff::new(self.retry.first_delay, self.retry.max_delay).max_attempts(self.retry.attempts);
         let mut last = String::new();
         for attempt in 1..=self.retry.attempts {
             match call(attempt).await {
@@ -308,9 +317,8 @@ impl GitHub {
                     }
                 },
             }
-            if attempt < self.retry.attempts {
+            if let Some(delay) = delays.next() {
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(self.retry.max_delay);
             }
         }
         Err(GitHubError::Unavailable { what: what.to_owned(), attempts: self.retry.attempts, last })

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use core_types::TaskId;
+use core_types::env_names::BERTH_STATE_DIR;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
@@ -150,7 +151,8 @@ pub enum JournalError {
     },
     /// Another process holds the journal's lock.
     #[error(
-        "journal {path} cannot be opened: another process holds it (a second berth on the same BERTH_STATE_DIR?); only one daemon may use a state directory"
+        "journal {path} cannot be opened: another process holds it (a second berth on the same {}?); only one daemon may use a state directory",
+        BERTH_STATE_DIR
     )]
     InUse {
         /// The file.
@@ -158,7 +160,8 @@ pub enum JournalError {
     },
     /// The file or its directory may not be written.
     #[error(
-        "journal {path} cannot be opened for writing: check that BERTH_STATE_DIR is on a read-write file system and writable by the daemon's user"
+        "journal {path} cannot be opened for writing: check that {} is on a read-write file system and writable by the daemon's user",
+        BERTH_STATE_DIR
     )]
     NotWritable {
         /// The file.

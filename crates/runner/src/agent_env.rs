@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use core_types::Secret;
+use core_types::env_names::{BERTH_WORKER_ENV_FILE, BERTH_WORKER_SECRETS_FILE};
 use core_types::worker_env::{is_env_name, is_reserved_name};
 
 /// Secret values shorter than this are refused: redacting them would wreck
@@ -76,7 +77,7 @@ pub enum AgentEnvError {
 impl AgentEnvError {
     /// The setting this error belongs to.
     pub fn setting(&self, secrets: bool) -> &'static str {
-        if secrets { "BERTH_WORKER_SECRETS_FILE" } else { "BERTH_WORKER_ENV_FILE" }
+        if secrets { BERTH_WORKER_SECRETS_FILE } else { BERTH_WORKER_ENV_FILE }
     }
 }
 

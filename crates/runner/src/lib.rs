@@ -685,7 +685,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, dispatcher::DispatchError>>,
     {
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = recovery::ENGINE_BACKOFF;
         let since = std::time::Instant::now();
         loop {
             if cancel.is_cancelled() {
@@ -697,6 +697,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                     return Err(Interrupted::OutOfTime);
                 }
                 Err(err) if err.is_transient() => {
+                    let delay = backoff.next_delay();
                     if since.elapsed() < ENGINE_AWAY_WARNING {
                         warn!(error = %err, retry_in = ?delay, "cannot {what}: the engine is away; the task waits for it");
                     } else {
@@ -706,7 +707,6 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                         () = cancel.cancelled() => return Err(Interrupted::Cancelled),
                         () = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(err) => return Err(Interrupted::Failed(err)),
             }
@@ -772,15 +772,15 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// bounded tail of its output (a worker may have printed gigabytes),
     /// riding out a short engine outage.
     async fn result_record(&self, container: &ContainerId) -> Option<ResultRecord> {
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = recovery::ENGINE_BACKOFF;
         let since = std::time::Instant::now();
         loop {
             match self.dispatcher.stdout_tail(container, RESULT_TAIL_LINES, RESULT_TAIL_BYTES).await {
                 Ok(stdout) => return ResultRecord::find_last(&stdout),
                 Err(err) if err.is_transient() && since.elapsed() < ENGINE_AWAY_WARNING => {
+                    let delay = backoff.next_delay();
                     warn!(error = %err, retry_in = ?delay, "cannot read the worker's output: the engine is away");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(err) => {
                     error!(error = %err, "could not read the worker's output; its result record counts as missing");

@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use core_types::backoff::Backoff;
 use core_types::{LabelError, TaskLabels};
 use dispatcher::{ContainerEngine, ContainerId, ContainerStatus, DispatchError, ExitInfo, ManagedContainer};
 use github::GitHubApi;
@@ -25,6 +26,10 @@ const SWEEP_GRACE: Duration = Duration::from_secs(30);
 
 /// Deliveries older than this are not backfilled (GitHub keeps three days).
 const BACKFILL_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// Waits between tries while the engine is away (a broken wait, an engine
+/// call, reading a worker's output): 250 ms, doubling, at most 5 s.
+pub(super) const ENGINE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 
 /// What one reconcile pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -79,15 +84,14 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// Waits for the container's exit, riding out engine restarts: a broken
     /// wait is retried until the engine answers again.
     pub(super) async fn wait_exit(&self, container: &ContainerId) -> Result<ExitInfo, DispatchError> {
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = ENGINE_BACKOFF;
         loop {
             match self.dispatcher.wait(container).await {
                 Ok(exit) => return Ok(exit),
                 Err(err @ DispatchError::ContainerNotFound { .. }) => return Err(err),
                 Err(err) => {
                     warn!(container_id = %container, error = %err, "lost the wait on a worker; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

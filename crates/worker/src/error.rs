@@ -8,6 +8,8 @@ use std::error::Error as _;
 use std::io;
 use std::path::PathBuf;
 
+use core_types::env_names::BERTH_AGENT_COMMAND;
+
 use crate::command::CommandError;
 
 /// What went wrong in the worker itself, named after what it was doing.
@@ -22,7 +24,7 @@ pub enum WorkerError {
         reason: String,
     },
     /// `BERTH_AGENT_COMMAND` cannot be split or names an unknown placeholder.
-    #[error("BERTH_AGENT_COMMAND is invalid")]
+    #[error("{} is invalid", BERTH_AGENT_COMMAND)]
     AgentCommand(#[source] CommandError),
     /// The work directory (clone, prompt, summary) could not be prepared.
     #[error("cannot prepare {path}")]
@@ -48,7 +50,8 @@ pub enum WorkerError {
     },
     /// The agent program is not in the image.
     #[error(
-        "the agent's program {program:?} is not in the worker image ({searched}); install it in the image (README: Running a real agent) or fix BERTH_AGENT_COMMAND"
+        "the agent's program {program:?} is not in the worker image ({searched}); install it in the image (README: Running a real agent) or fix {}",
+        BERTH_AGENT_COMMAND
     )]
     AgentMissing {
         /// argv\[0\] of the agent command.

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use core_types::{ResultRecord, TaskKind, WorkerExit, WorkerOptions, WorkerTask, worker_env};
+use core_types::{ResultRecord, TaskKind, WorkerExit, WorkerOptions, WorkerTask, env_names};
 use tokio::process::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -51,18 +51,6 @@ pub const DEFAULT_AUTHOR_NAME: &str = "berth";
 pub const DEFAULT_AUTHOR_EMAIL: &str = "berth@localhost";
 /// Longest summary in a result record, in characters (GitHub comments stop at 65536).
 pub const MAX_SUMMARY_CHARS: usize = 60_000;
-
-/// Variables the agent gets on top of the worker's own environment.
-pub mod agent_env {
-    /// The clone, also the agent's working directory.
-    pub const WORKSPACE: &str = "BERTH_WORKSPACE";
-    /// A file holding the prompt (also the agent's stdin).
-    pub const PROMPT_FILE: &str = "BERTH_PROMPT_FILE";
-    /// Where the agent writes its summary (Markdown) for the result record.
-    pub const SUMMARY_FILE: &str = "BERTH_SUMMARY_FILE";
-    /// An implement task's branch (`berth/issue-<n>`).
-    pub const BRANCH: &str = "BERTH_BRANCH";
-}
 
 /// The worker's settings, resolved from [`WorkerOptions`] and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,10 +145,10 @@ pub async fn run(
         Ok(parsed) => parsed,
         Err(err) => {
             // Still redact the token, should a message ever carry it.
-            let output = Output::new(Redactor::new(env.get(worker_env::GITHUB_TOKEN)));
+            let output = Output::new(Redactor::new(env.get(env_names::BERTH_GITHUB_TOKEN)));
             let outcome = Outcome::new(WorkerExit::SetupFailed, err.to_string());
             output.note(&outcome.summary);
-            let task_id = env.get(worker_env::TASK_ID).cloned().unwrap_or_default();
+            let task_id = env.get(env_names::BERTH_TASK_ID).cloned().unwrap_or_default();
             output.result(&outcome.record(&task_id, output.redactor()));
             return outcome.exit;
         }
@@ -185,13 +173,14 @@ pub async fn run(
 /// The command does not parse, or its program is not in the image.
 pub fn check_agent(env: &BTreeMap<String, String>) -> Result<String, String> {
     let line = env
-        .get(worker_env::AGENT_COMMAND)
+        .get(env_names::BERTH_AGENT_COMMAND)
         .filter(|line| !line.trim().is_empty())
-        .ok_or_else(|| format!("{} is not set", worker_env::AGENT_COMMAND))?;
-    let command = AgentCommand::parse(line).map_err(|err| format!("{}: {err}", worker_env::AGENT_COMMAND))?;
+        .ok_or_else(|| format!("{} is not set", env_names::BERTH_AGENT_COMMAND))?;
+    let command =
+        AgentCommand::parse(line).map_err(|err| format!("{}: {err}", env_names::BERTH_AGENT_COMMAND))?;
     let argv = command.render(&PlaceholderValues::default());
     let program = argv.first().filter(|program| !program.is_empty()).ok_or_else(|| {
-        format!("{}: its program is a placeholder, so it cannot be checked", worker_env::AGENT_COMMAND)
+        format!("{}: its program is a placeholder, so it cannot be checked", env_names::BERTH_AGENT_COMMAND)
     })?;
     find_program(program, env.get("PATH").map_or("", String::as_str)).map_err(|err| err.to_string())?;
     Ok(format!("the agent's program {program:?} is in the image"))
@@ -238,11 +227,11 @@ async fn execute(
     let mut agent = Command::new(program);
     agent.args(args).current_dir(&layout.repo).stdin(stdin).envs(git.agent_env());
     agent
-        .env(agent_env::WORKSPACE, &layout.repo)
-        .env(agent_env::PROMPT_FILE, &layout.prompt_file)
-        .env(agent_env::SUMMARY_FILE, &layout.summary_file);
+        .env(env_names::BERTH_WORKSPACE, &layout.repo)
+        .env(env_names::BERTH_PROMPT_FILE, &layout.prompt_file)
+        .env(env_names::BERTH_SUMMARY_FILE, &layout.summary_file);
     if let Some(branch) = &checkout.branch {
-        agent.env(agent_env::BRANCH, branch);
+        agent.env(env_names::BERTH_BRANCH, branch);
     }
     if let Some(token) = &task.token {
         agent.env("GITHUB_TOKEN", token.expose()).env("GH_TOKEN", token.expose());
@@ -327,7 +316,7 @@ async fn set_up(
 ) -> Result<Ready, Halt> {
     let command = AgentCommand::parse(&task.agent_command).map_err(WorkerError::AgentCommand)?;
     for (variable, value) in
-        [(worker_env::HEAD_REF, &task.head_ref), (worker_env::BASE_REF, &options.base_ref)]
+        [(env_names::BERTH_HEAD_REF, &task.head_ref), (env_names::BERTH_BASE_REF, &options.base_ref)]
     {
         if let Some(value) = value {
             workspace::check_ref(variable, value)?;
@@ -335,8 +324,12 @@ async fn set_up(
     }
     if task.kind == TaskKind::Review && task.head_sha.is_none() && task.head_ref.is_none() {
         return Err(Halt::Failed(WorkerError::InvalidVariable {
-            variable: worker_env::HEAD_SHA,
-            reason: "a review needs BERTH_HEAD_SHA or BERTH_HEAD_REF, and neither is set".to_owned(),
+            variable: env_names::BERTH_HEAD_SHA,
+            reason: format!(
+                "a review needs {} or {}, and neither is set",
+                env_names::BERTH_HEAD_SHA,
+                env_names::BERTH_HEAD_REF
+            ),
         }));
     }
     let layout = Layout::new(&settings.work_dir);

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use core_types::{TaskKind, WorkerTask, worker_env};
+use core_types::{TaskKind, WorkerTask, env_names};
 
 use crate::error::{Halt, WorkerError};
 use crate::git::Git;
@@ -160,7 +160,7 @@ async fn prepare_review(
                     .is_err()
                 {
                     return Err(Halt::Failed(WorkerError::InvalidVariable {
-                        variable: worker_env::HEAD_SHA,
+                        variable: env_names::BERTH_HEAD_SHA,
                         reason: format!("commit {sha} is not on {head_ref} at {}", task.clone_url),
                     }));
                 }
@@ -174,8 +174,12 @@ async fn prepare_review(
         }
         (None, None) => {
             return Err(Halt::Failed(WorkerError::InvalidVariable {
-                variable: worker_env::HEAD_SHA,
-                reason: "a review needs BERTH_HEAD_SHA or BERTH_HEAD_REF".to_owned(),
+                variable: env_names::BERTH_HEAD_SHA,
+                reason: format!(
+                    "a review needs {} or {}",
+                    env_names::BERTH_HEAD_SHA,
+                    env_names::BERTH_HEAD_REF
+                ),
             }));
         }
     };
