@@ -296,3 +296,4 @@ async fn a_review_asked_for_while_the_superseded_one_is_stopping_is_not_a_duplic
     let third = journal.accept("d-4", "issue_comment", review(5)).await.unwrap();
     assert!(matches!(third, Accepted::Duplicate { task: Some(ref t), .. } if *t == new), "{third:?}");
 }
+
