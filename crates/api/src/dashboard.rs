@@ -259,12 +259,10 @@ fn render_tables(state: &StatusState, selected: Option<&str>) -> Result<Markup, 
     let tasks = state.journal.tasks().map_err(ApiError::Journal)?;
     let links = state.admin.links();
     let now = now_unix();
-    let mut active: Vec<&TaskRecord> =
-        tasks.iter().filter(|task| task.state != TaskState::Finished).collect();
+    let mut active: Vec<&TaskRecord> = tasks.iter().filter(|task| !task.state.is_finished()).collect();
     active.sort_by_key(|task| task.seq);
-    let mut finished: Vec<&TaskRecord> =
-        tasks.iter().filter(|task| task.state == TaskState::Finished).collect();
-    finished.sort_by_key(|task| std::cmp::Reverse(task.finished_unix.unwrap_or(0)));
+    let mut finished: Vec<&TaskRecord> = tasks.iter().filter(|task| task.state.is_finished()).collect();
+    finished.sort_by_key(|task| std::cmp::Reverse(task.outcome().map_or(0, |outcome| outcome.finished_unix)));
     finished.truncate(RECENT_OUTCOMES);
 
     Ok(html! {
@@ -308,7 +306,7 @@ fn render_tables(state: &StatusState, selected: Option<&str>) -> Result<Markup, 
                     }
                     tbody {
                         @for task in &finished {
-                            @let conclusion = task.conclusion.as_deref().unwrap_or("unknown");
+                            @let conclusion = task.conclusion().map_or("unknown", |conclusion| conclusion.as_str());
                             tr id={ "task-" (task.task_id.as_str()) }
                                 data-task=(task.task_id.as_str())
                                 class=[selected_class(task, selected)] {
@@ -316,9 +314,9 @@ fn render_tables(state: &StatusState, selected: Option<&str>) -> Result<Markup, 
                                 td { (task.kind) }
                                 td { (subject_link(task, links)) }
                                 td class={ "conclusion-" (css_word(conclusion)) } { (conclusion) }
-                                td { (task.title.as_deref().unwrap_or("")) }
+                                td { (task.outcome().map_or("", |outcome| outcome.title.as_str())) }
                                 td { (took(task)) }
-                                td { (task.finished_unix.map(|finished| ago(now, finished)).unwrap_or_default()) }
+                                td { (task.outcome().map(|outcome| ago(now, outcome.finished_unix)).unwrap_or_default()) }
                             }
                         }
                     }
@@ -368,19 +366,19 @@ fn render_selected(state: &StatusState, selected: Option<&str>) -> Result<Markup
                     dt { "Check run" }
                     dd { a href=(links.check_run(&task.repo, check_run)) rel="noreferrer" { (check_run) } }
                 }
-                @if let Some(conclusion) = &task.conclusion {
+                @if let Some(outcome) = task.outcome() {
                     dt { "Outcome" }
-                    dd class={ "conclusion-" (css_word(conclusion)) } {
-                        (conclusion) ": " (task.title.as_deref().unwrap_or(""))
+                    dd class={ "conclusion-" (css_word(outcome.conclusion.as_str())) } {
+                        (outcome.conclusion) ": " (outcome.title)
                     }
                 }
             }
-            @if let Some(summary) = &task.summary {
+            @if let Some(outcome) = task.outcome() {
                 h3 { "Summary" }
-                pre.summary { (summary) }
+                pre.summary { (outcome.summary) }
             }
             h3 { "Log " span id="log-state" {} }
-            @if task.state == TaskState::Finished {
+            @if task.state.is_finished() {
                 p.empty { "This task has finished; its container, and its log with it, was removed." }
             } @else {
                 pre id="log" data-follow={ "/api/tasks/" (id) "/logs?follow=true" } {}
@@ -405,16 +403,16 @@ fn subject_link(task: &TaskRecord, links: &Links) -> Markup {
 
 /// How long a finished task ran.
 fn took(task: &TaskRecord) -> String {
-    match (task.started_unix, task.finished_unix) {
-        (Some(started), Some(finished)) => duration(finished.saturating_sub(started)),
+    match (task.started_unix, task.outcome()) {
+        (Some(started), Some(outcome)) => duration(outcome.finished_unix.saturating_sub(started)),
         _ => "not run".to_owned(),
     }
 }
 
 /// What an active task is doing, in a word or two.
 fn activity(task: &TaskRecord) -> &'static str {
-    match (task.state, task.cancel.is_some(), task.started_unix.is_some()) {
-        (TaskState::Finished, _, _) => "finished",
+    match (&task.state, task.cancel.is_some(), task.started_unix.is_some()) {
+        (TaskState::Finished { .. }, _, _) => "finished",
         (_, true, _) => "cancelling",
         (TaskState::Queued, false, _) => "queued",
         (TaskState::Dispatched, false, true) => "running",

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::error::ApiError;
 use domain::request::CancelCause;
-use domain::tasks::{TaskRecord, TaskState};
+use domain::tasks::{PullRequestRef, TaskRecord, TaskState};
 use journal::Journal;
 use runner::Runner;
 
@@ -414,19 +414,39 @@ impl Links {
     pub fn pull_request(&self, task: &TaskRecord) -> Option<String> {
         match task.kind {
             TaskKind::Review => Some(self.subject(task)),
-            TaskKind::Implement => {
-                let recorded = task.pull_request.as_deref()?;
-                if recorded.starts_with("https://") || recorded.starts_with("http://") {
-                    Some(recorded.to_owned())
-                } else {
-                    // `#12` when GitHub gave no URL; `branch:...` before the pull request exists.
-                    let number: u64 = recorded.strip_prefix('#')?.parse().ok()?;
-                    Some(match &self.web {
-                        Some(web) => format!("{web}/{}/pull/{number}", task.repo),
-                        None => format!("{}/repos/{}/pulls/{number}", self.api, task.repo),
-                    })
-                }
-            }
+            TaskKind::Implement => match task.outcome()?.pull_request.as_ref()? {
+                PullRequestRef::Opened { url: Some(url), .. } => Some(url.clone()),
+                // GitHub gave no URL: made from the number.
+                PullRequestRef::Opened { number, url: None } => Some(match &self.web {
+                    Some(web) => format!("{web}/{}/pull/{number}", task.repo),
+                    None => format!("{}/repos/{}/pulls/{number}", self.api, task.repo),
+                }),
+                // Pushed, and no pull request yet.
+                PullRequestRef::Branch(_) => None,
+            },
+        }
+    }
+}
+
+/// A task's state as the status API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateWord {
+    /// Waiting for a worker slot.
+    Queued,
+    /// Its worker was created.
+    Dispatched,
+    /// Ended.
+    Finished,
+}
+
+impl StateWord {
+    /// The word for `state`.
+    pub fn of(state: &TaskState) -> Self {
+        match state {
+            TaskState::Queued => StateWord::Queued,
+            TaskState::Dispatched => StateWord::Dispatched,
+            TaskState::Finished { .. } => StateWord::Finished,
         }
     }
 }
@@ -443,7 +463,7 @@ pub struct TaskView {
     /// Issue or pull request number.
     pub number: u64,
     /// `queued`, `dispatched` or `finished`.
-    pub state: TaskState,
+    pub state: StateWord,
     /// Who triggered it.
     pub sender: String,
     /// The delivery that created it.
@@ -513,24 +533,24 @@ impl TaskView {
             kind: task.kind,
             repo: task.repo.clone(),
             number: task.number,
-            state: task.state,
+            state: StateWord::of(&task.state),
             sender: task.sender.clone(),
             delivery: task.delivery.clone(),
             head_sha: task.head_sha.clone(),
             head_ref: task.head_ref.clone(),
             accepted_unix: task.accepted_unix,
             started_unix: task.started_unix,
-            finished_unix: task.finished_unix,
+            finished_unix: task.outcome().map(|outcome| outcome.finished_unix),
             cancel: task.cancel.as_ref().map(|cancel| CancelView {
                 cause: cancel.cause,
                 by: cancel.by.clone(),
                 reason: cancel.reason.clone(),
             }),
-            outcome: task.conclusion.as_ref().map(|conclusion| OutcomeView {
-                conclusion: conclusion.clone(),
-                title: task.title.clone(),
-                summary: task.summary.clone(),
-                exit_code: task.exit_code,
+            outcome: task.outcome().map(|outcome| OutcomeView {
+                conclusion: outcome.conclusion.as_str().to_owned(),
+                title: Some(outcome.title.clone()),
+                summary: Some(outcome.summary.clone()),
+                exit_code: outcome.exit_code,
                 reported: task.reported,
             }),
             check_run: task.check_run,
@@ -593,7 +613,7 @@ impl ContainerView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskFilter {
     /// Only tasks in this state.
-    pub state: Option<TaskState>,
+    pub state: Option<StateWord>,
     /// Only tasks of this repository (`owner/name`, any case).
     pub repo: Option<String>,
     /// Only tasks of this kind.
@@ -622,9 +642,9 @@ impl TaskFilter {
     fn parse(query: ListQuery) -> Result<Self, ApiError> {
         let state = match query.state.as_deref() {
             None => None,
-            Some("queued") => Some(TaskState::Queued),
-            Some("dispatched") => Some(TaskState::Dispatched),
-            Some("finished") => Some(TaskState::Finished),
+            Some("queued") => Some(StateWord::Queued),
+            Some("dispatched") => Some(StateWord::Dispatched),
+            Some("finished") => Some(StateWord::Finished),
             Some(other) => {
                 return Err(ApiError::InvalidRequest(format!(
                     "unknown state {other:?} (expected queued, dispatched or finished)"
@@ -654,7 +674,7 @@ impl TaskFilter {
     /// The tasks that pass, newest first, at most `limit`.
     pub fn select(&self, mut tasks: Vec<TaskRecord>) -> Vec<TaskRecord> {
         tasks.retain(|task| {
-            self.state.is_none_or(|state| task.state == state)
+            self.state.is_none_or(|state| StateWord::of(&task.state) == state)
                 && self.kind.is_none_or(|kind| task.kind == kind)
                 && self.repo.as_ref().is_none_or(|repo| task.repo.eq_ignore_ascii_case(repo))
         });
@@ -785,7 +805,7 @@ async fn task_logs(
     })?;
     let Some(container) = container else {
         let reason = match record.state {
-            TaskState::Finished => "finished tasks' containers are removed, and their logs with them",
+            TaskState::Finished { .. } => "finished tasks' containers are removed, and their logs with them",
             TaskState::Queued => "it has not started yet",
             TaskState::Dispatched => "its container is gone",
         };
@@ -909,10 +929,10 @@ async fn cancel_task(
         ApiError::Conflict(format!(
             "task {} already finished ({})",
             record.task_id,
-            record.conclusion.as_deref().unwrap_or("no conclusion")
+            record.conclusion().map_or("no conclusion", |conclusion| conclusion.as_str())
         ))
     };
-    if record.state == TaskState::Finished {
+    if record.state.is_finished() {
         return Err(finished(&record));
     }
     let runner = state.admin.engine()?;
@@ -922,7 +942,7 @@ async fn cancel_task(
         .map_err(ApiError::Journal)?
         .ok_or_else(|| ApiError::NotFound(format!("task {task_id}")))?;
     // It may have finished between the look and the request.
-    if record.state == TaskState::Finished {
+    if record.state.is_finished() {
         return Err(finished(&record));
     }
     info!(task_id = %task_id, "cancel requested through the status API");

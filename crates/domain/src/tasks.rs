@@ -5,27 +5,167 @@ use serde::{Deserialize, Serialize};
 
 use crate::request::{CancelRequest, TaskRequest};
 
+/// How a task ended, in the words of a GitHub check run's conclusion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Conclusion {
+    /// The agent did its work.
+    Success,
+    /// It could not start, failed, ran out of memory or was killed.
+    Failure,
+    /// Berth did not run it (a fork, a closed pull request).
+    Neutral,
+    /// Cancelled, superseded, or stopped from outside.
+    Cancelled,
+    /// Past its deadline.
+    TimedOut,
+}
+
+impl Conclusion {
+    /// Every conclusion, in a stable order.
+    pub const ALL: [Conclusion; 5] = [
+        Conclusion::Success,
+        Conclusion::Failure,
+        Conclusion::Neutral,
+        Conclusion::Cancelled,
+        Conclusion::TimedOut,
+    ];
+
+    /// The conclusion as GitHub spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Conclusion::Success => "success",
+            Conclusion::Failure => "failure",
+            Conclusion::Neutral => "neutral",
+            Conclusion::Cancelled => "cancelled",
+            Conclusion::TimedOut => "timed_out",
+        }
+    }
+
+    /// The conclusion GitHub calls `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|conclusion| conclusion.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for Conclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an implement task's work went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullRequestRef {
+    /// The worker pushed this branch; its pull request is not open yet.
+    Branch(String),
+    /// The pull request, by number, and its address when GitHub gave one.
+    Opened {
+        /// Its number.
+        number: u64,
+        /// Its page.
+        url: Option<String>,
+    },
+}
+
+impl PullRequestRef {
+    /// The pushed branch, while no pull request is open.
+    pub fn branch(&self) -> Option<&str> {
+        match self {
+            PullRequestRef::Branch(branch) => Some(branch),
+            PullRequestRef::Opened { .. } => None,
+        }
+    }
+
+    /// Schema 1's text: `branch:<name>`, `#<number>`, or the pull request's URL.
+    pub fn from_v1(text: &str) -> Option<Self> {
+        if let Some(branch) = text.strip_prefix("branch:") {
+            return Some(PullRequestRef::Branch(branch.to_owned()));
+        }
+        if let Some(number) = text.strip_prefix('#') {
+            return number.parse().ok().map(|number| PullRequestRef::Opened { number, url: None });
+        }
+        let number = text.trim_end_matches('/').rsplit('/').next()?.parse().ok()?;
+        Some(PullRequestRef::Opened { number, url: Some(text.to_owned()) })
+    }
+}
+
+/// The recorded end of a task: what its report says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The check run's conclusion.
+    pub conclusion: Conclusion,
+    /// The report's title.
+    pub title: String,
+    /// The report's summary.
+    pub summary: String,
+    /// When it ended.
+    pub finished_unix: u64,
+    /// The worker's exit code, when a worker ran.
+    pub exit_code: Option<i64>,
+    /// For an implement task: its pushed branch or the pull request opened from it.
+    pub pull_request: Option<PullRequestRef>,
+}
+
+impl Outcome {
+    /// An outcome with no worker exit and no pull request.
+    pub fn new(
+        conclusion: Conclusion,
+        title: impl Into<String>,
+        summary: impl Into<String>,
+        finished_unix: u64,
+    ) -> Self {
+        Self {
+            conclusion,
+            title: title.into(),
+            summary: summary.into(),
+            finished_unix,
+            exit_code: None,
+            pull_request: None,
+        }
+    }
+}
+
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Accepted, waiting for a worker slot.
     Queued,
     /// Its container was created (and maybe started).
     Dispatched,
-    /// Ended and reported.
-    Finished,
+    /// Ended; `reported` on the record says whether GitHub has heard.
+    Finished {
+        /// How.
+        outcome: Outcome,
+    },
 }
 
 impl TaskState {
     /// The state as text.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             TaskState::Queued => "queued",
             TaskState::Dispatched => "dispatched",
-            TaskState::Finished => "finished",
+            TaskState::Finished { .. } => "finished",
         }
     }
+
+    /// Whether the task has ended.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, TaskState::Finished { .. })
+    }
+}
+
+/// A second ending for a task that already has one: the first stands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task {task} already ended ({conclusion}); its outcome stands")]
+pub struct AlreadyFinished {
+    /// The task.
+    pub task: TaskId,
+    /// Its recorded conclusion.
+    pub conclusion: Conclusion,
 }
 
 impl CancelRequest {
@@ -86,30 +226,12 @@ pub struct TaskRecord {
     pub cancel: Option<CancelRequest>,
     /// The key under which it is active (dedupe of queued and running tasks).
     pub dedupe_key: String,
-    /// How it ended, in a word (`success`, `failure`, `timed_out`, ...), once finished.
-    #[serde(default)]
-    pub conclusion: Option<String>,
-    /// The report's title, once finished.
-    #[serde(default)]
-    pub title: Option<String>,
-    /// The report's summary, once finished.
-    #[serde(default)]
-    pub summary: Option<String>,
-    /// When it finished.
-    #[serde(default)]
-    pub finished_unix: Option<u64>,
     /// The check run reporting it, once created.
     #[serde(default)]
     pub check_run: Option<u64>,
     /// When its worker started.
     #[serde(default)]
     pub started_unix: Option<u64>,
-    /// The worker's exit code, once it ended.
-    #[serde(default)]
-    pub exit_code: Option<i64>,
-    /// For an implement task: the pull request opened from its branch.
-    #[serde(default)]
-    pub pull_request: Option<String>,
     /// Whether the final report reached GitHub.
     #[serde(default)]
     pub reported: bool,
@@ -121,6 +243,32 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// How it ended, once it has.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match &self.state {
+            TaskState::Finished { outcome } => Some(outcome),
+            _ => None,
+        }
+    }
+
+    /// Its conclusion, once it has ended.
+    pub fn conclusion(&self) -> Option<Conclusion> {
+        self.outcome().map(|outcome| outcome.conclusion)
+    }
+
+    /// Ends the task, once: a second ending (a sweep racing the monitor that
+    /// already ended it) leaves the first outcome as it is.
+    ///
+    /// # Errors
+    /// When the task has already ended.
+    pub fn finish(&mut self, outcome: Outcome) -> Result<(), AlreadyFinished> {
+        if let Some(conclusion) = self.conclusion() {
+            return Err(AlreadyFinished { task: self.task_id.clone(), conclusion });
+        }
+        self.state = TaskState::Finished { outcome };
+        Ok(())
+    }
+
     /// A freshly accepted task.
     pub fn queued(request: TaskRequest, delivery: &str, seq: u64, now_unix: u64) -> Self {
         let dedupe_key = request.dedupe_key();
@@ -145,14 +293,8 @@ impl TaskRecord {
             state: TaskState::Queued,
             cancel: None,
             dedupe_key,
-            conclusion: None,
-            title: None,
-            summary: None,
-            finished_unix: None,
             check_run: None,
             started_unix: None,
-            exit_code: None,
-            pull_request: None,
             reported: false,
             check_run_requested: false,
         }

@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use domain::request::CancelRequest;
 use domain::request::TaskRequest;
-use domain::tasks::{TaskRecord, TaskState};
+use domain::tasks::{Outcome, TaskRecord};
 use domain::triggers::Decision;
 
 /// Delivery id → [`DeliveryRecord`] (JSON).
@@ -48,6 +48,14 @@ const UNREPORTED: TableDefinition<'static, &str, &str> = TableDefinition::new("u
 const REDELIVERIES: TableDefinition<'static, &str, u64> = TableDefinition::new("redeliveries");
 /// Counters (`seq`: the order tasks were accepted in).
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+
+/// The records' schema, kept in `meta` under [`SCHEMA_KEY`]: 1 (no key) had
+/// a task's outcome as loose strings; 2 has it typed inside the finished
+/// state (`TaskState::Finished { outcome }`). Opening migrates older ones.
+pub const SCHEMA: u64 = 2;
+
+/// Where the schema is kept.
+const SCHEMA_KEY: &str = "schema";
 /// Issue comment id → [`CommentRecord`] (JSON), for comments that made a task.
 const COMMENTS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("comments");
 
@@ -170,6 +178,30 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    /// The records are of a newer schema than this build knows.
+    #[error(
+        "journal {path} cannot be opened: its records are of schema {version}, written by a newer berth (this one reads up to {SCHEMA}); run that version or newer"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// The schema it holds.
+        version: u64,
+    },
+    /// A record could not be carried to the current schema.
+    #[error(
+        "journal {path} cannot be migrated from schema {from}: record {key}: {reason}; nothing was changed"
+    )]
+    Migration {
+        /// The file.
+        path: PathBuf,
+        /// The schema it holds.
+        from: u64,
+        /// The record.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// The file is of a redb format this build does not read.
     #[error(
         "journal {path} cannot be opened: it is in redb file format {version}, which this berth does not read; run the berth version that wrote it"
@@ -279,6 +311,11 @@ enum WriteOp {
         update: TaskUpdate,
         reply: oneshot::Sender<Result<Option<TaskRecord>, JournalError>>,
     },
+    FinishTask {
+        task_id: TaskId,
+        outcome: Box<Outcome>,
+        reply: oneshot::Sender<Result<Finished, JournalError>>,
+    },
     Prune {
         older_than_unix: u64,
         reply: oneshot::Sender<Result<usize, JournalError>>,
@@ -291,6 +328,17 @@ enum WriteOp {
         guid: String,
         reply: oneshot::Sender<Result<bool, JournalError>>,
     },
+}
+
+/// What [`Journal::finish_task`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// The outcome is recorded; the record after it.
+    Recorded(TaskRecord),
+    /// The task had already ended; its record, with the first outcome.
+    Already(TaskRecord),
+    /// No such task.
+    Unknown,
 }
 
 /// A change to a task record, applied in the writer's transaction.
@@ -410,6 +458,7 @@ fn create_fresh(state_dir: &Path, path: &Path) -> Result<(), JournalError> {
             source => JournalError::Open { path: fresh.clone(), source },
         })?;
         create_tables(&db)?;
+        set_schema(&db, SCHEMA)?;
     }
     std::fs::rename(&fresh, path).map_err(not_writable)?;
     // The rename itself is durable only once the directory is.
@@ -427,6 +476,98 @@ fn create_tables(db: &Database) -> Result<(), JournalError> {
     txn.open_table(REDELIVERIES).map_err(storage_of("open"))?;
     txn.open_table(COMMENTS).map_err(storage_of("open"))?;
     txn.commit().map_err(storage_of("open"))
+}
+
+fn set_schema(db: &Database, version: u64) -> Result<(), JournalError> {
+    let txn = db.begin_write().map_err(storage_of("open"))?;
+    txn.open_table(META)
+        .map_err(storage_of("open"))?
+        .insert(SCHEMA_KEY, version)
+        .map_err(storage_of("open"))?;
+    txn.commit().map_err(storage_of("open"))
+}
+
+/// Brings the records to [`SCHEMA`], in one transaction: a failure
+/// changes nothing, and a journal of a newer schema is refused.
+fn migrate(db: &Database, path: &Path) -> Result<(), JournalError> {
+    let version = {
+        let txn = db.begin_read().map_err(storage_of("open"))?;
+        let meta = txn.open_table(META).map_err(storage_of("open"))?;
+        meta.get(SCHEMA_KEY).map_err(storage_of("open"))?.map_or(1, |value| value.value())
+    };
+    match version {
+        SCHEMA => return Ok(()),
+        1 => {}
+        newer => return Err(JournalError::NewerSchema { path: path.to_owned(), version: newer }),
+    }
+    let txn = db.begin_write().map_err(storage_of("open"))?;
+    let mut migrated = 0_usize;
+    {
+        let mut tasks = txn.open_table(TASKS).map_err(storage_of("open"))?;
+        let mut rewritten = Vec::new();
+        for entry in tasks.iter().map_err(storage_of("open"))? {
+            let (key, value) = entry.map_err(storage_of("open"))?;
+            let key = key.value().to_owned();
+            let failed = |reason: String| JournalError::Migration {
+                path: path.to_owned(),
+                from: 1,
+                key: key.clone(),
+                reason,
+            };
+            let old: serde_json::Value =
+                serde_json::from_slice(value.value()).map_err(|err| failed(err.to_string()))?;
+            let new = task_v1_to_v2(old).map_err(&failed)?;
+            // What is written must read back as a record of this schema.
+            serde_json::from_value::<TaskRecord>(new.clone()).map_err(|err| failed(err.to_string()))?;
+            rewritten.push((key.clone(), encode(&new)));
+        }
+        for (key, value) in rewritten {
+            tasks.insert(key.as_str(), value.as_slice()).map_err(storage_of("open"))?;
+            migrated += 1;
+        }
+        txn.open_table(META)
+            .map_err(storage_of("open"))?
+            .insert(SCHEMA_KEY, SCHEMA)
+            .map_err(storage_of("open"))?;
+    }
+    txn.commit().map_err(storage_of("open"))?;
+    info!(path = %path.display(), from = version, to = SCHEMA, tasks = migrated, "journal migrated");
+    Ok(())
+}
+
+/// One task record of schema 1 in schema 2's shape: the loose outcome
+/// fields go into the finished state, the pull request becomes typed.
+fn task_v1_to_v2(mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+    use domain::tasks::{Conclusion, PullRequestRef};
+    let record = value.as_object_mut().ok_or("not an object")?;
+    let mut take = |field: &str| record.remove(field).filter(|value| !value.is_null());
+    let conclusion = take("conclusion");
+    let title = take("title");
+    let summary = take("summary");
+    let finished_unix = take("finished_unix");
+    let exit_code = take("exit_code");
+    let pull_request = take("pull_request");
+    if record.get("state").and_then(serde_json::Value::as_str) != Some("finished") {
+        return Ok(value);
+    }
+    let text = |value: Option<serde_json::Value>| value.and_then(|value| value.as_str().map(str::to_owned));
+    let conclusion = match text(conclusion) {
+        Some(word) => Conclusion::parse(&word).ok_or(format!("unknown conclusion {word:?}"))?,
+        None => return Err("finished without a conclusion".to_owned()),
+    };
+    let pull_request = text(pull_request)
+        .map(|text| PullRequestRef::from_v1(&text).ok_or(format!("unreadable pull request {text:?}")))
+        .transpose()?;
+    let outcome = Outcome {
+        conclusion,
+        title: text(title).unwrap_or_default(),
+        summary: text(summary).unwrap_or_default(),
+        finished_unix: finished_unix.and_then(|value| value.as_u64()).unwrap_or(0),
+        exit_code: exit_code.and_then(|value| value.as_i64()),
+        pull_request,
+    };
+    record.insert("state".to_owned(), serde_json::json!({ "finished": { "outcome": outcome } }));
+    Ok(value)
 }
 
 /// Creates the tables a journal of an older berth lacks; writes nothing
@@ -466,6 +607,7 @@ impl Journal {
         }
         let db = open_existing(&path)?;
         ensure_tables(&db)?;
+        migrate(&db, &path)?;
         let shared = Arc::new(Shared {
             path,
             db: RwLock::new(Some(Arc::new(db))),
@@ -553,6 +695,22 @@ impl Journal {
         update: TaskUpdate,
     ) -> Result<Option<TaskRecord>, JournalError> {
         self.write(|reply| WriteOp::UpdateTask { task_id: task_id.clone(), update, reply }).await
+    }
+
+    /// Ends a task with `outcome`, once: the domain's rule
+    /// ([`TaskRecord::finish`]) applied in the writer's transaction, so two
+    /// paths that end the same task at once (a sweep racing a monitor) find
+    /// out which one won.
+    ///
+    /// # Errors
+    /// Storage failures; nothing is recorded then.
+    pub async fn finish_task(&self, task_id: &TaskId, outcome: Outcome) -> Result<Finished, JournalError> {
+        self.write(|reply| WriteOp::FinishTask {
+            task_id: task_id.clone(),
+            outcome: Box::new(outcome),
+            reply,
+        })
+        .await
     }
 
     /// Forgets deliveries (and the comments that made tasks) received before
@@ -833,6 +991,7 @@ fn fail_op(op: WriteOp, reason: &str) {
     match op {
         WriteOp::Accept { reply, .. } => drop(reply.send(Err(error()))),
         WriteOp::UpdateTask { reply, .. } => drop(reply.send(Err(error()))),
+        WriteOp::FinishTask { reply, .. } => drop(reply.send(Err(error()))),
         WriteOp::Prune { reply, .. } => drop(reply.send(Err(error()))),
         WriteOp::Adopt { reply, .. } => drop(reply.send(Err(error()))),
         WriteOp::MarkRedelivery { reply, .. } => drop(reply.send(Err(error()))),
@@ -842,6 +1001,7 @@ fn fail_op(op: WriteOp, reason: &str) {
 enum Reply {
     Accept(oneshot::Sender<Result<Accepted, JournalError>>, Accepted),
     UpdateTask(oneshot::Sender<Result<Option<TaskRecord>, JournalError>>, Option<TaskRecord>),
+    FinishTask(oneshot::Sender<Result<Finished, JournalError>>, Finished),
     Prune(oneshot::Sender<Result<usize, JournalError>>, usize),
     Adopt(oneshot::Sender<Result<TaskRecord, JournalError>>, TaskRecord),
     MarkRedelivery(oneshot::Sender<Result<bool, JournalError>>, bool),
@@ -868,6 +1028,9 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>, settle: impl FnOnce(&Result<(
                 WriteOp::UpdateTask { task_id, update, reply } => {
                     Reply::UpdateTask(reply, update_in(&txn, &task_id, update)?)
                 }
+                WriteOp::FinishTask { task_id, outcome, reply } => {
+                    Reply::FinishTask(reply, finish_in(&txn, &task_id, *outcome)?)
+                }
                 WriteOp::Prune { older_than_unix, reply } => {
                     Reply::Prune(reply, prune_in(&txn, older_than_unix)?)
                 }
@@ -891,6 +1054,7 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>, settle: impl FnOnce(&Result<(
         match reply {
             Reply::Accept(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
             Reply::UpdateTask(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
+            Reply::FinishTask(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
             Reply::Prune(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
             Reply::Adopt(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
             Reply::MarkRedelivery(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
@@ -1015,7 +1179,7 @@ fn cancel_in(txn: &WriteTransaction, cancel: &CancelRequest) -> Result<Vec<TaskI
             continue;
         };
         let mut record: TaskRecord = decode(&task_id, &value)?;
-        if !cancel.applies_to(&record) || record.state == TaskState::Finished {
+        if !cancel.applies_to(&record) || record.state.is_finished() {
             continue;
         }
         if record.cancel.is_none() {
@@ -1047,6 +1211,25 @@ fn update_in(
     task_id: &TaskId,
     update: TaskUpdate,
 ) -> Result<Option<TaskRecord>, JournalError> {
+    Ok(change_in(txn, task_id, |record| update(record))?.map(|(record, ())| record))
+}
+
+/// Ends a task once ([`TaskRecord::finish`]); a second ending changes nothing.
+fn finish_in(txn: &WriteTransaction, task_id: &TaskId, outcome: Outcome) -> Result<Finished, JournalError> {
+    Ok(match change_in(txn, task_id, |record| record.finish(outcome))? {
+        None => Finished::Unknown,
+        Some((record, Ok(()))) => Finished::Recorded(record),
+        Some((record, Err(_))) => Finished::Already(record),
+    })
+}
+
+/// Changes one record and keeps the indexes (unreported, active) in step
+/// with it; returns the record after the change and what `change` said.
+fn change_in<T>(
+    txn: &WriteTransaction,
+    task_id: &TaskId,
+    change: impl FnOnce(&mut TaskRecord) -> T,
+) -> Result<Option<(TaskRecord, T)>, JournalError> {
     let mut tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
     let Some(value) =
         tasks.get(task_id.as_str()).map_err(storage_of("write"))?.map(|value| value.value().to_vec())
@@ -1054,15 +1237,15 @@ fn update_in(
         return Ok(None);
     };
     let mut record: TaskRecord = decode(task_id.as_str(), &value)?;
-    update(&mut record);
+    let said = change(&mut record);
     tasks.insert(task_id.as_str(), encode(&record).as_slice()).map_err(storage_of("write"))?;
     let mut unreported = txn.open_table(UNREPORTED).map_err(storage_of("write"))?;
-    if record.state == TaskState::Finished && !record.reported {
+    if record.state.is_finished() && !record.reported {
         unreported.insert(task_id.as_str(), "").map_err(storage_of("write"))?;
     } else {
         unreported.remove(task_id.as_str()).map_err(storage_of("write"))?;
     }
-    if record.state == TaskState::Finished {
+    if record.state.is_finished() {
         let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
         let key = record.dedupe_key.as_str();
         let ours = active
@@ -1073,7 +1256,7 @@ fn update_in(
             active.remove(key).map_err(storage_of("write"))?;
         }
     }
-    Ok(Some(record))
+    Ok(Some((record, said)))
 }
 
 fn adopt_in(txn: &WriteTransaction, mut record: TaskRecord) -> Result<TaskRecord, JournalError> {
@@ -1086,7 +1269,7 @@ fn adopt_in(txn: &WriteTransaction, mut record: TaskRecord) -> Result<TaskRecord
     meta.insert("seq", seq).map_err(storage_of("write"))?;
     record.seq = seq;
     tasks.insert(record.task_id.as_str(), encode(&record).as_slice()).map_err(storage_of("write"))?;
-    if record.state != TaskState::Finished {
+    if !record.state.is_finished() {
         let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
         if active.get(record.dedupe_key.as_str()).map_err(storage_of("write"))?.is_none() {
             active

@@ -1,9 +1,9 @@
 use core_types::TaskKind;
 
-use crate::{Accepted, Journal};
+use crate::{Accepted, Finished, Journal};
 use domain::request::TaskRequest;
 use domain::request::{CancelCause, CancelRequest};
-use domain::tasks::TaskState;
+use domain::tasks::{Conclusion, Outcome, PullRequestRef, TaskState};
 use domain::triggers::Decision;
 
 /// A review of `number` asked for in a comment of its own.
@@ -77,7 +77,16 @@ async fn a_second_trigger_for_an_active_task_is_a_duplicate_until_it_finishes() 
     let other = journal.accept("d-3", "issue_comment", review(6)).await.unwrap();
     assert!(matches!(other, Accepted::Queued { .. }));
 
-    journal.update_task(&first, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
+    journal
+        .update_task(
+            &first,
+            Box::new(|task| {
+                task.state = TaskState::Finished { outcome: Outcome::new(Conclusion::Success, "Done", "", 0) }
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     let after = journal.accept("d-4", "issue_comment", review(5)).await.unwrap();
     assert!(matches!(after, Accepted::Queued { .. }), "{after:?}");
     let tasks = journal.tasks().unwrap();
@@ -223,7 +232,16 @@ async fn a_comment_that_made_a_task_makes_no_second_one_under_a_new_delivery_id(
     let first =
         queued_task(&journal.accept("d-1", "issue_comment", review_by_comment(5, Some(77))).await.unwrap());
     // The task ended, so the active-task key no longer stands in the way.
-    journal.update_task(&first, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
+    journal
+        .update_task(
+            &first,
+            Box::new(|task| {
+                task.state = TaskState::Finished { outcome: Outcome::new(Conclusion::Success, "Done", "", 0) }
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     let replayed = journal.accept("d-2", "issue_comment", review_by_comment(5, Some(77))).await.unwrap();
     match &replayed {
         Accepted::Duplicate { task: Some(task), reason } => {
@@ -242,7 +260,16 @@ async fn a_comment_that_made_a_task_makes_no_second_one_under_a_new_delivery_id(
     assert!(matches!(other, Accepted::Queued { .. }), "{other:?}");
     // Past the retention, the comment is forgotten with the deliveries.
     let second = queued_task(&other);
-    journal.update_task(&second, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
+    journal
+        .update_task(
+            &second,
+            Box::new(|task| {
+                task.state = TaskState::Finished { outcome: Outcome::new(Conclusion::Success, "Done", "", 0) }
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     journal.prune(u64::MAX).await.unwrap();
     let later = journal.accept("d-5", "issue_comment", review_by_comment(5, Some(77))).await.unwrap();
     assert!(matches!(later, Accepted::Queued { .. }), "{later:?}");
@@ -263,7 +290,16 @@ async fn triggers_without_a_comment_are_deduped_by_delivery_and_active_task_only
         matches!(active, Accepted::Duplicate { ref reason, .. } if reason.contains("already queued or running")),
         "{active:?}"
     );
-    journal.update_task(&first, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
+    journal
+        .update_task(
+            &first,
+            Box::new(|task| {
+                task.state = TaskState::Finished { outcome: Outcome::new(Conclusion::Success, "Done", "", 0) }
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     let after = journal.accept("l-3", "issues", review_by_comment(6, None)).await.unwrap();
     assert!(matches!(after, Accepted::Queued { .. }), "{after:?}");
 }
@@ -292,8 +328,118 @@ async fn a_review_asked_for_while_the_superseded_one_is_stopping_is_not_a_duplic
     let active: Vec<_> = journal.active_tasks().unwrap().into_iter().map(|task| task.task_id).collect();
     assert!(active.contains(&old) && active.contains(&new), "both stay active until they end: {active:?}");
     // The old one ending frees only its own key: the new one is still what a third request duplicates.
-    journal.update_task(&old, Box::new(|task| task.state = TaskState::Finished)).await.unwrap().unwrap();
+    journal
+        .update_task(
+            &old,
+            Box::new(|task| {
+                task.state = TaskState::Finished { outcome: Outcome::new(Conclusion::Success, "Done", "", 0) }
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     let third = journal.accept("d-4", "issue_comment", review(5)).await.unwrap();
     assert!(matches!(third, Accepted::Duplicate { task: Some(ref t), .. } if *t == new), "{third:?}");
 }
 
+/// A copy of the schema-1 journal in `tests/fixtures`, in a directory of its own.
+fn v1_journal() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal-v1.redb");
+    std::fs::copy(fixture, dir.path().join("journal.redb")).unwrap();
+    dir
+}
+
+fn id(text: &str) -> core_types::TaskId {
+    core_types::TaskId::new(text).unwrap()
+}
+
+#[tokio::test]
+async fn a_journal_written_by_schema_1_opens_migrated_with_every_task_intact() {
+    let dir = v1_journal();
+    let journal = Journal::open(dir.path()).unwrap();
+    assert_eq!(journal.tasks().unwrap().len(), 8);
+    assert_eq!(journal.task(&id("review-repo-1-ac04c826")).unwrap().unwrap().state, TaskState::Queued);
+    let dispatched = journal.task(&id("review-repo-2-e14148a1")).unwrap().unwrap();
+    assert_eq!((dispatched.state.clone(), dispatched.check_run), (TaskState::Dispatched, Some(41)));
+    let outcome = |task: &str| journal.task(&id(task)).unwrap().unwrap().outcome().cloned().unwrap();
+    let reviewed = outcome("review-repo-3-e3ba5ea1");
+    assert_eq!(reviewed.conclusion, Conclusion::Success);
+    assert_eq!((reviewed.title.as_str(), reviewed.summary.as_str()), ("Review done", "Review done: summary"));
+    assert_eq!(
+        (reviewed.finished_unix, reviewed.exit_code, reviewed.pull_request),
+        (1_790_000_600, Some(0), None)
+    );
+    assert_eq!(
+        outcome("implement-repo-4-727d1e49").pull_request,
+        Some(PullRequestRef::Opened { number: 9, url: Some("https://github.com/octo/repo/pull/9".into()) })
+    );
+    assert_eq!(
+        outcome("implement-repo-5-2fd1ee5f").pull_request,
+        Some(PullRequestRef::Opened { number: 12, url: None })
+    );
+    assert_eq!(
+        outcome("implement-repo-6-0dd46dfc").pull_request,
+        Some(PullRequestRef::Branch("berth/issue-6".into()))
+    );
+    assert_eq!(outcome("review-repo-7-678dd655").conclusion, Conclusion::TimedOut);
+    assert_eq!(outcome("review-repo-8-26582c97").exit_code, None);
+    // The indexes came through too: the active tasks, and the one report still owed.
+    let active: Vec<String> =
+        journal.active_tasks().unwrap().into_iter().map(|task| task.task_id.to_string()).collect();
+    assert_eq!(active, ["review-repo-1-ac04c826", "review-repo-2-e14148a1"]);
+    let unreported: Vec<String> =
+        journal.unreported_tasks().unwrap().into_iter().map(|task| task.task_id.to_string()).collect();
+    assert_eq!(unreported, ["implement-repo-6-0dd46dfc"]);
+    // A delivery seen before is still a duplicate after the migration.
+    let again = journal.accept("v1-queued", "issue_comment", review(1)).await.unwrap();
+    assert!(matches!(again, Accepted::Duplicate { .. }), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_migrated_journal_opens_again_without_migrating_and_a_newer_one_is_refused() {
+    let dir = v1_journal();
+    drop(Journal::open(dir.path()).unwrap());
+    let journal = reopen(dir.path()).await;
+    assert_eq!(journal.tasks().unwrap().len(), 8);
+    drop(journal);
+    // A schema from the future: refused with a message naming it, never rewritten.
+    {
+        let mut db = redb::Database::open(dir.path().join("journal.redb"));
+        for _ in 0..100 {
+            if db.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            db = redb::Database::open(dir.path().join("journal.redb"));
+        }
+        let db = db.unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+            .unwrap()
+            .insert("schema", 99)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Journal::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("schema 99") && err.contains("newer berth"), "{err}");
+}
+
+#[tokio::test]
+async fn a_task_ends_once_and_a_second_ending_leaves_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let task = queued_task(&journal.accept("d-end", "issue_comment", review(40)).await.unwrap());
+    let first =
+        journal.finish_task(&task, Outcome::new(Conclusion::Success, "Review done", "", 1)).await.unwrap();
+    assert!(
+        matches!(first, Finished::Recorded(ref record) if record.conclusion() == Some(Conclusion::Success))
+    );
+    let second = journal.finish_task(&task, Outcome::new(Conclusion::Failure, "Late", "", 2)).await.unwrap();
+    assert!(
+        matches!(second, Finished::Already(ref record) if record.conclusion() == Some(Conclusion::Success))
+    );
+    let unknown =
+        journal.finish_task(&id("review-none-00000000"), Outcome::new(Conclusion::Failure, "x", "", 3)).await;
+    assert_eq!(unknown.unwrap(), Finished::Unknown);
+}

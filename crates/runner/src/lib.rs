@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use core_types::worker_env::WorkerOptions;
-use core_types::{ResultRecord, Secret, TaskId, TaskKind, TaskLabels, WorkerTask};
+use core_types::{ResultRecord, Secret, TaskId, TaskKind, TaskLabels, WorkerExit, WorkerTask};
 use dispatcher::{ContainerEngine, ContainerId, ContainerStatus, Dispatcher, DockerEngine, ExitInfo};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -24,9 +24,9 @@ use tracing::{error, info, instrument, warn};
 use crate::agent_env::{AgentEnv, AgentEnvFiles};
 use domain::prompt::{PromptFacts, Prompts};
 use domain::request::{CancelCause, CancelRequest};
-use domain::tasks::{TaskRecord, TaskState};
+use domain::tasks::{Conclusion, Outcome, PullRequestRef, TaskRecord, TaskState};
 use github::{GitHub, GitHubApi, GitHubError};
-use journal::{Journal, now_unix};
+use journal::{Finished, Journal, now_unix};
 use telemetry::Metrics;
 
 pub mod agent_env;
@@ -106,8 +106,8 @@ pub enum Ending {
 /// The words of a report: a GitHub check run conclusion, a title and a summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// One of GitHub's conclusions.
-    pub conclusion: &'static str,
+    /// The check run's conclusion.
+    pub conclusion: Conclusion,
     /// One line.
     pub title: String,
     /// Markdown.
@@ -137,6 +137,7 @@ fn human_duration(duration: Duration) -> String {
 
 /// Puts an ending into words. Every way a task can end reads differently.
 pub fn conclude(ending: &Ending, kind: TaskKind, timeout: Duration, memory_bytes: i64) -> Report {
+    use Conclusion::{Cancelled, Failure, Neutral, Success, TimedOut};
     let report = |conclusion, title: &str, summary: String| Report {
         conclusion,
         title: title.to_owned(),
@@ -145,15 +146,15 @@ pub fn conclude(ending: &Ending, kind: TaskKind, timeout: Duration, memory_bytes
     };
     match ending {
         Ending::CancelledBeforeStart(cancel) => report(
-            "cancelled",
+            Cancelled,
             "Cancelled before it started",
             format!("{} before a worker started.", capitalize(&cancel.reason)),
         ),
         Ending::Refused(reason) => {
-            report("neutral", "Not run", format!("Berth did not run this task: {reason}."))
+            report(Neutral, "Not run", format!("Berth did not run this task: {reason}."))
         }
         Ending::Failed(reason) => {
-            report("failure", "Could not start", format!("Berth could not start this task: {reason}."))
+            report(Failure, "Could not start", format!("Berth could not start this task: {reason}."))
         }
         Ending::Exited { exit, result, stopped } => {
             let agent_summary = result.as_ref().map(|record| record.summary.clone()).unwrap_or_default();
@@ -162,62 +163,71 @@ pub fn conclude(ending: &Ending, kind: TaskKind, timeout: Duration, memory_bytes
             };
             match stopped {
                 Some(StopCause::Deadline) => report(
-                    "timed_out",
+                    TimedOut,
                     "Timed out",
                     with_summary(format!("Ran past its deadline of {} and was stopped.", human_duration(timeout))),
                 ),
                 Some(StopCause::Cancel(cancel)) => match cancel.cause {
-                    CancelCause::Superseded => report("cancelled", "Superseded", format!("{}.", capitalize(&cancel.reason))),
-                    _ => report("cancelled", "Cancelled", format!("{}.", capitalize(&cancel.reason))),
+                    CancelCause::Superseded => report(Cancelled, "Superseded", format!("{}.", capitalize(&cancel.reason))),
+                    _ => report(Cancelled, "Cancelled", format!("{}.", capitalize(&cancel.reason))),
                 },
                 None if exit.oom_killed => report(
-                    "failure",
+                    Failure,
                     "Out of memory",
                     format!("The worker ran out of memory (limit {}) and was killed by the kernel.", human_bytes(memory_bytes)),
                 ),
-                // The worker's own codes always come with its record as the
-                // last line; without one, nothing of the result can be trusted.
-                None if result.is_none() && (0..=4).contains(&exit.code) => report(
-                    "failure",
-                    "Result record missing or damaged",
-                    format!(
-                        "The worker exited with code {}, but its result record was missing or damaged: the last line of its output is not a well-formed record (an agent may have written into the worker's own output). Berth does not act on this result.",
-                        exit.code
+                None => match (WorkerExit::from_code(exit.code), result) {
+                    // The worker's own codes always come with its record as the
+                    // last line; without one, nothing of the result can be trusted.
+                    (Some(_), None) => report(
+                        Failure,
+                        "Result record missing or damaged",
+                        format!(
+                            "The worker exited with code {}, but its result record was missing or damaged: the last line of its output is not a well-formed record (an agent may have written into the worker's own output). Berth does not act on this result.",
+                            exit.code
+                        ),
                     ),
-                ),
-                None => match exit.code {
-                    0 => {
-                        let title = match kind {
-                            TaskKind::Review => "Review done",
-                            TaskKind::Implement => "Implementation done",
-                        };
-                        let mut done = report("success", title, if agent_summary.is_empty() { "Done.".to_owned() } else { agent_summary.clone() });
-                        done.branch = result.as_ref().and_then(|record| record.branch.clone());
+                    (Some(WorkerExit::Success), Some(record)) => {
+                        let summary = if agent_summary.is_empty() { "Done.".to_owned() } else { agent_summary.clone() };
+                        let mut done = report(Success, kind.spec().done_title, summary);
+                        done.branch = record.branch.clone();
                         done
                     }
-                    1 => report("failure", "The agent failed", with_summary("The agent exited with an error.".to_owned())),
-                    2 => report("failure", "Setup failed", with_summary("The worker could not set up the task (clone, token or input).".to_owned())),
-                    3 => report(
-                        "timed_out",
+                    (Some(WorkerExit::AgentFailed), _) => {
+                        report(Failure, "The agent failed", with_summary("The agent exited with an error.".to_owned()))
+                    }
+                    (Some(WorkerExit::SetupFailed), _) => report(
+                        Failure,
+                        "Setup failed",
+                        with_summary("The worker could not set up the task (clone, token or input).".to_owned()),
+                    ),
+                    (Some(WorkerExit::DeadlineExceeded), _) => report(
+                        TimedOut,
                         "Timed out",
                         with_summary(format!("The agent ran past its deadline of {}; the worker stopped it.", human_duration(timeout))),
                     ),
-                    4 | 143 => report(
-                        "cancelled",
+                    (Some(WorkerExit::Cancelled), _) | (None, _) if matches!(exit.code, 4 | SIGTERM_EXIT) => report(
+                        Cancelled,
                         "Stopped from outside",
                         with_summary(format!("The worker was stopped from outside Berth (SIGTERM, exit {}).", exit.code)),
                     ),
-                    137 => report(
-                        "failure",
+                    (None, _) if exit.code == SIGKILL_EXIT => report(
+                        Failure,
                         "Killed from outside",
                         "The worker was killed from outside Berth (SIGKILL, exit 137) without running out of memory.".to_owned(),
                     ),
-                    code => report("failure", "Worker failed", with_summary(format!("The worker exited with code {code}."))),
+                    (_, _) => report(Failure, "Worker failed", with_summary(format!("The worker exited with code {}.", exit.code))),
                 },
             }
         }
     }
 }
+
+/// The exit code of a process ended by SIGTERM (forwarded by an init).
+const SIGTERM_EXIT: i64 = 143;
+
+/// The exit code of a process ended by SIGKILL.
+const SIGKILL_EXIT: i64 = 137;
 
 fn capitalize(text: &str) -> String {
     let mut chars = text.chars();
@@ -931,54 +941,32 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
 
     /// Records the outcome, removes the container, and reports.
     async fn finish(self: &Arc<Self>, task: TaskRecord, ending: Ending, container: Option<ContainerId>) {
-        let mut report = conclude(&ending, task.kind, self.config.task_timeout, self.config.memory_bytes);
-        report.summary = self.redact(&report.summary);
-        report.title = self.redact(&report.title);
-        let exit_code = match &ending {
-            Ending::Exited { exit, .. } => Some(exit.code),
-            _ => None,
+        let report = conclude(&ending, task.kind, self.config.task_timeout, self.config.memory_bytes);
+        let outcome = Outcome {
+            conclusion: report.conclusion,
+            title: self.redact(&report.title),
+            summary: self.redact(&report.summary),
+            finished_unix: now_unix(),
+            exit_code: match &ending {
+                Ending::Exited { exit, .. } => Some(exit.code),
+                _ => None,
+            },
+            pull_request: report.branch.map(PullRequestRef::Branch),
         };
-        let (conclusion, title, summary, branch) = (
-            report.conclusion.to_owned(),
-            report.title.clone(),
-            report.summary.clone(),
-            report.branch.clone(),
-        );
-        let now = now_unix();
-        // Checked and set on the journal's writer, one update at a time: a
-        // second path that ends the same task (a sweep racing a monitor)
-        // leaves the first outcome alone instead of overwriting it.
-        let already = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen_finished = Arc::clone(&already);
-        let updated = self
-            .journal
-            .update_task(
-                &task.task_id,
-                Box::new(move |record| {
-                    if record.state == TaskState::Finished {
-                        seen_finished.store(true, std::sync::atomic::Ordering::Release);
-                        return;
-                    }
-                    record.state = TaskState::Finished;
-                    record.conclusion = Some(conclusion);
-                    record.title = Some(title);
-                    record.summary = Some(summary);
-                    record.finished_unix = Some(now);
-                    record.exit_code = exit_code;
-                    record.pull_request = branch.map(|branch| format!("branch:{branch}"));
-                }),
-            )
-            .await;
-        match updated {
-            Ok(Some(_)) if already.load(std::sync::atomic::Ordering::Acquire) => {
+        // One way to end a task: the journal applies the domain's rule that a
+        // task ends once, so a second path ending the same task (a sweep
+        // racing a monitor) learns that it lost and leaves the first outcome.
+        match self.journal.finish_task(&task.task_id, outcome).await {
+            Ok(Finished::Already(record)) => {
                 warn!(
                     task_id = %task.task_id,
                     ending = %report.title,
+                    recorded = ?record.conclusion(),
                     "the task had already ended; its recorded outcome stands"
                 );
             }
-            Ok(Some(record)) => {
-                info!(task_id = %task.task_id, conclusion = report.conclusion, title = %report.title, "task ended");
+            Ok(Finished::Recorded(record)) => {
+                info!(task_id = %task.task_id, conclusion = %report.conclusion, title = %report.title, "task ended");
                 self.count_ending(&record, report.conclusion, &ending);
                 if let Some(container) = container
                     && let Err(err) = self.dispatcher.remove(&container).await
@@ -987,17 +975,17 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 }
                 self.report_later(record);
             }
-            Ok(None) => warn!(task_id = %task.task_id, "task vanished from the journal"),
+            Ok(Finished::Unknown) => warn!(task_id = %task.task_id, "task vanished from the journal"),
             // The container stays; the next start collects it again.
             Err(err) => error!(error = %err, "could not record the outcome"),
         }
     }
 
     /// The metrics of a task that just ended.
-    fn count_ending(&self, record: &TaskRecord, conclusion: &str, ending: &Ending) {
+    fn count_ending(&self, record: &TaskRecord, conclusion: Conclusion, ending: &Ending) {
         let (kind, conclusion) = (
             telemetry::TaskKind::from_name(record.kind.as_str()),
-            telemetry::Conclusion::from_github(conclusion),
+            telemetry::Conclusion::from_github(conclusion.as_str()),
         );
         self.metrics.task_finished(kind, conclusion);
         match ending {
@@ -1013,11 +1001,11 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             _ => {}
         }
         // From the journal's dispatch time, so a worker re-attached after a restart counts whole.
-        if let (Some(started), Some(finished)) = (record.started_unix, record.finished_unix) {
+        if let (Some(started), Some(outcome)) = (record.started_unix, record.outcome()) {
             self.metrics.task_duration(
                 kind,
                 conclusion,
-                Duration::from_secs(finished.saturating_sub(started)),
+                Duration::from_secs(outcome.finished_unix.saturating_sub(started)),
             );
         }
     }
@@ -1027,10 +1015,8 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// Each write is idempotent, so a retried report changes nothing twice.
     #[instrument(skip_all, fields(task_id = %task.task_id))]
     async fn report(&self, task: TaskRecord) {
-        let Some(conclusion) = task.conclusion.clone() else { return };
-        let summary = task.summary.clone().unwrap_or_default();
-        let result = self.write_report(&task, &conclusion, &summary).await;
-        match result {
+        let Some(outcome) = task.outcome().cloned() else { return };
+        match self.write_report(&task, &outcome).await {
             Ok(pull_request) => {
                 let marked = self
                     .journal
@@ -1038,8 +1024,10 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                         &task.task_id,
                         Box::new(move |record| {
                             record.reported = true;
-                            if pull_request.is_some() {
-                                record.pull_request = pull_request;
+                            if let (TaskState::Finished { outcome }, Some(opened)) =
+                                (&mut record.state, pull_request)
+                            {
+                                outcome.pull_request = Some(opened);
                             }
                         }),
                     )
@@ -1047,7 +1035,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 if let Err(err) = marked {
                     warn!(error = %err, "report sent but not recorded; it will be sent again (idempotently)");
                 }
-                info!(conclusion = %conclusion, "reported to GitHub");
+                info!(conclusion = %outcome.conclusion, "reported to GitHub");
             }
             Err(err) => {
                 error!(error = %err, repo = %task.repo, number = task.number, "report to GitHub failed; will retry");
@@ -1059,43 +1047,48 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         }
     }
 
+    /// Returns the pull request opened, when this report opened (or found) one.
     async fn write_report(
         &self,
         task: &TaskRecord,
-        conclusion: &str,
-        summary: &str,
-    ) -> Result<Option<String>, GitHubError> {
+        outcome: &Outcome,
+    ) -> Result<Option<PullRequestRef>, GitHubError> {
         let installation = match task.installation {
             Some(installation) => installation,
             None => self.github.repo_installation(&task.repo).await?,
         };
-        let title = task.title.clone().unwrap_or_else(|| report_title(task, conclusion));
-        let mut pull_request = None;
-        let branch = task.pull_request.as_deref().and_then(|text| text.strip_prefix("branch:"));
-        if let (TaskKind::Implement, Some(branch)) = (task.kind, branch) {
-            let base = task.head_ref.clone().unwrap_or_else(|| "main".to_owned());
-            let body = format!("Closes #{}.\n\n{summary}", task.number);
-            let pr_title = format!("Berth: implement #{}", task.number);
-            let (number, url) = self
-                .github
-                .ensure_pull_request(installation, &task.repo, branch, &base, &pr_title, &body)
-                .await?;
-            pull_request = Some(if url.is_empty() { format!("#{number}") } else { url });
-        } else if let Some(existing) = task.pull_request.clone().filter(|text| !text.starts_with("branch:")) {
-            pull_request = Some(existing);
-        }
+        let (conclusion, summary) = (outcome.conclusion, outcome.summary.as_str());
+        let title =
+            if outcome.title.is_empty() { report_title(task, conclusion) } else { outcome.title.clone() };
+        let mut opened = None;
+        let pull_request = match &outcome.pull_request {
+            Some(PullRequestRef::Branch(branch)) if task.kind.spec().opens_pull_request => {
+                let base = task.head_ref.clone().unwrap_or_else(|| "main".to_owned());
+                let body = format!("Closes #{}.\n\n{summary}", task.number);
+                let pr_title = format!("Berth: {} #{}", task.kind.spec().command, task.number);
+                let (number, url) = self
+                    .github
+                    .ensure_pull_request(installation, &task.repo, branch, &base, &pr_title, &body)
+                    .await?;
+                let made = PullRequestRef::Opened { number, url: Some(url).filter(|url| !url.is_empty()) };
+                opened = Some(made.clone());
+                Some(made)
+            }
+            other => other.clone(),
+        };
         let mut comment = format!("**Berth {}: {title}**\n\n{summary}", task.kind);
-        if let Some(pull_request) = &pull_request {
-            comment.push_str(&format!("\n\nPull request: {pull_request}"));
+        if let Some(PullRequestRef::Opened { number, url }) = &pull_request {
+            let link = url.clone().unwrap_or_else(|| format!("#{number}"));
+            comment.push_str(&format!("\n\nPull request: {link}"));
         }
         comment.push_str(&format!("\n\n<sub>task `{}` · conclusion `{conclusion}`</sub>", task.task_id));
         self.github.upsert_comment(installation, &task.repo, task.number, &task.task_id, &comment).await?;
         if let Some(check_run) = task.check_run {
             self.github
-                .complete_check_run(installation, &task.repo, check_run, conclusion, &title, summary)
+                .complete_check_run(installation, &task.repo, check_run, conclusion.as_str(), &title, summary)
                 .await?;
         }
-        Ok(pull_request)
+        Ok(opened)
     }
 
     /// Asks the task's worker (or its queue entry) to be cancelled.
@@ -1113,7 +1106,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             .update_task(
                 task_id,
                 Box::new(move |record| {
-                    if record.state != TaskState::Finished && record.cancel.is_none() {
+                    if !record.state.is_finished() && record.cancel.is_none() {
                         record.cancel = Some(CancelRequest {
                             repo: record.repo.clone(),
                             number: record.number,
@@ -1132,15 +1125,13 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     }
 }
 
-fn report_title(task: &TaskRecord, conclusion: &str) -> String {
+fn report_title(task: &TaskRecord, conclusion: Conclusion) -> String {
     match conclusion {
-        "success" => match task.kind {
-            TaskKind::Review => "Review done".to_owned(),
-            TaskKind::Implement => "Implementation done".to_owned(),
-        },
-        "timed_out" => "Timed out".to_owned(),
-        "cancelled" => "Cancelled".to_owned(),
-        "neutral" => "Not run".to_owned(),
-        _ => "Failed".to_owned(),
+        Conclusion::Success => task.kind.spec().done_title,
+        Conclusion::TimedOut => "Timed out",
+        Conclusion::Cancelled => "Cancelled",
+        Conclusion::Neutral => "Not run",
+        Conclusion::Failure => "Failed",
     }
+    .to_owned()
 }

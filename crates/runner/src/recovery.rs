@@ -139,7 +139,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 // The task already ended (cancelled while the engine was away,
                 // or a create whose answer was lost): its outcome stands, and a
                 // container of it, in any state, is only a leftover.
-                _ if record.state == TaskState::Finished
+                _ if record.state.is_finished()
                     && (age(&container) >= SWEEP_GRACE || !self.startup_done()) =>
                 {
                     if !matches!(container.status, ContainerStatus::Exited(_)) {
@@ -148,7 +148,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                     let _ = self.dispatcher.remove(&container.id).await;
                 }
                 // Young: the path that ended the task may be about to remove it.
-                _ if record.state == TaskState::Finished => {}
+                _ if record.state.is_finished() => {}
                 ContainerStatus::Running { .. } => {
                     let overdue = labels.deadline_unix
                         + self.config.stop_grace.as_secs()
@@ -179,7 +179,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 // A queued worker: the scheduler starts it in turn, adopting the container.
                 ContainerStatus::Created
                     if (age(&container) >= SWEEP_GRACE || !self.startup_done())
-                        && record.state != TaskState::Finished =>
+                        && !record.state.is_finished() =>
                 {
                     done.requeued += 1;
                     self.journal

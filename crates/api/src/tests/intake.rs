@@ -370,8 +370,11 @@ async fn a_signed_comment_replayed_under_a_new_delivery_id_makes_no_second_task(
     assert_eq!(first["outcome"], "queued", "{first}");
     // The task ends, so the active-task key no longer stands in the way.
     let task: core_types::TaskId = first["task"].as_str().unwrap().parse().unwrap();
-    let finished =
-        Box::new(|task: &mut domain::tasks::TaskRecord| task.state = domain::tasks::TaskState::Finished);
+    let finished = Box::new(|task: &mut domain::tasks::TaskRecord| {
+        task.state = domain::tasks::TaskState::Finished {
+            outcome: domain::tasks::Outcome::new(domain::tasks::Conclusion::Success, "Done", "", 0),
+        }
+    });
     state.journal.update_task(&task, finished).await.unwrap().unwrap();
     // The same signed body, captured and sent again under a new delivery id.
     let (status, replay) = answer_of(state, "issue_comment", "replay-2", &review).await;
@@ -402,8 +405,11 @@ async fn a_label_trigger_is_deduped_by_delivery_and_by_the_active_task_as_before
     let (_, active) = answer_of(state, "issues", "label-2", &labeled).await;
     assert!(active["reason"].as_str().unwrap().contains("already queued or running"), "{active}");
     let task: core_types::TaskId = first["task"].as_str().unwrap().parse().unwrap();
-    let finished =
-        Box::new(|task: &mut domain::tasks::TaskRecord| task.state = domain::tasks::TaskState::Finished);
+    let finished = Box::new(|task: &mut domain::tasks::TaskRecord| {
+        task.state = domain::tasks::TaskState::Finished {
+            outcome: domain::tasks::Outcome::new(domain::tasks::Conclusion::Success, "Done", "", 0),
+        }
+    });
     state.journal.update_task(&task, finished).await.unwrap().unwrap();
     let (_, after) = answer_of(state, "issues", "label-3", &labeled).await;
     assert_eq!(after["outcome"], "queued", "a label added again later is a new request: {after}");

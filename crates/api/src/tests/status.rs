@@ -20,7 +20,7 @@ use crate::status::{Admin, LineSplitter, Links};
 use core_types::web::{escape, form_value};
 use domain::request::TaskRequest;
 use domain::signature::WebhookSecrets;
-use domain::tasks::TaskState;
+use domain::tasks::{Conclusion, Outcome, PullRequestRef, TaskState};
 use domain::triggers::{Decision, Policy};
 use journal::{Accepted, Journal};
 use telemetry::Metrics;
@@ -83,19 +83,17 @@ impl Harness {
     }
 
     async fn finish(&self, task: &TaskId, conclusion: &str, title: &str, summary: &str) {
-        let (conclusion, title, summary) = (conclusion.to_owned(), title.to_owned(), summary.to_owned());
+        let conclusion = Conclusion::parse(conclusion).expect("a conclusion GitHub knows");
+        let (title, summary) = (title.to_owned(), summary.to_owned());
         self.state
             .journal
             .update_task(
                 task,
                 Box::new(move |record| {
-                    record.state = TaskState::Finished;
                     record.started_unix = Some(record.accepted_unix);
-                    record.finished_unix = Some(record.accepted_unix + 75);
-                    record.conclusion = Some(conclusion);
-                    record.title = Some(title);
-                    record.summary = Some(summary);
-                    record.exit_code = Some(0);
+                    let mut outcome = Outcome::new(conclusion, title, summary, record.accepted_unix + 75);
+                    outcome.exit_code = Some(0);
+                    record.state = TaskState::Finished { outcome };
                     record.check_run = Some(99);
                 }),
             )
@@ -418,7 +416,7 @@ async fn everything_from_github_is_escaped_on_the_dashboard() {
         .update_task(&sender, Box::new(|record| record.sender = "<b onmouseover=alert(3)>".to_owned()))
         .await
         .unwrap();
-    harness.finish(&task, "failure'\"<x>", evil, &format!("{evil} & <iframe src=//evil>")).await;
+    harness.finish(&task, "failure", evil, &format!("{evil} & <iframe src=//evil>")).await;
     for uri in ["/".to_owned(), format!("/?task={task}"), format!("/?task={}", "%3Cscript%3E")] {
         let page = get(harness.router(), &uri).await;
         assert_eq!(page.status, StatusCode::OK, "{uri}");
@@ -449,8 +447,6 @@ const SENDER: Hostile = Hostile {
     raw: "<img src=x onerror=\"alert('sender')\">&",
     escaped: "&lt;img src=x onerror=&quot;alert('sender')&quot;&gt;&amp;",
 };
-const CONCLUSION: Hostile =
-    Hostile { field: "conclusion", raw: "failure\"<b>&", escaped: "failure&quot;&lt;b&gt;&amp;" };
 const TITLE: Hostile = Hostile {
     field: "title",
     raw: "<script>alert(\"title\")</script> & more",
@@ -475,11 +471,12 @@ async fn hostile_github_text_is_escaped_on_every_dashboard_view() {
             .await
             .unwrap();
     }
-    harness.finish(&finished, CONCLUSION.raw, TITLE.raw, SUMMARY.raw).await;
+    // A conclusion is one of a closed set now (`Conclusion`), so it cannot carry markup.
+    harness.finish(&finished, "failure", TITLE.raw, SUMMARY.raw).await;
     let cookie = login(&harness).await;
 
-    let tables = [&REPO, &SENDER, &CONCLUSION, &TITLE];
-    let finished_details = [&REPO, &SENDER, &CONCLUSION, &TITLE, &SUMMARY];
+    let tables = [&REPO, &SENDER, &TITLE];
+    let finished_details = [&REPO, &SENDER, &TITLE, &SUMMARY];
     let views: [(String, &[&Hostile]); 5] = [
         ("/".to_owned(), &tables),
         (format!("/?task={finished}"), &finished_details),
@@ -490,7 +487,7 @@ async fn hostile_github_text_is_escaped_on_every_dashboard_view() {
     for (uri, shown) in views {
         let page = send(harness.router(), "GET", &uri, &[("cookie", &cookie)], "").await;
         assert_eq!(page.status, StatusCode::OK, "{uri}");
-        for hostile in [&REPO, &SENDER, &CONCLUSION, &TITLE, &SUMMARY] {
+        for hostile in [&REPO, &SENDER, &TITLE, &SUMMARY] {
             assert!(
                 !page.body.contains(hostile.raw),
                 "{uri} carries the {} unescaped:\n{}",
@@ -520,7 +517,7 @@ async fn hostile_github_text_is_escaped_on_every_dashboard_view() {
 
 #[test]
 fn links_point_at_github_enterprise_or_the_api() {
-    let harness_task = |kind, pull_request: Option<&str>| {
+    let harness_task = |kind, pull_request: Option<PullRequestRef>| {
         let mut record = domain::tasks::TaskRecord::queued(
             TaskRequest {
                 kind,
@@ -541,12 +538,14 @@ fn links_point_at_github_enterprise_or_the_api() {
             1,
             0,
         );
-        record.pull_request = pull_request.map(str::to_owned);
+        let mut outcome = Outcome::new(Conclusion::Success, "Done", "", 1);
+        outcome.pull_request = pull_request;
+        record.state = TaskState::Finished { outcome };
         record
     };
     let review = harness_task(TaskKind::Review, None);
-    let implement = harness_task(TaskKind::Implement, Some("#12"));
-    let pending = harness_task(TaskKind::Implement, Some("branch:berth/issue-5"));
+    let implement = harness_task(TaskKind::Implement, Some(PullRequestRef::Opened { number: 12, url: None }));
+    let pending = harness_task(TaskKind::Implement, Some(PullRequestRef::Branch("berth/issue-5".into())));
 
     let github = Links::new("https://api.github.com/");
     assert_eq!(github.subject(&review), "https://github.com/octo/repo/pull/5");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use core_types::{ResultRecord, ResultStatus, TaskId, TaskKind};
 use dispatcher::{Dispatcher, DispatcherConfig, FakeEngine, HardenedProfile, Program};
 use domain::request::TaskRequest;
-use domain::tasks::{TaskRecord, TaskState};
+use domain::tasks::TaskRecord;
 use domain::triggers::Decision;
 use journal::{Accepted, Journal};
 use telemetry::Metrics;
@@ -191,7 +191,7 @@ impl Rig {
     pub(crate) async fn reported(&self, task: &TaskId) -> TaskRecord {
         self.until("the task's report", |rig| {
             let record = rig.task(task);
-            record.state == TaskState::Finished && record.reported
+            record.state.is_finished() && record.reported
         })
         .await;
         self.task(task)

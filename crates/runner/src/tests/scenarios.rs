@@ -5,7 +5,7 @@ use std::time::Duration;
 use core_types::TaskKind;
 use dispatcher::Program;
 use domain::request::{CancelCause, CancelRequest};
-use domain::tasks::TaskState;
+use domain::tasks::{Conclusion, TaskState};
 use domain::triggers::Decision;
 use journal::Accepted;
 
@@ -18,7 +18,7 @@ async fn a_task_runs_and_is_reported_once_with_its_summary() {
     let mut rig = Rig::new(config()).await;
     let task = rig.submit(TaskKind::Review, "octo/repo", 1).await;
     let record = rig.reported(&task).await;
-    assert_eq!(record.conclusion.as_deref(), Some("success"));
+    assert_eq!(record.conclusion(), Some(Conclusion::Success));
     assert_eq!(rig.completions(&task), [("success".to_owned(), "Review done".to_owned())]);
     let comments = rig.github.seen(|seen| seen.comments.clone());
     assert_eq!(comments.len(), 1);
@@ -65,14 +65,14 @@ async fn a_task_cancelled_while_queued_never_gets_a_container() {
     rig.until("the first started", |rig| rig.task(&first).state == TaskState::Dispatched).await;
     rig.held(rig.runner.request_cancel(&second, "operator")).await.unwrap();
     let record = rig.reported(&second).await;
-    assert_eq!(record.conclusion.as_deref(), Some("cancelled"));
-    assert_eq!(record.title.as_deref(), Some("Cancelled before it started"));
+    assert_eq!(record.conclusion(), Some(Conclusion::Cancelled));
+    assert_eq!(record.outcome().map(|outcome| outcome.title.as_str()), Some("Cancelled before it started"));
     // It never reached preparation, so it has no check run; the comment says it.
     assert!(rig.completions(&second).is_empty());
     let comment = rig.github.seen(|seen| seen.comments.iter().find(|(task, _)| *task == second).cloned());
     assert!(comment.expect("a comment").1.contains("Cancelled before it started"));
     assert!(!rig.engine.calls().created.contains(&Rig::container_name(&second)));
-    assert_eq!(rig.reported(&first).await.conclusion.as_deref(), Some("success"));
+    assert_eq!(rig.reported(&first).await.conclusion(), Some(Conclusion::Success));
 }
 
 #[tokio::test(start_paused = true)]
@@ -86,7 +86,7 @@ async fn a_running_task_cancelled_is_stopped_and_reported_cancelled() {
     .await;
     rig.held(rig.runner.request_cancel(&task, "operator")).await.unwrap();
     let record = rig.reported(&task).await;
-    assert_eq!(record.conclusion.as_deref(), Some("cancelled"));
+    assert_eq!(record.conclusion(), Some(Conclusion::Cancelled));
     assert_eq!(rig.engine.calls().stopped.len(), 1, "stopped once, with the grace");
     assert_eq!(rig.engine.calls().stopped[0].1, rig.config.stop_grace);
     assert!(rig.engine.containers().is_empty());
@@ -118,7 +118,7 @@ async fn a_push_supersedes_the_running_review_and_queues_the_new_head() {
         panic!("not superseded: {accepted:?}")
     };
     let record = rig.reported(&old).await;
-    assert_eq!(record.conclusion.as_deref(), Some("cancelled"));
+    assert_eq!(record.conclusion(), Some(Conclusion::Cancelled));
     assert_eq!(rig.completions(&old)[0].1, "Superseded");
     rig.until("the new head's review runs", |rig| rig.task(&new).state == TaskState::Dispatched).await;
     assert_eq!(rig.task(&new).head_sha.as_deref(), Some("c".repeat(40).as_str()));
@@ -131,10 +131,10 @@ async fn a_worker_that_outlives_its_deadline_is_stopped_by_the_backstop() {
     rig.engine.set_default_program(Program::run_until_stopped().ignoring_sigterm());
     let task = rig.submit(TaskKind::Review, "octo/repo", 5).await;
     let record = rig.reported(&task).await;
-    assert_eq!(record.conclusion.as_deref(), Some("timed_out"));
+    assert_eq!(record.conclusion(), Some(Conclusion::TimedOut));
     let calls = rig.engine.calls();
     assert_eq!(calls.stopped.len(), 1);
-    assert_eq!(record.exit_code, Some(137), "killed after the grace");
+    assert_eq!(record.outcome().and_then(|outcome| outcome.exit_code), Some(137), "killed after the grace");
 }
 
 #[tokio::test(start_paused = true)]
@@ -162,10 +162,10 @@ async fn a_task_accepted_while_the_engine_is_away_waits_and_then_runs() {
     // Ten minutes of outage: the task waits, it does not fail.
     rig.pass(10 * MINUTE).await;
     let waiting = rig.task(&task);
-    assert_ne!(waiting.state, TaskState::Finished, "failed during the outage: {:?}", waiting.summary);
+    assert!(!waiting.state.is_finished(), "failed during the outage: {:?}", waiting.outcome());
     rig.engine.set_outage(false);
     let record = rig.reported(&task).await;
-    assert_eq!(record.conclusion.as_deref(), Some("success"));
+    assert_eq!(record.conclusion(), Some(Conclusion::Success));
     assert_eq!(rig.engine.calls().created.len(), 1, "created once");
 }
 
@@ -176,7 +176,7 @@ async fn a_report_github_refused_is_sent_again_until_it_lands_once() {
     let task = rig.submit(TaskKind::Review, "octo/repo", 9).await;
     rig.until("running", |rig| !rig.engine.calls().started.is_empty()).await;
     rig.github.set_down(true);
-    rig.until("finished", |rig| rig.task(&task).state == TaskState::Finished).await;
+    rig.until("finished", |rig| rig.task(&task).state.is_finished()).await;
     rig.pass(5 * MINUTE).await;
     assert!(!rig.task(&task).reported, "reported while GitHub was down");
     rig.github.set_down(false);
@@ -201,7 +201,7 @@ async fn after_a_restart_a_running_worker_is_reattached_and_one_that_exited_is_c
     );
     let rig = rig.restart().await;
     let collected = rig.reported(&exits).await;
-    assert_eq!(collected.conclusion.as_deref(), Some("success"));
+    assert_eq!(collected.conclusion(), Some(Conclusion::Success));
     assert!(rig.github.seen(|seen| seen.comments.iter().any(|(_, body)| body.contains("Done while away."))));
     // The other is watched again: its exit now is reported.
     let record = rig.task(&running);
@@ -211,7 +211,7 @@ async fn after_a_restart_a_running_worker_is_reattached_and_one_that_exited_is_c
         0,
         format!("{}\n", super::harness::record_line("Reattached.")),
     );
-    assert_eq!(rig.reported(&running).await.conclusion.as_deref(), Some("success"));
+    assert_eq!(rig.reported(&running).await.conclusion(), Some(Conclusion::Success));
     assert_eq!(rig.engine.calls().created.len(), 2, "nothing ran twice");
     for task in [&running, &exits] {
         assert_eq!(rig.completions(task).len(), 1);
@@ -247,6 +247,6 @@ async fn a_fork_or_a_closed_pull_request_is_refused_without_a_container() {
     fork.head_sha = None;
     let Accepted::Queued { task } = rig.accept(Decision::Queue(fork)).await else { panic!("not queued") };
     let record = rig.reported(&task).await;
-    assert_eq!(record.conclusion.as_deref(), Some("neutral"));
+    assert_eq!(record.conclusion(), Some(Conclusion::Neutral));
     assert!(rig.engine.calls().created.is_empty());
 }

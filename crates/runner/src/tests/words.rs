@@ -6,6 +6,7 @@ use core_types::{ResultRecord, ResultStatus, TaskKind};
 use dispatcher::ExitInfo;
 
 use crate::{Ending, StopCause, conclude};
+use domain::tasks::Conclusion;
 
 fn exit(code: i64) -> ExitInfo {
     ExitInfo { code, oom_killed: false, started_at: None, finished_at: None }
@@ -30,7 +31,7 @@ fn words(ending: &Ending) -> crate::Report {
 fn a_worker_code_without_a_well_formed_record_is_a_damaged_record_and_no_branch() {
     for code in 0..=4 {
         let report = words(&Ending::Exited { exit: exit(code), result: None, stopped: None });
-        assert_eq!(report.conclusion, "failure", "exit {code}");
+        assert_eq!(report.conclusion, Conclusion::Failure, "exit {code}");
         assert_eq!(report.title, "Result record missing or damaged", "exit {code}");
         assert!(report.summary.contains("result record was missing or damaged"), "{}", report.summary);
         assert_eq!(report.branch, None);
@@ -39,14 +40,14 @@ fn a_worker_code_without_a_well_formed_record_is_a_damaged_record_and_no_branch(
     let stdout = format!("{}{}\n", record(Some("feature")).to_line(), record(None).to_line());
     let result = ResultRecord::find_last(&stdout);
     let report = words(&Ending::Exited { exit: exit(0), result, stopped: None });
-    assert_eq!((report.conclusion, report.branch), ("failure", None));
+    assert_eq!((report.conclusion, report.branch), (Conclusion::Failure, None));
 }
 
 #[test]
 fn a_well_formed_record_still_succeeds_and_other_endings_read_as_before() {
     let report =
         words(&Ending::Exited { exit: exit(0), result: Some(record(Some("berth/issue-1"))), stopped: None });
-    assert_eq!((report.conclusion, report.title.as_str()), ("success", "Implementation done"));
+    assert_eq!((report.conclusion, report.title.as_str()), (Conclusion::Success, "Implementation done"));
     assert_eq!(report.branch.as_deref(), Some("berth/issue-1"));
     // Codes that are not the worker's own never carry a record.
     let killed = words(&Ending::Exited { exit: exit(137), result: None, stopped: None });
@@ -59,7 +60,7 @@ fn a_well_formed_record_still_succeeds_and_other_endings_read_as_before() {
     assert_eq!(oom.title, "Out of memory");
     // Stopped by Berth: the stop is the ending, record or not.
     let late = words(&Ending::Exited { exit: exit(4), result: None, stopped: Some(StopCause::Deadline) });
-    assert_eq!(late.conclusion, "timed_out");
+    assert_eq!(late.conclusion, Conclusion::TimedOut);
 }
 
 fn queued(repo: &str, number: u64, seq: u64) -> domain::tasks::TaskRecord {
