@@ -30,6 +30,7 @@ use journal::{Finished, Journal, now_unix};
 use telemetry::Metrics;
 
 pub mod agent_env;
+pub mod decide;
 mod recovery;
 
 #[cfg(test)]

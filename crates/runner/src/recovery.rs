@@ -18,11 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use super::{Ending, Runner};
+use crate::decide::{Context, Step, Worker, next_step};
 use domain::tasks::{TaskRecord, TaskState};
 use journal::now_unix;
-
-/// Containers younger than this are left to whoever is creating them.
-const SWEEP_GRACE: Duration = Duration::from_secs(30);
 
 /// Deliveries older than this are not backfilled (GitHub keeps three days).
 const BACKFILL_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
@@ -135,35 +133,30 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                     self.journal.adopt(record_from_labels(&labels)).await?
                 }
             };
-            match &container.status {
-                // The task already ended (cancelled while the engine was away,
-                // or a create whose answer was lost): its outcome stands, and a
-                // container of it, in any state, is only a leftover.
-                _ if record.state.is_finished()
-                    && (age(&container) >= SWEEP_GRACE || !self.startup_done()) =>
-                {
+            let worker = Worker {
+                status: container.status.clone(),
+                age: age(&container),
+                deadline_unix: labels.deadline_unix,
+            };
+            match next_step(&record, Some(&worker), &self.decision_context()) {
+                Step::Leave | Step::Vanished => {}
+                Step::RemoveLeftover => {
                     if !matches!(container.status, ContainerStatus::Exited(_)) {
                         warn!(task_id = %record.task_id, container_id = %container.id, "removing a worker of a task that already ended");
                     }
                     let _ = self.dispatcher.remove(&container.id).await;
                 }
-                // Young: the path that ended the task may be about to remove it.
-                _ if record.state.is_finished() => {}
-                ContainerStatus::Running { .. } => {
-                    let overdue = labels.deadline_unix
-                        + self.config.stop_grace.as_secs()
-                        + super::BACKSTOP_MARGIN.as_secs();
-                    if overdue <= now_unix() {
+                Step::Watch { overdue } => {
+                    if overdue {
                         done.overdue += 1;
                     } else {
                         done.reattached += 1;
                     }
                     self.reattach(record, container.id.clone(), labels.deadline_unix);
                 }
-                ContainerStatus::Exited(exit) => {
+                Step::Collect(exit) => {
                     done.collected += 1;
                     let runner = Arc::clone(self);
-                    let exit = exit.clone();
                     let id = container.id.clone();
                     self.active().insert(
                         record.task_id.clone(),
@@ -177,35 +170,25 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                     });
                 }
                 // A queued worker: the scheduler starts it in turn, adopting the container.
-                ContainerStatus::Created
-                    if (age(&container) >= SWEEP_GRACE || !self.startup_done())
-                        && !record.state.is_finished() =>
-                {
+                Step::Requeue => {
                     done.requeued += 1;
                     self.journal
                         .update_task(&record.task_id, Box::new(|task| task.state = TaskState::Queued))
                         .await?;
                 }
-                _ => {}
             }
         }
         while collections.join_next().await.is_some() {}
         // Journal tasks that were dispatched but whose container is gone.
         for task in self.journal.active_tasks()? {
-            if task.state != TaskState::Dispatched
-                || seen.contains(&task.task_id)
-                || self.active().contains_key(&task.task_id)
-            {
+            if seen.contains(&task.task_id) || self.active().contains_key(&task.task_id) {
+                continue;
+            }
+            if next_step(&task, None, &self.decision_context()) != Step::Vanished {
                 continue;
             }
             // Re-read before concluding: the container may have been created since the listing.
             if self.dispatcher.find(&task.task_id).await?.is_some() {
-                continue;
-            }
-            let fresh = task
-                .started_unix
-                .is_some_and(|started| now_unix().saturating_sub(started) < SWEEP_GRACE.as_secs());
-            if fresh && self.startup_done() {
                 continue;
             }
             done.vanished += 1;
@@ -227,6 +210,15 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
 
     fn startup_done(&self) -> bool {
         self.started.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn decision_context(&self) -> Context {
+        Context {
+            now_unix: now_unix(),
+            started: self.startup_done(),
+            stop_grace: self.config.stop_grace,
+            backstop_margin: super::BACKSTOP_MARGIN,
+        }
     }
 
     /// Attaches a monitor to a running worker found by its labels, with the

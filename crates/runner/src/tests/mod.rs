@@ -5,6 +5,6 @@
 //! journal is the real one, in a temporary directory.
 
 mod github;
-mod harness;
+pub(crate) mod harness;
 mod scenarios;
 mod words;
