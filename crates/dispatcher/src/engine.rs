@@ -28,6 +28,13 @@ impl ContainerId {
         Self(id)
     }
 
+    /// An id as an engine implementation outside this crate assigns it (the
+    /// Kubernetes backend's Job names). For engine implementations only,
+    /// for what they created or found, as `DockerEngine` does with its ids.
+    pub fn from_engine(id: String) -> Self {
+        Self(id)
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
