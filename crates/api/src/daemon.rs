@@ -55,6 +55,18 @@ pub fn worker_profile(config: &ServeConfig) -> HardenedProfile {
     profile
 }
 
+/// The dispatcher's settings for the daemon's workers: `berth serve` runs
+/// them with these, and `berth doctor` checks the engine against them.
+pub fn dispatcher_config(config: &ServeConfig) -> DispatcherConfig {
+    DispatcherConfig {
+        image: config.worker_image.clone(),
+        network: config.worker_network.clone(),
+        profile: worker_profile(config),
+        entrypoint: Some(vec![config.worker_entrypoint.clone()]),
+        instance: config.instance.clone(),
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -126,16 +138,7 @@ async fn start_runner(
     tracker: TaskTracker,
 ) {
     let Some(engine) = connect(&shutdown).await else { return };
-    let dispatcher = Dispatcher::checked(
-        engine,
-        DispatcherConfig {
-            image: config.worker_image.clone(),
-            network: config.worker_network.clone(),
-            profile: worker_profile(&config),
-            entrypoint: Some(vec![config.worker_entrypoint.clone()]),
-            instance: config.instance.clone(),
-        },
-    );
+    let dispatcher = Dispatcher::checked(engine, dispatcher_config(&config));
     // An engine that would silently weaken the hardened profile runs nothing:
     // accepted tasks stay queued in the journal and /readyz stays 503.
     let dispatcher = match dispatcher {
@@ -145,6 +148,9 @@ async fn start_runner(
             return;
         }
     };
+    // The status API reads labels and logs through a dispatcher of its own
+    // (a clone: the same engine client and settings), not through the runner.
+    admin.set_dispatcher(dispatcher.clone());
     let runner = Runner::new(
         state.journal.clone(),
         dispatcher,

@@ -6,13 +6,19 @@ use std::io::Write;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use core_types::Secret;
 use core_types::env_names::{
     BERTH_AGENT_COMMAND, BERTH_ALLOW_PUBLIC_BIND, BERTH_BIND, BERTH_GITHUB_API_URL, BERTH_GITHUB_APP_ID,
     BERTH_GITHUB_PRIVATE_KEY_FILE, BERTH_PUBLIC_URL, BERTH_STATE_DIR, BERTH_WEBHOOK_SECRET,
     BERTH_WEBHOOK_SECRET_FILE, BERTH_WORKER_WRITABLE_ROOT,
 };
-use dispatcher::{ContainerEngine, ContainerSpec, DockerEngine};
+use dispatcher::{
+    ContainerEngine, ContainerSpec, Dispatcher, DockerEngine, EngineInfo, ImageStatus, Protection,
+};
 use futures_util::StreamExt;
+use github::{
+    AccountKind, AppClient, AppInfo, Delivery, GitHubError, HookConfig, Installation, RepositorySelection,
+};
 
 use crate::config::{ServeArgs, ServeConfig};
 
@@ -45,24 +51,14 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
     });
     match DockerEngine::connect_local().await {
         Ok(engine) => {
-            match engine.version().await {
-                Ok((version, api)) => {
-                    let api_ok = api
-                        .split('.')
-                        .nth(1)
-                        .and_then(|minor| minor.parse::<u32>().ok())
-                        .is_some_and(|minor| minor >= 41);
-                    checks.push(if api_ok {
-                        ok("docker", format!("engine {version}, API {api}, at {}", engine.endpoint()))
-                    } else {
-                        bad("docker", format!("engine API {api} is older than 1.41; upgrade Docker"))
-                    });
-                }
-                Err(err) => checks.push(bad("docker", format!("{err}"))),
-            }
-            checks.push(match engine.image_exists(&args.worker_image).await {
-                Ok(true) => ok("worker image", args.worker_image.clone()),
-                Ok(false) if args.worker_image == crate::setup::CLAUDE_IMAGE => bad(
+            let info = engine.describe().await;
+            checks.push(match &info {
+                Ok(info) => engine_check(info),
+                Err(err) => bad("docker", format!("{err}")),
+            });
+            checks.push(match engine.image_status(&args.worker_image).await {
+                Ok(ImageStatus::Present { .. }) => ok("worker image", args.worker_image.clone()),
+                Ok(ImageStatus::Missing) if args.worker_image == crate::setup::CLAUDE_IMAGE => bad(
                     "worker image",
                     format!(
                         "{} is not on the engine; build it in a clone of Berth with `docker build -t berth:latest . && \
@@ -70,7 +66,7 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
                         args.worker_image, args.worker_image
                     ),
                 ),
-                Ok(false) => bad(
+                Ok(ImageStatus::Missing) => bad(
                     "worker image",
                     format!(
                         "{} is not on the engine; build it with `docker build -t {} .` (berth never pulls)",
@@ -81,11 +77,16 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
             });
             match &validated {
                 Ok(config) => {
+                    checks.push(engine_profile(&engine, config));
                     checks.push(agent_program(&engine, config).await);
-                    checks.push(worker_disk(&engine, config).await);
+                    let driver = info.ok().and_then(|info| info.storage_driver);
+                    checks.push(worker_disk(driver.as_deref(), config));
                     checks.push(metadata_egress(&engine, config, &args.doctor_egress_probe).await);
                 }
-                Err(_) => checks.push(bad("agent program", "cannot check while a setting is invalid")),
+                Err(_) => {
+                    checks.push(bad("engine profile", "cannot check while a setting is invalid"));
+                    checks.push(bad("agent program", "cannot check while a setting is invalid"));
+                }
             }
         }
         Err(err) => {
@@ -96,6 +97,7 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
             };
             checks.push(bad("docker", format!("{err}; {hint}")));
             checks.push(bad("worker image", "cannot check without Docker"));
+            checks.push(bad("engine profile", "cannot check without Docker"));
             checks.push(bad("agent program", "cannot check without Docker"));
         }
     }
@@ -114,15 +116,12 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
                 "app key",
                 format!("cannot read {}: {err}; check the path and its permissions", path.display()),
             ),
-            Ok(pem) => match octocrab::EncodingKey::from_rsa_pem(&pem) {
-                Ok(_) => ok("app key", format!("{} is a usable RSA key", path.display())),
-                Err(err) => bad(
-                    "app key",
-                    format!(
-                        "{} is not a usable RSA private key ({err}); use the .pem GitHub generated",
-                        path.display()
-                    ),
-                ),
+            Ok(pem) => match github::check_private_key(&pem) {
+                Ok(()) => ok("app key", format!("{} is a usable RSA key", path.display())),
+                // "<path> is not a usable RSA private key (<why>)".
+                Err(err) => {
+                    bad("app key", format!("{} is {err}; use the .pem GitHub generated", path.display()))
+                }
             },
         },
     });
@@ -172,6 +171,38 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
     checks
 }
 
+/// The engine answers, and speaks Docker's API 1.41 or later.
+fn engine_check(info: &EngineInfo) -> Check {
+    let api = &info.api_version;
+    let api_ok =
+        api.split('.').nth(1).and_then(|minor| minor.parse::<u32>().ok()).is_some_and(|minor| minor >= 41);
+    if api_ok {
+        ok("docker", format!("engine {}, API {api}, at {}", info.version, info.endpoint))
+    } else {
+        bad("docker", format!("engine API {api} is older than 1.41; upgrade Docker"))
+    }
+}
+
+/// What the engine enforces, and whether that covers the workers' profile:
+/// `berth serve` refuses, as here, to run workers with less than it asks.
+fn engine_profile<E: ContainerEngine + Clone>(engine: &E, config: &ServeConfig) -> Check {
+    let capabilities = engine.capabilities();
+    let enforced: Vec<String> = Protection::ALL
+        .into_iter()
+        .filter(|protection| capabilities.enforces(*protection))
+        .map(|protection| protection.to_string())
+        .collect();
+    match Dispatcher::checked(engine.clone(), crate::daemon::dispatcher_config(config)) {
+        Ok(_) => ok(
+            "engine profile",
+            format!("the engine enforces {}: all the worker profile asks for", enforced.join(", ")),
+        ),
+        Err(err) => {
+            bad("engine profile", format!("{err}; until then berth serve queues tasks and runs none"))
+        }
+    }
+}
+
 /// The secrets file must be readable by its owner (and group) only.
 fn secrets_file(path: &std::path::Path) -> Check {
     use std::os::unix::fs::PermissionsExt;
@@ -198,8 +229,8 @@ fn secrets_file(path: &std::path::Path) -> Check {
 
 /// Runs the worker image once, in a throwaway container with the workers'
 /// hardened profile, its entrypoint given `args`: its exit code and output.
-async fn run_probe(
-    engine: &DockerEngine,
+async fn run_probe<E: ContainerEngine>(
+    engine: &E,
     config: &ServeConfig,
     args: &[&str],
     network: &str,
@@ -246,7 +277,7 @@ async fn run_probe(
 
 /// Asks `berth-worker check-agent`, with no network, whether the agent
 /// command's program is in the worker image.
-async fn agent_program(engine: &DockerEngine, config: &ServeConfig) -> Check {
+async fn agent_program<E: ContainerEngine>(engine: &E, config: &ServeConfig) -> Check {
     match run_probe(engine, config, &["check-agent"], "none").await {
         Err(problem) => bad("agent program", problem),
         Ok((0, text)) => ok("agent program", text.trim_start_matches("ok: ").to_owned()),
@@ -265,7 +296,7 @@ async fn agent_program(engine: &DockerEngine, config: &ServeConfig) -> Check {
 
 /// Whether a worker on the workers' network reaches the cloud metadata
 /// address (or the one the operator names): it should not.
-async fn metadata_egress(engine: &DockerEngine, config: &ServeConfig, target: &str) -> Check {
+async fn metadata_egress<E: ContainerEngine>(engine: &E, config: &ServeConfig, target: &str) -> Check {
     match run_probe(engine, config, &["probe-egress", target], &config.worker_network).await {
         Err(problem) => bad("worker egress", problem),
         Ok((_, text)) if text == "reachable" => bad(
@@ -283,8 +314,9 @@ async fn metadata_egress(engine: &DockerEngine, config: &ServeConfig, target: &s
     }
 }
 
-/// Where a worker's writes go, and whether they are bounded.
-async fn worker_disk(engine: &DockerEngine, config: &ServeConfig) -> Check {
+/// Where a worker's writes go, and whether they are bounded (`driver`: the
+/// engine's storage driver, when it has one and said).
+fn worker_disk(driver: Option<&str>, config: &ServeConfig) -> Check {
     let logs = format!(
         "its logs at most {} files of {} MiB",
         config.worker_log_max_files,
@@ -299,7 +331,7 @@ async fn worker_disk(engine: &DockerEngine, config: &ServeConfig) -> Check {
             ),
         );
     }
-    let driver = engine.storage_driver().await.unwrap_or_else(|_| "unknown".to_owned());
+    let driver = driver.unwrap_or("unknown");
     bad(
         "worker disk",
         format!(
@@ -347,6 +379,18 @@ pub struct CallError {
     pub message: String,
 }
 
+impl From<GitHubError> for CallError {
+    fn from(err: GitHubError) -> Self {
+        match err {
+            GitHubError::Rejected { status, message, .. }
+            | GitHubError::Credentials { status, message, .. } => Self { status: Some(status), message },
+            GitHubError::Unavailable { last, .. } => Self { status: None, message: last },
+            GitHubError::Unexpected { detail, .. } => Self { status: None, message: detail },
+            other => Self { status: None, message: other.to_string() },
+        }
+    }
+}
+
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.status {
@@ -367,16 +411,17 @@ pub struct AppPages {
 
 impl AppPages {
     /// The pages of the App `app` (as `GET /app` describes it) on the GitHub whose web address is `web`.
-    pub fn of(app: &serde_json::Value, web: &str) -> Self {
-        let slug = app["slug"].as_str().unwrap_or("YOUR-APP");
-        let owner = app["owner"]["login"].as_str().unwrap_or_default();
-        let settings = if app["owner"]["type"] == "Organization" {
+    pub fn of(app: &AppInfo, web: &str) -> Self {
+        let slug = &app.slug;
+        let owner = &app.owner.login;
+        let settings = if app.owner.kind == AccountKind::Organization {
             format!("{web}/organizations/{owner}/settings/apps/{slug}")
         } else {
             format!("{web}/settings/apps/{slug}")
         };
-        let install = app["html_url"]
-            .as_str()
+        let install = app
+            .html_url
+            .as_deref()
             .map_or_else(|| format!("{web}/apps/{slug}"), |url| url.trim_end_matches('/').to_owned());
         Self { settings, install: format!("{install}/installations/new") }
     }
@@ -390,8 +435,9 @@ pub async fn first_run(args: &ServeArgs) -> Vec<Check> {
     let key = args
         .github_private_key_file
         .as_ref()
-        .and_then(|path| std::fs::read(path).ok())
-        .and_then(|pem| octocrab::EncodingKey::from_rsa_pem(&pem).ok());
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .filter(|pem| github::check_private_key(pem.as_bytes()).is_ok())
+        .map(Secret::new);
     let api = args.github_api_url.trim().trim_end_matches('/').to_owned();
     let (Some(app_id), Some(key)) = (app_id, key) else {
         checks.push(bad(
@@ -403,25 +449,20 @@ pub async fn first_run(args: &ServeArgs) -> Vec<Check> {
         ));
         return checks;
     };
-    let client = match octocrab::Octocrab::builder().base_uri(api.as_str()).map(|builder| {
-        builder
-            .set_connect_timeout(Some(Duration::from_secs(10)))
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .app(octocrab::models::AppId(app_id), key)
-            .build()
-    }) {
-        Ok(Ok(client)) => client,
-        Ok(Err(err)) => {
-            checks.push(bad("github app", format!("the GitHub client did not start: {err}")));
-            return checks;
-        }
+    let client = match AppClient::new(&api, app_id, &key) {
+        Ok(client) => client,
         Err(err) => {
-            checks.push(bad("github app", format!("{BERTH_GITHUB_API_URL} {api:?}: {err}")));
+            let problem = match err {
+                // What did not start, and with which URL: the whole problem.
+                GitHubError::Setup(detail) => detail,
+                other => other.to_string(),
+            };
+            checks.push(bad("github app", problem));
             return checks;
         }
     };
     let web = crate::status::Links::new(&api).web_base().to_owned();
-    let app = get(&client, "/app", &[]).await;
+    let app = client.describe().await.map_err(CallError::from);
     checks.push(app_check(&app, app_id, &api));
     let Ok(app) = app else {
         for name in ["installations", "webhook url", "deliveries"] {
@@ -431,18 +472,23 @@ pub async fn first_run(args: &ServeArgs) -> Vec<Check> {
     };
     let pages = AppPages::of(&app, &web);
     checks.push(access_check(&app, &pages));
-    let installations = get(&client, "/app/installations", &[("per_page", "100")]).await;
+    let installations = client.installations().await.map_err(CallError::from);
     checks.push(installations_check(&installations, &pages));
-    let hook = get(&client, "/app/hook/config", &[]).await;
+    let hook = client.hook_config().await.map_err(CallError::from);
     let public_url = args
         .public_url
         .as_deref()
         .filter(|url| !url.trim().is_empty())
         .map(|url| crate::config::public_url(url).unwrap_or_else(|_| url.trim().to_owned()));
     checks.push(hook_check(&hook, public_url.as_deref(), &pages));
-    let hook_url =
-        hook.as_ref().ok().and_then(|hook| hook["url"].as_str()).unwrap_or("the webhook URL").to_owned();
-    let deliveries = get(&client, "/app/hook/deliveries", &[("per_page", "50")]).await;
+    let hook_url = hook
+        .as_ref()
+        .ok()
+        .map(|hook| hook.url.as_str())
+        .filter(|url| !url.is_empty())
+        .unwrap_or("the webhook URL")
+        .to_owned();
+    let deliveries = client.deliveries(50).await.map_err(CallError::from);
     checks.push(deliveries_check(&deliveries, &hook_url, &pages));
     if let Some(check) = agent_key_check(args) {
         checks.push(check);
@@ -450,30 +496,17 @@ pub async fn first_run(args: &ServeArgs) -> Vec<Check> {
     checks
 }
 
-async fn get(
-    client: &octocrab::Octocrab,
-    route: &str,
-    query: &[(&str, &str)],
-) -> Result<serde_json::Value, CallError> {
-    client.get::<serde_json::Value, _, _>(route, Some(&query)).await.map_err(|err| match err {
-        octocrab::Error::GitHub { source, .. } => {
-            CallError { status: Some(source.status_code.as_u16()), message: source.message }
-        }
-        other => CallError { status: None, message: crate::setup::error_chain(&other) },
-    })
-}
-
 /// `GET /app` with the App's JWT.
-pub fn app_check(app: &Result<serde_json::Value, CallError>, app_id: u64, api: &str) -> Check {
+pub fn app_check(app: &Result<AppInfo, CallError>, app_id: u64, api: &str) -> Check {
     match app {
         Ok(app) => ok(
             "github app",
             format!(
                 "{} ({}, id {}) of {} authenticates",
-                app["name"].as_str().unwrap_or("?"),
-                app["slug"].as_str().unwrap_or("?"),
-                app["id"].as_u64().unwrap_or(app_id),
-                app["owner"]["login"].as_str().unwrap_or("?")
+                app.name,
+                app.slug,
+                app.id,
+                if app.owner.login.is_empty() { "?" } else { &app.owner.login }
             ),
         ),
         Err(err @ CallError { status: Some(401 | 403), message }) => {
@@ -509,7 +542,7 @@ pub fn app_check(app: &Result<serde_json::Value, CallError>, app_id: u64, api: &
 }
 
 /// The App's permissions and events cover what Berth uses (those of its manifest).
-pub fn access_check(app: &serde_json::Value, pages: &AppPages) -> Check {
+pub fn access_check(app: &AppInfo, pages: &AppPages) -> Check {
     let wanted =
         crate::cli::app_manifest(&crate::config::AppManifestArgs { url: String::new(), name: String::new() });
     let rank = |level: &str| match level {
@@ -522,15 +555,12 @@ pub fn access_check(app: &serde_json::Value, pages: &AppPages) -> Check {
     if let Some(permissions) = wanted["default_permissions"].as_object() {
         for (name, level) in permissions {
             let level = level.as_str().unwrap_or_default();
-            if rank(app["permissions"][name].as_str().unwrap_or_default()) < rank(level) {
+            if rank(app.permissions.get(name).map_or("", String::as_str)) < rank(level) {
                 missing.push(format!("{name} ({level})"));
             }
         }
     }
-    let events: Vec<&str> = app["events"]
-        .as_array()
-        .map(|events| events.iter().filter_map(|event| event.as_str()).collect())
-        .unwrap_or_default();
+    let events: Vec<&str> = app.events.iter().map(String::as_str).collect();
     for event in wanted["default_events"].as_array().into_iter().flatten().filter_map(|event| event.as_str())
     {
         if !events.contains(&event) {
@@ -552,9 +582,9 @@ pub fn access_check(app: &serde_json::Value, pages: &AppPages) -> Check {
 }
 
 /// `GET /app/installations`: installed somewhere, not suspended everywhere.
-pub fn installations_check(installations: &Result<serde_json::Value, CallError>, pages: &AppPages) -> Check {
+pub fn installations_check(installations: &Result<Vec<Installation>, CallError>, pages: &AppPages) -> Check {
     let installations = match installations {
-        Ok(value) => value.as_array().cloned().unwrap_or_default(),
+        Ok(installations) => installations,
         Err(err) => return bad("installations", format!("cannot list them: {err}")),
     };
     if installations.is_empty() {
@@ -566,15 +596,16 @@ pub fn installations_check(installations: &Result<serde_json::Value, CallError>,
             ),
         );
     }
-    let describe = |installation: &serde_json::Value| {
-        let selection = match installation["repository_selection"].as_str() {
-            Some("all") => "all repositories",
-            _ => "selected repositories",
+    let describe = |installation: &Installation| {
+        let selection = match installation.repository_selection {
+            RepositorySelection::All => "all repositories",
+            RepositorySelection::Selected => "selected repositories",
         };
-        format!("{} ({selection})", installation["account"]["login"].as_str().unwrap_or("?"))
+        let login = &installation.account.login;
+        format!("{} ({selection})", if login.is_empty() { "?" } else { login })
     };
     let (suspended, active): (Vec<_>, Vec<_>) =
-        installations.iter().partition(|installation| !installation["suspended_at"].is_null());
+        installations.iter().partition(|installation| installation.suspended);
     if active.is_empty() {
         return bad(
             "installations",
@@ -595,16 +626,12 @@ pub fn installations_check(installations: &Result<serde_json::Value, CallError>,
 }
 
 /// `GET /app/hook/config`: GitHub delivers JSON to `BERTH_PUBLIC_URL/webhook`.
-pub fn hook_check(
-    hook: &Result<serde_json::Value, CallError>,
-    public_url: Option<&str>,
-    pages: &AppPages,
-) -> Check {
+pub fn hook_check(hook: &Result<HookConfig, CallError>, public_url: Option<&str>, pages: &AppPages) -> Check {
     let hook = match hook {
         Ok(hook) => hook,
         Err(err) => return bad("webhook url", format!("cannot read the App's webhook settings: {err}")),
     };
-    let url = hook["url"].as_str().unwrap_or_default().trim_end_matches('/');
+    let url = hook.url.trim_end_matches('/');
     if url.is_empty() {
         return bad(
             "webhook url",
@@ -630,17 +657,16 @@ pub fn hook_check(
             ),
         );
     }
-    if hook["content_type"].as_str().is_some_and(|kind| kind != "json") {
+    if let Some(kind) = hook.content_type.as_deref().filter(|kind| *kind != "json") {
         return bad(
             "webhook url",
             format!(
-                "GitHub delivers to {url} as {}, which Berth refuses (400); set the content type to application/json on {}",
-                hook["content_type"].as_str().unwrap_or_default(),
+                "GitHub delivers to {url} as {kind}, which Berth refuses (400); set the content type to application/json on {}",
                 pages.settings
             ),
         );
     }
-    let tls = if hook["insecure_ssl"] == "1" { ", TLS verification off" } else { "" };
+    let tls = if hook.insecure_ssl { ", TLS verification off" } else { "" };
     ok("webhook url", format!("GitHub delivers to {url} ({BERTH_PUBLIC_URL}/webhook{tls})"))
 }
 
@@ -675,12 +701,12 @@ fn delivery_fix(status_code: u64, status: &str, hook_url: &str, pages: &AppPages
 
 /// `GET /app/hook/deliveries`: the last attempt of each recent delivery reached Berth.
 pub fn deliveries_check(
-    deliveries: &Result<serde_json::Value, CallError>,
+    deliveries: &Result<Vec<Delivery>, CallError>,
     hook_url: &str,
     pages: &AppPages,
 ) -> Check {
     let deliveries = match deliveries {
-        Ok(value) => value.as_array().cloned().unwrap_or_default(),
+        Ok(deliveries) => deliveries,
         Err(err) => return bad("deliveries", format!("cannot list the App's deliveries: {err}")),
     };
     if deliveries.is_empty() {
@@ -692,18 +718,15 @@ pub fn deliveries_check(
     // A delivery reached Berth when any attempt of it did (Berth drops
     // repeats), as the backfill counts it; listed newest first, so the first
     // attempt seen of a failed one is its last.
-    let reached = |delivery: &serde_json::Value| {
-        delivery["status_code"].as_u64().is_some_and(|code| (200..300).contains(&code))
-    };
     let mut seen = std::collections::HashSet::new();
     let mut failed = Vec::new();
     let mut delivered = 0;
-    for delivery in &deliveries {
-        let guid = delivery["guid"].as_str().unwrap_or_default();
-        if !seen.insert(guid.to_owned()) {
+    for delivery in deliveries {
+        let guid = delivery.guid.as_str();
+        if !seen.insert(guid) {
             continue;
         }
-        if deliveries.iter().any(|attempt| attempt["guid"] == guid && reached(attempt)) {
+        if deliveries.iter().any(|attempt| attempt.guid == guid && attempt.succeeded()) {
             delivered += 1;
         } else {
             failed.push(delivery);
@@ -715,17 +738,18 @@ pub fn deliveries_check(
     let mut names = Vec::new();
     let mut fixes: Vec<String> = Vec::new();
     for delivery in &failed {
-        let event = match delivery["action"].as_str() {
-            Some(action) => format!("{}.{action}", delivery["event"].as_str().unwrap_or("?")),
-            None => delivery["event"].as_str().unwrap_or("?").to_owned(),
+        let event = delivery.event.as_deref().unwrap_or("?");
+        let event = match &delivery.action {
+            Some(action) => format!("{event}.{action}"),
+            None => event.to_owned(),
         };
-        let status = delivery["status"].as_str().unwrap_or("failed");
-        let code = delivery["status_code"].as_u64().unwrap_or(0);
+        let status = delivery.status.as_deref().unwrap_or("failed");
+        let code = delivery.status_code.unwrap_or(0);
         if names.len() < 5 {
             names.push(format!(
                 "{} ({event}, {}): {status}",
-                delivery["guid"].as_str().unwrap_or("?"),
-                delivery["delivered_at"].as_str().unwrap_or("?")
+                delivery.guid,
+                delivery.delivered_at.as_deref().unwrap_or("?")
             ));
         }
         let fix = delivery_fix(code, status, hook_url, pages);

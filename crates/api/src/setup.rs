@@ -35,6 +35,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use core_types::Secret;
+use github::{GitHubError, ManifestFlow};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -164,30 +165,23 @@ pub struct CreatedApp {
 }
 
 impl CreatedApp {
-    /// Reads the conversion's answer, checking the key and the secret.
-    fn from_conversion(value: &Value, web: &str) -> Result<Self, String> {
-        let id = value["id"].as_u64().filter(|id| *id > 0).ok_or("the answer has no App id")?;
-        let slug = value["slug"].as_str().filter(|slug| !slug.is_empty()).ok_or("the answer has no slug")?;
-        let pem = value["pem"].as_str().ok_or("the answer has no private key")?;
-        if octocrab::EncodingKey::from_rsa_pem(pem.as_bytes()).is_err() {
-            return Err("the private key in the answer is not a usable RSA key".to_owned());
-        }
-        let webhook_secret = value["webhook_secret"]
-            .as_str()
-            .filter(|secret| secret.chars().count() >= crate::config::MIN_SECRET_CHARS)
+    /// The App as GitHub's conversion describes it (its key already checked),
+    /// once its webhook secret is one `berth serve` accepts; its page on the
+    /// GitHub at `web` when the answer named none.
+    fn from_conversion(app: github::CreatedApp, web: &str) -> Result<Self, String> {
+        let webhook_secret = app
+            .webhook_secret
+            .filter(|secret| secret.expose().chars().count() >= crate::config::MIN_SECRET_CHARS)
             .ok_or("the answer has no webhook secret of at least 16 characters")?;
-        let html_url = value["html_url"]
-            .as_str()
-            .filter(|url| url.starts_with("https://") || url.starts_with("http://"))
-            .map_or_else(|| format!("{web}/apps/{slug}"), str::to_owned);
+        let html_url = app.html_url.unwrap_or_else(|| format!("{web}/apps/{}", app.slug));
         Ok(Self {
-            id,
-            slug: slug.to_owned(),
-            name: value["name"].as_str().unwrap_or(slug).to_owned(),
-            owner: value["owner"]["login"].as_str().unwrap_or_default().to_owned(),
+            id: app.id,
+            slug: app.slug,
+            name: app.name,
+            owner: app.owner,
             html_url: html_url.trim_end_matches('/').to_owned(),
-            pem: Secret::new(pem),
-            webhook_secret: Secret::new(webhook_secret),
+            pem: app.pem,
+            webhook_secret,
         })
     }
 
@@ -523,7 +517,7 @@ pub struct SetupServer {
     files: Files,
     key: Secret,
     states: Mutex<States>,
-    github: octocrab::Octocrab,
+    github: ManifestFlow,
     finished: tokio::sync::Mutex<Option<CreatedApp>>,
     done: CancellationToken,
 }
@@ -545,15 +539,11 @@ impl SetupServer {
     /// # Errors
     /// When the GitHub client cannot be set up.
     pub fn new(config: SetupConfig, key: Secret) -> anyhow::Result<Arc<Self>> {
-        let github = octocrab::Octocrab::builder()
-            .base_uri(config.github_api_url.as_str())
-            .with_context(|| {
-                format!("{} {:?}", core_types::env_names::BERTH_GITHUB_API_URL, config.github_api_url)
-            })?
-            .set_connect_timeout(Some(Duration::from_secs(10)))
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .build()
-            .context("the HTTPS client did not start (the host needs CA certificates)")?;
+        let github = ManifestFlow::new(&config.github_api_url).map_err(|err| match err {
+            // The setting and what was wrong with it, or the client that did not start.
+            GitHubError::Setup(detail) => anyhow::anyhow!(detail),
+            other => anyhow::Error::new(other),
+        })?;
         Ok(Arc::new(Self {
             files: Files::in_dir(&config.state_dir),
             config,
@@ -590,29 +580,17 @@ impl SetupServer {
 
     /// Trades GitHub's one-time code for the App.
     async fn convert(&self, code: &str) -> Result<CreatedApp, String> {
-        let route = format!("/app-manifests/{code}/conversions");
-        let value: Value = self.github.post(&route, None::<&()>).await.map_err(|err| match err {
-            octocrab::Error::GitHub { source, .. } => {
-                format!("GitHub answered {} ({})", source.status_code.as_u16(), source.message)
+        let unusable = |reason: String| format!("GitHub's answer is not usable: {reason}");
+        let app = self.github.convert(code).await.map_err(|err| match err {
+            GitHubError::Rejected { status, message, .. } => format!("GitHub answered {status} ({message})"),
+            GitHubError::Unavailable { last, .. } => {
+                format!("cannot reach GitHub at {}: {last}", self.config.github_api_url)
             }
-            other => {
-                format!("cannot reach GitHub at {}: {}", self.config.github_api_url, error_chain(&other))
-            }
+            GitHubError::Unexpected { detail, .. } => unusable(detail),
+            other => other.to_string(),
         })?;
-        CreatedApp::from_conversion(&value, &self.config.github_web_url)
-            .map_err(|reason| format!("GitHub's answer is not usable: {reason}"))
+        CreatedApp::from_conversion(app, &self.config.github_web_url).map_err(unusable)
     }
-}
-
-/// An error and its sources, on one line.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 /// The query of the page.

@@ -3,8 +3,9 @@
 //! `POST /api/tasks/{id}/cancel`, all behind the admin token.
 //!
 //! Tasks and their history come from the journal; labels and logs come from
-//! the task's container through the runner's dispatcher, once the engine is
-//! reachable; a cancel is recorded through the runner, which carries it out.
+//! the task's container through a dispatcher of the status API's own, once
+//! the engine is reachable; a cancel is recorded through the runner, which
+//! carries it out.
 //! This module decides nothing about a task itself. [`Admin`], the token
 //! check, also guards the dashboard (its sessions and sign-in limit) and,
 //! when `BERTH_METRICS_TOKEN` is set, `/metrics`. Every `/api/*` answer
@@ -26,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use core_types::{Secret, TaskId, TaskKind};
-use dispatcher::{ContainerStatus, LogChunk, LogStream, ManagedContainer};
+use dispatcher::{ContainerStatus, Dispatcher, DockerEngine, LogChunk, LogStream, ManagedContainer};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -73,14 +74,16 @@ pub const MAX_LIMIT: usize = 1000;
 const MAX_LINE: usize = 16 * 1024;
 
 /// Who may use `/api/*` and the dashboard, and what their handlers reach:
-/// the admin token (kept only as digests), the runner once the engine
-/// answers, and where links to GitHub point. Cheap to clone.
+/// the admin token (kept only as digests), the dispatcher (containers'
+/// labels and logs) and the runner (cancels) once the engine answers, and
+/// where links to GitHub point. Cheap to clone.
 #[derive(Clone)]
 pub struct Admin {
     token: Option<Arc<TokenDigest>>,
     metrics_token: Option<Arc<TokenDigest>>,
     sessions: Arc<Sessions>,
     sign_ins: Arc<SignInLimit>,
+    dispatcher: Arc<OnceLock<Dispatcher<DockerEngine>>>,
     runner: Arc<OnceLock<Arc<Runner>>>,
     links: Arc<Links>,
 }
@@ -90,6 +93,7 @@ impl std::fmt::Debug for Admin {
         f.debug_struct("Admin")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<redacted>"))
+            .field("dispatcher", &self.dispatcher.get().is_some())
             .field("runner", &self.runner.get().is_some())
             .field("links", &self.links)
             .finish_non_exhaustive()
@@ -247,6 +251,7 @@ impl Admin {
             metrics_token: None,
             sessions: Arc::default(),
             sign_ins: Arc::default(),
+            dispatcher: Arc::default(),
             runner: Arc::default(),
             links: Arc::new(Links::new(github_api_url)),
         }
@@ -277,22 +282,28 @@ impl Admin {
         Self::new(None, "https://api.github.com")
     }
 
-    /// Hands over the runner once the engine answers; until then the routes
-    /// that need the engine (labels, logs, cancel) answer without it or 503.
+    /// Hands over the dispatcher once the engine answers; until then the
+    /// routes that read containers (labels, logs) answer without them or 503.
+    pub fn set_dispatcher(&self, dispatcher: Dispatcher<DockerEngine>) {
+        if self.dispatcher.set(dispatcher).is_err() {
+            warn!("a dispatcher was handed to the status API twice; keeping the first");
+        }
+    }
+
+    /// Hands over the runner once the engine answers; until then a cancel
+    /// answers 503.
     pub fn set_runner(&self, runner: Arc<Runner>) {
         if self.runner.set(runner).is_err() {
             warn!("the runner was handed to the status API twice; keeping the first");
         }
     }
 
-    fn runner(&self) -> Option<&Arc<Runner>> {
-        self.runner.get()
+    fn dispatcher(&self) -> Result<&Dispatcher<DockerEngine>, ApiError> {
+        self.dispatcher.get().ok_or_else(engine_unavailable)
     }
 
-    fn engine(&self) -> Result<&Arc<Runner>, ApiError> {
-        self.runner().ok_or_else(|| {
-            ApiError::Unavailable("the container engine is not reachable yet; see /readyz".to_owned())
-        })
+    fn runner(&self) -> Result<&Arc<Runner>, ApiError> {
+        self.runner.get().ok_or_else(engine_unavailable)
     }
 
     /// Where links to GitHub point.
@@ -348,6 +359,10 @@ impl Admin {
 }
 
 /// The token of an `Authorization: Bearer` header.
+fn engine_unavailable() -> ApiError {
+    ApiError::Unavailable("the container engine is not reachable yet; see /readyz".to_owned())
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -689,7 +704,7 @@ impl TaskFilter {
 pub struct StatusState {
     /// The journal.
     pub journal: Journal,
-    /// The token check, the runner and the links.
+    /// The token check, the dispatcher, the runner and the links.
     pub admin: Admin,
 }
 
@@ -708,8 +723,8 @@ impl StatusState {
     /// The task's container, when the engine is reachable and it exists.
     /// An engine failure reads as no container (and is logged).
     pub async fn container(&self, task_id: &TaskId) -> Option<ManagedContainer> {
-        let runner = self.admin.runner()?;
-        match runner.dispatcher().find(task_id).await {
+        let dispatcher = self.admin.dispatcher().ok()?;
+        match dispatcher.find(task_id).await {
             Ok(found) => found,
             Err(err) => {
                 warn!(task_id = %task_id, error = %err, "could not look up the task's container");
@@ -798,8 +813,8 @@ async fn task_logs(
     let task_id = task_id(path)?;
     let Query(query) = query.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
     let record = state.task(&task_id)?;
-    let runner = state.admin.engine()?;
-    let container = runner.dispatcher().find(&task_id).await.map_err(|err| {
+    let dispatcher = state.admin.dispatcher()?;
+    let container = dispatcher.find(&task_id).await.map_err(|err| {
         warn!(task_id = %task_id, error = %err, "could not look up the task's container");
         ApiError::Unavailable("the container engine did not answer".to_owned())
     })?;
@@ -814,12 +829,10 @@ async fn task_logs(
     if query.follow != Some(true) {
         // The end of it, bounded: a worker may have printed hundreds of megabytes.
         let text =
-            runner.dispatcher().logs_tail(&container.id, LOG_TAIL_LINES, LOG_TAIL_BYTES).await.map_err(
-                |err| {
-                    warn!(task_id = %task_id, error = %err, "could not read the worker's logs");
-                    ApiError::Unavailable("the container engine did not answer".to_owned())
-                },
-            )?;
+            dispatcher.logs_tail(&container.id, LOG_TAIL_LINES, LOG_TAIL_BYTES).await.map_err(|err| {
+                warn!(task_id = %task_id, error = %err, "could not read the worker's logs");
+                ApiError::Unavailable("the container engine did not answer".to_owned())
+            })?;
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
     // A reconnecting EventSource says which line it saw last; it gets the rest.
@@ -828,7 +841,7 @@ async fn task_logs(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    let stream = runner.dispatcher().logs(&container.id, true);
+    let stream = dispatcher.logs(&container.id, true);
     Ok(Sse::new(follow(stream, seen)).keep_alive(KeepAlive::default()).into_response())
 }
 
@@ -935,7 +948,7 @@ async fn cancel_task(
     if record.state.is_finished() {
         return Err(finished(&record));
     }
-    let runner = state.admin.engine()?;
+    let runner = state.admin.runner()?;
     let record = runner
         .request_cancel(&task_id, "operator")
         .await

@@ -10,8 +10,13 @@
 //! hidden marker, pull requests by their head branch.
 
 mod api;
+mod app;
 
 pub use api::GitHubApi;
+pub use app::{
+    Account, AccountKind, AppClient, AppInfo, CreatedApp, HookConfig, Installation, ManifestFlow,
+    RepositorySelection, check_private_key,
+};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,7 +66,7 @@ pub enum GitHubError {
         /// GitHub's message.
         message: String,
     },
-    /// GitHub answered with a final 4xx.
+    /// GitHub answered with a final 4xx (or, for a call made once, any error status).
     #[error("GitHub answered {status} ({message}) while trying to {what}")]
     Rejected {
         /// What was being done.
@@ -71,7 +76,8 @@ pub enum GitHubError {
         /// GitHub's message.
         message: String,
     },
-    /// 5xx, 429 or transport errors past the retry budget.
+    /// 5xx, 429 or transport errors past the retry budget (for a call made
+    /// once: no answer, or one that was not JSON).
     #[error("GitHub kept failing while trying to {what} ({attempts} attempts; last: {last})")]
     Unavailable {
         /// What was being done.
@@ -92,6 +98,12 @@ pub enum GitHubError {
     /// The client could not be set up.
     #[error("cannot set up the GitHub client: {0}")]
     Setup(String),
+    /// The App's private key cannot sign its JWT.
+    #[error("not a usable RSA private key ({reason})")]
+    PrivateKey {
+        /// Why the key was refused.
+        reason: String,
+    },
 }
 
 /// How one attempt failed.
@@ -158,16 +170,29 @@ pub struct Delivery {
     pub status_code: Option<u64>,
     /// When GitHub sent it, as seconds since the epoch.
     pub delivered_unix: Option<u64>,
+    /// When GitHub sent it, as GitHub wrote it (`2026-11-30T10:00:00Z`).
+    pub delivered_at: Option<String>,
+    /// The event (`issue_comment`), when GitHub said.
+    pub event: Option<String>,
+    /// The event's action (`created`), when it has one.
+    pub action: Option<String>,
+    /// GitHub's account of the attempt (`OK`, `Invalid HTTP Response: 503`).
+    pub status: Option<String>,
 }
 
 impl Delivery {
     /// A delivery from GitHub's JSON; `None` without an id or GUID.
-    fn from_json(value: &Value) -> Option<Self> {
+    pub fn from_json(value: &Value) -> Option<Self> {
+        let text = |name: &str| value[name].as_str().map(str::to_owned);
         Some(Self {
             id: value["id"].as_u64()?,
             guid: value["guid"].as_str()?.to_owned(),
             status_code: value["status_code"].as_u64(),
             delivered_unix: value["delivered_at"].as_str().and_then(parse_github_time),
+            delivered_at: text("delivered_at"),
+            event: text("event"),
+            action: text("action"),
+            status: text("status"),
         })
     }
 
@@ -680,3 +705,6 @@ fn truncate(text: &str, max: usize) -> String {
     }
     format!("{}\n\n… (truncated)", &text[..end])
 }
+
+#[cfg(test)]
+mod tests;

@@ -363,11 +363,6 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         self.active.lock().expect("active map lock is never poisoned")
     }
 
-    /// The dispatcher, for the status API's labels and logs.
-    pub fn dispatcher(&self) -> &Dispatcher<E> {
-        &self.dispatcher
-    }
-
     /// Number of tasks with a live preparation or monitor.
     pub fn running(&self) -> usize {
         self.active().len()

@@ -18,6 +18,7 @@ use crate::doctor::{
 };
 use crate::setup::{Agent, Files, SetupConfig, SetupServer, check_existing};
 use fake_github::{FakeGitHub, ManifestApp};
+use github::{AppInfo, Delivery, HookConfig, Installation};
 
 const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -363,9 +364,24 @@ async fn the_app_name_github_hands_back_is_escaped_on_every_setup_page() {
     assert_eq!(conversions(&fake), 1, "the second code was not used");
 }
 
+/// The App as `GET /app` would describe it, through the same parser.
+fn app(value: Value) -> AppInfo {
+    AppInfo::from_json(&value).expect("an id and a slug")
+}
+
+fn installations(value: Value) -> Vec<Installation> {
+    value.as_array().unwrap().iter().map(|value| Installation::from_json(value).unwrap()).collect()
+}
+
+fn deliveries(value: Value) -> Vec<Delivery> {
+    value.as_array().unwrap().iter().map(|value| Delivery::from_json(value).unwrap()).collect()
+}
+
 fn pages() -> AppPages {
     AppPages::of(
-        &json!({"slug": "berth-x", "owner": {"login": "acme", "type": "Organization"}, "html_url": "https://github.com/apps/berth-x"}),
+        &app(
+            json!({"id": 7, "slug": "berth-x", "owner": {"login": "acme", "type": "Organization"}, "html_url": "https://github.com/apps/berth-x"}),
+        ),
         "https://github.com",
     )
 }
@@ -376,7 +392,7 @@ fn app_pages_are_the_owners() {
     assert_eq!(pages.settings, "https://github.com/organizations/acme/settings/apps/berth-x");
     assert_eq!(pages.install, "https://github.com/apps/berth-x/installations/new");
     let personal = AppPages::of(
-        &json!({"slug": "b", "owner": {"login": "al", "type": "User"}}),
+        &app(json!({"id": 7, "slug": "b", "owner": {"login": "al", "type": "User"}})),
         "https://ghe.example.com",
     );
     assert_eq!(personal.settings, "https://ghe.example.com/settings/apps/b");
@@ -403,14 +419,18 @@ fn the_first_run_checks_name_each_problem_with_its_fix() {
     );
     assert!(clock.problem.unwrap().contains("clock"));
     assert!(
-        app_check(&Ok(json!({"id": 7, "slug": "b", "name": "B", "owner": {"login": "acme"}})), 7, "x")
+        app_check(&Ok(app(json!({"id": 7, "slug": "b", "name": "B", "owner": {"login": "acme"}}))), 7, "x")
             .problem
             .is_none()
     );
 
-    let full = json!({"permissions": {"checks": "write", "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"}, "events": ["issue_comment", "issues", "pull_request", "push"]});
+    let full = app(
+        json!({"id": 7, "slug": "b", "permissions": {"checks": "write", "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"}, "events": ["issue_comment", "issues", "pull_request", "push"]}),
+    );
     assert!(access_check(&full, &pages).problem.is_none());
-    let lacking = json!({"permissions": {"checks": "write", "contents": "read", "issues": "write", "pull_requests": "write", "metadata": "read"}, "events": ["issues"]});
+    let lacking = app(
+        json!({"id": 7, "slug": "b", "permissions": {"checks": "write", "contents": "read", "issues": "write", "pull_requests": "write", "metadata": "read"}, "events": ["issues"]}),
+    );
     let problem = access_check(&lacking, &pages).problem.unwrap();
     assert!(
         problem.contains("contents (write)")
@@ -419,21 +439,26 @@ fn the_first_run_checks_name_each_problem_with_its_fix() {
         "{problem}"
     );
 
-    let nowhere = installations_check(&Ok(json!([])), &pages).problem.unwrap();
+    let nowhere = installations_check(&Ok(Vec::new()), &pages).problem.unwrap();
     assert!(nowhere.contains("installed nowhere") && nowhere.contains(&pages.install), "{nowhere}");
     let installed = installations_check(
-        &Ok(json!([{"account": {"login": "acme"}, "repository_selection": "all", "suspended_at": null}])),
+        &Ok(installations(
+            json!([{"id": 1, "account": {"login": "acme"}, "repository_selection": "all", "suspended_at": null}]),
+        )),
         &pages,
     );
     assert_eq!(installed.detail, "installed on acme (all repositories)");
     let suspended = installations_check(
-        &Ok(json!([{"account": {"login": "acme"}, "suspended_at": "2026-01-01T00:00:00Z"}])),
+        &Ok(installations(
+            json!([{"id": 2, "account": {"login": "acme"}, "suspended_at": "2026-01-01T00:00:00Z"}]),
+        )),
         &pages,
     );
     assert!(suspended.problem.unwrap().contains("suspended"));
 
-    let hook =
-        Ok(json!({"url": "https://berth.example.com/webhook", "content_type": "json", "insecure_ssl": "0"}));
+    let hook = Ok(HookConfig::from_json(
+        &json!({"url": "https://berth.example.com/webhook", "content_type": "json", "insecure_ssl": "0"}),
+    ));
     assert!(hook_check(&hook, Some("https://berth.example.com"), &pages).problem.is_none());
     let elsewhere = hook_check(&hook, Some("https://other.example.com"), &pages).problem.unwrap();
     assert!(
@@ -442,7 +467,9 @@ fn the_first_run_checks_name_each_problem_with_its_fix() {
     );
     let unset = hook_check(&hook, None, &pages).problem.unwrap();
     assert!(unset.contains("BERTH_PUBLIC_URL=https://berth.example.com"), "{unset}");
-    let form = Ok(json!({"url": "https://berth.example.com/webhook", "content_type": "form"}));
+    let form = Ok(HookConfig::from_json(
+        &json!({"url": "https://berth.example.com/webhook", "content_type": "form"}),
+    ));
     assert!(
         hook_check(&form, Some("https://berth.example.com"), &pages)
             .problem
@@ -454,9 +481,9 @@ fn the_first_run_checks_name_each_problem_with_its_fix() {
 #[test]
 fn failed_deliveries_are_named_unless_a_later_attempt_reached_berth() {
     let pages = pages();
-    let delivery = |guid: &str, code: u64, status: &str| json!({"guid": guid, "status_code": code, "status": status, "event": "issue_comment", "action": "created", "delivered_at": "2026-11-30T10:00:00Z"});
+    let delivery = |guid: &str, code: u64, status: &str| json!({"id": 1, "guid": guid, "status_code": code, "status": status, "event": "issue_comment", "action": "created", "delivered_at": "2026-11-30T10:00:00Z"});
     let hook = "https://berth.example.com/webhook";
-    assert!(deliveries_check(&Ok(json!([])), hook, &pages).problem.is_none());
+    assert!(deliveries_check(&Ok(Vec::new()), hook, &pages).problem.is_none());
     // Newest first: g1 failed, then was redelivered and reached Berth; a late
     // repeat of g2 failed after g2 had reached Berth.
     let healed = json!([
@@ -465,7 +492,7 @@ fn failed_deliveries_are_named_unless_a_later_attempt_reached_berth() {
         delivery("g1", 503, "Invalid HTTP Response: 503"),
         delivery("g2", 202, "OK")
     ]);
-    let check = deliveries_check(&Ok(healed), hook, &pages);
+    let check = deliveries_check(&Ok(deliveries(healed)), hook, &pages);
     assert!(check.problem.is_none(), "{check:?}");
     assert_eq!(check.detail, "the last 2 reached Berth");
 
@@ -474,7 +501,7 @@ fn failed_deliveries_are_named_unless_a_later_attempt_reached_berth() {
         delivery("g4", 0, "failed to connect to host"),
         delivery("g5", 202, "OK"),
     ]);
-    let problem = deliveries_check(&Ok(failing), hook, &pages).problem.unwrap();
+    let problem = deliveries_check(&Ok(deliveries(failing)), hook, &pages).problem.unwrap();
     assert!(problem.starts_with("2 of the last 3 deliveries did not reach Berth"), "{problem}");
     assert!(
         problem.contains("g3 (issue_comment.created, 2026-11-30T10:00:00Z): Invalid HTTP Response: 401"),
