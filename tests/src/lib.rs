@@ -28,6 +28,7 @@ pub const WORKER: &str = "/usr/local/bin/berth-worker";
 const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub mod claude;
+pub mod fake_kube;
 pub mod fake_model;
 pub mod git_server;
 pub mod private_engine;
