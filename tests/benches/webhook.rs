@@ -90,7 +90,10 @@ impl Template {
         let mut payload: Value = serde_json::from_str(&text).expect("the fixture is JSON");
         payload["comment"]["body"] = json!("/berth review");
         payload["comment"]["author_association"] = json!("OWNER");
+        // One number per delivery, as the pull request's and the comment's:
+        // a comment makes at most one task, so each delivery is a new comment.
         payload["issue"]["number"] = json!(SENTINEL);
+        payload["comment"]["id"] = json!(SENTINEL);
         payload["installation"] = json!({"id": 1, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ=="});
         let body = serde_json::to_vec(&payload).expect("JSON serializes");
         let sentinel = SENTINEL.to_string().into_bytes();
@@ -101,7 +104,7 @@ impl Template {
             rest = &rest[at + sentinel.len()..];
         }
         parts.push(rest.to_vec());
-        assert_eq!(parts.len(), 2, "the number appears once in the template");
+        assert_eq!(parts.len(), 3, "the number appears twice in the template (issue and comment)");
         Template { parts }
     }
 

@@ -77,19 +77,8 @@ fn print(text: &str) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// When Docker cannot be reached.
-pub async fn ps(args: &PsArgs) -> anyhow::Result<()> {
-    let engine = dispatcher::DockerEngine::connect_local().await?;
-    // Listing needs no worker settings; the configuration here is never used to create.
-    let dispatcher = dispatcher::Dispatcher::new(
-        engine,
-        dispatcher::DispatcherConfig {
-            image: String::new(),
-            network: String::new(),
-            profile: dispatcher::HardenedProfile::strict(),
-            entrypoint: None,
-            instance: core_types::DEFAULT_INSTANCE.to_owned(),
-        },
-    );
+pub async fn ps(args: &PsArgs, engine: &crate::engine::EngineChoice) -> anyhow::Result<()> {
+    let dispatcher = listing_dispatcher(engine).await?;
     let rows = crate::ps::rows(&dispatcher, args.all).await?;
     if args.json {
         print(&format!("{}\n", serde_json::to_string_pretty(&rows)?))
@@ -98,9 +87,13 @@ pub async fn ps(args: &PsArgs) -> anyhow::Result<()> {
     }
 }
 
-fn listing_dispatcher(engine: dispatcher::DockerEngine) -> dispatcher::Dispatcher<dispatcher::DockerEngine> {
+/// A dispatcher for reading only, on the engine the settings name.
+async fn listing_dispatcher(
+    choice: &crate::engine::EngineChoice,
+) -> anyhow::Result<dispatcher::Dispatcher<crate::engine::Engine>> {
+    let engine = choice.connect(kubernetes::KubernetesOptions::new(String::new())).await?;
     // Reading needs no worker settings; this configuration is never used to create.
-    dispatcher::Dispatcher::new(
+    Ok(dispatcher::Dispatcher::new(
         engine,
         dispatcher::DispatcherConfig {
             image: String::new(),
@@ -109,17 +102,20 @@ fn listing_dispatcher(engine: dispatcher::DockerEngine) -> dispatcher::Dispatche
             entrypoint: None,
             instance: core_types::DEFAULT_INSTANCE.to_owned(),
         },
-    )
+    ))
 }
 
 /// `berth logs`: a worker's output, straight from Docker (works while the daemon is down).
 ///
 /// # Errors
 /// A bad task id, Docker unreachable, or no container for the task.
-pub async fn logs(args: &crate::config::LogsArgs) -> anyhow::Result<()> {
+pub async fn logs(
+    args: &crate::config::LogsArgs,
+    engine: &crate::engine::EngineChoice,
+) -> anyhow::Result<()> {
     use futures_util::StreamExt;
     let task_id = core_types::TaskId::new(args.task.clone())?;
-    let dispatcher = listing_dispatcher(dispatcher::DockerEngine::connect_local().await?);
+    let dispatcher = listing_dispatcher(engine).await?;
     let Some(container) = dispatcher.find(&task_id).await? else {
         anyhow::bail!(
             "task {task_id} has no container (finished tasks are removed once reported; their outcome is in GET /api/tasks/{task_id})"

@@ -59,6 +59,9 @@ pub enum Command {
 pub struct LogsArgs {
     /// The task id.
     pub task: String,
+    /// The engine the worker runs on.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Keep printing as the worker writes, until it exits.
     #[arg(long, short)]
     pub follow: bool,
@@ -66,6 +69,53 @@ pub struct LogsArgs {
     /// control characters included (by default they are removed).
     #[arg(long)]
     pub raw: bool,
+}
+
+/// Which engine runs the workers; shared by `serve`, `ps`, `logs` and `doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Where workers run: `docker` (this host's Docker Engine) or `kubernetes`
+    /// (one Job per task in BERTH_KUBE_NAMESPACE, through the usual kubeconfig
+    /// or the in-cluster service account).
+    #[arg(long, env = names::BERTH_ENGINE, default_value = "docker")]
+    pub engine: String,
+    /// The namespace of the workers' Jobs (with BERTH_ENGINE=kubernetes).
+    #[arg(long, env = names::BERTH_KUBE_NAMESPACE, default_value = "berth")]
+    pub kube_namespace: String,
+}
+
+impl EngineArgs {
+    /// The engine, checked.
+    ///
+    /// # Errors
+    /// An unknown engine or an invalid namespace, naming the setting.
+    pub fn validate(&self) -> Result<crate::engine::EngineChoice, ConfigError> {
+        let kind = match self.engine.trim() {
+            "docker" => crate::engine::EngineKind::Docker,
+            "kubernetes" => crate::engine::EngineKind::Kubernetes,
+            other => {
+                return Err(invalid(
+                    names::BERTH_ENGINE,
+                    format!("must be docker or kubernetes, not {other:?}"),
+                ));
+            }
+        };
+        let namespace = self.kube_namespace.trim();
+        let dns_label = !namespace.is_empty()
+            && namespace.len() <= 63
+            && namespace
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+            && !namespace.starts_with('-')
+            && !namespace.ends_with('-');
+        if !dns_label {
+            return Err(invalid(
+                names::BERTH_KUBE_NAMESPACE,
+                "must be a Kubernetes namespace name: lowercase letters, digits and '-', at most 63",
+            ));
+        }
+        Ok(crate::engine::EngineChoice { kind, namespace: namespace.to_owned() })
+    }
 }
 
 /// `berth cancel`.
@@ -154,6 +204,9 @@ pub struct PsArgs {
     /// Include exited workers.
     #[arg(long, short)]
     pub all: bool,
+    /// The engine the workers run on.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -200,9 +253,13 @@ pub struct ServeArgs {
     /// Entrypoint of worker containers (the same image runs the daemon by default).
     #[arg(long, env = names::BERTH_WORKER_ENTRYPOINT, default_value = "/usr/local/bin/berth-worker")]
     pub worker_entrypoint: String,
-    /// Docker network of the workers.
+    /// Docker network of the workers (on Kubernetes: the name their pods
+    /// carry as `berth.network`, for NetworkPolicies to select on).
     #[arg(long, env = names::BERTH_WORKER_NETWORK, default_value = "bridge")]
     pub worker_network: String,
+    /// Which engine runs the workers.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Running workers at once; more wait in a queue.
     #[arg(long, env = names::BERTH_MAX_WORKERS, default_value = "4")]
     pub max_workers: String,
@@ -363,6 +420,8 @@ pub struct ServeConfig {
     pub worker_entrypoint: String,
     /// Worker network.
     pub worker_network: String,
+    /// The engine that runs the workers.
+    pub engine: crate::engine::EngineChoice,
     /// Running workers at once.
     pub max_workers: usize,
     /// Running workers at once per repository, if capped.
@@ -729,6 +788,7 @@ impl ServeArgs {
             worker_image: self.worker_image.clone(),
             worker_entrypoint: self.worker_entrypoint.clone(),
             worker_network: self.worker_network.clone(),
+            engine: self.engine.validate()?,
             max_workers,
             max_workers_per_repo,
             worker_memory_bytes,

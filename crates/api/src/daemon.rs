@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::Context;
 use core_types::backoff::Backoff;
 use core_types::env_names::{BERTH_BIND, BERTH_STATE_DIR};
-use dispatcher::{Dispatcher, DispatcherConfig, DockerEngine, HardenedProfile};
+use dispatcher::{Dispatcher, DispatcherConfig, HardenedProfile};
+use kubernetes::KubernetesOptions;
+
+use crate::engine::{Engine, EngineKind};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -56,12 +59,13 @@ pub fn worker_profile(config: &ServeConfig) -> HardenedProfile {
 }
 
 /// The dispatcher's settings for the daemon's workers: `berth serve` runs
-/// them with these, and `berth doctor` checks the engine against them.
+/// them with these, and `berth doctor` checks the engine against them. The
+/// profile is the settings' own, as the chosen engine can enforce it.
 pub fn dispatcher_config(config: &ServeConfig) -> DispatcherConfig {
     DispatcherConfig {
         image: config.worker_image.clone(),
         network: config.worker_network.clone(),
-        profile: worker_profile(config),
+        profile: config.engine.fit(worker_profile(config)),
         entrypoint: Some(vec![config.worker_entrypoint.clone()]),
         instance: config.instance.clone(),
     }
@@ -137,7 +141,13 @@ async fn start_runner(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let Some(engine) = connect(&shutdown).await else { return };
+    let Some(engine) = connect(&config, &shutdown).await else { return };
+    if config.engine.kind == EngineKind::Kubernetes {
+        warn!(
+            namespace = %config.engine.namespace,
+            "on Kubernetes a pod cannot be given a pids limit, an init or log limits: the cluster must (kubelet podPidsLimit, an init such as tini in the worker image, the kubelet's log rotation); see README, Scaling out"
+        );
+    }
     let dispatcher = Dispatcher::checked(engine, dispatcher_config(&config));
     // An engine that would silently weaken the hardened profile runs nothing:
     // accepted tasks stay queued in the journal and /readyz stays 503.
@@ -188,7 +198,7 @@ async fn start_runner(
     }
     runner.mark_started();
     state.ready.store(true, Ordering::Release);
-    info!("docker reachable and workers reconciled; ready");
+    info!(engine = config.engine.name(), "engine reachable and workers reconciled; ready");
     // The sweep and the delivery backfill, next to the scheduler, tracked
     // like everything else the daemon starts.
     tracker.spawn(Arc::clone(&runner).sweep(SWEEP_EVERY));
@@ -197,12 +207,25 @@ async fn start_runner(
     runner.run().await;
 }
 
-async fn connect(shutdown: &CancellationToken) -> Option<DockerEngine> {
+/// The options of the Kubernetes engine from the daemon's settings.
+pub fn kubernetes_options(config: &ServeConfig) -> KubernetesOptions {
+    let mut options = KubernetesOptions::new(config.worker_network.clone());
+    // Berth's worker images run as `berth` with HOME /home/berth (the
+    // Dockerfile); a pod cannot read the image's HOME before it runs.
+    options.scratch_home = (!config.worker_writable_root).then(|| "/home/berth".to_owned());
+    options.stop_grace = config.stop_grace;
+    options.watch_instance = Some(config.instance.clone());
+    options
+}
+
+async fn connect(config: &ServeConfig, shutdown: &CancellationToken) -> Option<Engine> {
     let mut backoff = START_BACKOFF;
     loop {
-        match DockerEngine::connect_local().await {
+        match config.engine.connect(kubernetes_options(config)).await {
             Ok(engine) => return Some(engine),
-            Err(err) => warn!(error = %err, "docker not reachable yet; /readyz answers 503"),
+            Err(err) => {
+                warn!(engine = config.engine.name(), error = %err, "engine not reachable yet; /readyz answers 503");
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return None,

@@ -12,9 +12,7 @@ use core_types::env_names::{
     BERTH_GITHUB_PRIVATE_KEY_FILE, BERTH_PUBLIC_URL, BERTH_STATE_DIR, BERTH_WEBHOOK_SECRET,
     BERTH_WEBHOOK_SECRET_FILE, BERTH_WORKER_WRITABLE_ROOT,
 };
-use dispatcher::{
-    ContainerEngine, ContainerSpec, Dispatcher, DockerEngine, EngineInfo, ImageStatus, Protection,
-};
+use dispatcher::{ContainerEngine, ContainerSpec, Dispatcher, EngineInfo, ImageStatus, Protection};
 use futures_util::StreamExt;
 use github::{
     AccountKind, AppClient, AppInfo, Delivery, GitHubError, HookConfig, Installation, RepositorySelection,
@@ -49,7 +47,16 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
         Ok(_) => ok("settings", "every setting is valid"),
         Err(err) => bad("settings", format!("{err}; fix that setting (see berth serve --help)")),
     });
-    match DockerEngine::connect_local().await {
+    // An invalid engine setting is reported by "settings"; the rest is checked on Docker.
+    let choice = args.engine.validate().unwrap_or(crate::engine::EngineChoice {
+        kind: crate::engine::EngineKind::Docker,
+        namespace: String::new(),
+    });
+    let options = match &validated {
+        Ok(config) => crate::daemon::kubernetes_options(config),
+        Err(_) => kubernetes::KubernetesOptions::new(args.worker_network.clone()),
+    };
+    match choice.connect(options).await {
         Ok(engine) => {
             let info = engine.describe().await;
             checks.push(match &info {

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dashboard;
 pub mod demo;
 pub mod doctor;
+pub mod engine;
 pub mod error;
 pub mod ps;
 pub mod server;

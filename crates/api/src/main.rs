@@ -26,8 +26,14 @@ async fn main() -> ExitCode {
             tokio::spawn(api::cli::cancel_on_signal(shutdown.clone()));
             api::daemon::run(config, shutdown).await
         }
-        Command::Ps(args) => api::cli::ps(&args).await,
-        Command::Logs(args) => api::cli::logs(&args).await,
+        Command::Ps(args) => match args.engine.validate() {
+            Ok(engine) => api::cli::ps(&args, &engine).await,
+            Err(err) => return api::cli::config_error(&err),
+        },
+        Command::Logs(args) => match args.engine.validate() {
+            Ok(engine) => api::cli::logs(&args, &engine).await,
+            Err(err) => return api::cli::config_error(&err),
+        },
         Command::Cancel(args) => api::cli::cancel(&args).await,
         Command::Doctor(args) => api::doctor::run(&args).await,
         Command::Demo(args) => {

@@ -27,7 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use core_types::{Secret, TaskId, TaskKind};
-use dispatcher::{ContainerStatus, Dispatcher, DockerEngine, LogChunk, LogStream, ManagedContainer};
+use dispatcher::{ContainerStatus, Dispatcher, LogChunk, LogStream, ManagedContainer};
+
+use crate::engine::Engine;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -83,8 +85,8 @@ pub struct Admin {
     metrics_token: Option<Arc<TokenDigest>>,
     sessions: Arc<Sessions>,
     sign_ins: Arc<SignInLimit>,
-    dispatcher: Arc<OnceLock<Dispatcher<DockerEngine>>>,
-    runner: Arc<OnceLock<Arc<Runner>>>,
+    dispatcher: Arc<OnceLock<Dispatcher<Engine>>>,
+    runner: Arc<OnceLock<Arc<Runner<Engine>>>>,
     links: Arc<Links>,
 }
 
@@ -284,7 +286,7 @@ impl Admin {
 
     /// Hands over the dispatcher once the engine answers; until then the
     /// routes that read containers (labels, logs) answer without them or 503.
-    pub fn set_dispatcher(&self, dispatcher: Dispatcher<DockerEngine>) {
+    pub fn set_dispatcher(&self, dispatcher: Dispatcher<Engine>) {
         if self.dispatcher.set(dispatcher).is_err() {
             warn!("a dispatcher was handed to the status API twice; keeping the first");
         }
@@ -292,17 +294,17 @@ impl Admin {
 
     /// Hands over the runner once the engine answers; until then a cancel
     /// answers 503.
-    pub fn set_runner(&self, runner: Arc<Runner>) {
+    pub fn set_runner(&self, runner: Arc<Runner<Engine>>) {
         if self.runner.set(runner).is_err() {
             warn!("the runner was handed to the status API twice; keeping the first");
         }
     }
 
-    fn dispatcher(&self) -> Result<&Dispatcher<DockerEngine>, ApiError> {
+    fn dispatcher(&self) -> Result<&Dispatcher<Engine>, ApiError> {
         self.dispatcher.get().ok_or_else(engine_unavailable)
     }
 
-    fn runner(&self) -> Result<&Arc<Runner>, ApiError> {
+    fn runner(&self) -> Result<&Arc<Runner<Engine>>, ApiError> {
         self.runner.get().ok_or_else(engine_unavailable)
     }
 

@@ -43,6 +43,10 @@ pub const BERTH_WORKER_IMAGE: &str = "BERTH_WORKER_IMAGE";
 pub const BERTH_WORKER_ENTRYPOINT: &str = "BERTH_WORKER_ENTRYPOINT";
 /// Docker network of the workers.
 pub const BERTH_WORKER_NETWORK: &str = "BERTH_WORKER_NETWORK";
+/// Where workers run: `docker` (this host's engine) or `kubernetes` (one Job per task).
+pub const BERTH_ENGINE: &str = "BERTH_ENGINE";
+/// The Kubernetes namespace of the workers' Jobs, with `BERTH_ENGINE=kubernetes`.
+pub const BERTH_KUBE_NAMESPACE: &str = "BERTH_KUBE_NAMESPACE";
 /// Running workers at once; more wait in a queue.
 pub const BERTH_MAX_WORKERS: &str = "BERTH_MAX_WORKERS";
 /// Running workers at once for any one repository.

@@ -427,6 +427,11 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn wait(&self, id: &ContainerId) -> Result<ExitInfo, DispatchError> {
+        // The common case first, with no look before it: a started worker's
+        // `not-running` returns at its exit (at once if it already exited),
+        // and the look after it says how it ended. A created one also returns
+        // at once; the loop below then waits for it properly.
+        self.wait_for(id, "not-running").await?;
         // Look, wait as the state asks, and look again: the state read after
         // a wait is the truth (the wait only says "something ended").
         loop {
