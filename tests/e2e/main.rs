@@ -12,6 +12,7 @@ mod claude;
 mod commands;
 mod deploy;
 mod dispatcher;
+mod engine_contract;
 mod fake_kube;
 mod hardening;
 mod hardening_intake;

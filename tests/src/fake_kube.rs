@@ -12,7 +12,9 @@
 //!   Job may change), the `status` subresource (get, merge patch), delete
 //!   with `propagationPolicy` (`Orphan`, the API's default for `batch/v1`
 //!   Jobs, `Background`, `Foreground`).
-//! - core/v1 Pods: get, list, watch, delete with `gracePeriodSeconds`,
+//! - core/v1 Pods: get, list, watch, delete with `gracePeriodSeconds`, merge
+//!   patch of `spec.activeDeadlineSeconds` (set or shortened, as on a real
+//!   running Pod; the kubelet then ends the Pod with reason `DeadlineExceeded`),
 //!   `pods/{name}/log` (`follow`, `tailLines`, `timestamps`); Secrets:
 //!   create (`data` and `stringData`), get, list, delete. Owner references
 //!   are honoured by a garbage collector, as the real one does.
@@ -645,7 +647,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(&format!("{jobs}/{{name}}/status"), get(read::<JobKind>).patch(patch_status::<JobKind>))
         .route("/apis/batch/v1/jobs", get(list_all::<JobKind>))
         .route(pods, get(list_or_watch::<PodKind>))
-        .route(&format!("{pods}/{{name}}"), get(read::<PodKind>).delete(delete::<PodKind>))
+        .route(
+            &format!("{pods}/{{name}}"),
+            get(read::<PodKind>).patch(patch_pod).delete(delete::<PodKind>),
+        )
         .route(&format!("{pods}/{{name}}/status"), get(read::<PodKind>))
         .route(&format!("{pods}/{{name}}/log"), get(cluster::logs))
         .route("/api/v1/pods", get(list_all::<PodKind>))
@@ -691,7 +696,7 @@ fn resource_list(group_version: &str, kinds: &[Kind]) -> Value {
     let mut resources = Vec::new();
     for kind in kinds {
         let verbs = match kind {
-            Kind::Pod => json!(["delete", "get", "list", "watch"]),
+            Kind::Pod => json!(["delete", "get", "list", "patch", "watch"]),
             Kind::Job => json!(["create", "delete", "get", "list", "patch", "watch"]),
             Kind::Secret => json!(["create", "delete", "get", "list", "watch"]),
         };
@@ -1308,6 +1313,72 @@ async fn patch<R: Resource>(
             object["metadata"]["generation"] = json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
         }
         store.replace(R::KIND, object)
+    };
+    shared.changed.notify_waiters();
+    Ok(Json(patched))
+}
+
+/// A merge patch of a Pod, which may change only what a running Pod's spec
+/// lets change and the fake models: `spec.activeDeadlineSeconds`, set or
+/// shortened (the kubelet then ends the Pod once it has run that long).
+async fn patch_pod(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, KubeError> {
+    let patch = patch_body(&headers, &body)?;
+    let patched = {
+        let mut store = shared.store();
+        check_namespace(&store, &namespace)?;
+        let old =
+            store.raw(Kind::Pod, &name).cloned().ok_or_else(|| KubeError::not_found(Kind::Pod, &name))?;
+        let mut object = old.clone();
+        merge_patch(&mut object, &patch);
+        object["status"] = old["status"].clone();
+        object["metadata"] = old["metadata"].clone();
+        let deadline = "activeDeadlineSeconds";
+        let mut rest = object["spec"].clone();
+        let mut old_rest = old["spec"].clone();
+        for spec in [&mut rest, &mut old_rest] {
+            if let Some(map) = spec.as_object_mut() {
+                map.remove(deadline);
+            }
+        }
+        if rest != old_rest {
+            return Err(KubeError::invalid(
+                Kind::Pod,
+                &name,
+                "spec: Forbidden: pod updates may not change fields other than `spec.activeDeadlineSeconds` (the fake's subset)",
+            ));
+        }
+        match (old["spec"][deadline].as_i64(), object["spec"][deadline].as_i64()) {
+            (_, Some(new)) if new < 1 => {
+                return Err(KubeError::invalid(
+                    Kind::Pod,
+                    &name,
+                    "spec.activeDeadlineSeconds: Invalid value: must be greater than or equal to 1",
+                ));
+            }
+            (Some(old), Some(new)) if new > old => {
+                return Err(KubeError::invalid(
+                    Kind::Pod,
+                    &name,
+                    "spec.activeDeadlineSeconds: Invalid value: must be less than or equal to the previous value",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(KubeError::invalid(
+                    Kind::Pod,
+                    &name,
+                    "spec.activeDeadlineSeconds: Invalid value: must not be removed once set",
+                ));
+            }
+            _ => {}
+        }
+        serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(object.clone())
+            .map_err(|err| KubeError::bad_request(format!("the patched object is not a Pod: {err}")))?;
+        store.replace(Kind::Pod, object)
     };
     shared.changed.notify_waiters();
     Ok(Json(patched))

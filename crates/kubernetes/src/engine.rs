@@ -323,6 +323,25 @@ impl KubernetesEngine {
         }
     }
 
+    /// Waits while the Job `name` is started but its worker has not run yet
+    /// (no pod, or a pod still pending), so that a followed log opens on a
+    /// running or ended worker instead of ending before it began. Returns at
+    /// once for any other state, a created Job included.
+    async fn until_worker_ran(&self, name: &str) -> Result<(), DispatchError> {
+        let mut events: Option<stream::BoxStream<'static, ()>> = None;
+        loop {
+            let status = self.inspect(name).await?.map(|state| state.status);
+            if !matches!(status, Some(ContainerStatus::Running { started_at: None })) {
+                return Ok(());
+            }
+            let events = events.get_or_insert_with(|| self.job_events(name));
+            tokio::select! {
+                _ = events.next() => {}
+                () = tokio::time::sleep(WAIT_RECHECK) => {}
+            }
+        }
+    }
+
     /// A stream that yields `()` when the Job `name` or its pods may have
     /// changed (and at each watch's initial listing), and never ends.
     fn job_events(&self, name: &str) -> stream::BoxStream<'static, ()> {
@@ -489,8 +508,9 @@ impl ContainerEngine for KubernetesEngine {
 
     /// The pod's log: Kubernetes keeps stdout and stderr as one stream, so
     /// every chunk is [`LogChunk::Stdout`] (the result record is found by its
-    /// place on the last line, not by its stream). A Job without a pod yet,
-    /// or whose container has not started, has no output.
+    /// place on the last line, not by its stream). Unfollowed, a Job without
+    /// a pod yet, or whose container has not started, has no output;
+    /// followed, a started Job's log opens once its worker runs (or ends).
     fn logs(&self, id: &ContainerId, follow: bool, tail: Option<u64>) -> LogStream {
         let engine = self.clone();
         let name = id.as_str().to_owned();
@@ -498,6 +518,9 @@ impl ContainerEngine for KubernetesEngine {
             let empty = || -> LogStream { Box::pin(stream::empty()) };
             let failed =
                 |err: DispatchError| -> LogStream { Box::pin(stream::once(async move { Err(err) })) };
+            if follow && let Err(err) = engine.until_worker_ran(&name).await {
+                return failed(err);
+            }
             let pod = match engine.pod_of(&name).await {
                 Ok(Some(pod)) => pod,
                 Ok(None) => {

@@ -3,7 +3,9 @@
 //! offline images; it is never part of a production deployment.
 //!
 //! Usage: `berth-stub <mode> [args] [then <mode> [args]]...`, where mode is one of
-//! `exit N`, `sleep SECS`, `ignore-term SECS`, `alloc MIB`, `probe`, `print TEXT...`,
+//! `exit N`, `sleep SECS`, `ignore-term SECS`, `trap-term CODE SECS` (waits
+//! up to SECS for SIGTERM and exits CODE when it comes, also as PID 1),
+//! `alloc MIB`, `probe`, `print TEXT...`,
 //! `eprint TEXT...` (to stderr), `write PATH TEXT...`, `cat PATH`, `env NAME...`
 //! (`NAME=value` lines), `env-err NAME...` (the same on stderr), `pwd`,
 //! `stamp` (`stamp <unix nanos>`), `tree SECS`: two children that ignore
@@ -51,6 +53,7 @@ fn run_step(args: &[String]) -> ExitCode {
             std::thread::sleep(Duration::from_secs(number(1)));
             ExitCode::SUCCESS
         }
+        "trap-term" => trap_sigterm(u8::try_from(number(1)).unwrap_or(255), number(2)),
         "alloc" => {
             let mib = usize::try_from(number(1)).unwrap_or(usize::MAX);
             let mut blocks = Vec::new();
@@ -209,6 +212,34 @@ fn ignore_sigterm() {
     // SAFETY: SIG_IGN is a valid disposition and no Rust code runs as a handler.
     unsafe {
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+}
+
+/// Waits up to `seconds` for SIGTERM and exits with `code` when it comes
+/// (0 when it does not). The signal is blocked and taken with
+/// `sigtimedwait`, as tini does, so no handler runs and it reaches the
+/// stub even as PID 1, where a signal left at its default is dropped.
+#[expect(unsafe_code, reason = "blocking and waiting for a signal needs libc; no handler code is installed")]
+fn trap_sigterm(code: u8, seconds: u64) -> ExitCode {
+    // SAFETY: the sigset is initialised by sigemptyset before use, the
+    // pointers are to live locals, and no Rust code runs as a handler.
+    let received = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, libc::SIGTERM);
+        libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+        say("trapping SIGTERM");
+        let timeout = libc::timespec {
+            tv_sec: libc::time_t::try_from(seconds).unwrap_or(libc::time_t::MAX),
+            tv_nsec: 0,
+        };
+        libc::sigtimedwait(&raw const set, std::ptr::null_mut(), &raw const timeout)
+    };
+    if received == libc::SIGTERM {
+        say(&format!("got SIGTERM, exiting {code}"));
+        ExitCode::from(code)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -5,7 +5,9 @@
 //! kubelet that runs each Pod's first container as a real Docker container.
 //!
 //! The kubelet never pulls: an image that is not on the engine leaves the Pod
-//! Pending with `ImagePullBackOff`. It maps the Pod spec to Docker as a
+//! Pending with `ImagePullBackOff` (`ErrImageNeverPull` under
+//! `imagePullPolicy: Never`). A running Pod whose `activeDeadlineSeconds`
+//! passes is stopped and ends Failed with reason `DeadlineExceeded`. It maps the Pod spec to Docker as a
 //! container runtime would: `securityContext` (user, group, read-only root,
 //! capabilities, `allowPrivilegeEscalation: false` as `no-new-privileges`,
 //! seccomp `RuntimeDefault` as Docker's default profile and no profile as
@@ -577,9 +579,26 @@ async fn run_pod(shared: &Arc<Shared>, name: &str) -> Option<String> {
             break pod;
         }
         if !reported {
-            let message = format!("Back-off pulling image \"{image}\": the fake Kubernetes never pulls");
+            // Under `imagePullPolicy: Never` the kubelet does not try at all.
+            let never = pod
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.containers.first())
+                .and_then(|container| container.image_pull_policy.as_deref())
+                == Some("Never");
+            let (reason, message) = if never {
+                (
+                    "ErrImageNeverPull",
+                    format!("Container image \"{image}\" is not present with pull policy of Never"),
+                )
+            } else {
+                (
+                    "ImagePullBackOff",
+                    format!("Back-off pulling image \"{image}\": the fake Kubernetes never pulls"),
+                )
+            };
             set_status(shared, name, |status| {
-                status.container_statuses = Some(waiting(&pod, "ImagePullBackOff", Some(message)))
+                status.container_statuses = Some(waiting(&pod, reason, Some(message)))
             });
             reported = true;
         }
@@ -689,8 +708,21 @@ async fn run_pod(shared: &Arc<Shared>, name: &str) -> Option<String> {
     } else if let Some(grace) = deleting {
         stop_container(shared.clone(), Stop { container: created.clone(), grace }).await;
     }
+    // Running: until the container exits, or the Pod's own
+    // `activeDeadlineSeconds` passes and the kubelet stops it, as a real one
+    // does (SIGTERM, then SIGKILL after the Pod's grace period).
+    let mut deadline_exceeded = false;
     if waited.is_none() {
-        let _ = wait.next().await;
+        loop {
+            if !deadline_exceeded && let Some(grace) = deadline_passed(shared, name) {
+                deadline_exceeded = true;
+                shared.spawn(stop_container(shared.clone(), Stop { container: created.clone(), grace }));
+            }
+            tokio::select! {
+                _ = wait.next() => break,
+                () = settle(shared) => {}
+            }
+        }
     }
     drop(wait);
     let inspect = shared.docker.inspect_container(&created, None).await.ok();
@@ -721,7 +753,12 @@ async fn run_pod(shared: &Arc<Shared>, name: &str) -> Option<String> {
     };
     let evicted = shared.store().evicted.contains(name);
     set_status(shared, name, |status| {
-        status.phase = Some(if exit_code == 0 && !evicted { "Succeeded" } else { "Failed" }.to_owned());
+        let failed = exit_code != 0 || evicted || deadline_exceeded;
+        status.phase = Some(if failed { "Failed" } else { "Succeeded" }.to_owned());
+        if deadline_exceeded && !evicted {
+            status.reason = Some("DeadlineExceeded".to_owned());
+            status.message = Some("Pod was active on the node longer than the specified deadline".to_owned());
+        }
         for condition in status.conditions.iter_mut().flatten() {
             if condition.type_ == "Ready" || condition.type_ == "ContainersReady" {
                 *condition = pod_condition(&condition.type_.clone(), false, Some("PodCompleted"), None);
@@ -733,6 +770,17 @@ async fn run_pod(shared: &Arc<Shared>, name: &str) -> Option<String> {
         }
     });
     Some(created)
+}
+
+/// The Pod's grace period when its `activeDeadlineSeconds`, counted from
+/// its start, has passed; `None` while it has not (or none is set).
+fn deadline_passed(shared: &Shared, name: &str) -> Option<i64> {
+    let pod: Pod = shared.store().get(Kind::Pod, name)?;
+    let spec = pod.spec.as_ref()?;
+    let seconds = spec.active_deadline_seconds?;
+    let started = pod.status.as_ref()?.start_time.as_ref()?.0;
+    (now().0 >= started + jiff::SignedDuration::from_secs(seconds))
+        .then(|| spec.termination_grace_period_seconds.unwrap_or(30).max(0))
 }
 
 fn fail_to_start(shared: &Shared, name: &str, pod: &Pod, message: &str) {
