@@ -187,6 +187,11 @@ impl KubernetesEngine {
         scratch_tmpfs: true,
     };
 
+    /// The client, for this crate's other requests.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// An engine over `client` in `namespace`.
     pub fn new(client: Client, namespace: impl Into<String>, options: KubernetesOptions) -> Self {
         Self { client, namespace: namespace.into(), options }

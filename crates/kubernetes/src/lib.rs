@@ -24,10 +24,12 @@
 //! deployment's manifests), pull or inspect images, or enforce what a pod
 //! cannot be given (see [`KubernetesEngine::CAPABILITIES`]).
 
+mod access;
 mod engine;
 mod spec;
 mod status;
 
+pub use access::{NEEDED, POD_SECURITY_LABEL};
 pub use engine::{ImagePull, KubernetesEngine, KubernetesOptions};
 pub use status::{EXIT_COULD_NOT_START, EXIT_KILLED, EXIT_STOPPED_FROM_OUTSIDE};
 

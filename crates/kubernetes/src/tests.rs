@@ -717,3 +717,58 @@ async fn the_strict_profile_is_refused_until_fitted_to_what_a_pod_can_have() {
     let fitted = KubernetesEngine::fit_profile(HardenedProfile::strict());
     Dispatcher::checked(engine, config(fitted)).expect("a fitted profile runs");
 }
+
+#[tokio::test]
+async fn doctor_asks_one_access_review_per_needed_verb_and_names_what_is_denied() {
+    let (engine, mut handle) = engine();
+    let asking = tokio::spawn(async move { engine.missing_permissions().await });
+    let mut asked = Vec::new();
+    for _ in crate::NEEDED {
+        let (request, send) = handle.next_request().await.expect("a review");
+        let (parts, body) = request.into_parts();
+        assert_eq!(parts.method, Method::POST);
+        assert_eq!(parts.uri.path(), "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews");
+        let review: Value =
+            serde_json::from_slice(&body.collect_bytes().await.expect("a body")).expect("json");
+        let attributes = &review["spec"]["resourceAttributes"];
+        assert_eq!(attributes["namespace"], NAMESPACE);
+        let verb = attributes["verb"].as_str().expect("a verb").to_owned();
+        let resource = attributes["resource"].as_str().expect("a resource").to_owned();
+        // The account may do everything but delete secrets.
+        let allowed = !(resource == "secrets" && verb == "delete");
+        let mut answer = review.clone();
+        answer["status"] = json!({ "allowed": allowed });
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&answer).expect("json"))));
+        asked.push((
+            attributes["group"].as_str().unwrap_or_default().to_owned(),
+            resource,
+            verb,
+            attributes["subresource"].clone(),
+        ));
+    }
+    let missing = asking.await.expect("the task ends").expect("the reviews are answered");
+    assert_eq!(missing, ["delete core/secrets"]);
+    assert!(asked.contains(&("".to_owned(), "pods".to_owned(), "get".to_owned(), json!("log"))), "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .any(|(group, resource, verb, _)| group == "batch" && resource == "jobs" && verb == "create")
+    );
+}
+
+#[tokio::test]
+async fn doctor_reads_the_namespaces_pod_security_level() {
+    let (engine, mut handle) = engine();
+    let reading = tokio::spawn(async move { engine.pod_security_level().await });
+    let sent = answer(
+        &mut handle,
+        200,
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": NAMESPACE, "labels": { "pod-security.kubernetes.io/enforce": "restricted" } }
+        }),
+    )
+    .await;
+    assert_eq!((sent.method, sent.uri.as_str()), (Method::GET, "/api/v1/namespaces/berth"));
+    assert_eq!(reading.await.expect("the task ends").expect("read"), Some("restricted".to_owned()));
+}
