@@ -18,6 +18,7 @@ mod hardening;
 mod hardening_intake;
 mod hardening_journal;
 mod intake;
+mod kubernetes;
 mod operate;
 mod real_agent;
 mod recovery;

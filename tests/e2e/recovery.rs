@@ -8,14 +8,14 @@ use serde_json::json;
 
 use crate::running::Rig;
 
-fn queued(answer: &serde_json::Value) -> String {
+pub(crate) fn queued(answer: &serde_json::Value) -> String {
     assert_eq!(answer["outcome"], "queued", "{answer}");
     answer["task"].as_str().unwrap().to_owned()
 }
 
 /// Every task succeeded, with exactly one completed check run and exactly
 /// one comment, and no container of the rig is left.
-async fn assert_each_reported_once(rig: &Rig, tasks: &[String], limit: Duration) {
+pub(crate) async fn assert_each_reported_once(rig: &Rig, tasks: &[String], limit: Duration) {
     for task in tasks {
         let run = rig.outcome(task, limit).await;
         assert_eq!(run["conclusion"], "success", "{task}: {run}");
@@ -24,8 +24,9 @@ async fn assert_each_reported_once(rig: &Rig, tasks: &[String], limit: Duration)
 }
 
 /// Every task (already completed) has exactly one check run and exactly one
-/// comment, and no container of the rig is left.
-async fn assert_reported_once(rig: &Rig, tasks: &[String]) {
+/// comment, and no container of the rig is left (on Kubernetes, nor any
+/// Job, Pod or Secret).
+pub(crate) async fn assert_reported_once(rig: &Rig, tasks: &[String]) {
     // Let in-flight report writes land before counting.
     rig.until("comments for every task", Duration::from_secs(60), |state| {
         tasks.iter().all(|task| {
@@ -42,12 +43,16 @@ async fn assert_reported_once(rig: &Rig, tasks: &[String]) {
         assert_eq!(rig.comments_of(task).len(), 1, "{task} has several comments");
     }
     for _ in 0..100 {
-        if rig.containers().await.is_empty() {
+        if rig.containers().await.is_empty() && rig.kube_leftovers().await.is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("managed containers left: {:?}", rig.containers().await);
+    panic!(
+        "managed containers left: {:?}\nleft in the fake Kubernetes: {:?}",
+        rig.containers().await,
+        rig.kube_leftovers().await
+    );
 }
 
 #[tokio::test]
@@ -85,6 +90,16 @@ async fn a_sigkilled_daemon_finds_its_workers_again_and_reports_each_once() {
 
 #[tokio::test]
 async fn chaos_random_sigkills_still_end_every_task_exactly_once() {
+    let mut rig = Rig::start("chaos", &[("BERTH_MAX_WORKERS", "3".to_owned())]).await;
+    let tasks = chaos(&mut rig, 5, 6).await;
+    assert_eq!(tasks.len(), 30);
+    assert_each_reported_once(&rig, &tasks, Duration::from_secs(300)).await;
+}
+
+/// `rounds` batches of `per_round` reviews (some sleeping a second), each
+/// on its own pull request, with the daemon SIGKILLed at a random moment
+/// after each batch and started again after a random pause; the tasks.
+pub(crate) async fn chaos(rig: &mut Rig, rounds: u64, per_round: u64) -> Vec<String> {
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("chaos seed {seed}");
     let mut random = seed | 1;
@@ -94,16 +109,14 @@ async fn chaos_random_sigkills_still_end_every_task_exactly_once() {
         random ^= random << 17;
         random % below
     };
-    let mut rig = Rig::start("chaos", &[("BERTH_MAX_WORKERS", "3".to_owned())]).await;
-    let total = 30_u64;
-    for number in 100..100 + total {
+    for number in 100..100 + rounds * per_round {
         rig.fake.set_pull(&rig.repo, number, &rig.head_sha, "feature", Some(&rig.repo));
     }
     let mut tasks = Vec::new();
     let mut number = 100;
-    for round in 0..5 {
+    for round in 0..rounds {
         // A batch of deliveries, then a kill at a random moment.
-        for _ in 0..6 {
+        for _ in 0..per_round {
             let step = if next(2) == 0 { "/berth review sleep 1" } else { "/berth review" };
             let comment = rig.comment(number, true, step, number);
             tasks.push(queued(&rig.deliver("issue_comment", &format!("chaos-{number}"), &comment).await));
@@ -115,8 +128,7 @@ async fn chaos_random_sigkills_still_end_every_task_exactly_once() {
         tokio::time::sleep(Duration::from_millis(next(1500))).await;
         rig.start_daemon().await;
     }
-    assert_eq!(tasks.len(), total as usize);
-    assert_each_reported_once(&rig, &tasks, Duration::from_secs(300)).await;
+    tasks
 }
 
 #[tokio::test]

@@ -1,6 +1,11 @@
 //! A daemon with everything it talks to, for end-to-end tests and
 //! benchmarks: a real `berth serve`, the fake GitHub, and a `git daemon`
 //! holding one seeded repository, with its containers removed on drop.
+//!
+//! The daemon runs its workers on the machine's Docker Engine, on a private
+//! engine ([`Rig::start_on_engine`]), or as Kubernetes Jobs on a fake API
+//! server of its own ([`Rig::start_on_kubernetes`]), whose kubelet runs each
+//! pod as a container on the machine's engine.
 
 #![allow(clippy::unwrap_used, reason = "test support: a failed unwrap is a failed test")]
 
@@ -9,6 +14,7 @@ use std::time::Duration;
 use fake_github::FakeGitHub;
 use serde_json::{Value, json};
 
+use crate::fake_kube::{FakeKube, POD_LABEL, SERVER_LABEL};
 use crate::git_server::{GitServer, SeedRepo};
 use crate::{Daemon, github_signature, http, rsa_key, test_image};
 
@@ -18,6 +24,12 @@ pub const SECRET: &str = "e2e-running-webhook-secret";
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 /// The stub agent command of a rig unless its settings say otherwise.
 pub const AGENT: &str = "/usr/local/bin/berth-stub prompt-steps {prompt_file} {summary_file}";
+/// `BERTH_WORKER_NETWORK` of a rig on Kubernetes: only a name there (the
+/// pods' `berth.network` label). The fake kubelet puts every pod on Docker's
+/// default bridge, as the Docker rig's workers are: the git server listens
+/// on that bridge's gateway, and the fake GitHub is the daemon's alone
+/// (workers never call GitHub).
+pub const KUBE_NETWORK: &str = "berth-workers";
 
 /// One daemon, its fake GitHub and a git server with one repository.
 pub struct Rig {
@@ -32,6 +44,9 @@ pub struct Rig {
     pub env: Vec<(&'static str, String)>,
     /// `DOCKER_HOST` of the engine the daemon runs on, when not the machine's.
     docker_host: Option<String>,
+    /// The fake Kubernetes the daemon runs its workers on, when it does;
+    /// dropped after the daemon, removing every container its kubelet made.
+    kube: Option<FakeKube>,
     _dir: tempfile::TempDir,
     _cleanup: RepoCleanup,
 }
@@ -75,7 +90,15 @@ fn docker_client(host: Option<&str>) -> Result<bollard::Docker, bollard::errors:
 impl Rig {
     /// Starts everything; `settings` override the defaults.
     pub async fn start(name: &str, settings: &[(&'static str, String)]) -> Rig {
-        Rig::start_on(name, settings, None).await
+        Rig::start_on(name, settings, None, None).await
+    }
+
+    /// Starts everything with the daemon on `BERTH_ENGINE=kubernetes`
+    /// against a fake Kubernetes API server of this rig's own (its
+    /// kubeconfig in a file named by `KUBECONFIG`).
+    pub async fn start_on_kubernetes(name: &str, settings: &[(&'static str, String)]) -> Rig {
+        let kube = FakeKube::start().await;
+        Rig::start_on(name, settings, None, Some(kube)).await
     }
 
     /// Starts everything with the daemon and its workers on `engine`.
@@ -84,13 +107,14 @@ impl Rig {
         settings: &[(&'static str, String)],
         engine: &crate::private_engine::PrivateEngine,
     ) -> Rig {
-        Rig::start_on(name, settings, Some((engine.host(), engine.gateway()))).await
+        Rig::start_on(name, settings, Some((engine.host(), engine.gateway())), None).await
     }
 
     async fn start_on(
         name: &str,
         settings: &[(&'static str, String)],
         engine: Option<(String, std::net::IpAddr)>,
+        kube: Option<FakeKube>,
     ) -> Rig {
         let image = test_image().await.to_owned();
         let dir = tempfile::tempdir().unwrap();
@@ -126,6 +150,17 @@ impl Rig {
         if let Some(host) = &docker_host {
             env.push(("DOCKER_HOST", host.clone()));
         }
+        if let Some(kube) = &kube {
+            let kubeconfig = dir.path().join("kubeconfig");
+            std::fs::write(&kubeconfig, kube.kubeconfig()).unwrap();
+            env.retain(|(key, _)| *key != "BERTH_WORKER_NETWORK");
+            env.extend([
+                ("BERTH_ENGINE", "kubernetes".to_owned()),
+                ("BERTH_KUBE_NAMESPACE", kube.namespace()),
+                ("KUBECONFIG", kubeconfig.display().to_string()),
+                ("BERTH_WORKER_NETWORK", KUBE_NETWORK.to_owned()),
+            ]);
+        }
         for (key, value) in settings {
             env.retain(|(existing, _)| existing != key);
             env.push((key, value.clone()));
@@ -143,6 +178,7 @@ impl Rig {
             head_sha,
             env,
             docker_host,
+            kube,
             _dir: dir,
             _cleanup: cleanup,
         }
@@ -258,8 +294,17 @@ impl Rig {
     /// Waits until `task`'s worker runs (or fails after `limit`).
     pub async fn wait_task_running(&self, task: &str, limit: Duration) {
         let name = format!("berth-{task}");
+        let on_kube = self.kube.is_some();
         let named = |c: &bollard::models::ContainerSummary| {
-            c.names.as_ref().is_some_and(|names| names.iter().any(|n| n.trim_start_matches('/') == name))
+            if on_kube {
+                // The kubelet's container of the Job's pod, `<job>-<suffix>`.
+                let job = dispatcher::container_name(&core_types::TaskId::new(task).unwrap());
+                c.labels.as_ref().and_then(|labels| labels.get(POD_LABEL)).is_some_and(|pod| {
+                    pod.strip_prefix(job.as_str()).is_some_and(|rest| rest.starts_with('-'))
+                })
+            } else {
+                c.names.as_ref().is_some_and(|names| names.iter().any(|n| n.trim_start_matches('/') == name))
+            }
         };
         self.wait_running_where(1, limit, named).await;
     }
@@ -290,14 +335,63 @@ impl Rig {
         }
     }
 
-    /// Managed containers of this rig's repository.
+    /// Managed containers of this rig's repository; on Kubernetes, every
+    /// container the rig's fake kubelet made (running or not).
     pub async fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
         let docker = docker_client(self.docker_host.as_deref()).unwrap();
-        let filters = std::collections::HashMap::from([("label", vec![format!("berth.repo={}", self.repo)])]);
+        let label = match &self.kube {
+            Some(kube) => format!("{SERVER_LABEL}={}", kube.id()),
+            None => format!("berth.repo={}", self.repo),
+        };
+        let filters = std::collections::HashMap::from([("label", vec![label])]);
         let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();
         docker.list_containers(Some(options)).await.unwrap()
+    }
+
+    /// The fake Kubernetes of a rig started with [`Rig::start_on_kubernetes`].
+    ///
+    /// # Panics
+    /// On a rig whose workers run on Docker.
+    pub fn kube(&self) -> &FakeKube {
+        self.kube.as_ref().expect("a rig started on Kubernetes")
+    }
+
+    /// What is left in this rig's fake Kubernetes: every Job, Pod and Secret
+    /// of its namespace and every container its kubelet made, by kind and
+    /// name (empty on a rig whose workers run on Docker).
+    pub async fn kube_leftovers(&self) -> Vec<String> {
+        use k8s_openapi::api::batch::v1::Job;
+        use k8s_openapi::api::core::v1::{Pod, Secret};
+        use kube::api::{Api, ListParams};
+        let Some(kube) = &self.kube else { return Vec::new() };
+        let client = kube.client();
+        let namespace = kube.namespace();
+        let params = ListParams::default();
+        let mut left = Vec::new();
+        let jobs = Api::<Job>::namespaced(client.clone(), &namespace).list(&params).await.unwrap();
+        left.extend(
+            jobs.items.into_iter().map(|job| format!("job {}", job.metadata.name.unwrap_or_default())),
+        );
+        let pods = Api::<Pod>::namespaced(client.clone(), &namespace).list(&params).await.unwrap();
+        left.extend(
+            pods.items.into_iter().map(|pod| format!("pod {}", pod.metadata.name.unwrap_or_default())),
+        );
+        let secrets = Api::<Secret>::namespaced(client, &namespace).list(&params).await.unwrap();
+        left.extend(
+            secrets
+                .items
+                .into_iter()
+                .map(|secret| format!("secret {}", secret.metadata.name.unwrap_or_default())),
+        );
+        left.extend(
+            kube.containers()
+                .await
+                .into_iter()
+                .map(|container| format!("container {}", container.names.unwrap_or_default().join(","))),
+        );
+        left
     }
 }

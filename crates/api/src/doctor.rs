@@ -39,6 +39,46 @@ fn bad(name: &'static str, problem: impl Into<String>) -> Check {
     Check { name, problem: Some(problem.into()), detail: String::new() }
 }
 
+/// What the cluster must grant and enforce: the Role's verbs in the
+/// namespace (a SelfSubjectAccessReview each) and a Pod Security level.
+async fn kubernetes_checks(kube: &kubernetes::KubernetesEngine) -> Vec<Check> {
+    let access = match kube.missing_permissions().await {
+        Ok(missing) if missing.is_empty() => {
+            ok("kubernetes access", format!("may do all the backend does in namespace {}", kube.namespace()))
+        }
+        Ok(missing) => bad(
+            "kubernetes access",
+            format!(
+                "the daemon's account may not {} in namespace {}; apply deploy/kubernetes/rbac.yaml (or grant the same Role)",
+                missing.join(", "),
+                kube.namespace()
+            ),
+        ),
+        Err(err) => bad("kubernetes access", format!("{err}; check the kubeconfig or the service account")),
+    };
+    let security = match kube.pod_security_level().await {
+        Ok(Some(level)) if level == "restricted" => {
+            ok("pod security", format!("namespace {} enforces restricted", kube.namespace()))
+        }
+        Ok(level) => bad(
+            "pod security",
+            format!(
+                "namespace {} enforces {}; label it {}=restricted (deploy/kubernetes/namespace.yaml) so no pod there can be privileged",
+                kube.namespace(),
+                level.as_deref().unwrap_or("no Pod Security level"),
+                kubernetes::POD_SECURITY_LABEL
+            ),
+        ),
+        Err(err) => bad(
+            "pod security",
+            format!(
+                "{err}; reading a namespace needs `get` on namespaces, which the daemon's Role does not grant: run doctor with a kubeconfig that may"
+            ),
+        ),
+    };
+    vec![access, security]
+}
+
 /// Runs every check.
 pub async fn checks(args: &ServeArgs) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -82,6 +122,9 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
                 ),
                 Err(err) => bad("worker image", err.to_string()),
             });
+            if let crate::engine::Engine::Kubernetes(kube) = &engine {
+                checks.extend(kubernetes_checks(kube).await);
+            }
             match &validated {
                 Ok(config) => {
                     checks.push(engine_profile(&engine, config));

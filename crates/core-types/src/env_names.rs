@@ -152,6 +152,10 @@ pub const BERTH_GRACE_SECS: &str = "BERTH_GRACE_SECS";
 pub const BERTH_SECRET_VARS: &str = "BERTH_SECRET_VARS";
 /// Where the worker puts the clone, the prompt and the summary.
 pub const BERTH_WORK_DIR: &str = "BERTH_WORK_DIR";
+/// `1` from an engine whose log merges stdout and stderr (Kubernetes): the
+/// worker then writes everything to stdout, so its result record stays the
+/// last line (two pipes read at once can log an earlier stderr line after it).
+pub const BERTH_ONE_STREAM: &str = "BERTH_ONE_STREAM";
 /// Set by the worker for the agent: the clone, also its working directory.
 pub const BERTH_WORKSPACE: &str = "BERTH_WORKSPACE";
 /// Set by the worker for the agent: a file holding the prompt (also its stdin).

@@ -49,8 +49,11 @@ impl AsRef<str> for ContainerId {
 
 impl fmt::Display for ContainerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The short form, as `docker ps` prints it.
-        f.write_str(self.0.get(..12).unwrap_or(&self.0))
+        // A Docker id (64 hex digits) in the short form `docker ps` prints;
+        // any other engine's id (a Kubernetes Job's name) whole, since its
+        // first 12 characters (`berth-review`) tell no two workers apart.
+        let docker_id = self.0.len() == 64 && self.0.bytes().all(|b| b.is_ascii_hexdigit());
+        f.write_str(if docker_id { self.0.get(..12).unwrap_or(&self.0) } else { &self.0 })
     }
 }
 

@@ -5,9 +5,18 @@ use proptest::prelude::*;
 
 use crate::docker::parse_time;
 use crate::{
-    Capabilities, DispatchError, DispatcherConfig, HardenedProfile, MAX_CONTAINER_NAME_LEN, Protection,
-    container_name,
+    Capabilities, ContainerId, DispatchError, DispatcherConfig, HardenedProfile, MAX_CONTAINER_NAME_LEN,
+    Protection, container_name,
 };
+
+#[test]
+fn a_docker_id_prints_short_and_a_job_name_whole() {
+    let docker = ContainerId::from_engine(format!("3f2a{}", "0".repeat(60)));
+    assert_eq!(docker.to_string(), "3f2a00000000");
+    // Kubernetes Job names share their first 12 characters.
+    let job = ContainerId::from_engine("berth-review-o-r-7-ad11d67f".to_owned());
+    assert_eq!(job.to_string(), "berth-review-o-r-7-ad11d67f");
+}
 
 #[test]
 fn engine_times_parse_and_zero_time_is_none() {

@@ -305,6 +305,31 @@ impl KubernetesEngine {
         self.secrets().create(&PostParams::default(), &secret).await.map(|_| ()).map_err(|err| failed(&err))
     }
 
+    /// Gives the Job of `spec`'s name the Secret it lacks, when the Job is
+    /// this very task's and still suspended: a daemon killed between the
+    /// Job's create and its Secret's leaves such a Job, which the next one
+    /// adopts and starts, and whose pod would otherwise wait for its
+    /// environment until the start timeout. Anything else is left as it is,
+    /// for the caller to judge.
+    async fn restore_secret(&self, spec: &ContainerSpec) -> Result<(), DispatchError> {
+        let failed = |err: &kube::Error| call_failed("adopt", &spec.name, err);
+        let Some(job) = self.jobs().get_opt(&spec.name).await.map_err(|err| failed(&err))? else {
+            return Ok(());
+        };
+        let labels = spec::merged_labels(&job.metadata);
+        let task = |labels: &std::collections::BTreeMap<String, String>| labels.get(label::TASK_ID).cloned();
+        let ours = labels.get(label::MANAGED).map(String::as_str) == Some("true")
+            && task(&labels).is_some()
+            && task(&labels) == task(&spec.labels);
+        let suspended = job.spec.as_ref().and_then(|job| job.suspend) == Some(true);
+        let Some(uid) = job.metadata.uid.filter(|_| ours && suspended) else { return Ok(()) };
+        if self.secrets().get_opt(&spec.name).await.map_err(|err| failed(&err))?.is_some() {
+            return Ok(());
+        }
+        warn!(container_id = %spec.name, "a created job had no environment secret (its creator stopped between the two); making it");
+        self.create_secret(spec, &uid).await
+    }
+
     /// Deletes the Job `name` and, through its owner references, its pods
     /// and Secret; a Job already gone is fine.
     async fn delete_job(&self, name: &str) -> Result<(), DispatchError> {
@@ -400,7 +425,12 @@ impl ContainerEngine for KubernetesEngine {
         })?;
         let created = match self.jobs().create(&PostParams::default(), &job).await {
             Ok(created) => created,
-            Err(err) if status_code(&err) == Some(409) => return Ok(None),
+            // The name is taken: the caller inspects it and adopts it if it
+            // is this task's, which then must have its environment.
+            Err(err) if status_code(&err) == Some(409) => {
+                self.restore_secret(spec).await?;
+                return Ok(None);
+            }
             Err(err) => {
                 return Err(DispatchError::EngineCall {
                     operation: "create",

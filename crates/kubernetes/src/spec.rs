@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use core_types::env_names::BERTH_ONE_STREAM;
 use core_types::label;
 use dispatcher::{ContainerSpec, HardenedProfile};
 use k8s_openapi::ByteString;
@@ -15,7 +16,7 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, PodSecurityContext, PodSpec,
+    Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, PodSecurityContext, PodSpec,
     PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource, SecurityContext, Volume,
     VolumeMount,
 };
@@ -209,6 +210,13 @@ pub(crate) fn job(
         ),
         command: spec.entrypoint.clone(),
         args: spec.cmd.clone(),
+        // A pod's log merges stdout and stderr, and the worker's result
+        // record must stay its last line. Not a secret, so not in the Secret.
+        env: Some(vec![EnvVar {
+            name: BERTH_ONE_STREAM.to_owned(),
+            value: Some("1".to_owned()),
+            ..Default::default()
+        }]),
         env_from: Some(vec![EnvFromSource {
             secret_ref: Some(SecretEnvSource { name: spec.name.clone(), optional: Some(false) }),
             ..Default::default()

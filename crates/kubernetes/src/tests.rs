@@ -262,7 +262,9 @@ async fn create_makes_a_suspended_hardened_job_that_holds_no_secret() {
     assert_eq!(container["imagePullPolicy"], "IfNotPresent");
     assert_eq!(container["command"], json!(["/usr/local/bin/berth-worker"]));
     assert!(container.get("args").is_none());
-    assert!(container.get("env").is_none(), "the environment is only in the secret");
+    // The task's environment is only in the secret; the Job says only that
+    // the pod's log is one stream (no secret in it).
+    assert_eq!(container["env"], json!([{ "name": "BERTH_ONE_STREAM", "value": "1" }]));
     assert_eq!(container["envFrom"], json!([{ "secretRef": { "name": NAME, "optional": false } }]));
     let security = &container["securityContext"];
     assert_eq!(security["allowPrivilegeEscalation"], false);
@@ -333,7 +335,41 @@ async fn a_name_in_use_is_none_like_docker() {
     let (engine, mut handle) = engine();
     let call = tokio::spawn(async move { engine.create(&spec()).await });
     answer(&mut handle, 409, failure(409, "AlreadyExists")).await;
+    // Looked at, in case it is this task's Job left without its Secret.
+    let look = answer(&mut handle, 404, failure(404, "NotFound")).await;
+    assert_eq!(look.method, Method::GET);
+    assert!(look.uri.starts_with(&format!("/apis/batch/v1/namespaces/berth/jobs/{NAME}")), "{}", look.uri);
     assert_eq!(call.await.expect("no panic").expect("a conflict is no error"), None);
+}
+
+#[tokio::test]
+async fn a_created_job_of_this_task_left_without_its_secret_gets_one_on_a_name_conflict() {
+    let (engine, mut handle) = engine();
+    let call = tokio::spawn(async move { engine.create(&spec()).await });
+    answer(&mut handle, 409, failure(409, "AlreadyExists")).await;
+    answer(&mut handle, 200, serde_json::to_value(job(true, json!({}))).expect("json")).await;
+    let look = answer(&mut handle, 404, failure(404, "NotFound")).await;
+    assert!(look.uri.starts_with(&format!("/api/v1/namespaces/berth/secrets/{NAME}")), "{}", look.uri);
+    let made = answer(&mut handle, 201, json!({})).await;
+    assert_eq!(made.method, Method::POST);
+    assert_eq!(made.body["metadata"]["ownerReferences"][0]["uid"], "job-uid-1");
+    assert!(made.body["data"]["GITHUB_TOKEN"].is_string(), "{}", made.raw);
+    assert_eq!(call.await.expect("no panic").expect("a conflict is no error"), None);
+}
+
+#[tokio::test]
+async fn a_started_job_or_another_tasks_gets_no_secret_on_a_name_conflict() {
+    for found in [job(false, json!({})), {
+        let mut other = job(true, json!({}));
+        other.metadata.labels.as_mut().expect("labels").insert(label::TASK_ID.to_owned(), "t-2".to_owned());
+        other
+    }] {
+        let (engine, mut handle) = engine();
+        let call = tokio::spawn(async move { engine.create(&spec()).await });
+        answer(&mut handle, 409, failure(409, "AlreadyExists")).await;
+        answer(&mut handle, 200, serde_json::to_value(found).expect("json")).await;
+        assert_eq!(call.await.expect("no panic").expect("a conflict is no error"), None);
+    }
 }
 
 #[tokio::test]

@@ -140,12 +140,14 @@ pub async fn run(
     sweep: OrphanSweep,
 ) -> WorkerExit {
     let lookup = |name: &'static str| env.get(name).cloned();
+    let one_stream = env.get(env_names::BERTH_ONE_STREAM).is_some_and(|value| value == "1");
     let parsed = WorkerTask::from_env(lookup).and_then(|task| Ok((task, WorkerOptions::from_env(lookup)?)));
     let (task, options) = match parsed {
         Ok(parsed) => parsed,
         Err(err) => {
             // Still redact the token, should a message ever carry it.
-            let output = Output::new(Redactor::new(env.get(env_names::BERTH_GITHUB_TOKEN)));
+            let output = Output::new(Redactor::new(env.get(env_names::BERTH_GITHUB_TOKEN)))
+                .with_one_stream(one_stream);
             let outcome = Outcome::new(WorkerExit::SetupFailed, err.to_string());
             output.note(&outcome.summary);
             let task_id = env.get(env_names::BERTH_TASK_ID).cloned().unwrap_or_default();
@@ -154,7 +156,7 @@ pub async fn run(
         }
     };
     let settings = Settings::resolve(&task, &options, env);
-    let output = Output::new(Redactor::new(&settings.secrets));
+    let output = Output::new(Redactor::new(&settings.secrets)).with_one_stream(one_stream);
     let limits =
         Limits { deadline: deadline_instant(task.deadline_unix), grace: settings.grace, cancel, sweep };
     output.note(&format!("task {}: {} of {}#{}", task.task_id, task.kind, task.repo, task.number));

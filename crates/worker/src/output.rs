@@ -1,5 +1,9 @@
 //! Everything the worker writes: the agent's and git's lines (redacted), its
 //! own notes on stderr, and the result record as the last line of stdout.
+//! On an engine whose log merges the two streams (`BERTH_ONE_STREAM`), all of
+//! it goes to stdout: a runtime reads the two pipes at once, so a stderr line
+//! written before the record can be logged after it, and the record must be
+//! the merged log's last line.
 //!
 //! Each line is written with one call on a locked handle, so the lines of
 //! the agent's two streams never interleave mid-line. Write errors (a closed
@@ -27,12 +31,20 @@ pub(crate) enum Stream {
 #[derive(Debug, Clone)]
 pub(crate) struct Output {
     redactor: Arc<Redactor>,
+    /// Everything to stdout (see the module's docs).
+    one_stream: bool,
 }
 
 impl Output {
     /// Output that redacts these secret values.
     pub(crate) fn new(redactor: Redactor) -> Self {
-        Self { redactor: Arc::new(redactor) }
+        Self { redactor: Arc::new(redactor), one_stream: false }
+    }
+
+    /// The same output, writing everything to stdout when `one_stream`.
+    pub(crate) fn with_one_stream(mut self, one_stream: bool) -> Self {
+        self.one_stream = one_stream;
+        self
     }
 
     /// The redactor in force.
@@ -44,6 +56,7 @@ impl Output {
     /// A stdout line that could pass for a result record is prefixed with
     /// `[agent] `, so a child can never forge the worker's result.
     pub(crate) fn child_line(&self, stream: Stream, line: &[u8]) {
+        let stream = if self.one_stream { Stream::Stdout } else { stream };
         match stream {
             Stream::Stdout => {
                 let forged = String::from_utf8_lossy(line).contains(RECORD_MARKER);
@@ -62,6 +75,12 @@ impl Output {
     /// One note of the worker's own on stderr: `berth-worker: <message>`.
     pub(crate) fn note(&self, message: &str) {
         let message = self.redactor.redact_str(message);
+        if self.one_stream {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "berth-worker: {message}");
+            let _ = stdout.flush();
+            return;
+        }
         let mut stderr = std::io::stderr().lock();
         let _ = writeln!(stderr, "berth-worker: {message}");
     }
