@@ -106,7 +106,10 @@ async fn app_manifest_asks_for_exactly_what_berth_uses() {
     assert!(output.status.success());
     let manifest: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(manifest["hook_attributes"]["url"], "https://berth.example.com/webhook");
-    assert_eq!(manifest["default_events"], serde_json::json!(["issue_comment", "issues", "pull_request"]));
+    assert_eq!(
+        manifest["default_events"],
+        serde_json::json!(["issue_comment", "issues", "pull_request", "check_run", "check_suite"])
+    );
     assert_eq!(
         manifest["default_permissions"],
         serde_json::json!({"checks": "write", "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"})

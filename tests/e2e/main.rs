@@ -22,6 +22,7 @@ mod kubernetes;
 mod operate;
 mod real_agent;
 mod recovery;
+mod reruns;
 mod running;
 mod setup;
 mod worker;

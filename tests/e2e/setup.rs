@@ -246,7 +246,10 @@ async fn setup_in_chromium_creates_the_app_and_berth_serve_starts_from_its_files
     assert_eq!(manifest["url"], public_url.as_str());
     assert_eq!(manifest["redirect_url"], format!("{setup_origin}/callback"));
     assert_eq!(manifest["default_permissions"]["checks"], "write");
-    assert_eq!(manifest["default_events"], json!(["issue_comment", "issues", "pull_request"]));
+    assert_eq!(
+        manifest["default_events"],
+        json!(["issue_comment", "issues", "pull_request", "check_run", "check_suite"])
+    );
     assert!(posted[0].converted && posted[0].state.len() == 64, "{:?}", posted[0].state);
     let conversions: Vec<String> = fake.with(|state| {
         state

@@ -213,7 +213,7 @@ pub fn app_manifest(args: &crate::config::AppManifestArgs) -> serde_json::Value 
             "pull_requests": "write",
             "metadata": "read"
         },
-        "default_events": ["issue_comment", "issues", "pull_request"]
+        "default_events": ["issue_comment", "issues", "pull_request", "check_run", "check_suite"]
     })
 }
 

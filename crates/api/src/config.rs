@@ -812,6 +812,7 @@ impl ServeArgs {
                 trusted_users: list(&self.trusted_users),
                 allowed_repos,
                 auto_review: self.auto_review,
+                app_id: Some(github_app_id),
             },
             agent_command: self.agent_command.clone(),
             agent_env_files,

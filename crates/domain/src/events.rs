@@ -188,6 +188,83 @@ pub struct PullRequestEvent {
     pub installation: Option<Installation>,
 }
 
+/// The GitHub App that owns a check run or check suite.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct App {
+    /// Its id.
+    pub id: u64,
+}
+
+/// A pull request as a check run or suite lists it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct PullRequestRef {
+    /// Its number.
+    pub number: u64,
+}
+
+/// A check run.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckRun {
+    /// Its name (`berth/review` for Berth's reviews).
+    pub name: String,
+    /// The commit it ran on.
+    pub head_sha: String,
+    /// The id its maker gave it; Berth sets it to the task id.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// The App that made it.
+    #[serde(default)]
+    pub app: Option<App>,
+    /// The open pull requests whose head it ran on.
+    #[serde(default)]
+    pub pull_requests: Vec<PullRequestRef>,
+}
+
+/// `check_run`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckRunEvent {
+    /// `created`, `completed`, `rerequested`, `requested_action`.
+    pub action: String,
+    /// The check run.
+    pub check_run: CheckRun,
+    /// The repository.
+    pub repository: Repository,
+    /// Who acted (for `rerequested`, who pressed Re-run).
+    pub sender: Account,
+    /// The App installation.
+    #[serde(default)]
+    pub installation: Option<Installation>,
+}
+
+/// A check suite.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckSuite {
+    /// The commit it ran on.
+    pub head_sha: String,
+    /// The App that owns it.
+    #[serde(default)]
+    pub app: Option<App>,
+    /// The open pull requests whose head it ran on.
+    #[serde(default)]
+    pub pull_requests: Vec<PullRequestRef>,
+}
+
+/// `check_suite`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckSuiteEvent {
+    /// `requested`, `rerequested`, `completed`.
+    pub action: String,
+    /// The check suite.
+    pub check_suite: CheckSuite,
+    /// The repository.
+    pub repository: Repository,
+    /// Who acted (for `rerequested`, who pressed Re-run all).
+    pub sender: Account,
+    /// The App installation.
+    #[serde(default)]
+    pub installation: Option<Installation>,
+}
+
 /// The events Berth reads, parsed from the raw body after the signature check.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -199,6 +276,10 @@ pub enum Event {
     Issues(Box<IssuesEvent>),
     /// `pull_request`.
     PullRequest(Box<PullRequestEvent>),
+    /// `check_run`.
+    CheckRun(Box<CheckRunEvent>),
+    /// `check_suite`.
+    CheckSuite(Box<CheckSuiteEvent>),
     /// `installation` or `installation_repositories` with its action.
     Installation {
         /// The event name.
@@ -245,6 +326,8 @@ impl Event {
             "issue_comment" => Event::IssueComment(serde_json::from_slice(body).map_err(error)?),
             "issues" => Event::Issues(serde_json::from_slice(body).map_err(error)?),
             "pull_request" => Event::PullRequest(serde_json::from_slice(body).map_err(error)?),
+            "check_run" => Event::CheckRun(serde_json::from_slice(body).map_err(error)?),
+            "check_suite" => Event::CheckSuite(serde_json::from_slice(body).map_err(error)?),
             "installation" | "installation_repositories" => {
                 let ActionOnly { action } = serde_json::from_slice(body).map_err(error)?;
                 Event::Installation { event: name.to_owned(), action }

@@ -102,3 +102,32 @@ pub struct CancelRequest {
     /// A sentence for the report, e.g. "cancelled by @octocat".
     pub reason: String,
 }
+
+/// Which earlier task a retry repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryTarget {
+    /// The newest task of this issue or pull request (`/berth retry`).
+    Latest {
+        /// Issue or pull request number.
+        number: u64,
+    },
+    /// The task with this id (a check run's `external_id`, when GitHub's
+    /// Re-run button is pressed on a check run that is not a review's).
+    Task(String),
+}
+
+/// A request to run an earlier task again, resolved by the journal, which
+/// knows the tasks: the new task copies the old one's kind and words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryRequest {
+    /// `owner/name`.
+    pub repo: String,
+    /// Which task to repeat.
+    pub target: RetryTarget,
+    /// Who asked.
+    pub sender: String,
+    /// The App installation, when the payload named it.
+    pub installation: Option<u64>,
+    /// The triggering comment, for the reaction.
+    pub comment_id: Option<u64>,
+}

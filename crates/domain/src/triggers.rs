@@ -7,8 +7,10 @@
 use core_types::env_names::{BERTH_ALLOWED_REPOS, BERTH_AUTO_REVIEW, BERTH_TRUSTED_USERS};
 use core_types::{Subject, TaskKind};
 
-use crate::events::{Account, Event, IssueCommentEvent, IssuesEvent, PullRequestEvent};
-use crate::request::{CancelCause, CancelRequest, TaskRequest};
+use crate::events::{
+    Account, App, CheckRunEvent, CheckSuiteEvent, Event, IssueCommentEvent, IssuesEvent, PullRequestEvent,
+};
+use crate::request::{CancelCause, CancelRequest, RetryRequest, RetryTarget, TaskRequest};
 
 /// The label that asks for an implementation.
 pub const IMPLEMENT_LABEL: &str = "berth:implement";
@@ -27,6 +29,10 @@ pub struct Policy {
     pub allowed_repos: Vec<String>,
     /// Review pull requests automatically when opened or pushed to.
     pub auto_review: bool,
+    /// The GitHub App's id, which tells Berth's check runs and suites from
+    /// other apps' when GitHub's Re-run is pressed; unknown (`None`) means a
+    /// check run counts as Berth's by its name alone and no suite does.
+    pub app_id: Option<u64>,
 }
 
 impl Default for Policy {
@@ -36,6 +42,7 @@ impl Default for Policy {
             trusted_users: Vec::new(),
             allowed_repos: Vec::new(),
             auto_review: false,
+            app_id: None,
         }
     }
 }
@@ -54,6 +61,10 @@ pub enum Decision {
         /// The automatic review of the new head, if enabled and trusted.
         queue: Option<TaskRequest>,
     },
+    /// Queue each of these tasks (a check suite re-run over several pull requests).
+    QueueEach(Vec<TaskRequest>),
+    /// Run an earlier task again; the journal finds it.
+    Retry(RetryRequest),
     /// Nothing to do, and why.
     Ignore(String),
 }
@@ -70,6 +81,8 @@ pub enum Command {
     },
     /// `cancel`.
     Cancel,
+    /// `retry`: run the issue's or pull request's last task again.
+    Retry,
     /// The prefix with a word Berth does not know.
     Unknown(String),
 }
@@ -94,6 +107,7 @@ pub fn parse_command(prefix: &str, body: &str) -> Option<Command> {
     let args = args.trim().to_owned();
     Some(match word.to_ascii_lowercase().as_str() {
         "cancel" | "stop" => Command::Cancel,
+        "retry" => Command::Retry,
         other => match TaskKind::from_command(other) {
             Some(kind) => Command::Run { kind, args },
             None => Command::Unknown(other.to_owned()),
@@ -142,6 +156,8 @@ impl Policy {
             Event::IssueComment(comment) => self.decide_comment(comment),
             Event::Issues(issues) => self.decide_issues(issues),
             Event::PullRequest(pull) => self.decide_pull_request(pull),
+            Event::CheckRun(check_run) => self.decide_check_run(check_run),
+            Event::CheckSuite(check_suite) => self.decide_check_suite(check_suite),
         }
     }
 
@@ -220,8 +236,15 @@ impl Policy {
                 except_head: None,
                 reason: format!("cancelled by @{login}"),
             }),
+            Command::Retry => Decision::Retry(RetryRequest {
+                repo: repo.clone(),
+                target: RetryTarget::Latest { number },
+                sender: login.clone(),
+                installation: event.installation.map(|installation| installation.id),
+                comment_id: Some(event.comment.id),
+            }),
             Command::Unknown(word) => Decision::Ignore(format!(
-                "unknown command {:?} (known: {}, cancel)",
+                "unknown command {:?} (known: {}, cancel, retry)",
                 format!("{} {word}", self.command_prefix),
                 core_types::KINDS.map(|spec| spec.command).join(", ")
             )),
@@ -324,6 +347,108 @@ impl Policy {
         }
     }
 
+    /// Whether a check run or suite made by `app` is Berth's: with the App's
+    /// id known, the ids must match; without it, `by_name` decides.
+    fn owns(&self, app: Option<App>, by_name: bool) -> bool {
+        match (self.app_id, app) {
+            (Some(ours), Some(theirs)) => ours == theirs.id,
+            _ => by_name,
+        }
+    }
+
+    /// The trust check for GitHub's Re-run buttons. The payload carries no
+    /// author association, and repository permissions are not knowable
+    /// offline; GitHub shows Re-run only to users with write access to the
+    /// repository, so whoever pressed it is trusted, unless an explicit
+    /// BERTH_TRUSTED_USERS list says otherwise.
+    fn trusts_rerun(&self, repo: &str, sender: &Account) -> Result<(), String> {
+        self.gate(repo, sender)?;
+        if !self.trusted_users.is_empty() {
+            self.trusts(&sender.login, None)?;
+        }
+        Ok(())
+    }
+
+    /// `check_run` `rerequested` on one of Berth's check runs: a review is
+    /// queued again for each pull request at its current head (read at
+    /// dispatch, as for a comment); any other kind repeats the task the
+    /// check run reported (its `external_id`).
+    fn decide_check_run(&self, event: &CheckRunEvent) -> Decision {
+        if event.action != "rerequested" {
+            return Decision::Ignore(format!("check_run {}: only a re-run triggers", event.action));
+        }
+        let check_run = &event.check_run;
+        let kind = core_types::KINDS.iter().find(|spec| spec.check_run_name == check_run.name);
+        let Some(spec) = kind.filter(|_| self.owns(check_run.app, true)) else {
+            return Decision::Ignore(format!("check run {:?} is not one of berth's", check_run.name));
+        };
+        let repo = &event.repository.full_name;
+        if let Err(reason) = self.trusts_rerun(repo, &event.sender) {
+            return Decision::Ignore(reason);
+        }
+        if let Some(ignore) = missing_clone_url(&event.repository) {
+            return ignore;
+        }
+        let installation = event.installation.map(|installation| installation.id);
+        if spec.subject == Subject::PullRequest {
+            let requests: Vec<_> = check_run
+                .pull_requests
+                .iter()
+                .map(|pull| {
+                    rerun_request(spec.kind, &event.repository, &event.sender, pull.number, installation)
+                })
+                .collect();
+            return queue_each(requests, || {
+                format!(
+                    "check run {} on {} has no pull request",
+                    check_run.name,
+                    short_sha(&check_run.head_sha)
+                )
+            });
+        }
+        match check_run.external_id.as_deref().filter(|id| !id.is_empty()) {
+            Some(task) => Decision::Retry(RetryRequest {
+                repo: repo.clone(),
+                target: RetryTarget::Task(task.to_owned()),
+                sender: event.sender.login.clone(),
+                installation,
+                comment_id: None,
+            }),
+            None => {
+                Decision::Ignore(format!("check run {} has no external_id naming its task", check_run.name))
+            }
+        }
+    }
+
+    /// `check_suite` `rerequested` on Berth's suite: a review of each of its
+    /// pull requests. Only the App's id tells Berth's suite from another's.
+    fn decide_check_suite(&self, event: &CheckSuiteEvent) -> Decision {
+        if event.action != "rerequested" {
+            return Decision::Ignore(format!("check_suite {}: only a re-run triggers", event.action));
+        }
+        let suite = &event.check_suite;
+        if !self.owns(suite.app, false) {
+            let app = suite.app.map_or_else(|| "no app".to_owned(), |app| format!("app {}", app.id));
+            return Decision::Ignore(format!("check suite of {app} is not berth's"));
+        }
+        let repo = &event.repository.full_name;
+        if let Err(reason) = self.trusts_rerun(repo, &event.sender) {
+            return Decision::Ignore(reason);
+        }
+        if let Some(ignore) = missing_clone_url(&event.repository) {
+            return ignore;
+        }
+        let installation = event.installation.map(|installation| installation.id);
+        let requests: Vec<_> = suite
+            .pull_requests
+            .iter()
+            .map(|pull| {
+                rerun_request(TaskKind::Review, &event.repository, &event.sender, pull.number, installation)
+            })
+            .collect();
+        queue_each(requests, || format!("check suite on {} has no pull request", short_sha(&suite.head_sha)))
+    }
+
     /// The automatic review of a pull request's head, when enabled and allowed.
     fn auto_review_request(&self, event: &PullRequestEvent) -> Result<TaskRequest, String> {
         let pull = &event.pull_request;
@@ -386,6 +511,42 @@ fn closed(repo: &str, number: u64, login: &str, what: &str) -> CancelRequest {
         kind: None,
         except_head: None,
         reason: format!("{what} closed by @{login}"),
+    }
+}
+
+/// A task asked for again by GitHub's Re-run. The head it ran on may be
+/// stale: the pull request's current head is read at dispatch, as for a
+/// review asked for in a comment.
+fn rerun_request(
+    kind: TaskKind,
+    repository: &crate::events::Repository,
+    sender: &Account,
+    number: u64,
+    installation: Option<u64>,
+) -> TaskRequest {
+    TaskRequest {
+        kind,
+        repo: repository.full_name.clone(),
+        number,
+        head_sha: None,
+        head_ref: None,
+        clone_url: clone_url(repository),
+        prompt: String::new(),
+        subject_title: String::new(),
+        subject_body: String::new(),
+        base_ref: None,
+        sender: sender.login.clone(),
+        installation,
+        comment_id: None,
+    }
+}
+
+/// One request queued as itself, several as a batch, none ignored with `why`.
+fn queue_each(mut requests: Vec<TaskRequest>, why: impl FnOnce() -> String) -> Decision {
+    match requests.len() {
+        0 => Decision::Ignore(why()),
+        1 => Decision::Queue(requests.remove(0)),
+        _ => Decision::QueueEach(requests),
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
 
 use domain::request::CancelRequest;
-use domain::request::TaskRequest;
+use domain::request::{RetryRequest, RetryTarget, TaskRequest};
 use domain::tasks::{Outcome, TaskRecord};
 use domain::triggers::Decision;
 
@@ -1084,6 +1084,25 @@ fn accept_in(
     let accepted = match decision {
         Decision::Ignore(reason) => Accepted::Ignored { reason },
         Decision::Queue(request) => queue_in(txn, delivery, request)?,
+        Decision::QueueEach(requests) => {
+            // The answer names the first task queued (else the first
+            // duplicate); the others are in the journal all the same.
+            let mut first = None;
+            for request in requests {
+                let accepted = queue_in(txn, delivery, request)?;
+                match (&first, &accepted) {
+                    (None, _) | (Some(Accepted::Duplicate { .. }), Accepted::Queued { .. }) => {
+                        first = Some(accepted);
+                    }
+                    _ => {}
+                }
+            }
+            first.unwrap_or_else(|| Accepted::Ignored { reason: "no pull request to queue".to_owned() })
+        }
+        Decision::Retry(retry) => match retried(txn, &retry)? {
+            Ok(request) => queue_in(txn, delivery, request)?,
+            Err(reason) => Accepted::Ignored { reason },
+        },
         Decision::Cancel(cancel) => {
             let tasks = cancel_in(txn, &cancel)?;
             if tasks.is_empty() {
@@ -1155,6 +1174,61 @@ fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Res
         comments.insert(comment, encode(&made).as_slice()).map_err(storage_of("write"))?;
     }
     Ok(Accepted::Queued { task: record.task_id })
+}
+
+/// The request that runs again the task `retry` names: its kind and the
+/// words it was asked with, for whoever asked now. A review is of the pull
+/// request's current head, read at dispatch. The new task gets its own id
+/// (from the new delivery) and so its own check run; the old one's stays as
+/// it was. `Err` says why there is nothing to retry.
+fn retried(
+    txn: &WriteTransaction,
+    retry: &RetryRequest,
+) -> Result<Result<TaskRequest, String>, JournalError> {
+    let tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
+    let old = match &retry.target {
+        RetryTarget::Task(task_id) => match tasks.get(task_id.as_str()).map_err(storage_of("write"))? {
+            Some(value) => {
+                let record: TaskRecord = decode(task_id, value.value())?;
+                Some(record).filter(|record| record.repo.eq_ignore_ascii_case(&retry.repo))
+            }
+            None => None,
+        },
+        RetryTarget::Latest { number } => {
+            let mut newest: Option<TaskRecord> = None;
+            for entry in tasks.iter().map_err(storage_of("write"))? {
+                let (key, value) = entry.map_err(storage_of("write"))?;
+                let record: TaskRecord = decode(key.value(), value.value())?;
+                let matches = record.number == *number && record.repo.eq_ignore_ascii_case(&retry.repo);
+                if matches && newest.as_ref().is_none_or(|newest| record.seq > newest.seq) {
+                    newest = Some(record);
+                }
+            }
+            newest
+        }
+    };
+    let Some(old) = old else {
+        let what = match &retry.target {
+            RetryTarget::Task(task_id) => format!("task {task_id} of {} is not in the journal", retry.repo),
+            RetryTarget::Latest { number } => format!("{}#{number} has no task", retry.repo),
+        };
+        return Ok(Err(format!("nothing to retry: {what}")));
+    };
+    Ok(Ok(TaskRequest {
+        kind: old.kind,
+        repo: old.repo,
+        number: old.number,
+        head_sha: None,
+        head_ref: old.head_ref,
+        clone_url: old.clone_url,
+        prompt: old.prompt,
+        subject_title: old.subject_title,
+        subject_body: old.subject_body,
+        base_ref: old.base_ref,
+        sender: retry.sender.clone(),
+        installation: retry.installation.or(old.installation),
+        comment_id: retry.comment_id,
+    }))
 }
 
 /// Marks the active tasks the request names as to be cancelled.

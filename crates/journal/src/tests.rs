@@ -1,8 +1,8 @@
 use core_types::TaskKind;
 
 use crate::{Accepted, Finished, Journal};
-use domain::request::TaskRequest;
 use domain::request::{CancelCause, CancelRequest};
+use domain::request::{RetryRequest, RetryTarget, TaskRequest};
 use domain::tasks::{Conclusion, Outcome, PullRequestRef, TaskState};
 use domain::triggers::Decision;
 
@@ -442,4 +442,79 @@ async fn a_task_ends_once_and_a_second_ending_leaves_the_first() {
     let unknown =
         journal.finish_task(&id("review-none-00000000"), Outcome::new(Conclusion::Failure, "x", "", 3)).await;
     assert_eq!(unknown.unwrap(), Finished::Unknown);
+}
+
+fn retry(target: RetryTarget, comment_id: Option<u64>) -> Decision {
+    Decision::Retry(RetryRequest {
+        repo: "octo/repo".into(),
+        target,
+        sender: "hubot".into(),
+        installation: None,
+        comment_id,
+    })
+}
+
+#[tokio::test]
+async fn a_retry_repeats_the_newest_task_of_its_number_with_a_fresh_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+
+    let nothing =
+        journal.accept("r-0", "issue_comment", retry(RetryTarget::Latest { number: 5 }, Some(1))).await;
+    assert_eq!(
+        nothing.unwrap(),
+        Accepted::Ignored { reason: "nothing to retry: octo/repo#5 has no task".into() }
+    );
+
+    let first = queued_task(&journal.accept("r-1", "issue_comment", review(5)).await.unwrap());
+    journal.accept("r-other", "issue_comment", review(6)).await.unwrap();
+    // While the first is still queued, a retry is a duplicate of it.
+    let busy =
+        journal.accept("r-2", "issue_comment", retry(RetryTarget::Latest { number: 5 }, Some(2))).await;
+    assert!(matches!(busy.unwrap(), Accepted::Duplicate { task: Some(ref task), .. } if *task == first));
+
+    journal.finish_task(&first, Outcome::new(Conclusion::Failure, "Failed", "", 1)).await.unwrap();
+    let again =
+        journal.accept("r-3", "issue_comment", retry(RetryTarget::Latest { number: 5 }, Some(3))).await;
+    let second = queued_task(&again.unwrap());
+    assert_ne!(second, first);
+    let (old, new) = (journal.task(&first).unwrap().unwrap(), journal.task(&second).unwrap().unwrap());
+    assert_eq!((new.kind, new.number, new.prompt.as_str()), (old.kind, 5, old.prompt.as_str()));
+    assert_eq!((new.sender.as_str(), new.comment_id, new.installation), ("hubot", Some(3), Some(7)));
+    assert_eq!(new.head_sha, None);
+    assert_eq!(old.state, TaskState::Finished { outcome: old.outcome().unwrap().clone() });
+
+    // The same comment delivered again under a new id makes no third task.
+    let replay =
+        journal.accept("r-4", "issue_comment", retry(RetryTarget::Latest { number: 5 }, Some(3))).await;
+    assert!(matches!(replay.unwrap(), Accepted::Duplicate { task: Some(ref task), .. } if *task == second));
+
+    // A re-run of a check run names its task; an unknown one is ignored.
+    journal.finish_task(&second, Outcome::new(Conclusion::Success, "Review done", "", 2)).await.unwrap();
+    let by_id = journal.accept("r-5", "check_run", retry(RetryTarget::Task(first.to_string()), None)).await;
+    let third = queued_task(&by_id.unwrap());
+    assert_eq!(journal.task(&third).unwrap().unwrap().number, 5);
+    let unknown =
+        journal.accept("r-6", "check_run", retry(RetryTarget::Task("review-x-1-0".into()), None)).await;
+    assert!(
+        matches!(unknown.unwrap(), Accepted::Ignored { ref reason } if reason.contains("not in the journal"))
+    );
+}
+
+#[tokio::test]
+async fn queue_each_queues_every_request_and_answers_with_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let requests = [review_by_comment(1, None), review_by_comment(2, None)]
+        .map(|decision| match decision {
+            Decision::Queue(request) => request,
+            other => panic!("{other:?}"),
+        })
+        .to_vec();
+    let first =
+        queued_task(&journal.accept("s-1", "check_suite", Decision::QueueEach(requests)).await.unwrap());
+    let tasks = journal.tasks().unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert!(tasks.iter().any(|task| task.task_id == first && task.number == 1));
+    assert!(tasks.iter().any(|task| task.number == 2));
 }

@@ -60,6 +60,10 @@ closed_set! {
         Issues => "issues",
         /// `pull_request`.
         PullRequest => "pull_request",
+        /// `check_run`.
+        CheckRun => "check_run",
+        /// `check_suite`.
+        CheckSuite => "check_suite",
         /// `ping`.
         Ping => "ping",
         /// `installation`.

@@ -425,7 +425,7 @@ fn the_first_run_checks_name_each_problem_with_its_fix() {
     );
 
     let full = app(
-        json!({"id": 7, "slug": "b", "permissions": {"checks": "write", "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"}, "events": ["issue_comment", "issues", "pull_request", "push"]}),
+        json!({"id": 7, "slug": "b", "permissions": {"checks": "write", "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"}, "events": ["issue_comment", "issues", "pull_request", "check_run", "check_suite", "push"]}),
     );
     assert!(access_check(&full, &pages).problem.is_none());
     let lacking = app(
@@ -435,6 +435,7 @@ fn the_first_run_checks_name_each_problem_with_its_fix() {
     assert!(
         problem.contains("contents (write)")
             && problem.contains("issue_comment event")
+            && problem.contains("check_suite event")
             && problem.contains(&pages.settings),
         "{problem}"
     );

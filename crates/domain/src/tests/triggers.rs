@@ -17,6 +17,7 @@ fn commands_are_recognised_robustly() {
             Some(Command::Run { kind: TaskKind::Implement, args: "with tests".into() }),
         ),
         ("/berth cancel", Some(Command::Cancel)),
+        ("/berth Retry", Some(Command::Retry)),
         ("/berth  stop", Some(Command::Cancel)),
         ("/berth deploy", Some(Command::Unknown("deploy".into()))),
         ("/berth", Some(Command::Unknown(String::new()))),
@@ -74,4 +75,167 @@ fn dedupe_keys_separate_kind_number_and_review_head() {
     assert_eq!(request("o/r", 1, TaskKind::Review, None).dedupe_key(), "o/r#1:review");
     assert_eq!(request("o/r", 1, TaskKind::Review, Some("abc")).dedupe_key(), "o/r#1:review@abc");
     assert_eq!(request("o/r", 1, TaskKind::Implement, Some("abc")).dedupe_key(), "o/r#1:implement");
+}
+
+mod reruns {
+    use serde_json::{Value, json};
+
+    use crate::events::Event;
+    use crate::request::{RetryRequest, RetryTarget};
+    use crate::triggers::{Decision, Policy};
+    use core_types::TaskKind;
+
+    fn fixture(path: &str) -> Value {
+        let path =
+            format!("{}/../../tests/fixtures/github-webhooks/payloads/{path}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_slice(&std::fs::read(&path).expect("fixture exists")).expect("fixture is JSON")
+    }
+
+    fn decide(policy: &Policy, event: &str, payload: &Value) -> Decision {
+        policy.decide(&Event::parse(event, payload.to_string().as_bytes()).expect("payload parses"))
+    }
+
+    fn ours() -> Policy {
+        Policy { app_id: Some(42), ..Policy::default() }
+    }
+
+    /// The fixture's re-run, made to be of Berth's check run `name` on pull request #7.
+    fn berth_check_run(name: &str) -> Value {
+        let mut payload = fixture("check_run/rerequested.json");
+        payload["check_run"]["name"] = json!(name);
+        payload["check_run"]["app"]["id"] = json!(42);
+        payload["check_run"]["external_id"] = json!("review-hello-world-7-0a1b2c3d");
+        payload["check_run"]["pull_requests"] = json!([{"number": 7, "id": 1, "url": "x"}]);
+        payload
+    }
+
+    #[test]
+    fn other_apps_check_runs_and_suites_are_ignored_with_a_reason() {
+        let cases = [
+            (
+                "check_run",
+                fixture("check_run/rerequested.json"),
+                "check run \"randscape\" is not one of berth's",
+            ),
+            (
+                "check_suite",
+                fixture("check_suite/rerequested.json"),
+                "check suite of app 29310 is not berth's",
+            ),
+            ("check_run", fixture("check_run/completed.json"), "check_run completed: only a re-run triggers"),
+            (
+                "check_suite",
+                fixture("check_suite/requested.json"),
+                "check_suite requested: only a re-run triggers",
+            ),
+        ];
+        for (event, payload, reason) in cases {
+            assert_eq!(decide(&ours(), event, &payload), Decision::Ignore(reason.into()), "{event}");
+        }
+        // Named like Berth's, made by another App.
+        let mut imposter = berth_check_run("berth/review");
+        imposter["check_run"]["app"]["id"] = json!(99);
+        assert!(matches!(decide(&ours(), "check_run", &imposter), Decision::Ignore(_)));
+    }
+
+    #[test]
+    fn a_rerun_of_a_review_check_run_reviews_the_pull_requests_current_head() {
+        let Decision::Queue(request) = decide(&ours(), "check_run", &berth_check_run("berth/review")) else {
+            panic!("not queued");
+        };
+        assert_eq!(
+            (request.kind, request.repo.as_str(), request.number),
+            (TaskKind::Review, "github/hello-world", 7)
+        );
+        assert_eq!(
+            (request.head_sha, request.sender.as_str(), request.installation),
+            (None, "octocat", Some(1))
+        );
+        // Without the App's id, the name alone tells Berth's check run.
+        assert!(matches!(
+            decide(&Policy::default(), "check_run", &berth_check_run("berth/review")),
+            Decision::Queue(_)
+        ));
+        let mut detached = berth_check_run("berth/review");
+        detached["check_run"]["pull_requests"] = json!([]);
+        assert!(
+            matches!(decide(&ours(), "check_run", &detached), Decision::Ignore(reason) if reason.contains("no pull request"))
+        );
+    }
+
+    #[test]
+    fn a_rerun_of_an_implement_check_run_retries_its_task() {
+        assert_eq!(
+            decide(&ours(), "check_run", &berth_check_run("berth/implement")),
+            Decision::Retry(RetryRequest {
+                repo: "github/hello-world".into(),
+                target: RetryTarget::Task("review-hello-world-7-0a1b2c3d".into()),
+                sender: "octocat".into(),
+                installation: Some(1),
+                comment_id: None,
+            })
+        );
+    }
+
+    #[test]
+    fn a_rerun_of_berths_check_suite_reviews_each_pull_request() {
+        let mut suite = fixture("check_suite/rerequested.json");
+        suite["sender"] = json!({"login": "Codertocat", "type": "User"});
+        let policy = Policy { app_id: Some(29310), ..Policy::default() };
+        let Decision::Queue(request) = decide(&policy, "check_suite", &suite) else { panic!("not queued") };
+        assert_eq!((request.kind, request.number, request.head_sha), (TaskKind::Review, 2, None));
+        suite["check_suite"]["pull_requests"] = json!([{"number": 2}, {"number": 3}]);
+        let Decision::QueueEach(requests) = decide(&policy, "check_suite", &suite) else {
+            panic!("not queued")
+        };
+        assert_eq!(requests.iter().map(|request| request.number).collect::<Vec<_>>(), [2, 3]);
+        // The fixture's sender is a bot, and bots never trigger.
+        let bot = fixture("check_suite/rerequested.json");
+        assert!(
+            matches!(decide(&policy, "check_suite", &bot), Decision::Ignore(reason) if reason.contains("is a bot"))
+        );
+    }
+
+    #[test]
+    fn reruns_follow_the_trust_rules() {
+        let listed = Policy { trusted_users: vec!["hubot".into()], ..ours() };
+        assert_eq!(
+            decide(&listed, "check_run", &berth_check_run("berth/review")),
+            Decision::Ignore("sender @octocat is not in BERTH_TRUSTED_USERS".into())
+        );
+        let elsewhere = Policy { allowed_repos: vec!["octo/*".into()], ..ours() };
+        assert!(matches!(
+            decide(&elsewhere, "check_run", &berth_check_run("berth/review")),
+            Decision::Ignore(_)
+        ));
+    }
+
+    fn comment(body: &str, association: &str) -> Value {
+        json!({
+            "action": "created",
+            "comment": {"id": 11, "body": body, "user": {"login": "octocat", "type": "User"}, "author_association": association},
+            "issue": {"number": 7, "pull_request": {}},
+            "repository": {"full_name": "octo/repo", "clone_url": "https://example.invalid/octo/repo.git"},
+            "sender": {"login": "octocat", "type": "User"},
+            "installation": {"id": 3}
+        })
+    }
+
+    #[test]
+    fn berth_retry_asks_the_journal_for_the_last_task() {
+        assert_eq!(
+            decide(&Policy::default(), "issue_comment", &comment("/berth retry", "MEMBER")),
+            Decision::Retry(RetryRequest {
+                repo: "octo/repo".into(),
+                target: RetryTarget::Latest { number: 7 },
+                sender: "octocat".into(),
+                installation: Some(3),
+                comment_id: Some(11),
+            })
+        );
+        assert!(matches!(
+            decide(&Policy::default(), "issue_comment", &comment("/berth retry", "NONE")),
+            Decision::Ignore(reason) if reason.contains("is not trusted")
+        ));
+    }
 }
