@@ -66,6 +66,22 @@ async fn ps_and_logs_read_docker_directly_while_no_daemon_runs() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("has no container"));
     dispatcher.remove(&launched.id).await.unwrap();
+
+    // Once the container is gone, the log the daemon kept of it is printed.
+    let state = tempfile::tempdir().unwrap();
+    std::fs::create_dir(state.path().join("logs")).unwrap();
+    let kept = state.path().join("logs").join(format!("{id}.log"));
+    std::fs::write(&kept, "berth-log cut=12\nkept \u{1b}[31mline\n").unwrap();
+    let task = id.to_string();
+    let state_dir = state.path().to_owned();
+    let kept = tokio::task::spawn_blocking(move || {
+        berth().args(["logs", &task]).env("BERTH_STATE_DIR", state_dir).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(kept.status.success(), "{}", String::from_utf8_lossy(&kept.stderr));
+    assert_eq!(String::from_utf8_lossy(&kept.stdout), "kept line\n", "escape sequences removed");
+    assert!(String::from_utf8_lossy(&kept.stderr).contains("first 12 bytes"));
 }
 
 #[tokio::test]

@@ -181,12 +181,39 @@ async fn the_status_api_shows_a_real_task_follows_its_log_and_cancels_it() {
 
     let (status, again) = api_json(&rig, "POST", &format!("/api/tasks/{task}/cancel")).await;
     assert_eq!(status, 409, "{again}");
-    let (status, gone) = api_json(&rig, "GET", &format!("/api/tasks/{task}/logs")).await;
-    assert_eq!(status, 404, "{gone}");
-    assert!(gone["error"].as_str().unwrap().contains("removed"), "{gone}");
+    // The container is gone; the log kept of it is served instead.
+    let (status, kept) = api(&rig, "GET", &format!("/api/tasks/{task}/logs"), Some(TOKEN)).await;
+    assert_eq!(status, 200, "{kept}");
+    assert!(kept.contains("operate-first") && kept.contains("operate-second"), "{kept}");
     assert_eq!(api(&rig, "GET", "/api/tasks/no-such-task", Some(TOKEN)).await.0, 404);
     assert_eq!(api(&rig, "POST", "/api/tasks/No_Such_Task/cancel", Some(TOKEN)).await.0, 400);
     assert!(!rig.daemon.log_text().contains(TOKEN), "the daemon never logs the admin token");
+}
+
+#[tokio::test]
+async fn a_finished_tasks_log_is_served_after_its_container_is_gone() {
+    let rig = start("kept-log").await;
+    let prompt = "/berth review print kept-first then print kept-second";
+    let task = queued(&rig.deliver("issue_comment", "kept-1", &rig.comment(7, true, prompt, 81)).await);
+    let run = rig.outcome(&task, Duration::from_secs(90)).await;
+    assert_eq!(run["conclusion"], "success", "{run:#}\n{}", rig.daemon.log_text());
+    let finished = until_task(&rig, &task, "the container to be gone", |body| {
+        body["state"] == "finished" && body["container"].is_null()
+    })
+    .await;
+    assert_eq!(finished["outcome"]["conclusion"], "success", "{finished:#}");
+
+    let path = format!("/api/tasks/{task}/logs");
+    let answer = stream_until(rig.daemon.addr, &path, Duration::from_secs(10), |text| {
+        text.contains("\"berth_result\"")
+    })
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("x-berth-log-cut: 0\r\n"), "nothing was cut:\n{answer}");
+    assert!(lower.contains("content-type: text/plain"), "{answer}");
+    assert!(answer.contains("kept-first") && answer.contains("kept-second"), "{answer}");
+    assert!(answer.contains("\"berth_result\""), "the worker's own output is kept too:\n{answer}");
 }
 
 #[tokio::test]

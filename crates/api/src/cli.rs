@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+
 use core_types::env_names::{BERTH_ADMIN_TOKEN, BERTH_ADMIN_TOKEN_FILE, BERTH_BIND};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -105,7 +107,9 @@ async fn listing_dispatcher(
     ))
 }
 
-/// `berth logs`: a worker's output, straight from Docker (works while the daemon is down).
+/// `berth logs`: a worker's output, straight from Docker (works while the
+/// daemon is down); once its container is gone, the log the daemon kept of
+/// it under `BERTH_STATE_DIR`.
 ///
 /// # Errors
 /// A bad task id, Docker unreachable, or no container for the task.
@@ -117,9 +121,26 @@ pub async fn logs(
     let task_id = core_types::TaskId::new(args.task.clone())?;
     let dispatcher = listing_dispatcher(engine).await?;
     let Some(container) = dispatcher.find(&task_id).await? else {
-        anyhow::bail!(
-            "task {task_id} has no container (finished tasks are removed once reported; their outcome is in GET /api/tasks/{task_id})"
-        );
+        let kept_logs = args.state_dir.join(runner::logs::LOG_DIR);
+        let kept = runner::logs::read_kept(&kept_logs, &task_id)
+            .with_context(|| format!("cannot read the kept log of task {task_id}"))?;
+        let Some(kept) = kept else {
+            anyhow::bail!(
+                "task {task_id} has no container (finished tasks are removed once reported; their outcome is in GET /api/tasks/{task_id})"
+            );
+        };
+        if kept.cut > 0 {
+            let note = format!("berth: the first {} bytes of this task's output were not kept\n", kept.cut);
+            std::io::stderr().lock().write_all(note.as_bytes())?;
+        }
+        let mut stdout = std::io::stdout().lock();
+        if args.raw {
+            stdout.write_all(kept.text.as_bytes())?;
+        } else {
+            stdout.write_all(&crate::terminal::TerminalFilter::default().filter(kept.text.as_bytes()))?;
+        }
+        stdout.flush()?;
+        return Ok(());
     };
     let mut stream = dispatcher.logs(&container.id, args.follow);
     let mut stdout = std::io::stdout().lock();

@@ -69,6 +69,10 @@ pub struct LogsArgs {
     /// control characters included (by default they are removed).
     #[arg(long)]
     pub raw: bool,
+    /// Where the daemon keeps its state: a finished task's kept log is read
+    /// from `logs/` under it once its container is gone.
+    #[arg(long, env = names::BERTH_STATE_DIR, default_value = "/var/lib/berth")]
+    pub state_dir: PathBuf,
 }
 
 /// Which engine runs the workers; shared by `serve`, `ps`, `logs` and `doctor`.
@@ -308,6 +312,13 @@ pub struct ServeArgs {
     /// How long deliveries are remembered for dedupe (at least 3 days).
     #[arg(long, env = names::BERTH_DELIVERY_RETENTION, default_value = "72h")]
     pub delivery_retention: String,
+    /// Bytes of a finished worker's output kept per task, under
+    /// `<state dir>/logs`, after its container is removed (`5MiB`; `0` keeps none).
+    #[arg(long, env = names::BERTH_LOG_KEEP, default_value = "5MiB")]
+    pub log_keep: String,
+    /// How long kept worker logs stay before they are pruned (`14d`).
+    #[arg(long, env = names::BERTH_LOG_RETENTION, default_value = "14d")]
+    pub log_retention: String,
     /// Bearer token for /api/*; without it /api/* is refused.
     #[arg(long, env = names::BERTH_ADMIN_TOKEN, hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -452,6 +463,10 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     /// Delivery retention.
     pub delivery_retention: Duration,
+    /// Bytes of a finished worker's output kept per task; 0 keeps none.
+    pub log_keep_bytes: usize,
+    /// How long kept worker logs stay.
+    pub log_retention: Duration,
     /// Admin token for /api/*.
     pub admin_token: Option<Secret>,
     /// Bearer token for /metrics; `None`: open.
@@ -734,6 +749,17 @@ impl ServeArgs {
                 "must be at least 72h (GitHub redelivers for 3 days)",
             ));
         }
+        let log_keep_bytes = parse_size(&self.log_keep)
+            .map_err(|reason| invalid(names::BERTH_LOG_KEEP, reason))
+            .and_then(|bytes| {
+                usize::try_from(bytes)
+                    .map_err(|_| invalid(names::BERTH_LOG_KEEP, format!("{bytes} is too large")))
+            })?;
+        let log_retention = parse_duration(&self.log_retention)
+            .map_err(|reason| invalid(names::BERTH_LOG_RETENTION, reason))?;
+        if log_retention.is_zero() {
+            return Err(invalid(names::BERTH_LOG_RETENTION, "must be longer than zero"));
+        }
         let admin_token = admin_token(self.admin_token.as_deref(), self.admin_token_file.as_deref())?;
         let metrics_token = bearer_token(
             (names::BERTH_METRICS_TOKEN, self.metrics_token.as_deref()),
@@ -804,6 +830,8 @@ impl ServeArgs {
             instance: self.instance.clone(),
             state_dir: self.state_dir.clone(),
             delivery_retention,
+            log_keep_bytes,
+            log_retention,
             admin_token,
             metrics_token,
             http,

@@ -28,7 +28,7 @@ use crate::status::Admin;
 use domain::signature::WebhookSecrets;
 use github::{GitHub, RetryPolicy};
 use journal::{Journal, now_unix};
-use runner::{Runner, RunnerConfig};
+use runner::{LogKeeper, Runner, RunnerConfig};
 use telemetry::Metrics;
 
 /// How often the sweep reconciles when no engine event wakes it.
@@ -109,8 +109,10 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
         metrics: metrics.clone(),
         wake: Arc::new(Notify::new()),
     };
+    let log_keeper = LogKeeper::under(&config.state_dir, config.log_keep_bytes);
     let admin = Admin::new(config.admin_token.as_ref(), &config.github_api_url)
-        .with_metrics_token(config.metrics_token.as_ref());
+        .with_metrics_token(config.metrics_token.as_ref())
+        .with_kept_logs(log_keeper.dir.clone());
     let tracker = TaskTracker::new();
     tracker.spawn(start_runner(
         config.clone(),
@@ -121,6 +123,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
         tracker.clone(),
     ));
     tracker.spawn(prune_deliveries(journal, config.delivery_retention, shutdown.clone()));
+    tracker.spawn(prune_logs(log_keeper.dir, config.log_retention, shutdown.clone()));
 
     serve(listener, router_with_admin(state, admin), config.http, metrics, shutdown.clone()).await;
     shutdown.cancel();
@@ -174,6 +177,7 @@ async fn start_runner(
             memory_bytes: config.worker_memory_bytes,
             agent_env_files: config.agent_env_files.clone(),
             prompts: config.prompts.clone(),
+            log_keeper: Some(LogKeeper::under(&config.state_dir, config.log_keep_bytes)),
         },
         state.metrics.clone(),
         state.wake.clone(),
@@ -241,6 +245,24 @@ async fn prune_deliveries(journal: Journal, retention: Duration, shutdown: Cance
             Ok(0) => {}
             Ok(pruned) => info!(pruned, "old deliveries pruned from the journal"),
             Err(err) => warn!(error = %err, "pruning the journal failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
+/// Removes kept worker logs older than `retention`, at start and then every
+/// `PRUNE_EVERY`, off the async threads (a slow disk stalls no request).
+async fn prune_logs(dir: std::path::PathBuf, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        let dir_now = dir.clone();
+        match tokio::task::spawn_blocking(move || runner::logs::prune(&dir_now, retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(pruned)) => info!(pruned, "old worker logs pruned"),
+            Ok(Err(err)) => warn!(error = %err, path = %dir.display(), "pruning the kept worker logs failed"),
+            Err(err) => warn!(error = %err, "pruning the kept worker logs failed"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

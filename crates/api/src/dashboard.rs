@@ -379,7 +379,16 @@ fn render_selected(state: &StatusState, selected: Option<&str>) -> Result<Markup
             }
             h3 { "Log " span id="log-state" {} }
             @if task.state.is_finished() {
-                p.empty { "This task has finished; its container, and its log with it, was removed." }
+                @if let Some(kept) = state.admin.kept_log(&task.task_id) {
+                    p.empty {
+                        "This task has finished and its container was removed; this is the log kept of it"
+                        @if kept.cut > 0 { ", without the first " (kept.cut) " bytes" }
+                        "."
+                    }
+                    pre id="kept-log" { (kept.text) }
+                } @else {
+                    p.empty { "This task has finished; its container, and its log with it, was removed." }
+                }
             } @else {
                 pre id="log" data-follow={ "/api/tasks/" (id) "/logs?follow=true" } {}
             }

@@ -4,8 +4,9 @@
 //!
 //! Tasks and their history come from the journal; labels and logs come from
 //! the task's container through a dispatcher of the status API's own, once
-//! the engine is reachable; a cancel is recorded through the runner, which
-//! carries it out.
+//! the engine is reachable, and a finished task's log from the file the
+//! runner kept of it (`runner::logs`); a cancel is recorded through the
+//! runner, which carries it out.
 //! This module decides nothing about a task itself. [`Admin`], the token
 //! check, also guards the dashboard (its sessions and sign-in limit) and,
 //! when `BERTH_METRICS_TOKEN` is set, `/metrics`. Every `/api/*` answer
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -88,6 +89,8 @@ pub struct Admin {
     dispatcher: Arc<OnceLock<Dispatcher<Engine>>>,
     runner: Arc<OnceLock<Arc<Runner<Engine>>>>,
     links: Arc<Links>,
+    /// Where finished tasks' logs are kept (`<state>/logs`), if anywhere.
+    kept_logs: Option<Arc<std::path::PathBuf>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -256,7 +259,25 @@ impl Admin {
             dispatcher: Arc::default(),
             runner: Arc::default(),
             links: Arc::new(Links::new(github_api_url)),
+            kept_logs: None,
         }
+    }
+
+    /// Serves finished tasks' logs from the files kept under `dir`.
+    #[must_use]
+    pub fn with_kept_logs(mut self, dir: std::path::PathBuf) -> Self {
+        self.kept_logs = Some(Arc::new(dir));
+        self
+    }
+
+    /// The log kept of a finished task, if one was. A file that cannot be
+    /// read reads as none (and is logged).
+    pub fn kept_log(&self, task_id: &TaskId) -> Option<runner::logs::KeptLog> {
+        let dir = self.kept_logs.as_deref()?;
+        runner::logs::read_kept(dir, task_id).unwrap_or_else(|err| {
+            warn!(task_id = %task_id, error = %err, "could not read the task's kept log");
+            None
+        })
     }
 
     /// Puts `/metrics` behind `token` (a bearer token); `None` leaves it open.
@@ -815,6 +836,12 @@ async fn task_logs(
     let task_id = task_id(path)?;
     let Query(query) = query.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
     let record = state.task(&task_id)?;
+    // A finished task's container is removed; its log, when kept, is a file.
+    if record.state.is_finished()
+        && let Some(kept) = state.admin.kept_log(&task_id)
+    {
+        return Ok(kept_log_response(kept, query.follow == Some(true), &headers));
+    }
     let dispatcher = state.admin.dispatcher()?;
     let container = dispatcher.find(&task_id).await.map_err(|err| {
         warn!(task_id = %task_id, error = %err, "could not look up the task's container");
@@ -822,7 +849,9 @@ async fn task_logs(
     })?;
     let Some(container) = container else {
         let reason = match record.state {
-            TaskState::Finished { .. } => "finished tasks' containers are removed, and their logs with them",
+            TaskState::Finished { .. } => {
+                "finished tasks' containers are removed, and no log was kept of this one (BERTH_LOG_KEEP, BERTH_LOG_RETENTION)"
+            }
             TaskState::Queued => "it has not started yet",
             TaskState::Dispatched => "its container is gone",
         };
@@ -838,18 +867,40 @@ async fn task_logs(
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
     // A reconnecting EventSource says which line it saw last; it gets the rest.
-    let seen = headers
+    let seen = last_event_id(&headers);
+    let stream = dispatcher.logs(&container.id, true);
+    Ok(Sse::new(follow_events(stream, seen)).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// A finished task's kept log: as text, or with `follow` as the same events
+/// a live worker's output gives (then `end`). Either way the header
+/// `X-Berth-Log-Cut` says how many bytes of the output before it were left out.
+fn kept_log_response(kept: runner::logs::KeptLog, follow: bool, headers: &HeaderMap) -> Response {
+    let cut = [(HeaderName::from_static(LOG_CUT_HEADER), HeaderValue::from(kept.cut))];
+    if !follow {
+        return (cut, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], kept.text).into_response();
+    }
+    let seen = last_event_id(headers);
+    let chunk: Result<LogChunk, dispatcher::DispatchError> = Ok(LogChunk::Stdout(kept.text.into()));
+    let stream: LogStream = Box::pin(futures_util::stream::iter([chunk]));
+    (cut, Sse::new(follow_events(stream, seen)).keep_alive(KeepAlive::default())).into_response()
+}
+
+/// The header that says how many bytes of a finished task's output were
+/// left out before its kept log.
+pub const LOG_CUT_HEADER: &str = "x-berth-log-cut";
+
+fn last_event_id(headers: &HeaderMap) -> u64 {
+    headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let stream = dispatcher.logs(&container.id, true);
-    Ok(Sse::new(follow(stream, seen)).keep_alive(KeepAlive::default()).into_response())
+        .unwrap_or(0)
 }
 
 /// The worker's output as events: one `message` per line, its line number as
 /// the event id, then one `end` event when the container's output ends.
-fn follow(stream: LogStream, seen: u64) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+fn follow_events(stream: LogStream, seen: u64) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     let state = Some((stream, LineSplitter::new(seen)));
     futures_util::stream::unfold(state, |state| async move {
         let (mut stream, mut lines) = state?;

@@ -77,6 +77,10 @@ pub const BERTH_INSTANCE: &str = "BERTH_INSTANCE";
 pub const BERTH_STATE_DIR: &str = "BERTH_STATE_DIR";
 /// How long deliveries are remembered for dedupe.
 pub const BERTH_DELIVERY_RETENTION: &str = "BERTH_DELIVERY_RETENTION";
+/// Bytes of a finished worker's output kept per task after its container is removed.
+pub const BERTH_LOG_KEEP: &str = "BERTH_LOG_KEEP";
+/// How long kept worker logs stay before they are pruned.
+pub const BERTH_LOG_RETENTION: &str = "BERTH_LOG_RETENTION";
 /// Bearer token for `/api/*` and the dashboard.
 pub const BERTH_ADMIN_TOKEN: &str = "BERTH_ADMIN_TOKEN";
 /// File holding the admin token (instead of `BERTH_ADMIN_TOKEN`).

@@ -354,6 +354,27 @@ impl<E: ContainerEngine> Dispatcher<E> {
         self.tail_of(id, lines, max_bytes, |chunk| matches!(chunk, LogChunk::Stdout(_))).await
     }
 
+    /// All of the output so far (stdout and stderr interleaved), of which
+    /// only the last `max_bytes` are kept while reading; also how many bytes
+    /// before them were dropped. What the daemon keeps of a worker's log
+    /// before its container is removed, bounded whatever it printed.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub async fn output_tail(
+        &self,
+        id: &ContainerId,
+        max_bytes: usize,
+    ) -> Result<(Vec<u8>, u64), DispatchError> {
+        let mut logs = self.engine.logs(id, false, None);
+        let mut tail = TailBuffer::new(max_bytes);
+        while let Some(chunk) = logs.next().await {
+            tail.push(chunk?.bytes());
+        }
+        let dropped = tail.dropped();
+        Ok((tail.into_bytes(), dropped))
+    }
+
     /// The last `lines` lines of output, of which the chunks `keep` accepts
     /// are kept, at most their last `max_bytes`.
     async fn tail_of(
@@ -409,17 +430,21 @@ impl<E: ContainerEngine> Dispatcher<E> {
 pub(crate) struct TailBuffer {
     bytes: Vec<u8>,
     max: usize,
+    /// Bytes pushed and dropped so far, trimmed ones included.
+    dropped: u64,
 }
 
 impl TailBuffer {
     /// An empty buffer keeping `max` bytes.
     pub(crate) fn new(max: usize) -> Self {
-        Self { bytes: Vec::new(), max }
+        Self { bytes: Vec::new(), max, dropped: 0 }
     }
 
     /// Appends `chunk`, dropping the oldest bytes past the limit.
     pub(crate) fn push(&mut self, chunk: &[u8]) {
-        let chunk = &chunk[chunk.len().saturating_sub(self.max)..];
+        let skipped = chunk.len().saturating_sub(self.max);
+        self.dropped += skipped as u64;
+        let chunk = &chunk[skipped..];
         self.bytes.extend_from_slice(chunk);
         // Trim once twice the limit is reached, so each byte moves at most once.
         if self.bytes.len() >= self.max.saturating_mul(2).max(1) {
@@ -433,8 +458,14 @@ impl TailBuffer {
         self.bytes
     }
 
+    /// How many bytes pushed are not among the last `max`.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped + self.bytes.len().saturating_sub(self.max) as u64
+    }
+
     fn trim(&mut self) {
         let excess = self.bytes.len().saturating_sub(self.max);
+        self.dropped += excess as u64;
         self.bytes.drain(..excess);
     }
 }

@@ -63,10 +63,12 @@ fn the_tail_buffer_keeps_only_the_last_bytes_however_they_come() {
     tail.push(b"head ");
     tail.push(&[b'x'; 1 << 20]);
     tail.push(b"{\"end\":1}\n");
+    assert_eq!(tail.dropped(), 5 + (1 << 20) + 10 - 16, "every byte not kept is counted");
     assert_eq!(tail.into_bytes(), b"xxxxxx{\"end\":1}\n");
     // Less than the limit is kept whole.
     let mut tail = TailBuffer::new(64);
     tail.push(b"short\n");
+    assert_eq!(tail.dropped(), 0);
     assert_eq!(tail.into_bytes(), b"short\n");
 }
 

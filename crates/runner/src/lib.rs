@@ -31,11 +31,13 @@ use telemetry::Metrics;
 
 pub mod agent_env;
 pub mod decide;
+pub mod logs;
 mod recovery;
 
 #[cfg(test)]
 mod tests;
 
+pub use logs::LogKeeper;
 pub use recovery::Reconciled;
 
 /// How often the scheduler looks at the journal when nothing wakes it.
@@ -53,6 +55,16 @@ const RESULT_TAIL_LINES: u64 = 256;
 /// Bytes of a worker's stdout kept while reading it back: more than the
 /// largest record, and all the daemon ever holds of a worker's output.
 const RESULT_TAIL_BYTES: usize = 512 * 1024;
+
+/// How long reading a finished worker's output for its kept log may take,
+/// and so may writing it: past either, the log is dropped and the task's
+/// report goes on.
+const KEEP_LOG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes read beyond a kept log's limit, so that a secret cut by the
+/// engine-side tail is still whole when redaction looks for it (in all but
+/// the longest secrets); the log is cut to its limit after redaction.
+const KEEP_LOG_MARGIN: usize = 4096;
 
 /// What the runner needs beyond its parts.
 #[derive(Debug, Clone)]
@@ -73,6 +85,8 @@ pub struct RunnerConfig {
     pub agent_env_files: AgentEnvFiles,
     /// The prompt templates.
     pub prompts: Prompts,
+    /// Where the end of a finished worker's output is kept; `None` keeps none.
+    pub log_keeper: Option<LogKeeper>,
 }
 
 /// Why Berth itself stopped a worker.
@@ -964,16 +978,53 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             Ok(Finished::Recorded(record)) => {
                 info!(task_id = %task.task_id, conclusion = %report.conclusion, title = %report.title, "task ended");
                 self.count_ending(&record, report.conclusion, &ending);
-                if let Some(container) = container
-                    && let Err(err) = self.dispatcher.remove(&container).await
-                {
-                    warn!(error = %err, "could not remove the worker container");
+                if let Some(container) = container {
+                    // Before the container goes, and its output with it.
+                    self.keep_log(&task.task_id, &container).await;
+                    if let Err(err) = self.dispatcher.remove(&container).await {
+                        warn!(error = %err, "could not remove the worker container");
+                    }
                 }
                 self.report_later(record);
             }
             Ok(Finished::Unknown) => warn!(task_id = %task.task_id, "task vanished from the journal"),
             // The container stays; the next start collects it again.
             Err(err) => error!(error = %err, "could not record the outcome"),
+        }
+    }
+
+    /// Keeps the end of the worker's output as the task's log, redacted.
+    /// Never fails the task: a log that cannot be read or written in time (a
+    /// full disk, an engine away) is dropped with a warning.
+    async fn keep_log(&self, task_id: &TaskId, container: &ContainerId) {
+        let Some(keeper) = self.config.log_keeper.clone().filter(|keeper| keeper.max_bytes > 0) else {
+            return;
+        };
+        let read = self.dispatcher.output_tail(container, keeper.max_bytes.saturating_add(KEEP_LOG_MARGIN));
+        let (bytes, dropped) = match tokio::time::timeout(KEEP_LOG_TIMEOUT, read).await {
+            Ok(Ok(tail)) => tail,
+            Ok(Err(err)) => {
+                warn!(task_id = %task_id, error = %err, "could not read the worker's output; its log is not kept");
+                return;
+            }
+            Err(_) => {
+                warn!(task_id = %task_id, "reading the worker's output took too long; its log is not kept");
+                return;
+            }
+        };
+        let redacted = self.redact(&String::from_utf8_lossy(&bytes));
+        let (text, cut) = logs::cut_front(&redacted, keeper.max_bytes);
+        let (text, cut, task) = (text.to_owned(), dropped.saturating_add(cut), task_id.clone());
+        let write = tokio::task::spawn_blocking(move || keeper.write(&task, &text, cut));
+        match tokio::time::timeout(KEEP_LOG_TIMEOUT, write).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => {
+                warn!(task_id = %task_id, error = %err, "could not write the task's log; it is not kept")
+            }
+            Ok(Err(err)) => {
+                warn!(task_id = %task_id, error = %err, "writing the task's log failed; it is not kept")
+            }
+            Err(_) => warn!(task_id = %task_id, "writing the task's log took too long; it is not kept"),
         }
     }
 

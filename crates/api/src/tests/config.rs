@@ -57,6 +57,10 @@ fn each_bad_setting_is_named() {
         (&["--allowed-repos=octo/repo,bad repo"], "BERTH_ALLOWED_REPOS"),
         (&["--log-format=xml"], "BERTH_LOG_FORMAT"),
         (&["--delivery-retention=1h"], "BERTH_DELIVERY_RETENTION"),
+        (&["--log-keep=lots"], "BERTH_LOG_KEEP"),
+        (&["--log-keep=5tb"], "BERTH_LOG_KEEP"),
+        (&["--log-retention=soon"], "BERTH_LOG_RETENTION"),
+        (&["--log-retention=0"], "BERTH_LOG_RETENTION"),
         (&["--worker-network=host"], "BERTH_WORKER_NETWORK"),
         (&["--github-private-key-file=/nonexistent/key.pem"], "BERTH_GITHUB_PRIVATE_KEY_FILE"),
     ];
@@ -67,6 +71,15 @@ fn each_bad_setting_is_named() {
         assert!(!line.contains('\n') && line.contains(setting), "{line}");
     }
     assert!(serve_args(&["--bind=0.0.0.0:8080", "--allow-public-bind"]).validate().is_ok());
+}
+
+#[test]
+fn kept_logs_default_to_5_mib_for_14_days_and_0_keeps_none() {
+    let config = serve_args(&[]).validate().unwrap();
+    assert_eq!((config.log_keep_bytes, config.log_retention), (5 << 20, Duration::from_secs(14 * 86_400)));
+    let config = serve_args(&["--log-keep=0", "--log-retention=2h"]).validate().unwrap();
+    assert_eq!((config.log_keep_bytes, config.log_retention), (0, Duration::from_secs(7200)));
+    assert_eq!(serve_args(&["--log-keep=64k"]).validate().unwrap().log_keep_bytes, 64 << 10);
 }
 
 #[test]

@@ -591,3 +591,39 @@ fn form_values_are_percent_decoded_and_html_is_escaped() {
     assert_eq!(form_value(b"token=%zz", "token"), None);
     assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
 }
+
+#[tokio::test]
+async fn a_finished_tasks_kept_log_is_served_with_its_cut_and_shown_escaped_on_its_page() {
+    let mut harness = Harness::new();
+    let kept_dir = tempfile::tempdir().unwrap();
+    let keeper = runner::LogKeeper::under(kept_dir.path(), 1 << 20);
+    harness.admin = harness.admin.clone().with_kept_logs(keeper.dir.clone());
+    let task = harness.task("d-1", TaskKind::Review, "octo/repo", 1).await;
+    let live = harness.task("d-2", TaskKind::Review, "octo/repo", 2).await;
+    harness.finish(&task, "success", "Review done", "Fine.").await;
+    keeper.write(&task, "step 2\n<b>done</b>\n", 120).unwrap();
+    // A kept file for a task that has not finished is not served from disk.
+    keeper.write(&live, "stale\n", 0).unwrap();
+
+    let logs = get(harness.router(), &format!("/api/tasks/{task}/logs")).await;
+    assert_eq!(logs.status, StatusCode::OK, "{}", logs.body);
+    assert_eq!(logs.body, "step 2\n<b>done</b>\n");
+    assert_eq!(logs.headers["x-berth-log-cut"], "120");
+    assert!(logs.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+    assert_eq!(logs.headers[header::CACHE_CONTROL], "no-store");
+
+    let events = get(harness.router(), &format!("/api/tasks/{task}/logs?follow=true")).await;
+    assert_eq!(events.status, StatusCode::OK);
+    assert!(events.body.contains("id: 1\ndata: step 2\n"), "{}", events.body);
+    assert!(events.body.contains("event: end"), "{}", events.body);
+
+    // No engine here: the live task's logs need one.
+    let live_logs = get(harness.router(), &format!("/api/tasks/{live}/logs")).await;
+    assert_eq!(live_logs.status, StatusCode::SERVICE_UNAVAILABLE, "{}", live_logs.body);
+
+    let page = get(harness.router(), &format!("/?task={task}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("&lt;b&gt;done&lt;/b&gt;"), "{}", page.body);
+    assert!(page.body.contains("without the first 120 bytes"), "{}", page.body);
+    assert!(!page.body.contains("its log with it, was removed"), "{}", page.body);
+}

@@ -43,6 +43,7 @@ pub(crate) fn config() -> RunnerConfig {
         memory_bytes: 256 << 20,
         agent_env_files: crate::agent_env::AgentEnvFiles::default(),
         prompts: domain::prompt::Prompts::default(),
+        log_keeper: None,
     }
 }
 

@@ -6,5 +6,6 @@
 
 mod github;
 pub(crate) mod harness;
+mod kept_logs;
 mod scenarios;
 mod words;
