@@ -450,7 +450,7 @@ async fn app(State(state): State<Shared>) -> Response {
         "owner": {"login": "e2e", "type": "Organization"},
         "html_url": format!("https://github.invalid/apps/{APP_SLUG}"),
         "permissions": {"checks": "write", "contents": "write", "issues": "write", "pull_requests": "write", "metadata": "read"},
-        "events": ["issue_comment", "issues", "pull_request"],
+        "events": ["check_run", "check_suite", "issue_comment", "issues", "pull_request"],
     });
     // Once the manifest flow made the App, it is described as made.
     if let Some(made) = lock(&state).manifest_apps.iter().rev().find(|made| made.converted) {
