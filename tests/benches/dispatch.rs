@@ -13,51 +13,13 @@
     reason = "a benchmark prints its table and stops at the first error"
 )]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
-};
-use futures_util::StreamExt;
 use tests::{
-    STUB, dispatcher, docker_cli as docker, hardened_cli_flags, hardened_host_config, task_labels,
-    test_image, unique_task_id,
+    STUB, dispatcher, docker_cli as docker, hardened_cli_flags, task_labels, test_image, unique_task_id,
 };
 
 const METHODS: [&str; 4] = ["berth dispatcher", "raw bollard", "docker run --rm", "docker CLI x4"];
-
-async fn raw_bollard(docker: &bollard::Docker, image: &str, name: &str) {
-    let host_config = hardened_host_config();
-    let body = ContainerCreateBody {
-        image: Some(image.into()),
-        user: Some("65532:65532".into()),
-        entrypoint: Some(vec![STUB.into()]),
-        cmd: Some(vec!["exit".into(), "0".into()]),
-        labels: Some(HashMap::from([("berth.bench".into(), "true".into())])),
-        host_config: Some(host_config),
-        ..Default::default()
-    };
-    let options = CreateContainerOptionsBuilder::new().name(name).build();
-    let created = docker.create_container(Some(options), body).await.expect("create");
-    docker.start_container(&created.id, None).await.expect("start");
-    let wait = WaitContainerOptionsBuilder::new().condition("not-running").build();
-    let exit =
-        docker.wait_container(&created.id, Some(wait)).next().await.expect("wait answers").expect("exit 0");
-    assert_eq!(exit.status_code, 0);
-    let remove = RemoveContainerOptionsBuilder::new().force(true).build();
-    docker.remove_container(&created.id, Some(remove)).await.expect("remove");
-}
-
-fn stats(samples: &mut [Duration]) -> (f64, f64, f64) {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64;
-    let median = ms(samples[samples.len() / 2]);
-    let p90 = ms(samples[(samples.len() * 9 / 10).min(samples.len() - 1)]);
-    (mean, median, p90)
-}
 
 #[tokio::main]
 async fn main() {
@@ -89,7 +51,7 @@ async fn main() {
                     assert_eq!(exit.code, 0);
                     dispatcher.remove(&launched.id).await.expect("remove");
                 }
-                1 => raw_bollard(&raw, &image, &name).await,
+                1 => tests::bench::raw_bollard_task(&raw, &image, &name).await,
                 2 => {
                     let mut args = vec!["run".to_owned(), "--rm".to_owned(), format!("--name={name}")];
                     args.extend(flags.iter().cloned());
@@ -112,7 +74,7 @@ async fn main() {
         }
     }
 
-    let results: Vec<_> = samples.iter_mut().map(|samples| stats(samples)).collect();
+    let results: Vec<_> = samples.iter_mut().map(|samples| tests::bench::stats(samples)).collect();
     let (raw_mean, raw_median, _) = results[1];
     println!("{n} trivial hardened tasks per method (create, start, wait, remove), interleaved\n");
     println!("| method | mean ms | median ms | p90 ms | mean / raw bollard | median / raw bollard |");

@@ -21,56 +21,17 @@
     reason = "a benchmark prints its table and stops at the first error"
 )]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
-};
 use dispatcher::{Dispatcher, DispatcherConfig, HardenedProfile};
-use futures_util::StreamExt;
 use kubernetes::{ImagePull, KubernetesEngine, KubernetesOptions};
 use tests::fake_kube::FakeKube;
-use tests::{
-    STUB, docker_cli as docker, hardened_cli_flags, hardened_host_config, task_labels, test_image,
-    unique_task_id,
-};
+use tests::{STUB, docker_cli as docker, hardened_cli_flags, task_labels, test_image, unique_task_id};
 
 const METHODS: [&str; 4] =
     ["berth on docker", "berth on kubernetes (fake cluster)", "raw bollard", "docker CLI x4"];
 
 const NETWORK: &str = "berth-bench";
-
-async fn raw_bollard(docker: &bollard::Docker, image: &str, name: &str) {
-    let body = ContainerCreateBody {
-        image: Some(image.into()),
-        user: Some("65532:65532".into()),
-        entrypoint: Some(vec![STUB.into()]),
-        cmd: Some(vec!["exit".into(), "0".into()]),
-        labels: Some(HashMap::from([("berth.bench".into(), "true".into())])),
-        host_config: Some(hardened_host_config()),
-        ..Default::default()
-    };
-    let options = CreateContainerOptionsBuilder::new().name(name).build();
-    let created = docker.create_container(Some(options), body).await.expect("create");
-    docker.start_container(&created.id, None).await.expect("start");
-    let wait = WaitContainerOptionsBuilder::new().condition("not-running").build();
-    let exit =
-        docker.wait_container(&created.id, Some(wait)).next().await.expect("wait answers").expect("exit 0");
-    assert_eq!(exit.status_code, 0);
-    let remove = RemoveContainerOptionsBuilder::new().force(true).build();
-    docker.remove_container(&created.id, Some(remove)).await.expect("remove");
-}
-
-fn stats(samples: &mut [Duration]) -> (f64, f64, f64) {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64;
-    let median = ms(samples[samples.len() / 2]);
-    let p90 = ms(samples[(samples.len() * 9 / 10).min(samples.len() - 1)]);
-    (mean, median, p90)
-}
 
 #[tokio::main]
 async fn main() {
@@ -125,7 +86,7 @@ async fn main() {
                     assert_eq!(on_kube.wait_started(&launched.id).await.expect("wait").code, 0);
                     on_kube.remove(&launched.id).await.expect("remove");
                 }
-                2 => raw_bollard(&raw, &image, &name).await,
+                2 => tests::bench::raw_bollard_task(&raw, &image, &name).await,
                 _ => {
                     let mut args = vec!["create".to_owned(), format!("--name={name}")];
                     args.extend(flags.iter().cloned());
@@ -143,7 +104,7 @@ async fn main() {
     }
     fake.shutdown().await;
 
-    let results: Vec<_> = samples.iter_mut().map(|samples| stats(samples)).collect();
+    let results: Vec<_> = samples.iter_mut().map(|samples| tests::bench::stats(samples)).collect();
     let (docker_mean, docker_median, _) = results[0];
     let (raw_mean, _, _) = results[2];
     println!("{n} trivial hardened tasks per method (create, start, wait, remove), interleaved\n");

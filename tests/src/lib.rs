@@ -27,6 +27,7 @@ pub const WORKER: &str = "/usr/local/bin/berth-worker";
 /// `PATH` in the test image.
 const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+pub mod bench;
 pub mod claude;
 pub mod fake_kube;
 pub mod fake_model;
