@@ -288,3 +288,23 @@ fn the_agent_files_and_prompt_templates_are_settable_in_the_config_file() {
         assert!(merged.contains(&flag.to_owned()), "{flag} missing from {merged:?}");
     }
 }
+
+#[test]
+fn the_engine_and_its_namespace_are_checked_and_named() {
+    let docker = serve_args(&[]).validate().unwrap();
+    assert_eq!(
+        (docker.engine.kind, docker.engine.namespace.as_str()),
+        (crate::engine::EngineKind::Docker, "berth")
+    );
+    let kube = serve_args(&["--engine=kubernetes", "--kube-namespace=berth-workers"]).validate().unwrap();
+    assert_eq!(kube.engine.kind, crate::engine::EngineKind::Kubernetes);
+    assert_eq!(kube.engine.namespace, "berth-workers");
+    let err = serve_args(&["--engine=swarm"]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_ENGINE");
+    assert!(err.to_string().contains("docker or kubernetes"), "{err}");
+    for namespace in ["", "Berth", "-berth", "berth_workers", &"n".repeat(64)] {
+        let flag = format!("--kube-namespace={namespace}");
+        let err = serve_args(&["--engine=kubernetes", &flag]).validate().unwrap_err();
+        assert_eq!(err.setting, "BERTH_KUBE_NAMESPACE", "{namespace:?}");
+    }
+}
