@@ -402,12 +402,12 @@ impl ContainerEngine for DockerEngine {
         let status = match state.status {
             Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
             Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
-                ContainerStatus::Exited(ExitInfo {
-                    code: state.exit_code.unwrap_or(-1),
-                    oom_killed: state.oom_killed.unwrap_or(false),
+                ContainerStatus::Exited(ExitInfo::with_times(
+                    state.exit_code.unwrap_or(-1),
+                    state.oom_killed.unwrap_or(false),
                     started_at,
-                    finished_at: state.finished_at.as_deref().and_then(parse_time),
-                })
+                    state.finished_at.as_deref().and_then(parse_time),
+                ))
             }
             Some(ContainerStateStatusEnum::REMOVING) => ContainerStatus::Removing,
             _ => ContainerStatus::Running { started_at },

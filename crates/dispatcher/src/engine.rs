@@ -111,8 +111,31 @@ pub struct ExitInfo {
     pub oom_killed: bool,
     /// When it started.
     pub started_at: Option<SystemTime>,
-    /// When it ended.
+    /// When it ended; never before `started_at` (see [`ExitInfo::with_times`]).
     pub finished_at: Option<SystemTime>,
+}
+
+impl ExitInfo {
+    /// An exit with the start and end times an engine reported, kept in order.
+    ///
+    /// Docker stamps `StartedAt` after containerd has started the process and
+    /// `FinishedAt` from containerd's exit event, so a process that exits
+    /// within a millisecond can "finish" before it "started" (seen on Engine
+    /// 20.10: finished 0.7 ms before started). Durations are computed from
+    /// these, so the end is moved up to the start rather than reported first.
+    #[must_use]
+    pub fn with_times(
+        code: i64,
+        oom_killed: bool,
+        started_at: Option<SystemTime>,
+        finished_at: Option<SystemTime>,
+    ) -> Self {
+        let finished_at = match (started_at, finished_at) {
+            (Some(started), Some(finished)) if finished < started => Some(started),
+            _ => finished_at,
+        };
+        Self { code, oom_killed, started_at, finished_at }
+    }
 }
 
 /// A container as inspected or listed.
@@ -412,4 +435,25 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Removes a container (forcing, so a running one is killed first).
     /// Removing one that is already gone is not an error.
     fn remove(&self, id: &ContainerId) -> impl Future<Output = Result<(), DispatchError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::ExitInfo;
+
+    #[test]
+    fn an_exit_never_ends_before_it_started() {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_796_055_073_246_856_392);
+        // The times Engine 20.10 reported for `exit 1` in CI.
+        let reported = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_796_055_073_246_183_613);
+        let exit = ExitInfo::with_times(1, false, Some(started), Some(reported));
+        assert_eq!(exit.finished_at, Some(started));
+
+        let later = started + Duration::from_millis(5);
+        assert_eq!(ExitInfo::with_times(0, false, Some(started), Some(later)).finished_at, Some(later));
+        assert_eq!(ExitInfo::with_times(0, false, None, Some(reported)).finished_at, Some(reported));
+        assert_eq!(ExitInfo::with_times(0, false, Some(started), None).finished_at, None);
+    }
 }

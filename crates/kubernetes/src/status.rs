@@ -83,12 +83,12 @@ fn pod_status(pod: &Pod, pending_too_long: bool) -> Option<ContainerStatus> {
     let worker = worker_status(pod);
     let state = worker.and_then(|status| status.state.as_ref());
     if let Some(terminated) = state.and_then(|state| state.terminated.as_ref()) {
-        return Some(ContainerStatus::Exited(ExitInfo {
-            code: i64::from(terminated.exit_code),
-            oom_killed: terminated.reason.as_deref() == Some("OOMKilled"),
-            started_at: time(terminated.started_at.as_ref()),
-            finished_at: time(terminated.finished_at.as_ref()),
-        }));
+        return Some(ContainerStatus::Exited(ExitInfo::with_times(
+            i64::from(terminated.exit_code),
+            terminated.reason.as_deref() == Some("OOMKilled"),
+            time(terminated.started_at.as_ref()),
+            time(terminated.finished_at.as_ref()),
+        )));
     }
     if let Some(running) = state.and_then(|state| state.running.as_ref()) {
         return Some(ContainerStatus::Running { started_at: time(running.started_at.as_ref()) });
