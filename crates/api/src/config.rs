@@ -319,6 +319,10 @@ pub struct ServeArgs {
     /// How long kept worker logs stay before they are pruned (`14d`).
     #[arg(long, env = names::BERTH_LOG_RETENTION, default_value = "14d")]
     pub log_retention: String,
+    /// How often a running task's check run is edited to show the latest
+    /// lines of its log (only when they changed; at least `5s`).
+    #[arg(long, env = names::BERTH_PROGRESS_INTERVAL, default_value = "30s")]
+    pub progress_interval: String,
     /// Bearer token for /api/*; without it /api/* is refused.
     #[arg(long, env = names::BERTH_ADMIN_TOKEN, hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -390,6 +394,9 @@ pub struct ServeArgs {
 /// hour from its creation, and must still be valid when the worker pushes at
 /// its deadline (adr/0011).
 pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(50 * 60);
+
+/// The shortest `BERTH_PROGRESS_INTERVAL`: each progress edit is a GitHub API call.
+pub const MIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The agent command when none is configured.
 pub const DEFAULT_AGENT_COMMAND: &str = "agent --kind {kind} --repo {repo} --number {number} --prompt-file {prompt_file} --summary-file {summary_file}";
@@ -467,6 +474,8 @@ pub struct ServeConfig {
     pub log_keep_bytes: usize,
     /// How long kept worker logs stay.
     pub log_retention: Duration,
+    /// How often a running task's check run shows its latest lines.
+    pub progress_interval: Duration,
     /// Admin token for /api/*.
     pub admin_token: Option<Secret>,
     /// Bearer token for /metrics; `None`: open.
@@ -760,6 +769,14 @@ impl ServeArgs {
         if log_retention.is_zero() {
             return Err(invalid(names::BERTH_LOG_RETENTION, "must be longer than zero"));
         }
+        let progress_interval = parse_duration(&self.progress_interval)
+            .map_err(|reason| invalid(names::BERTH_PROGRESS_INTERVAL, reason))?;
+        if progress_interval < MIN_PROGRESS_INTERVAL {
+            return Err(invalid(
+                names::BERTH_PROGRESS_INTERVAL,
+                "must be at least 5s (every edit is a GitHub API call)",
+            ));
+        }
         let admin_token = admin_token(self.admin_token.as_deref(), self.admin_token_file.as_deref())?;
         let metrics_token = bearer_token(
             (names::BERTH_METRICS_TOKEN, self.metrics_token.as_deref()),
@@ -832,6 +849,7 @@ impl ServeArgs {
             delivery_retention,
             log_keep_bytes,
             log_retention,
+            progress_interval,
             admin_token,
             metrics_token,
             http,

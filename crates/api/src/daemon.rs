@@ -178,6 +178,8 @@ async fn start_runner(
             agent_env_files: config.agent_env_files.clone(),
             prompts: config.prompts.clone(),
             log_keeper: Some(LogKeeper::under(&config.state_dir, config.log_keep_bytes)),
+            public_url: config.public_url.clone(),
+            progress_interval: config.progress_interval,
         },
         state.metrics.clone(),
         state.wake.clone(),

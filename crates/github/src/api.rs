@@ -7,7 +7,7 @@ use std::future::Future;
 
 use core_types::{Secret, TaskId, TaskKind};
 
-use crate::{Delivery, GitHub, GitHubError, PullHead};
+use crate::{CheckRunOutput, CheckRunStatus, Delivery, GitHub, GitHubError, NewCheckRun, PullHead};
 
 /// What the runner asks of GitHub.
 pub trait GitHubApi: Clone + Send + Sync + 'static {
@@ -34,17 +34,24 @@ pub trait GitHubApi: Clone + Send + Sync + 'static {
         repo: &str,
         branch: &str,
     ) -> impl Future<Output = Result<String, GitHubError>> + Send;
-    /// Creates the task's check run, or finds the one made before
-    /// (`asked_before`: an earlier attempt may have made it unheard).
+    /// Opens the task's check run (queued or in progress), or finds the one
+    /// made before (`asked_before`: an earlier attempt may have made it unheard).
     fn start_check_run(
         &self,
         installation: u64,
         repo: &str,
-        head_sha: &str,
-        task_id: &TaskId,
-        kind: TaskKind,
+        run: &NewCheckRun<'_>,
         asked_before: bool,
     ) -> impl Future<Output = Result<u64, GitHubError>> + Send;
+    /// Changes an open check run's output, and its status if given; one attempt.
+    fn update_check_run(
+        &self,
+        installation: u64,
+        repo: &str,
+        check_run: u64,
+        status: Option<CheckRunStatus>,
+        output: &CheckRunOutput,
+    ) -> impl Future<Output = Result<(), GitHubError>> + Send;
     /// Completes a check run.
     fn complete_check_run(
         &self,
@@ -52,8 +59,7 @@ pub trait GitHubApi: Clone + Send + Sync + 'static {
         repo: &str,
         check_run: u64,
         conclusion: &str,
-        title: &str,
-        summary: &str,
+        output: &CheckRunOutput,
     ) -> impl Future<Output = Result<(), GitHubError>> + Send;
     /// Reacts to a comment.
     fn react(
@@ -116,12 +122,20 @@ impl GitHubApi for GitHub {
         &self,
         installation: u64,
         repo: &str,
-        head_sha: &str,
-        task_id: &TaskId,
-        kind: TaskKind,
+        run: &NewCheckRun<'_>,
         asked_before: bool,
     ) -> Result<u64, GitHubError> {
-        GitHub::start_check_run(self, installation, repo, head_sha, task_id, kind, asked_before).await
+        GitHub::start_check_run(self, installation, repo, run, asked_before).await
+    }
+    async fn update_check_run(
+        &self,
+        installation: u64,
+        repo: &str,
+        check_run: u64,
+        status: Option<CheckRunStatus>,
+        output: &CheckRunOutput,
+    ) -> Result<(), GitHubError> {
+        GitHub::update_check_run(self, installation, repo, check_run, status, output).await
     }
     async fn complete_check_run(
         &self,
@@ -129,10 +143,9 @@ impl GitHubApi for GitHub {
         repo: &str,
         check_run: u64,
         conclusion: &str,
-        title: &str,
-        summary: &str,
+        output: &CheckRunOutput,
     ) -> Result<(), GitHubError> {
-        GitHub::complete_check_run(self, installation, repo, check_run, conclusion, title, summary).await
+        GitHub::complete_check_run(self, installation, repo, check_run, conclusion, output).await
     }
     async fn react(
         &self,

@@ -11,12 +11,15 @@
 
 mod api;
 mod app;
+mod check_run;
 
 pub use api::GitHubApi;
 pub use app::{
     Account, AccountKind, AppClient, AppInfo, CreatedApp, HookConfig, Installation, ManifestFlow,
     RepositorySelection, check_private_key,
 };
+use check_run::truncate;
+pub use check_run::{CheckRunOutput, CheckRunStatus, NewCheckRun, OUTPUT_FIELD_LIMIT};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -306,15 +309,29 @@ impl GitHub {
     }
 
     /// Runs `call` with Berth's retry policy, counting calls by status.
-    async fn with_retry<F, Fut>(&self, what: &str, app_level: bool, mut call: F) -> Result<Value, GitHubError>
+    async fn with_retry<F, Fut>(&self, what: &str, app_level: bool, call: F) -> Result<Value, GitHubError>
     where
         F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<Value, octocrab::Error>>,
     {
-        let mut delays =
-            Backoff::new(self.retry.first_delay, self.retry.max_delay).max_attempts(self.retry.attempts);
+        self.with_attempts(what, app_level, self.retry.attempts, call).await
+    }
+
+    /// Runs `call` up to `attempts` times, with backoff between them.
+    async fn with_attempts<F, Fut>(
+        &self,
+        what: &str,
+        app_level: bool,
+        attempts: u32,
+        mut call: F,
+    ) -> Result<Value, GitHubError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<Value, octocrab::Error>>,
+    {
+        let mut delays = Backoff::new(self.retry.first_delay, self.retry.max_delay).max_attempts(attempts);
         let mut last = String::new();
-        for attempt in 1..=self.retry.attempts {
+        for attempt in 1..=attempts {
             match call(attempt).await {
                 Ok(value) => {
                     self.metrics.github_call(GitHubStatus::Success);
@@ -346,7 +363,7 @@ impl GitHub {
                 tokio::time::sleep(delay).await;
             }
         }
-        Err(GitHubError::Unavailable { what: what.to_owned(), attempts: self.retry.attempts, last })
+        Err(GitHubError::Unavailable { what: what.to_owned(), attempts, last })
     }
 
     /// The installation that owns `repo` (when the payload did not say).
@@ -428,8 +445,9 @@ impl GitHub {
             .ok_or_else(|| GitHubError::Unexpected { what, detail: "no sha".to_owned() })
     }
 
-    /// Creates the task's check run `berth/<kind>` in progress, or finds the
-    /// one an earlier attempt created (by its external id, the task id).
+    /// Opens the task's check run `berth/<kind>` (queued or in progress),
+    /// or finds the one an earlier attempt created (by its external id, the
+    /// task id).
     ///
     /// # Errors
     /// GitHub failures.
@@ -437,21 +455,14 @@ impl GitHub {
         &self,
         installation: u64,
         repo: &str,
-        head_sha: &str,
-        task_id: &TaskId,
-        kind: TaskKind,
+        run: &NewCheckRun<'_>,
         asked_before: bool,
     ) -> Result<u64, GitHubError> {
         let client = self.installation(installation)?;
-        let name = kind.spec().check_run_name;
+        let name = run.kind.spec().check_run_name;
+        let (head_sha, task_id) = (run.head_sha, run.task_id);
         let what = format!("create check run {name} on {repo}@{head_sha}");
-        let body = json!({
-            "name": name,
-            "head_sha": head_sha,
-            "status": "in_progress",
-            "external_id": task_id.as_str(),
-            "output": {"title": format!("{kind} in progress"), "summary": format!("Berth task `{task_id}` is running.")},
-        });
+        let body = run.to_json();
         let create = format!("/repos/{repo}/check-runs");
         let find = format!("/repos/{repo}/commits/{head_sha}/check-runs");
         let value = self
@@ -479,6 +490,32 @@ impl GitHub {
             .ok_or_else(|| GitHubError::Unexpected { what, detail: "no check run id".to_owned() })
     }
 
+    /// Changes an open check run's output, and its status when `status` is
+    /// given (queued to in progress). Never completes it, so a late update
+    /// cannot reopen a finished run. One attempt: progress is best effort,
+    /// and the next update or the final report says more.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn update_check_run(
+        &self,
+        installation: u64,
+        repo: &str,
+        check_run: u64,
+        status: Option<CheckRunStatus>,
+        output: &CheckRunOutput,
+    ) -> Result<(), GitHubError> {
+        let client = self.installation(installation)?;
+        let what = format!("update check run {check_run} on {repo}");
+        let mut body = json!({"output": output.to_json()});
+        if let Some(status) = status {
+            body["status"] = json!(status.as_str());
+        }
+        let route = format!("/repos/{repo}/check-runs/{check_run}");
+        self.with_attempts(&what, false, 1, |_| client.patch::<Value, _, _>(&route, Some(&body))).await?;
+        Ok(())
+    }
+
     /// Completes a check run. Completing it again with the same result changes nothing.
     ///
     /// # Errors
@@ -489,15 +526,14 @@ impl GitHub {
         repo: &str,
         check_run: u64,
         conclusion: &str,
-        title: &str,
-        summary: &str,
+        output: &CheckRunOutput,
     ) -> Result<(), GitHubError> {
         let client = self.installation(installation)?;
         let what = format!("complete check run {check_run} on {repo}");
         let body = json!({
             "status": "completed",
             "conclusion": conclusion,
-            "output": {"title": title, "summary": truncate(summary, 60_000)},
+            "output": output.to_json(),
         });
         let route = format!("/repos/{repo}/check-runs/{check_run}");
         self.with_retry(&what, false, |_| client.patch::<Value, _, _>(&route, Some(&body))).await?;
@@ -693,17 +729,6 @@ impl GitHub {
         self.with_retry(&what, true, |_| self.app.post::<_, Value>(&route, None::<&()>)).await?;
         Ok(())
     }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n\n… (truncated)", &text[..end])
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use telemetry::Metrics;
 pub mod agent_env;
 pub mod decide;
 pub mod logs;
+pub mod progress;
 mod recovery;
 
 #[cfg(test)]
@@ -87,6 +88,11 @@ pub struct RunnerConfig {
     pub prompts: Prompts,
     /// Where the end of a finished worker's output is kept; `None` keeps none.
     pub log_keeper: Option<LogKeeper>,
+    /// Where people reach Berth (`BERTH_PUBLIC_URL`): check runs and comments
+    /// link to `<url>/tasks/<id>`; `None`: no link.
+    pub public_url: Option<String>,
+    /// How often a running task's check run shows its latest log lines.
+    pub progress_interval: Duration,
 }
 
 /// Why Berth itself stopped a worker.
@@ -307,6 +313,10 @@ pub struct Runner<E: ContainerEngine = DockerEngine, G: GitHubApi = GitHub> {
     active: Mutex<HashMap<TaskId, ActiveTask>>,
     /// Finished tasks whose report is being written now.
     reporting: Mutex<HashSet<TaskId>>,
+    /// Queued tasks whose check run is being opened early; not dispatched until it is.
+    announcing: Mutex<HashSet<TaskId>>,
+    /// Queued tasks whose early opening was tried by this process (once each).
+    announced: Mutex<HashSet<TaskId>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// Set once the start-up reconcile is done.
@@ -359,6 +369,8 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             wake,
             active: Mutex::default(),
             reporting: Mutex::default(),
+            announcing: Mutex::default(),
+            announced: Mutex::default(),
             shutdown,
             tracker,
             started: std::sync::atomic::AtomicBool::new(false),
@@ -413,7 +425,15 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                     token.cancel();
                 }
                 Some(_) => {}
-                None if task.state == TaskState::Queued => {
+                // Not while its check run is being opened: the ending's report
+                // must see the run, or the run would stay queued on GitHub.
+                None if task.state == TaskState::Queued
+                    && !self
+                        .announcing
+                        .lock()
+                        .expect("announcing lock is never poisoned")
+                        .contains(&task.task_id) =>
+                {
                     self.finish_later(task.clone(), Ending::CancelledBeforeStart(cancel.clone()));
                 }
                 None => {}
@@ -436,9 +456,24 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 continue;
             }
             let of_repo = running.entry(task.repo.clone()).or_default();
-            if active.len() >= self.config.max_workers
+            let announcing =
+                self.announcing.lock().expect("announcing lock is never poisoned").contains(&task.task_id);
+            if announcing
+                || active.len() >= self.config.max_workers
                 || self.config.max_workers_per_repo.is_some_and(|cap| *of_repo >= cap)
             {
+                drop(active);
+                // It waits: GitHub shows it queued, with its place, from now.
+                if task.check_run.is_none()
+                    && !task.check_run_requested
+                    && self
+                        .announced
+                        .lock()
+                        .expect("announced lock is never poisoned")
+                        .insert(task.task_id.clone())
+                {
+                    self.announce_later(task, queued);
+                }
                 queued += 1;
                 continue;
             }
@@ -688,7 +723,12 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         // stop comes after the worker's grace, as a backstop.
         let deadline =
             tokio::time::Instant::now() + self.config.task_timeout + self.config.stop_grace + BACKSTOP_MARGIN;
-        self.watch(&container, deadline, cancel, reason).await.map(|ending| (ending, Some(container)))
+        let target = prepared
+            .check_run
+            .map(|check_run| progress::ProgressTarget { installation: prepared.installation, check_run });
+        self.watch(task, target, &container, deadline, cancel, reason)
+            .await
+            .map(|ending| (ending, Some(container)))
     }
 
     /// Runs an engine call, and while the engine is away (dockerd restarting,
@@ -744,7 +784,38 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     }
 
     /// Waits for the worker's exit, its deadline or a cancel; `None` on shutdown.
+    /// Watches a started worker to its end (see [`Runner::watch_worker`]),
+    /// showing its progress in the check run `target` meanwhile. The
+    /// progress is stopped, its last edit done, before this returns, so the
+    /// report that follows is the check run's last word.
     async fn watch(
+        &self,
+        task: &TaskRecord,
+        target: Option<progress::ProgressTarget>,
+        container: &ContainerId,
+        deadline: tokio::time::Instant,
+        cancel: &CancellationToken,
+        reason: &Arc<Mutex<Option<CancelRequest>>>,
+    ) -> Option<Ending> {
+        let stop = CancellationToken::new();
+        let shown = async {
+            if let Some(target) = target {
+                self.mark_in_progress(task, target).await;
+                self.show_progress(task, target, container, stop.clone()).await;
+            }
+        };
+        let watched = async {
+            let ending = self.watch_worker(container, deadline, cancel, reason).await;
+            stop.cancel();
+            ending
+        };
+        let (ending, ()) = tokio::join!(watched, shown);
+        ending
+    }
+
+    /// Waits for the worker's exit, its deadline or a cancel, stops it for
+    /// the latter two, and collects how it ended. `None` on shutdown.
+    async fn watch_worker(
         &self,
         container: &ContainerId,
         deadline: tokio::time::Instant,
@@ -818,96 +889,66 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             Some(installation) => installation,
             None => self.github.repo_installation(&task.repo).await.map_err(failed)?,
         };
-        let head = async {
-            match (task.kind, &task.head_sha) {
-                (_, Some(sha)) => Ok((sha.clone(), task.head_ref.clone(), task.base_ref.clone())),
-                (TaskKind::Review, None) => {
-                    let pull =
-                        self.github.pull_head(installation, &task.repo, task.number).await.map_err(failed)?;
-                    match &pull.repo {
-                        None => {
-                            return Err(Ending::Refused(
-                                "the pull request comes from a deleted fork".to_owned(),
-                            ));
-                        }
-                        Some(head) if !head.eq_ignore_ascii_case(&task.repo) => {
-                            return Err(Ending::Refused(format!(
-                                "the pull request comes from the fork {head}; forks get no task"
-                            )));
-                        }
-                        Some(_) => {}
-                    }
-                    if pull.state != "open" {
-                        return Err(Ending::Refused("the pull request is closed".to_owned()));
-                    }
-                    Ok((pull.sha, Some(pull.branch), pull.base))
-                }
-                (TaskKind::Implement, None) => {
-                    let base = task.head_ref.clone().unwrap_or_else(|| "main".to_owned());
-                    let sha =
-                        self.github.branch_head(installation, &task.repo, &base).await.map_err(failed)?;
-                    Ok((sha, Some(base), None))
-                }
-            }
-        };
+        // The token beside the check run: both must come before the worker.
         let token = self.github.worker_token(installation, &task.repo, task.kind);
-        // Recorded before the check run is asked for, beside the calls that must come first anyway.
-        let mark = async {
-            if task.check_run.is_some() || task.check_run_requested {
-                return Ok(());
-            }
-            let marked =
-                self.journal.update_task(&task.task_id, Box::new(|record| record.check_run_requested = true));
-            marked.await.map(drop)
-        };
+        let starting = progress::starting_output(task.kind, self.task_url(&task.task_id).as_deref());
+        let opened = self.open_check_run(task, Some(installation), github::CheckRunStatus::Queued, starting);
         let token_made = std::time::Instant::now();
-        let (head, token, marked) = tokio::join!(head, token, mark);
-        let (head_sha, head_ref, base_ref) = head?;
+        let (token, opened) = tokio::join!(token, opened);
+        let opened = opened?;
         let token = token.map_err(failed)?;
-        if let Err(err) = marked {
-            return Err(Ending::Failed(format!("could not record the check run request: {err}")));
-        }
-        let check_run = match task.check_run {
-            Some(check_run) => check_run,
-            None => self
-                .github
-                .start_check_run(
-                    installation,
-                    &task.repo,
-                    &head_sha,
-                    &task.task_id,
-                    task.kind,
-                    task.check_run_requested,
-                )
-                .await
-                .map_err(failed)?,
-        };
-        let (sha, branch, base) = (head_sha.clone(), head_ref.clone(), base_ref.clone());
-        let recorded = self
-            .journal
-            .update_task(
-                &task.task_id,
-                Box::new(move |record| {
-                    record.installation = Some(installation);
-                    record.head_sha = Some(sha);
-                    record.head_ref = branch;
-                    record.base_ref = base;
-                    record.check_run = Some(check_run);
-                }),
-            )
-            .await;
-        if let Err(err) = recorded {
-            return Err(Ending::Failed(format!("could not record the check run: {err}")));
-        }
         Ok(Prepared {
-            installation,
-            head_sha,
-            head_ref,
-            base_ref,
-            check_run: Some(check_run),
+            installation: opened.installation,
+            head_sha: opened.head.sha,
+            head_ref: opened.head.head_ref,
+            base_ref: opened.head.base_ref,
+            check_run: Some(opened.check_run),
             token,
             token_made,
         })
+    }
+
+    /// The commit a task runs on: the one recorded, else the pull request's
+    /// head (refused for forks and closed pull requests) or the branch's.
+    pub(crate) async fn head_of(
+        &self,
+        task: &TaskRecord,
+        installation: u64,
+    ) -> Result<progress::Head, Ending> {
+        let failed = |err: GitHubError| Ending::Failed(err.to_string());
+        if let Some(sha) = &task.head_sha {
+            return Ok(progress::Head {
+                sha: sha.clone(),
+                head_ref: task.head_ref.clone(),
+                base_ref: task.base_ref.clone(),
+            });
+        }
+        match task.kind {
+            TaskKind::Review => {
+                let pull =
+                    self.github.pull_head(installation, &task.repo, task.number).await.map_err(failed)?;
+                match &pull.repo {
+                    None => {
+                        return Err(Ending::Refused("the pull request comes from a deleted fork".to_owned()));
+                    }
+                    Some(head) if !head.eq_ignore_ascii_case(&task.repo) => {
+                        return Err(Ending::Refused(format!(
+                            "the pull request comes from the fork {head}; forks get no task"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+                if pull.state != "open" {
+                    return Err(Ending::Refused("the pull request is closed".to_owned()));
+                }
+                Ok(progress::Head { sha: pull.sha, head_ref: Some(pull.branch), base_ref: pull.base })
+            }
+            TaskKind::Implement => {
+                let base = task.head_ref.clone().unwrap_or_else(|| "main".to_owned());
+                let sha = self.github.branch_head(installation, &task.repo, &base).await.map_err(failed)?;
+                Ok(progress::Head { sha, head_ref: Some(base), base_ref: None })
+            }
+        }
     }
 
     fn keep_token(&self, task: &TaskId, token: &Secret) {
@@ -963,6 +1004,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             },
             pull_request: report.branch.map(PullRequestRef::Branch),
         };
+        self.announced.lock().expect("announced lock is never poisoned").remove(&task.task_id);
         // One way to end a task: the journal applies the domain's rule that a
         // task ends once, so a second path ending the same task (a sweep
         // racing a monitor) learns that it lost and leaves the first outcome.
@@ -1128,14 +1170,37 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             let link = url.clone().unwrap_or_else(|| format!("#{number}"));
             comment.push_str(&format!("\n\nPull request: {link}"));
         }
+        let task_url = self.task_url(&task.task_id);
+        if let Some(url) = &task_url {
+            comment.push_str(&format!("\n\nDetails and log: {url}"));
+        }
         comment.push_str(&format!("\n\n<sub>task `{}` · conclusion `{conclusion}`</sub>", task.task_id));
         self.github.upsert_comment(installation, &task.repo, task.number, &task.task_id, &comment).await?;
         if let Some(check_run) = task.check_run {
+            let mut summary = summary.to_owned();
+            if let Some(url) = &task_url {
+                summary.push_str(&format!("\n\nDetails and the whole kept log: {url}"));
+            }
+            let output = github::CheckRunOutput { title, summary, text: self.kept_log_lines(&task.task_id) };
             self.github
-                .complete_check_run(installation, &task.repo, check_run, conclusion.as_str(), &title, summary)
+                .complete_check_run(installation, &task.repo, check_run, conclusion.as_str(), &output)
                 .await?;
         }
         Ok(opened)
+    }
+
+    /// The last lines of the task's kept log, for its completed check run.
+    fn kept_log_lines(&self, task_id: &TaskId) -> Option<String> {
+        let keeper = self.config.log_keeper.as_ref()?;
+        let kept = match logs::read_kept(&keeper.dir, task_id) {
+            Ok(kept) => kept?,
+            Err(err) => {
+                warn!(error = %err, "could not read the kept log for the check run");
+                return None;
+            }
+        };
+        let lines = progress::last_lines(&kept.text, progress::SHOWN_LOG_LINES);
+        (!lines.trim().is_empty()).then(|| progress::fenced("Last lines of the log", lines))
     }
 
     /// Asks the task's worker (or its queue entry) to be cancelled.

@@ -235,7 +235,8 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         info!(task_id = %record.task_id, container_id = %container, "re-attached to a running worker");
         self.tracker.spawn(async move {
             let task_id = record.task_id.clone();
-            if let Some(ending) = runner.watch(&container, deadline, &token, &reason).await {
+            let target = super::progress::ProgressTarget::of(&record);
+            if let Some(ending) = runner.watch(&record, target, &container, deadline, &token, &reason).await {
                 runner.finish(record, ending, Some(container)).await;
             }
             runner.active().remove(&task_id);

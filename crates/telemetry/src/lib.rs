@@ -64,6 +64,7 @@ pub struct Metrics {
     cancels: Counter,
     reattached: Counter,
     collected: Counter,
+    progress_updates: Counter,
     github_calls: Family<GitHubCallLabels, Counter>,
 }
 
@@ -184,6 +185,12 @@ impl Metrics {
                 "Exited workers collected by reconcile",
                 Counter::default(),
             ),
+            progress_updates: register(
+                r,
+                "berth_progress_updates",
+                "Check run edits showing a running task's latest log lines",
+                Counter::default(),
+            ),
             github_calls: register(
                 r,
                 "berth_github_calls",
@@ -286,6 +293,11 @@ impl Metrics {
     pub fn reconciled(&self, reattached: usize, collected: usize) {
         self.reattached.inc_by(u64::try_from(reattached).unwrap_or(u64::MAX));
         self.collected.inc_by(u64::try_from(collected).unwrap_or(u64::MAX));
+    }
+
+    /// One progress edit of a running task's check run.
+    pub fn progress_update(&self) {
+        self.progress_updates.inc();
     }
 
     /// One GitHub API call and its status class.

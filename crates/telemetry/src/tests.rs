@@ -32,6 +32,7 @@ fn every_catalog_series_is_present_at_zero_before_any_event() {
         "berth_cancels_total".to_owned(),
         "berth_reattached_total".to_owned(),
         "berth_collected_total".to_owned(),
+        "berth_progress_updates_total".to_owned(),
     ];
     for event in WebhookEvent::ALL {
         for outcome in DeliveryOutcome::ALL {

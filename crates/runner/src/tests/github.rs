@@ -4,15 +4,21 @@
 use std::sync::{Arc, Mutex};
 
 use core_types::{Secret, TaskId, TaskKind};
-use github::{Delivery, GitHubApi, GitHubError, PullHead};
+use github::{CheckRunOutput, CheckRunStatus, Delivery, GitHubApi, GitHubError, NewCheckRun, PullHead};
 
 /// What the fake GitHub has seen and holds.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     /// Check runs made: (id, repo, head sha, task id).
     pub check_runs: Vec<(u64, String, String, TaskId)>,
+    /// The status each check run was opened with, in order: (id, status).
+    pub opened: Vec<(u64, CheckRunStatus)>,
+    /// Edits of open check runs, in order: (id, status, output).
+    pub updates: Vec<(u64, Option<CheckRunStatus>, CheckRunOutput)>,
     /// Check runs completed: (id, conclusion, title).
     pub completed: Vec<(u64, String, String)>,
+    /// The output of each completion, in order.
+    pub completed_outputs: Vec<CheckRunOutput>,
     /// Result comments, by task: (task id, body). An edit replaces the body.
     pub comments: Vec<(TaskId, String)>,
     /// Tokens made and revoked.
@@ -125,19 +131,36 @@ impl GitHubApi for MemoryGitHub {
         &self,
         _installation: u64,
         repo: &str,
-        head_sha: &str,
-        task_id: &TaskId,
-        _kind: TaskKind,
+        run: &NewCheckRun<'_>,
         _asked_before: bool,
     ) -> Result<u64, GitHubError> {
         self.call("create the check run")?;
         let mut seen = self.seen.lock().unwrap();
-        if let Some((id, ..)) = seen.check_runs.iter().find(|(_, _, _, task)| task == task_id) {
+        if let Some((id, ..)) = seen.check_runs.iter().find(|(_, _, _, task)| task == run.task_id) {
             return Ok(*id);
         }
         let id = seen.check_runs.len() as u64 + 100;
-        seen.check_runs.push((id, repo.to_owned(), head_sha.to_owned(), task_id.clone()));
+        seen.check_runs.push((id, repo.to_owned(), run.head_sha.to_owned(), run.task_id.clone()));
+        seen.opened.push((id, run.status));
         Ok(id)
+    }
+
+    async fn update_check_run(
+        &self,
+        _installation: u64,
+        _repo: &str,
+        check_run: u64,
+        status: Option<CheckRunStatus>,
+        output: &CheckRunOutput,
+    ) -> Result<(), GitHubError> {
+        self.call("update the check run")?;
+        let mut seen = self.seen.lock().unwrap();
+        assert!(
+            !seen.completed.iter().any(|(id, ..)| *id == check_run),
+            "check run {check_run} edited after it was completed"
+        );
+        seen.updates.push((check_run, status, output.clone()));
+        Ok(())
     }
 
     async fn complete_check_run(
@@ -146,11 +169,12 @@ impl GitHubApi for MemoryGitHub {
         _repo: &str,
         check_run: u64,
         conclusion: &str,
-        title: &str,
-        _summary: &str,
+        output: &CheckRunOutput,
     ) -> Result<(), GitHubError> {
         self.call("complete the check run")?;
-        self.seen.lock().unwrap().completed.push((check_run, conclusion.to_owned(), title.to_owned()));
+        let mut seen = self.seen.lock().unwrap();
+        seen.completed.push((check_run, conclusion.to_owned(), output.title.clone()));
+        seen.completed_outputs.push(output.clone());
         Ok(())
     }
 

@@ -44,6 +44,8 @@ pub(crate) fn config() -> RunnerConfig {
         agent_env_files: crate::agent_env::AgentEnvFiles::default(),
         prompts: domain::prompt::Prompts::default(),
         log_keeper: None,
+        public_url: Some("https://berth.example.com/".to_owned()),
+        progress_interval: crate::progress::DEFAULT_PROGRESS_INTERVAL,
     }
 }
 

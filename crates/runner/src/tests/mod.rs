@@ -7,5 +7,6 @@
 mod github;
 pub(crate) mod harness;
 mod kept_logs;
+mod progress;
 mod scenarios;
 mod words;
