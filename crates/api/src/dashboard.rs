@@ -1,5 +1,9 @@
 //! The dashboard: one server-rendered page at `GET /` with the running and
-//! queued tasks, recent outcomes and a live log tail of a selected task.
+//! queued tasks, recent outcomes and a live log tail of a selected task, and
+//! a page per task at `GET /tasks/{id}` (what check runs and result comments
+//! link to when `BERTH_PUBLIC_URL` is set): its state, times, outcome,
+//! links, and its live or kept log. Signing in from a task page comes back
+//! to it.
 //!
 //! It sits behind the admin token like `/api/*`: a bearer header, or the
 //! `berth_token` cookie that the login form (`POST /login`) sets. The cookie
@@ -19,12 +23,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use core_types::TaskId;
+use core_types::{TaskId, TaskKind};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 use tracing::info;
@@ -52,6 +56,7 @@ pub fn routes(state: StatusState) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/dashboard/tasks", get(tables))
+        .route("/tasks/{id}", get(task_page))
         .route("/login", post(login).layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT)))
         .route("/logout", post(logout))
         .route("/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
@@ -81,6 +86,31 @@ async fn page(
     respond(StatusCode::OK, body)
 }
 
+/// `GET /tasks/{id}`: one task's page.
+async fn task_page(State(state): State<StatusState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let Ok(task_id) = TaskId::new(id.as_str()) else {
+        let message = format!("{id:?} is not a task id.");
+        return respond(StatusCode::BAD_REQUEST, notice_page("Berth: no such task", &message));
+    };
+    match state.admin.authorize(&headers, Credentials::BearerOrCookie) {
+        Ok(()) => {}
+        Err(ApiError::Unauthorized) => {
+            let back = format!("/tasks/{}", task_id.as_str());
+            return respond(StatusCode::UNAUTHORIZED, login_form(None, Some(&back)));
+        }
+        Err(err) => return refusal(&err),
+    }
+    let task = match state.journal.task(&task_id) {
+        Ok(Some(task)) => task,
+        Ok(None) => {
+            let message = format!("No task {} is known to this Berth.", task_id.as_str());
+            return respond(StatusCode::NOT_FOUND, notice_page("Berth: no such task", &message));
+        }
+        Err(err) => return refusal(&ApiError::Journal(err)),
+    };
+    respond(StatusCode::OK, render_task_page(&state, &task))
+}
+
 async fn tables(
     State(state): State<StatusState>,
     headers: HeaderMap,
@@ -104,6 +134,7 @@ async fn login(
     // Without a peer (the router driven in tests) every client is one.
     let client = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(ConnectInfo(peer))| peer.ip());
     let presented = form_value(&body, "token").unwrap_or_default();
+    let back = form_value(&body, "next").and_then(|next| task_page_path(&next));
     match state.admin.sign_in(&presented, client) {
         Ok(session) => {
             info!("dashboard login");
@@ -113,14 +144,17 @@ async fn login(
                 "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
                 SESSION_TTL.as_secs()
             );
-            redirect_home(&cookie)
+            redirect_to(back.as_deref().unwrap_or("/"), &cookie)
         }
         Err(ApiError::Unauthorized) => {
             info!(%client, "dashboard sign-in with a wrong token");
-            respond(StatusCode::UNAUTHORIZED, login_page(Some("That is not the admin token.")))
+            respond(
+                StatusCode::UNAUTHORIZED,
+                login_form(Some("That is not the admin token."), back.as_deref()),
+            )
         }
         Err(err @ ApiError::TooManyAttempts { .. }) => {
-            let mut response = respond(err.status(), login_page(Some(&err.to_string())));
+            let mut response = respond(err.status(), login_form(Some(&err.to_string()), back.as_deref()));
             if let ApiError::TooManyAttempts { retry_after } = err {
                 response.headers_mut().insert(header::RETRY_AFTER, retry_after.into());
             }
@@ -132,13 +166,26 @@ async fn login(
 
 async fn logout(State(state): State<StatusState>, headers: HeaderMap) -> Response {
     state.admin.sign_out(&headers);
-    redirect_home(&format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"))
+    redirect_to("/", &format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"))
 }
 
-fn redirect_home(cookie: &str) -> Response {
-    let mut response =
-        (StatusCode::SEE_OTHER, [(header::LOCATION, "/"), (header::CACHE_CONTROL, "no-store")])
-            .into_response();
+/// `next` as a place to go back to after signing in: only a task page of
+/// this Berth, so the form cannot be made to send anyone elsewhere.
+fn task_page_path(next: &str) -> Option<String> {
+    let id = next.strip_prefix("/tasks/")?;
+    let id = TaskId::new(id).ok()?;
+    Some(format!("/tasks/{}", id.as_str()))
+}
+
+fn redirect_to(location: &str, cookie: &str) -> Response {
+    let Ok(location) = HeaderValue::from_str(location) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut response = (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+    )
+        .into_response();
     if let Ok(value) = HeaderValue::from_str(cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -200,6 +247,11 @@ fn refusal(err: &ApiError) -> Response {
 }
 
 fn login_page(message: Option<&str>) -> Markup {
+    login_form(message, None)
+}
+
+/// The sign-in form; `back`: the task page to return to.
+fn login_form(message: Option<&str>, back: Option<&str>) -> Markup {
     document(
         "Berth: sign in",
         html! {
@@ -209,10 +261,25 @@ fn login_page(message: Option<&str>) -> Markup {
                     p.error { (message) }
                 }
                 form method="post" action="/login" {
+                    @if let Some(back) = back {
+                        input type="hidden" name="next" value=(back);
+                    }
                     label for="token" { "Admin token" }
                     input id="token" type="password" name="token" autocomplete="current-password" required autofocus;
                     button type="submit" { "Sign in" }
                 }
+            }
+        },
+    )
+}
+
+fn notice_page(title: &str, message: &str) -> Markup {
+    document(
+        title,
+        html! {
+            main.narrow {
+                h1 { a href="/" { "Berth" } }
+                p.error { (message) }
             }
         },
     )
@@ -357,6 +424,7 @@ fn render_selected(state: &StatusState, selected: Option<&str>) -> Result<Markup
     Ok(html! {
         section id="selected" data-task=(id) {
             h2 { "Task " code { (id) } }
+            p { a id="task-page" href={ "/tasks/" (id) } { "Open its page" } }
             dl {
                 dt { "Kind" } dd { (task.kind) }
                 dt { "Repository" } dd { (subject_link(&task, links)) }
@@ -377,23 +445,112 @@ fn render_selected(state: &StatusState, selected: Option<&str>) -> Result<Markup
                 h3 { "Summary" }
                 pre.summary { (outcome.summary) }
             }
-            h3 { "Log " span id="log-state" {} }
-            @if task.state.is_finished() {
-                @if let Some(kept) = state.admin.kept_log(&task.task_id) {
-                    p.empty {
-                        "This task has finished and its container was removed; this is the log kept of it"
-                        @if kept.cut > 0 { ", without the first " (kept.cut) " bytes" }
-                        "."
-                    }
-                    pre id="kept-log" { (kept.text) }
-                } @else {
-                    p.empty { "This task has finished; its container, and its log with it, was removed." }
-                }
-            } @else {
-                pre id="log" data-follow={ "/api/tasks/" (id) "/logs?follow=true" } {}
-            }
+            (log_section(state, &task))
         }
     })
+}
+
+/// One task's page: everything Berth knows of it, and its log.
+fn render_task_page(state: &StatusState, task: &TaskRecord) -> Markup {
+    let links = state.admin.links();
+    let id = task.task_id.as_str();
+    let outcome = task.outcome();
+    document(
+        &format!("Berth: {} {}#{}", task.kind, task.repo, task.number),
+        html! {
+            header {
+                h1 { a href="/" { "Berth" } }
+                form method="post" action="/logout" {
+                    button type="submit" { "Sign out" }
+                }
+            }
+            main {
+                section id="task" data-task=(id) {
+                    h2 { (task.kind) " of " (subject_link(task, links)) }
+                    p { "Task " code { (id) } }
+                    dl {
+                        dt { "State" } dd id="task-state" class={ "state-" (task.state.as_str()) } { (activity(task)) }
+                        @if let Some(outcome) = outcome {
+                            dt { "Outcome" }
+                            dd id="task-outcome" class={ "conclusion-" (css_word(outcome.conclusion.as_str())) } {
+                                (outcome.conclusion) ": " (outcome.title)
+                            }
+                        }
+                        dt { "Triggered by" } dd { (task.sender) }
+                        dt { "Accepted" } dd { (utc(task.accepted_unix)) }
+                        @if let Some(started) = task.started_unix {
+                            dt { "Started" } dd { (utc(started)) }
+                        }
+                        @if let Some(outcome) = outcome {
+                            dt { "Finished" } dd { (utc(outcome.finished_unix)) }
+                            dt { "Took" } dd { (took(task)) }
+                        }
+                        @if let Some(sha) = &task.head_sha {
+                            dt { "Commit" } dd { code { (sha.get(..12).unwrap_or(sha)) } }
+                        }
+                        @if let Some(check_run) = task.check_run {
+                            dt { "Check run" }
+                            dd { a href=(links.check_run(&task.repo, check_run)) rel="noreferrer" { (check_run) } }
+                        }
+                        @if let (TaskKind::Implement, Some(url)) = (task.kind, links.pull_request(task)) {
+                            dt { "Pull request" } dd { a href=(url) rel="noreferrer" { (url) } }
+                        }
+                        @if let Some(cancel) = &task.cancel {
+                            dt { "Cancel" } dd { (cancel.reason) }
+                        }
+                    }
+                    @if let Some(outcome) = outcome {
+                        h3 { "Summary" }
+                        pre.summary { (outcome.summary) }
+                    }
+                    (log_section(state, task))
+                }
+            }
+        },
+    )
+}
+
+/// The task's log: live while its worker runs, kept after it is removed.
+fn log_section(state: &StatusState, task: &TaskRecord) -> Markup {
+    let id = task.task_id.as_str();
+    html! {
+        h3 { "Log " span id="log-state" {} }
+        @if task.state.is_finished() {
+            @if let Some(kept) = state.admin.kept_log(&task.task_id) {
+                p.empty {
+                    "This task has finished and its container was removed; this is the log kept of it"
+                    @if kept.cut > 0 { ", without the first " (kept.cut) " bytes" }
+                    "."
+                }
+                pre id="kept-log" { (kept.text) }
+            } @else {
+                p.empty { "This task has finished; its container, and its log with it, was removed." }
+            }
+        } @else {
+            pre id="log" data-follow={ "/api/tasks/" (id) "/logs?follow=true" } {}
+        }
+    }
+}
+
+/// A unix time as `2026-11-30 16:40:12 UTC`.
+fn utc(unix: u64) -> String {
+    let (days, seconds) = (unix / 86_400, unix % 86_400);
+    // Howard Hinnant's days-to-civil, for days since 1970-01-01.
+    let z = i64::try_from(days).unwrap_or(i64::MAX - 719_468) + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        seconds / 3600,
+        seconds % 3600 / 60,
+        seconds % 60
+    )
 }
 
 /// `selected` on the row of the task the page shows.
@@ -448,3 +605,24 @@ fn duration(seconds: u64) -> String {
 }
 
 use core_types::web::form_value;
+
+#[cfg(test)]
+mod tests {
+    use super::{task_page_path, utc};
+
+    #[test]
+    fn times_read_in_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_796_055_073), "2026-11-30 16:11:13 UTC");
+    }
+
+    #[test]
+    fn sign_in_goes_back_only_to_a_task_page() {
+        assert_eq!(task_page_path("/tasks/review-o-r-1-abc").as_deref(), Some("/tasks/review-o-r-1-abc"));
+        assert_eq!(task_page_path("https://evil.example/tasks/x"), None);
+        assert_eq!(task_page_path("//evil.example"), None);
+        assert_eq!(task_page_path("/tasks/../../etc"), None);
+        assert_eq!(task_page_path("/tasks/a b"), None);
+    }
+}

@@ -405,6 +405,44 @@ async fn the_dashboard_asks_for_the_token_and_lets_the_right_one_in() {
 }
 
 #[tokio::test]
+async fn a_task_page_asks_for_sign_in_and_comes_back_to_itself() {
+    let harness = Harness::new();
+    let task = harness.task("d-1", TaskKind::Review, "octo/repo", 7).await;
+    harness.finish(&task, "success", "Reviewed", "All good.").await;
+    let path = format!("/tasks/{task}");
+
+    let anonymous = send(harness.router(), "GET", &path, &[], "").await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(anonymous.body.contains(&format!("name=\"next\" value=\"{path}\"")), "{}", anonymous.body);
+    assert!(!anonymous.body.contains("All good."), "nothing of the task before sign-in");
+
+    let signed_in =
+        send(harness.router(), "POST", "/login", &[], &format!("token={TOKEN}&next={path}")).await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.headers[header::LOCATION], path.as_str());
+    let elsewhere =
+        send(harness.router(), "POST", "/login", &[], &format!("token={TOKEN}&next=https://evil.example/"))
+            .await;
+    assert_eq!(elsewhere.headers[header::LOCATION], "/", "never sent off this Berth");
+
+    let page = get(harness.router(), &path).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    for shown in
+        ["id=\"task-outcome\"", "success: Reviewed", "All good.", "Accepted", "Finished", "octo/repo#7"]
+    {
+        assert!(page.body.contains(shown), "the page lacks {shown:?}:\n{}", page.body);
+    }
+    assert!(page.body.contains("This task has finished; its container, and its log with it, was removed."));
+
+    let unknown = get(harness.router(), "/tasks/review-octo-repo-9-none").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert!(unknown.body.contains("No task review-octo-repo-9-none"), "{}", unknown.body);
+    let bad = get(harness.router(), "/tasks/a%20b").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("is not a task id"), "{}", bad.body);
+}
+
+#[tokio::test]
 async fn everything_from_github_is_escaped_on_the_dashboard() {
     let harness = Harness::new();
     let evil = "<script>alert(1)</script>";
@@ -477,9 +515,12 @@ async fn hostile_github_text_is_escaped_on_every_dashboard_view() {
 
     let tables = [&REPO, &SENDER, &TITLE];
     let finished_details = [&REPO, &SENDER, &TITLE, &SUMMARY];
-    let views: [(String, &[&Hostile]); 5] = [
+    let active_details = [&REPO, &SENDER];
+    let views: [(String, &[&Hostile]); 7] = [
         ("/".to_owned(), &tables),
         (format!("/?task={finished}"), &finished_details),
+        (format!("/tasks/{finished}"), &finished_details),
+        (format!("/tasks/{active}"), &active_details),
         (format!("/?task={active}"), &tables),
         ("/dashboard/tasks".to_owned(), &tables),
         (format!("/dashboard/tasks?task={finished}"), &tables),
