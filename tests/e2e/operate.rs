@@ -225,8 +225,10 @@ async fn the_dashboard_in_chromium_shows_a_real_task_and_follows_its_log() {
     let task = queued(&rig.deliver("issue_comment", "dash-1", &rig.comment(7, true, &prompt, 81)).await);
     until_task(&rig, &task, "the worker to run", |body| body["container"]["status"] == "running").await;
 
+    // A link from GitHub lands on the task's page: sign in there, and come back to it.
     let base = format!("http://{}", rig.daemon.addr);
-    browser.goto(&format!("{base}/")).await;
+    let task_page = format!("{base}/tasks/{task}");
+    browser.goto(&task_page).await;
     browser
         .wait_for("the login form", |browser| async move {
             browser.script("return document.querySelector('input[name=token]') !== null", json!([])).await
@@ -237,9 +239,34 @@ async fn the_dashboard_in_chromium_shows_a_real_task_and_follows_its_log() {
     browser.element(&input, "value", json!({ "text": TOKEN })).await;
     let submit = browser.find("button[type=submit]").await;
     browser.element(&submit, "click", json!({})).await;
+    let state_text = "return (document.getElementById('task-state') || {}).textContent || ''";
+    browser
+        .wait_for("the task page after sign-in", |browser| async move {
+            browser.script(state_text, json!([])).await == json!("running")
+        })
+        .await;
+    assert_eq!(
+        browser.script("return window.location.pathname", json!([])).await,
+        json!(format!("/tasks/{task}"))
+    );
+    let heading = browser.script("return document.querySelector('#task h2').textContent", json!([])).await;
+    assert!(heading.as_str().unwrap().contains(&rig.repo), "{heading}");
+
+    // Its log follows the worker's output, on the task page as on the dashboard.
+    let log_text = "return (document.getElementById('log') || {}).textContent || ''";
+    let last_tick = |text: &str| {
+        text.lines().filter_map(|line| line.trim().strip_prefix("dash-tick-")?.parse::<u32>().ok()).max()
+    };
+    browser
+        .wait_for("the worker's lines on the task page", |browser| async move {
+            last_tick(browser.script(log_text, json!([])).await.as_str().unwrap_or("")).is_some()
+        })
+        .await;
+
+    browser.goto(&format!("{base}/")).await;
     let row_text = format!("return (document.getElementById('task-{task}') || {{}}).textContent || ''");
     browser
-        .wait_for("the task's row after login", |browser| {
+        .wait_for("the task's row on the dashboard", |browser| {
             let script = row_text.clone();
             async move { browser.script(&script, json!([])).await.as_str().is_some_and(|text| !text.is_empty()) }
         })
@@ -250,10 +277,6 @@ async fn the_dashboard_in_chromium_shows_a_real_task_and_follows_its_log() {
 
     // Select the task: its log tail follows the worker's output.
     browser.goto(&format!("{base}/?task={task}")).await;
-    let log_text = "return (document.getElementById('log') || {}).textContent || ''";
-    let last_tick = |text: &str| {
-        text.lines().filter_map(|line| line.trim().strip_prefix("dash-tick-")?.parse::<u32>().ok()).max()
-    };
     browser
         .wait_for("the worker's lines in the log tail", |browser| async move {
             last_tick(browser.script(log_text, json!([])).await.as_str().unwrap_or("")).is_some()
@@ -268,11 +291,26 @@ async fn the_dashboard_in_chromium_shows_a_real_task_and_follows_its_log() {
         .await;
     let row = browser.script(&row_text, json!([])).await;
     assert!(row.as_str().unwrap().contains(&task), "the tables stay after selecting: {row}");
-    browser.quit().await;
+    let link =
+        browser.script("return document.getElementById('task-page').getAttribute('href')", json!([])).await;
+    assert_eq!(link, json!(format!("/tasks/{task}")));
 
     let (status, _) = api(&rig, "POST", &format!("/api/tasks/{task}/cancel"), Some(TOKEN)).await;
     assert_eq!(status, 202);
     assert_eq!(rig.outcome(&task, Duration::from_secs(60)).await["conclusion"], "cancelled");
+    until_task(&rig, &task, "the container to be gone", |body| body["container"].is_null()).await;
+
+    // After the end, the page shows the outcome and the log kept of the removed container.
+    browser.goto(&task_page).await;
+    let outcome = browser
+        .script("return (document.getElementById('task-outcome') || {}).textContent || ''", json!([]))
+        .await;
+    assert!(outcome.as_str().unwrap().starts_with("cancelled"), "{outcome}");
+    let kept = browser
+        .script("return (document.getElementById('kept-log') || {}).textContent || ''", json!([]))
+        .await;
+    assert!(kept.as_str().unwrap().contains("dash-tick-1\n"), "{kept}");
+    browser.quit().await;
 }
 
 /// Headless Chromium behind chromedriver, spoken to over WebDriver's HTTP API
