@@ -79,7 +79,7 @@ async fn a_waiting_task_is_queued_then_in_progress_shows_its_lines_and_completes
     let progress: Vec<&Value> =
         writes[1..writes.len() - 1].iter().filter(|write| write["output"]["text"].is_string()).collect();
     assert!(!progress.is_empty(), "at least one progress edit in 14 s at 5 s: {writes:#?}");
-    assert!(progress.iter().all(|write| write["status"] == "in_progress"));
+    assert!(progress.iter().all(|write| write.get("status").is_none()), "progress never sets the status");
     let shown = progress[0]["output"]["text"].as_str().unwrap();
     assert!(shown.contains("life-tick-"), "{shown}");
     let last = writes.last().unwrap();

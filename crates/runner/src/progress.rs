@@ -239,11 +239,13 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 Some(&lines),
                 self.task_url(&task.task_id).as_deref(),
             );
+            // No status: only the marking above sets one, so an edit that
+            // lands late can change the text but never the run's state.
             let update = self.github.update_check_run(
                 target.installation,
                 &task.repo,
                 target.check_run,
-                Some(CheckRunStatus::InProgress),
+                None,
                 &output,
             );
             match tokio::time::timeout(PROGRESS_CALL_TIMEOUT, update).await {
