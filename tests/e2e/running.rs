@@ -25,7 +25,16 @@ async fn a_review_comment_runs_a_hardened_worker_and_is_reported_once() {
 
     // Exactly one check run and one comment for the task; a reaction on the trigger.
     rig.until("the report to be recorded", Duration::from_secs(10), |state| {
-        state.requests.iter().filter(|r| r.method == "PATCH" && r.path.contains("/check-runs/")).count() == 1
+        let edits = |status: &str| {
+            state
+                .requests
+                .iter()
+                .filter(|r| {
+                    r.method == "PATCH" && r.path.contains("/check-runs/") && r.body["status"] == status
+                })
+                .count()
+        };
+        edits("completed") == 1 && edits("in_progress") == 1
     })
     .await;
     let (runs, reactions, tokens) = rig.fake.with(|state| {
@@ -186,6 +195,34 @@ async fn a_push_supersedes_the_running_review() {
 }
 
 #[tokio::test]
+async fn a_review_asked_for_just_after_a_push_runs_on_the_new_head() {
+    let rig = Rig::start("after-push", &[]).await;
+    let first = task_of(
+        &rig.deliver("issue_comment", "ap-1", &rig.comment(7, true, "/berth review sleep 120", 1)).await,
+    );
+    rig.wait_task_running(&first, Duration::from_secs(60)).await;
+    let new_head = rig.seed.commit("feature", "feature.txt", "a second change\n");
+    rig.fake.set_pull(&rig.repo, 7, &new_head, "feature", Some(&rig.repo));
+    let pushed = json!({
+        "action": "synchronize",
+        "pull_request": {"number": 7, "head": {"sha": new_head, "ref": "feature", "repo": {"full_name": rig.repo}}, "base": {"sha": rig.main_sha, "ref": "main", "repo": {"full_name": rig.repo}}, "user": {"login": "alice"}, "author_association": "OWNER"},
+        "repository": rig.repository(),
+        "sender": {"login": "alice", "type": "User"},
+        "installation": {"id": 77}
+    });
+    assert_eq!(rig.deliver("pull_request", "ap-2", &pushed).await["outcome"], "cancel_requested");
+    // At once, while the superseded review is still stopping (its grace is 4 s).
+    let again = rig.deliver("issue_comment", "ap-3", &rig.comment(7, true, "/berth review", 2)).await;
+    assert_eq!(again["outcome"], "queued", "not a duplicate of the review being superseded: {again}");
+    let second = again["task"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(rig.outcome(&first, Duration::from_secs(60)).await["conclusion"], "cancelled");
+    let run = rig.outcome(&second, Duration::from_secs(90)).await;
+    assert_eq!(run["conclusion"], "success", "{run:#}");
+    assert_eq!(run["head_sha"], new_head.as_str(), "the new request runs against the new head");
+}
+
+#[tokio::test]
 async fn the_cap_holds_and_every_task_runs_in_order() {
     let rig = Rig::start("cap", &[("BERTH_MAX_WORKERS", "2".to_owned())]).await;
     let mut tasks = Vec::new();
@@ -208,12 +245,8 @@ async fn the_cap_holds_and_every_task_runs_in_order() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(most >= 1);
-    // Check runs were created in the order the tasks were accepted.
-    let order: Vec<String> = rig.fake.with(|state| {
-        let mut runs: Vec<&Value> = state.check_runs.values().collect();
-        runs.sort_by_key(|run| run["id"].as_u64());
-        runs.iter().map(|run| run["external_id"].as_str().unwrap_or("").to_owned()).collect()
-    });
+    // Workers started in the order the tasks were accepted.
+    let order = rig.started_order();
     // Two prepare at once, so neighbours may swap; nothing starts ahead of its window.
     assert_eq!(order.len(), tasks.len());
     for (position, task) in order.iter().enumerate() {
@@ -362,14 +395,8 @@ async fn a_busy_repository_cannot_starve_a_quiet_one() {
         })
     })
     .await;
-    // Check runs are made at dispatch, in order: the quiet ones are among the first four.
-    let dispatched: Vec<String> = rig.fake.with(|state| {
-        state
-            .check_runs
-            .values()
-            .map(|run| run["external_id"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    });
+    // Each run turns in progress when its worker starts: the quiet ones are among the first four.
+    let dispatched = rig.started_order();
     for task in &quiet {
         let place = dispatched.iter().position(|id| id == task).expect("dispatched");
         assert!(place < 4, "{task} was dispatched {}th: {dispatched:?}", place + 1);

@@ -268,6 +268,22 @@ impl Rig {
         self.completed(task).unwrap()
     }
 
+    /// Tasks in the order their workers started: the order their check runs
+    /// were marked in progress (a run is opened earlier, while a task waits).
+    pub fn started_order(&self) -> Vec<String> {
+        self.fake.with(|state| {
+            state
+                .requests
+                .iter()
+                .filter(|request| request.method == "PATCH" && request.body["status"] == "in_progress")
+                .filter_map(|request| {
+                    let id: u64 = request.path.rsplit('/').next()?.parse().ok()?;
+                    Some(state.check_runs.get(&id)?["external_id"].as_str()?.to_owned())
+                })
+                .collect()
+        })
+    }
+
     /// Comments that carry `task`'s marker.
     pub fn comments_of(&self, task: &str) -> Vec<Value> {
         let marker = format!("<!-- berth:task={task} -->");

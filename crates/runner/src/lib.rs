@@ -450,18 +450,26 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             .into_iter()
             .filter(|task| task.state == TaskState::Queued && task.cancel.is_none())
             .collect();
+        // Places held for tasks whose check run is being opened: they are
+        // theirs as soon as it is, so no task behind them takes one.
+        let mut held = 0_usize;
         for task in fair_order(waiting, &running) {
             let mut active = self.active();
             if active.contains_key(&task.task_id) {
                 continue;
             }
             let of_repo = running.entry(task.repo.clone()).or_default();
+            let full = active.len() + held >= self.config.max_workers
+                || self.config.max_workers_per_repo.is_some_and(|cap| *of_repo >= cap);
             let announcing =
                 self.announcing.lock().expect("announcing lock is never poisoned").contains(&task.task_id);
-            if announcing
-                || active.len() >= self.config.max_workers
-                || self.config.max_workers_per_repo.is_some_and(|cap| *of_repo >= cap)
-            {
+            if announcing && !full {
+                held += 1;
+                *of_repo += 1;
+                queued += 1;
+                continue;
+            }
+            if full {
                 drop(active);
                 // It waits: GitHub shows it queued, with its place, from now.
                 if task.check_run.is_none()
