@@ -267,6 +267,7 @@ fn big_request(number: u64, body_kib: usize) -> Decision {
         sender: "octocat".into(),
         installation: Some(7),
         comment_id: Some(number),
+        follow_up: false,
     })
 }
 

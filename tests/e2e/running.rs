@@ -373,7 +373,8 @@ async fn a_busy_repository_cannot_starve_a_quiet_one() {
     // Twenty slow reviews from the busy repository, then two from the quiet one.
     let mut busy = Vec::new();
     for number in 1..=20 {
-        let comment = rig.comment(number, true, "/berth review sleep 2", 2000 + number);
+        // Long enough that all 22 are accepted before the first ends.
+        let comment = rig.comment(number, true, "/berth review sleep 6", 2000 + number);
         busy.push(task_of(&rig.deliver("issue_comment", &format!("busy-{number}"), &comment).await));
     }
     let mut quiet = Vec::new();
@@ -386,6 +387,10 @@ async fn a_busy_repository_cannot_starve_a_quiet_one() {
         });
         quiet.push(task_of(&rig.deliver("issue_comment", &format!("quiet-{number}"), &comment).await));
     }
+    assert!(
+        busy.iter().all(|task| rig.completed(task).is_none()),
+        "a busy review ended before the quiet ones were accepted; the order below would not say anything"
+    );
     rig.until("the quiet repository's reviews", Duration::from_secs(120), |state| {
         quiet.iter().all(|task| {
             state

@@ -475,3 +475,67 @@ async fn processes_the_agent_leaves_behind_do_not_outlive_the_worker() {
     }
     assert!(cleanup_note(&logs).ends_with("2 leftover processes killed, 0 still alive"), "{logs}");
 }
+
+#[tokio::test]
+async fn a_follow_up_commits_on_top_of_its_branch_and_never_over_a_branch_that_moved() {
+    let (server, repo, _base) = server_with_main().await;
+    // As GitHub does, the server takes pushes from shallow clones: only the
+    // worker's own refusal to force keeps a moved branch as it is.
+    repo.git(&["config", "receive.shallowUpdate", "true"]);
+    let earlier = repo.commit("berth/issue-3", "first.txt", "from the first task\n");
+    let id = unique_task_id("follow-up");
+    let moved_id = unique_task_id("follow-up-moved");
+    let _cleanup = Cleanup::tasks(&[&id, &moved_id]);
+    let options = WorkerOptions { follow_up: true, ..WorkerOptions::default() };
+    let mut follow_up = task(
+        &id,
+        TaskKind::Implement,
+        server.url("repo.git"),
+        stub("write second.txt from the follow-up then write {summary_file} on {branch} from {head_sha}"),
+    );
+    follow_up.number = 9;
+    follow_up.head_ref = Some("berth/issue-3".to_owned());
+    follow_up.head_sha = Some(earlier.clone());
+
+    let run = run_worker(&follow_up, &options, &[]).await;
+    assert_eq!(run.exit, 0, "{}", run.logs);
+    assert_eq!(run.record.summary, format!("on berth/issue-3 from {earlier}"));
+    assert_eq!(run.record.branch.as_deref(), Some("berth/issue-3"));
+    let pushed = repo.head_of("berth/issue-3").unwrap();
+    assert_eq!(run.record.commit.as_deref(), Some(pushed.as_str()));
+    assert_eq!(repo.git(&["rev-parse", "berth/issue-3^"]), earlier, "on top of the earlier commit");
+    assert_eq!(repo.git(&["show", "berth/issue-3:first.txt"]), "from the first task");
+    assert_eq!(repo.git(&["show", "berth/issue-3:second.txt"]), "from the follow-up");
+    assert_eq!(repo.head_of("berth/issue-9"), None, "no branch named after the pull request");
+
+    // The branch moves while the next follow-up's agent runs: its push is
+    // refused, said so, and the branch stays where the other push put it.
+    let mut moved = follow_up.clone();
+    moved.task_id = moved_id;
+    moved.head_sha = Some(pushed.clone());
+    moved.agent_command = stub("sleep 8 then write third.txt lost");
+    let requests = || server.log().matches("upload-pack").count();
+    let before = requests();
+    let running = tokio::spawn(async move { run_worker(&moved, &options, &[]).await });
+    let cloning = Instant::now();
+    while requests() == before {
+        assert!(cloning.elapsed() < Duration::from_secs(60), "the worker never cloned:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Someone else's commit, not on top of what the worker cloned.
+    let theirs = repo.commit("elsewhere", "theirs.txt", "someone else\n");
+    repo.git(&["update-ref", "refs/heads/berth/issue-3", &theirs]);
+    let run = running.await.unwrap();
+    assert_eq!(run.exit, 2, "{}", run.logs);
+    assert_eq!(run.record.status, ResultStatus::SetupFailed);
+    assert!(
+        run.record.summary.contains(&format!(
+            "the branch berth/issue-3 moved while the task ran (cloned at {pushed}, now at {theirs})"
+        )),
+        "{}",
+        run.record.summary
+    );
+    assert_eq!(run.record.branch, None);
+    assert_eq!(repo.head_of("berth/issue-3").as_deref(), Some(theirs.as_str()), "not overwritten");
+}

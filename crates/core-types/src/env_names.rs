@@ -158,6 +158,10 @@ pub const BERTH_GRACE_SECS: &str = "BERTH_GRACE_SECS";
 pub const BERTH_SECRET_VARS: &str = "BERTH_SECRET_VARS";
 /// Where the worker puts the clone, the prompt and the summary.
 pub const BERTH_WORK_DIR: &str = "BERTH_WORK_DIR";
+/// `1` for an implement task that follows up on Berth's own pull request: the
+/// worker checks out `BERTH_HEAD_REF` (its `berth/issue-<n>` branch), commits
+/// on it and pushes fast-forward only, never forced.
+pub const BERTH_FOLLOW_UP: &str = "BERTH_FOLLOW_UP";
 /// `1` from an engine whose log merges stdout and stderr (Kubernetes): the
 /// worker then writes everything to stdout, so its result record stays the
 /// last line (two pipes read at once can log an earlier stderr line after it).

@@ -11,7 +11,9 @@ use crate::TaskKind;
 pub enum Subject {
     /// A pull request (`/pull/N`); the command is refused on an issue.
     PullRequest,
-    /// An issue (`/issues/N`); the command is refused on a pull request.
+    /// An issue (`/issues/N`); on a pull request the command is refused,
+    /// unless its kind follows up on Berth's own pull request
+    /// ([`KindSpec::follows_up_on_pull_request`]).
     Issue,
 }
 
@@ -58,6 +60,12 @@ pub struct KindSpec {
     pub done_title: &'static str,
     /// Whether the worker pushes a branch that becomes a pull request.
     pub opens_pull_request: bool,
+    /// Whether the command, asked on a pull request instead of its subject,
+    /// follows up on Berth's own pull request: the task continues that pull
+    /// request's branch `berth/issue-<n>` (checked at dispatch, since the
+    /// comment's payload does not name the branch) and pushes to it without
+    /// forcing.
+    pub follows_up_on_pull_request: bool,
 }
 
 /// Every kind's row, in [`TaskKind::ALL`]'s order.
@@ -70,6 +78,7 @@ pub const KINDS: [KindSpec; 2] = [
         check_run_name: "berth/review",
         done_title: "Review done",
         opens_pull_request: false,
+        follows_up_on_pull_request: false,
     },
     KindSpec {
         kind: TaskKind::Implement,
@@ -84,6 +93,7 @@ pub const KINDS: [KindSpec; 2] = [
         check_run_name: "berth/implement",
         done_title: "Implementation done",
         opens_pull_request: true,
+        follows_up_on_pull_request: true,
     },
 ];
 
@@ -118,5 +128,7 @@ mod tests {
         words.dedup();
         assert_eq!(words.len(), KINDS.len());
         assert!(KINDS.iter().all(|spec| !["cancel", "stop"].contains(&spec.command)));
+        // A follow-up continues a branch the kind itself pushed.
+        assert!(KINDS.iter().all(|spec| !spec.follows_up_on_pull_request || spec.opens_pull_request));
     }
 }

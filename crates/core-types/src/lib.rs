@@ -14,6 +14,7 @@ mod result;
 
 pub mod backoff;
 pub mod env_names;
+pub mod follow_up;
 pub mod web;
 pub mod worker_env;
 

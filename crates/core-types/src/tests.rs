@@ -204,6 +204,7 @@ fn worker_options_round_trip_through_the_environment() {
         grace_secs: Some(2),
         secret_vars: vec!["ANTHROPIC_API_KEY".into(), "OTHER_KEY".into()],
         work_dir: Some("/tmp/work".into()),
+        follow_up: true,
     };
     let env = options.to_env();
     let lookup =
@@ -219,6 +220,8 @@ fn worker_options_name_the_bad_variable() {
     let with = |name: &'static str, value: &'static str| {
         move |wanted: &'static str| (wanted == name).then(|| value.to_owned())
     };
+    let err = worker_env::WorkerOptions::from_env(with(env_names::BERTH_FOLLOW_UP, "yes")).unwrap_err();
+    assert_eq!(err.to_string(), r#"BERTH_FOLLOW_UP is invalid: "yes" is neither 1 nor 0"#);
     let err = worker_env::WorkerOptions::from_env(with(env_names::BERTH_GRACE_SECS, "soon")).unwrap_err();
     assert_eq!(err.to_string(), r#"BERTH_GRACE_SECS is invalid: "soon" is not a number of seconds"#);
     let err =

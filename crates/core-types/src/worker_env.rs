@@ -12,10 +12,10 @@
 use std::fmt;
 
 use crate::env_names::{
-    BERTH_AGENT_COMMAND, BERTH_BASE_REF, BERTH_CLONE_URL, BERTH_DEADLINE, BERTH_GIT_AUTHOR_EMAIL,
-    BERTH_GIT_AUTHOR_NAME, BERTH_GITHUB_TOKEN, BERTH_GRACE_SECS, BERTH_HEAD_REF, BERTH_HEAD_SHA,
-    BERTH_NUMBER, BERTH_PROMPT, BERTH_REPO, BERTH_SECRET_VARS, BERTH_TASK_ID, BERTH_TASK_KIND,
-    BERTH_WORK_DIR,
+    BERTH_AGENT_COMMAND, BERTH_BASE_REF, BERTH_CLONE_URL, BERTH_DEADLINE, BERTH_FOLLOW_UP,
+    BERTH_GIT_AUTHOR_EMAIL, BERTH_GIT_AUTHOR_NAME, BERTH_GITHUB_TOKEN, BERTH_GRACE_SECS, BERTH_HEAD_REF,
+    BERTH_HEAD_SHA, BERTH_NUMBER, BERTH_PROMPT, BERTH_REPO, BERTH_SECRET_VARS, BERTH_TASK_ID,
+    BERTH_TASK_KIND, BERTH_WORK_DIR,
 };
 use crate::{TaskId, TaskKind, labels::is_repo_name};
 
@@ -171,6 +171,9 @@ pub struct WorkerOptions {
     pub secret_vars: Vec<String>,
     /// Work directory (default: `$HOME/work`).
     pub work_dir: Option<String>,
+    /// An implement task that continues Berth's branch `head_ref` of an open
+    /// pull request instead of starting a new one; its push is never forced.
+    pub follow_up: bool,
 }
 
 impl WorkerOptions {
@@ -188,6 +191,7 @@ impl WorkerOptions {
         put(BERTH_GRACE_SECS, self.grace_secs.map(|secs| secs.to_string()));
         put(BERTH_SECRET_VARS, (!self.secret_vars.is_empty()).then(|| self.secret_vars.join(",")));
         put(BERTH_WORK_DIR, self.work_dir.clone());
+        put(BERTH_FOLLOW_UP, self.follow_up.then(|| "1".to_owned()));
         env
     }
 
@@ -225,7 +229,13 @@ impl WorkerOptions {
         {
             return Err(invalid(BERTH_GIT_AUTHOR_NAME, format!("{name:?} holds '<', '>' or a newline")));
         }
+        let follow_up = match present(BERTH_FOLLOW_UP).as_deref().map(str::trim) {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(other) => return Err(invalid(BERTH_FOLLOW_UP, format!("{other:?} is neither 1 nor 0"))),
+        };
         Ok(Self {
+            follow_up,
             base_ref: present(BERTH_BASE_REF),
             author_name,
             author_email,

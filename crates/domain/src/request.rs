@@ -36,6 +36,9 @@ pub struct TaskRequest {
     pub installation: Option<u64>,
     /// The triggering comment.
     pub comment_id: Option<u64>,
+    /// An implement asked for on a pull request: it follows up on Berth's
+    /// own pull request, continuing its branch (checked at dispatch).
+    pub follow_up: bool,
 }
 
 impl TaskRequest {
@@ -67,6 +70,47 @@ impl TaskRequest {
         let slug = slug.trim_end_matches('-');
         let id = if slug.is_empty() { format!("{head}{tail}") } else { format!("{head}-{slug}{tail}") };
         TaskId::new(id).expect("built only from [a-z0-9-] and within the length limit")
+    }
+}
+
+/// A trusted sender's command that Berth refused, to be answered on GitHub
+/// with the reason: an unknown subcommand, a command on the wrong kind of
+/// subject, a duplicate of a task already queued or running, a retry with
+/// nothing to retry. Only commands of trusted senders in allowed
+/// repositories get one, so nobody can make Berth write comments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// `owner/name`.
+    pub repo: String,
+    /// The issue or pull request commented on.
+    pub number: u64,
+    /// Who asked.
+    pub sender: String,
+    /// The App installation, when the payload named it.
+    pub installation: Option<u64>,
+    /// The comment refused; its id keys the answer, so a comment gets one.
+    pub comment_id: u64,
+    /// Why, in a sentence without a final period.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// The refusal of `request`'s command, when a comment asked (`None` for
+    /// labels, pushes and re-runs: nobody's command to answer).
+    pub fn of_request(request: &TaskRequest, reason: impl Into<String>) -> Option<Self> {
+        Some(Self {
+            repo: request.repo.clone(),
+            number: request.number,
+            sender: request.sender.clone(),
+            installation: request.installation,
+            comment_id: request.comment_id?,
+            reason: reason.into(),
+        })
+    }
+
+    /// The comment that answers it on GitHub (Markdown).
+    pub fn message(&self) -> String {
+        format!("@{}, Berth did not act on your command: {}.", self.sender, self.reason)
     }
 }
 

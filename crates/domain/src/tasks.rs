@@ -240,6 +240,10 @@ pub struct TaskRecord {
     /// run that attempt made instead of making a second one.
     #[serde(default)]
     pub check_run_requested: bool,
+    /// An implement task that follows up on Berth's own pull request
+    /// `number`: it continues the pull request's branch and pushes without force.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_up: bool,
 }
 
 impl TaskRecord {
@@ -297,6 +301,7 @@ impl TaskRecord {
             started_unix: None,
             reported: false,
             check_run_requested: false,
+            follow_up: request.follow_up,
         }
     }
 }

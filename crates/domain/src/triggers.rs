@@ -10,7 +10,7 @@ use core_types::{Subject, TaskKind};
 use crate::events::{
     Account, App, CheckRunEvent, CheckSuiteEvent, Event, IssueCommentEvent, IssuesEvent, PullRequestEvent,
 };
-use crate::request::{CancelCause, CancelRequest, RetryRequest, RetryTarget, TaskRequest};
+use crate::request::{CancelCause, CancelRequest, Refusal, RetryRequest, RetryTarget, TaskRequest};
 
 /// The label that asks for an implementation.
 pub const IMPLEMENT_LABEL: &str = "berth:implement";
@@ -65,6 +65,9 @@ pub enum Decision {
     QueueEach(Vec<TaskRequest>),
     /// Run an earlier task again; the journal finds it.
     Retry(RetryRequest),
+    /// A trusted sender's command refused: no task, and an answer on GitHub
+    /// that says why.
+    Refuse(Refusal),
     /// Nothing to do, and why.
     Ignore(String),
 }
@@ -198,13 +201,15 @@ impl Policy {
         }
         let is_pull = event.issue.pull_request.is_some();
         let number = event.issue.number;
-        let request = |kind, args: &str| TaskRequest {
+        let request = |kind, args: &str, follow_up: bool| TaskRequest {
             kind,
             repo: repo.clone(),
             number,
             head_sha: None,
             head_ref: match kind {
                 TaskKind::Review => None,
+                // A follow-up starts from the pull request's branch, read at dispatch.
+                TaskKind::Implement if follow_up => None,
                 TaskKind::Implement => event.repository.default_branch.clone(),
             },
             clone_url: clone_url(&event.repository),
@@ -215,13 +220,29 @@ impl Policy {
             sender: login.clone(),
             installation: event.installation.map(|installation| installation.id),
             comment_id: Some(event.comment.id),
+            follow_up,
+        };
+        let refuse = |reason: String| {
+            Decision::Refuse(Refusal {
+                repo: repo.clone(),
+                number,
+                sender: login.clone(),
+                installation: event.installation.map(|installation| installation.id),
+                comment_id: event.comment.id,
+                reason,
+            })
         };
         match command {
             Command::Run { kind, args } if (kind.spec().subject == Subject::PullRequest) == is_pull => {
-                Decision::Queue(request(kind, &args))
+                Decision::Queue(request(kind, &args, false))
             }
-            Command::Run { kind, .. } => Decision::Ignore(format!(
-                "{} {} needs {}; #{number} is {}",
+            // On a pull request, a kind that follows up continues Berth's own
+            // branch; whether the head is Berth's is known only at dispatch.
+            Command::Run { kind, args } if is_pull && kind.spec().follows_up_on_pull_request => {
+                Decision::Queue(request(kind, &args, true))
+            }
+            Command::Run { kind, .. } => refuse(format!(
+                "`{} {}` needs {}; #{number} is {}",
                 self.command_prefix,
                 kind.spec().command,
                 kind.spec().subject.with_article(),
@@ -243,9 +264,11 @@ impl Policy {
                 installation: event.installation.map(|installation| installation.id),
                 comment_id: Some(event.comment.id),
             }),
-            Command::Unknown(word) => Decision::Ignore(format!(
-                "unknown command {:?} (known: {}, cancel, retry)",
-                format!("{} {word}", self.command_prefix),
+            Command::Unknown(word) => refuse(format!(
+                "unknown command `{} {}` (known: {}, cancel, retry)",
+                self.command_prefix,
+                // Shown inside a code span on GitHub: no backtick may end it.
+                word.chars().filter(|c| *c != '`').take(40).collect::<String>(),
                 core_types::KINDS.map(|spec| spec.command).join(", ")
             )),
         }
@@ -302,6 +325,7 @@ impl Policy {
                     sender: login.clone(),
                     installation: event.installation.map(|installation| installation.id),
                     comment_id: None,
+                    follow_up: false,
                 })
             }
             other => Decision::Ignore(format!("issues {other}: no task")),
@@ -498,6 +522,7 @@ impl Policy {
             sender: login.clone(),
             installation: event.installation.map(|installation| installation.id),
             comment_id: None,
+            follow_up: false,
         })
     }
 }
@@ -538,6 +563,7 @@ fn rerun_request(
         sender: sender.login.clone(),
         installation,
         comment_id: None,
+        follow_up: false,
     }
 }
 

@@ -44,6 +44,9 @@ pub struct FakeState {
     pub check_runs: BTreeMap<u64, Value>,
     /// Comments by id, with `repo` and `number` fields added.
     pub comments: BTreeMap<u64, Value>,
+    /// Review comments on pull requests' lines by id, in GitHub's shape,
+    /// with `repo` and `number` fields added.
+    pub review_comments: BTreeMap<u64, Value>,
     /// Reactions posted: (repo, comment id, content).
     pub reactions: Vec<(String, u64, String)>,
     /// Pull requests Berth opened.
@@ -162,6 +165,47 @@ impl FakeGitHub {
         })
     }
 
+    /// A review comment by `login` on `line` of `path` in pull request
+    /// `number`'s diff; returns its id.
+    pub fn add_review_comment(
+        &self,
+        repo: &str,
+        number: u64,
+        login: &str,
+        path: &str,
+        line: Option<u64>,
+        body: &str,
+    ) -> u64 {
+        self.with(|state| {
+            let id = state.id();
+            let comment = json!({
+                "url": format!("https://api.github.invalid/repos/{repo}/pulls/comments/{id}"),
+                "pull_request_review_id": id + 1_000_000,
+                "id": id,
+                "node_id": format!("PRRC_{id}"),
+                "diff_hunk": "@@ -1,1 +1,1 @@",
+                "path": path,
+                "commit_id": "0000000000000000000000000000000000000000",
+                "original_commit_id": "0000000000000000000000000000000000000000",
+                "user": {"login": login, "id": id + 2_000_000, "type": "User"},
+                "body": body,
+                "created_at": "2026-01-01T00:00:00Z",
+                "updated_at": "2026-01-01T00:00:00Z",
+                "html_url": format!("https://github.invalid/{repo}/pull/{number}#discussion_r{id}"),
+                "pull_request_url": format!("https://api.github.invalid/repos/{repo}/pulls/{number}"),
+                "author_association": "MEMBER",
+                "line": line,
+                "original_line": line,
+                "side": "RIGHT",
+                "subject_type": if line.is_some() { "line" } else { "file" },
+                "repo": repo,
+                "number": number,
+            });
+            state.review_comments.insert(id, comment);
+            id
+        })
+    }
+
     /// Completed check runs.
     pub fn completed_check_runs(&self) -> Vec<Value> {
         self.with(|state| {
@@ -179,6 +223,7 @@ fn routes(state: Shared) -> Router {
         .route("/app/hook/deliveries/{id}/attempts", post(redeliver))
         .route("/repos/{owner}/{repo}/installation", get(repo_installation))
         .route("/repos/{owner}/{repo}/pulls/{number}", get(pull))
+        .route("/repos/{owner}/{repo}/pulls/{number}/comments", get(list_review_comments))
         .route("/repos/{owner}/{repo}/pulls", get(list_pulls).post(create_pull))
         .route("/repos/{owner}/{repo}/commits/{reference}", get(commit))
         .route("/repos/{owner}/{repo}/commits/{reference}/check-runs", get(list_check_runs))
@@ -470,6 +515,29 @@ async fn list_comments(
     let state = lock(&state);
     let comments: Vec<Value> = state
         .comments
+        .values()
+        .filter(|comment| comment["repo"] == full.as_str() && comment["number"] == number)
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .cloned()
+        .collect();
+    Json(Value::Array(comments)).into_response()
+}
+
+async fn list_review_comments(
+    State(state): State<Shared>,
+    Path((owner, repo, number)): Path<(String, String, u64)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let full = format!("{owner}/{repo}");
+    let per_page: usize = query.get("per_page").and_then(|value| value.parse().ok()).unwrap_or(30);
+    let page: usize = query.get("page").and_then(|value| value.parse().ok()).unwrap_or(1).max(1);
+    let state = lock(&state);
+    if !state.pulls.contains_key(&format!("{full}#{number}")) {
+        return not_found();
+    }
+    let comments: Vec<Value> = state
+        .review_comments
         .values()
         .filter(|comment| comment["repo"] == full.as_str() && comment["number"] == number)
         .skip((page - 1) * per_page)

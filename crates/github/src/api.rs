@@ -5,6 +5,7 @@
 
 use std::future::Future;
 
+use core_types::follow_up::ReviewComment;
 use core_types::{Secret, TaskId, TaskKind};
 
 use crate::{CheckRunOutput, CheckRunStatus, Delivery, GitHub, GitHubError, NewCheckRun, PullHead};
@@ -80,6 +81,23 @@ pub trait GitHubApi: Clone + Send + Sync + 'static {
         task_id: &TaskId,
         body: &str,
     ) -> impl Future<Output = Result<u64, GitHubError>> + Send;
+    /// Posts or edits the answer to a refused command, keyed by `key`
+    /// (`comment-<id>`); returns its id.
+    fn upsert_notice(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+        key: &str,
+        body: &str,
+    ) -> impl Future<Output = Result<u64, GitHubError>> + Send;
+    /// A pull request's review comments (on lines of its diff), oldest first.
+    fn review_comments(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+    ) -> impl Future<Output = Result<Vec<ReviewComment>, GitHubError>> + Send;
     /// Opens the pull request of a pushed branch, or finds the open one;
     /// returns its number and address.
     fn ensure_pull_request(
@@ -168,6 +186,24 @@ impl GitHubApi for GitHub {
         body: &str,
     ) -> Result<u64, GitHubError> {
         GitHub::upsert_comment(self, installation, repo, number, task_id, body).await
+    }
+    async fn upsert_notice(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+        key: &str,
+        body: &str,
+    ) -> Result<u64, GitHubError> {
+        GitHub::upsert_notice(self, installation, repo, number, key, body).await
+    }
+    async fn review_comments(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<ReviewComment>, GitHubError> {
+        GitHub::review_comments(self, installation, repo, number).await
     }
     async fn ensure_pull_request(
         &self,

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use core_types::backoff::Backoff;
 use core_types::env_names as names;
+use core_types::follow_up::ReviewComment;
 use core_types::{Secret, TaskId, TaskKind};
 use octocrab::Octocrab;
 use octocrab::models::{AppId, InstallationId};
@@ -252,6 +253,14 @@ fn is_author(comment: &Value, bot: &str) -> bool {
 pub fn comment_marker(task_id: &TaskId) -> String {
     format!("<!-- berth:task={task_id} -->")
 }
+
+/// The hidden marker of the answer to a refused command (`key`: `comment-<id>`).
+pub fn notice_marker(key: &str) -> String {
+    format!("<!-- berth:notice={key} -->")
+}
+
+/// Most review comments a follow-up reads of its pull request.
+pub const MAX_REVIEW_COMMENTS: usize = 300;
 
 impl GitHub {
     /// The App at `api_url` with id `app_id` and its PEM private key.
@@ -622,15 +631,47 @@ impl GitHub {
         task_id: &TaskId,
         body: &str,
     ) -> Result<u64, GitHubError> {
+        let id = self.upsert_marked(installation, repo, number, &comment_marker(task_id), body).await?;
+        debug!(repo, number, %task_id, "result comment written");
+        Ok(id)
+    }
+
+    /// Posts the answer to a refused command, keyed by `key` as a task's
+    /// result comment is by its id (the hidden marker [`notice_marker`]), so
+    /// that posting it again edits the one comment in place. Returns its id.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn upsert_notice(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+        key: &str,
+        body: &str,
+    ) -> Result<u64, GitHubError> {
+        let id = self.upsert_marked(installation, repo, number, &notice_marker(key), body).await?;
+        debug!(repo, number, key, "refusal answered");
+        Ok(id)
+    }
+
+    /// Posts `body` under `marker`, or edits the bot's comment that carries it.
+    async fn upsert_marked(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+        marker: &str,
+        body: &str,
+    ) -> Result<u64, GitHubError> {
         let client = self.installation(installation)?;
         let bot = self.bot_login().await?;
-        let marker = comment_marker(task_id);
         let text = format!("{marker}\n{}", truncate(body, 60_000));
         let what = format!("comment on {repo}#{number}");
         let list = format!("/repos/{repo}/issues/{number}/comments");
         let value = self
             .with_retry(&what, false, |_| {
-                let (client, list, marker, text, bot) = (&client, &list, &marker, &text, &bot);
+                let (client, list, text, bot) = (&client, &list, &text, &bot);
                 async move {
                     // Look for our marker on every attempt: an earlier attempt may have posted.
                     let mut page = 1_u32;
@@ -639,7 +680,7 @@ impl GitHub {
                         let comments: Value = client.get(list, Some(&query)).await?;
                         let comments = comments.as_array().cloned().unwrap_or_default();
                         if let Some(existing) = comments.iter().find(|comment| {
-                            comment["body"].as_str().is_some_and(|body| body.contains(marker.as_str()))
+                            comment["body"].as_str().is_some_and(|body| body.contains(marker))
                                 && is_author(comment, bot)
                         }) {
                             if existing["body"].as_str() == Some(text.as_str()) {
@@ -658,10 +699,46 @@ impl GitHub {
                 }
             })
             .await?;
-        debug!(repo, number, %task_id, "result comment written");
         value["id"]
             .as_u64()
             .ok_or_else(|| GitHubError::Unexpected { what, detail: "no comment id".to_owned() })
+    }
+
+    /// The review comments on a pull request's lines, oldest first, at most
+    /// [`MAX_REVIEW_COMMENTS`] of them.
+    ///
+    /// # Errors
+    /// GitHub failures.
+    pub async fn review_comments(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<ReviewComment>, GitHubError> {
+        let client = self.installation(installation)?;
+        let what = format!("read the review comments of {repo}#{number}");
+        let route = format!("/repos/{repo}/pulls/{number}/comments");
+        let mut comments = Vec::new();
+        for page in 1..=MAX_REVIEW_COMMENTS.div_ceil(100) {
+            let query = [("per_page", "100".to_owned()), ("page", page.to_string())];
+            let value =
+                self.with_retry(&what, false, |_| client.get::<Value, _, _>(&route, Some(&query))).await?;
+            let listed = value.as_array().cloned().unwrap_or_default();
+            comments.extend(listed.iter().map(|comment| {
+                let text = |name: &str| comment[name].as_str().unwrap_or_default().to_owned();
+                ReviewComment {
+                    author: comment["user"]["login"].as_str().unwrap_or("ghost").to_owned(),
+                    path: text("path"),
+                    line: comment["line"].as_u64().or_else(|| comment["original_line"].as_u64()),
+                    body: text("body"),
+                }
+            }));
+            if listed.len() < 100 {
+                break;
+            }
+        }
+        comments.truncate(MAX_REVIEW_COMMENTS);
+        Ok(comments)
     }
 
     /// Opens a pull request from `branch` to `base`, or returns the open one

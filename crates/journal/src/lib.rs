@@ -32,7 +32,7 @@ use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
 
 use domain::request::CancelRequest;
-use domain::request::{RetryRequest, RetryTarget, TaskRequest};
+use domain::request::{Refusal, RetryRequest, RetryTarget, TaskRequest};
 use domain::tasks::{Outcome, TaskRecord};
 use domain::triggers::Decision;
 
@@ -58,6 +58,9 @@ pub const SCHEMA: u64 = 2;
 const SCHEMA_KEY: &str = "schema";
 /// Issue comment id → [`CommentRecord`] (JSON), for comments that made a task.
 const COMMENTS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("comments");
+/// Comment id of a trusted sender's refused command → its [`Notice`] (JSON),
+/// until the answer is on GitHub ([`Journal::notice_sent`]).
+const NOTICES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("notices");
 
 /// How many writes one commit may carry at most.
 const MAX_GROUP: usize = 512;
@@ -100,6 +103,16 @@ struct CommentRecord {
     task: TaskId,
     /// When.
     received_unix: u64,
+}
+
+/// A refused command whose answer is not on GitHub yet: recorded in the
+/// same transaction as its delivery, so the 202 means it will be posted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// What was refused, and why.
+    pub refusal: Refusal,
+    /// When the delivery that asked was received.
+    pub received_unix: u64,
 }
 
 /// How a delivery was taken.
@@ -328,6 +341,10 @@ enum WriteOp {
         guid: String,
         reply: oneshot::Sender<Result<bool, JournalError>>,
     },
+    NoticeSent {
+        comment_id: u64,
+        reply: oneshot::Sender<Result<bool, JournalError>>,
+    },
 }
 
 /// What [`Journal::finish_task`] did.
@@ -475,6 +492,7 @@ fn create_tables(db: &Database) -> Result<(), JournalError> {
     txn.open_table(UNREPORTED).map_err(storage_of("open"))?;
     txn.open_table(REDELIVERIES).map_err(storage_of("open"))?;
     txn.open_table(COMMENTS).map_err(storage_of("open"))?;
+    txn.open_table(NOTICES).map_err(storage_of("open"))?;
     txn.commit().map_err(storage_of("open"))
 }
 
@@ -580,7 +598,8 @@ fn ensure_tables(db: &Database) -> Result<(), JournalError> {
         || txn.open_table(META).is_err()
         || txn.open_table(UNREPORTED).is_err()
         || txn.open_table(REDELIVERIES).is_err()
-        || txn.open_table(COMMENTS).is_err();
+        || txn.open_table(COMMENTS).is_err()
+        || txn.open_table(NOTICES).is_err();
     drop(txn);
     if missing { create_tables(db) } else { Ok(()) }
 }
@@ -737,6 +756,31 @@ impl Journal {
     /// Storage failures.
     pub async fn mark_redelivery(&self, guid: &str) -> Result<bool, JournalError> {
         self.write(|reply| WriteOp::MarkRedelivery { guid: guid.to_owned(), reply }).await
+    }
+
+    /// Notes that the answer to the refused command `comment_id` is on
+    /// GitHub; false when no notice for it was pending.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn notice_sent(&self, comment_id: u64) -> Result<bool, JournalError> {
+        self.write(|reply| WriteOp::NoticeSent { comment_id, reply }).await
+    }
+
+    /// Refused commands whose answer is not on GitHub yet, oldest first.
+    ///
+    /// # Errors
+    /// Storage failures or a damaged record.
+    pub fn pending_notices(&self) -> Result<Vec<Notice>, JournalError> {
+        let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
+        let table = txn.open_table(NOTICES).map_err(storage_of("read"))?;
+        let mut notices = Vec::new();
+        for entry in table.iter().map_err(storage_of("read"))? {
+            let (key, value) = entry.map_err(storage_of("read"))?;
+            notices.push(decode::<Notice>(&format!("notice {}", key.value()), value.value())?);
+        }
+        notices.sort_by_key(|notice| (notice.received_unix, notice.refusal.comment_id));
+        Ok(notices)
     }
 
     /// One task.
@@ -995,6 +1039,7 @@ fn fail_op(op: WriteOp, reason: &str) {
         WriteOp::Prune { reply, .. } => drop(reply.send(Err(error()))),
         WriteOp::Adopt { reply, .. } => drop(reply.send(Err(error()))),
         WriteOp::MarkRedelivery { reply, .. } => drop(reply.send(Err(error()))),
+        WriteOp::NoticeSent { reply, .. } => drop(reply.send(Err(error()))),
     }
 }
 
@@ -1005,6 +1050,7 @@ enum Reply {
     Prune(oneshot::Sender<Result<usize, JournalError>>, usize),
     Adopt(oneshot::Sender<Result<TaskRecord, JournalError>>, TaskRecord),
     MarkRedelivery(oneshot::Sender<Result<bool, JournalError>>, bool),
+    NoticeSent(oneshot::Sender<Result<bool, JournalError>>, bool),
 }
 
 /// Applies a batch in one transaction and answers each op once it is
@@ -1043,6 +1089,11 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>, settle: impl FnOnce(&Result<(
                     }
                     Reply::MarkRedelivery(reply, fresh)
                 }
+                WriteOp::NoticeSent { comment_id, reply } => {
+                    let mut notices = txn.open_table(NOTICES).map_err(storage_of("write"))?;
+                    let pending = notices.remove(comment_id).map_err(storage_of("write"))?.is_some();
+                    Reply::NoticeSent(reply, pending)
+                }
             });
         }
         txn.commit().map_err(storage_of("commit"))
@@ -1058,6 +1109,7 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>, settle: impl FnOnce(&Result<(
             Reply::Prune(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
             Reply::Adopt(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
             Reply::MarkRedelivery(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
+            Reply::NoticeSent(reply, value) => drop(reply.send(answer(&failure).map_or(Ok(value), Err))),
         }
     }
     // Ops after the failing one (and the failing one) are dropped: their callers see the writer's error.
@@ -1083,6 +1135,11 @@ fn accept_in(
     }
     let accepted = match decision {
         Decision::Ignore(reason) => Accepted::Ignored { reason },
+        Decision::Refuse(refusal) => {
+            let reason = refusal.reason.clone();
+            notice_in(txn, refusal)?;
+            Accepted::Ignored { reason }
+        }
         Decision::Queue(request) => queue_in(txn, delivery, request)?,
         Decision::QueueEach(requests) => {
             // The answer names the first task queued (else the first
@@ -1101,7 +1158,21 @@ fn accept_in(
         }
         Decision::Retry(retry) => match retried(txn, &retry)? {
             Ok(request) => queue_in(txn, delivery, request)?,
-            Err(reason) => Accepted::Ignored { reason },
+            Err(reason) => {
+                if let (Some(comment_id), RetryTarget::Latest { number }) = (retry.comment_id, &retry.target)
+                {
+                    let refusal = Refusal {
+                        repo: retry.repo.clone(),
+                        number: *number,
+                        sender: retry.sender.clone(),
+                        installation: retry.installation,
+                        comment_id,
+                        reason: reason.clone(),
+                    };
+                    notice_in(txn, refusal)?;
+                }
+                Accepted::Ignored { reason }
+            }
         },
         Decision::Cancel(cancel) => {
             let tasks = cancel_in(txn, &cancel)?;
@@ -1154,13 +1225,17 @@ fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Res
     let key = request.dedupe_key();
     if let Some(existing) = active.get(key.as_str()).map_err(storage_of("write"))? {
         let task = TaskId::new(existing.value()).ok();
-        return Ok(Accepted::Duplicate {
-            task,
-            reason: format!(
-                "a {} task for {}#{} is already queued or running",
-                request.kind, request.repo, request.number
-            ),
-        });
+        let reason = format!(
+            "a {} task for {}#{} is already queued or running",
+            request.kind, request.repo, request.number
+        );
+        // A person's command gets the answer on GitHub too.
+        if let Some(refusal) =
+            Refusal::of_request(&request, format!("{reason} (task `{}`)", existing.value()))
+        {
+            notice_in(txn, refusal)?;
+        }
+        return Ok(Accepted::Duplicate { task, reason });
     }
     let mut meta = txn.open_table(META).map_err(storage_of("write"))?;
     let seq = meta.get("seq").map_err(storage_of("write"))?.map_or(0, |value| value.value()) + 1;
@@ -1174,6 +1249,18 @@ fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Res
         comments.insert(comment, encode(&made).as_slice()).map_err(storage_of("write"))?;
     }
     Ok(Accepted::Queued { task: record.task_id })
+}
+
+/// Records the answer to a refused command, once per comment: a comment
+/// sent again under a new delivery id replaces its pending notice, and one
+/// already answered is answered again in place (the comment carries a
+/// marker), never twice.
+fn notice_in(txn: &WriteTransaction, refusal: Refusal) -> Result<(), JournalError> {
+    let mut notices = txn.open_table(NOTICES).map_err(storage_of("write"))?;
+    let comment_id = refusal.comment_id;
+    let notice = Notice { refusal, received_unix: now_unix() };
+    notices.insert(comment_id, encode(&notice).as_slice()).map_err(storage_of("write"))?;
+    Ok(())
 }
 
 /// The request that runs again the task `retry` names: its kind and the
@@ -1228,6 +1315,7 @@ fn retried(
         sender: retry.sender.clone(),
         installation: retry.installation.or(old.installation),
         comment_id: retry.comment_id,
+        follow_up: old.follow_up,
     }))
 }
 
@@ -1378,6 +1466,19 @@ fn prune_in(txn: &WriteTransaction, older_than_unix: u64) -> Result<usize, Journ
     }
     for comment in old_comments {
         comments.remove(comment).map_err(storage_of("write"))?;
+    }
+    // An answer GitHub would not take for the whole retention is given up.
+    let mut notices = txn.open_table(NOTICES).map_err(storage_of("write"))?;
+    let mut old_notices = Vec::new();
+    for entry in notices.iter().map_err(storage_of("write"))? {
+        let (key, value) = entry.map_err(storage_of("write"))?;
+        let notice: Notice = decode(&format!("notice {}", key.value()), value.value())?;
+        if notice.received_unix < older_than_unix {
+            old_notices.push(key.value());
+        }
+    }
+    for comment in old_notices {
+        notices.remove(comment).map_err(storage_of("write"))?;
     }
     Ok(old.len())
 }

@@ -27,6 +27,7 @@ fn review_by_comment(number: u64, comment_id: Option<u64>) -> Decision {
         sender: "octocat".into(),
         installation: Some(7),
         comment_id,
+        follow_up: false,
     })
 }
 
@@ -517,4 +518,90 @@ async fn queue_each_queues_every_request_and_answers_with_the_first() {
     assert_eq!(tasks.len(), 2);
     assert!(tasks.iter().any(|task| task.task_id == first && task.number == 1));
     assert!(tasks.iter().any(|task| task.number == 2));
+}
+
+fn refusal(comment_id: u64, reason: &str) -> Decision {
+    Decision::Refuse(domain::request::Refusal {
+        repo: "octo/repo".into(),
+        number: 9,
+        sender: "octocat".into(),
+        installation: Some(7),
+        comment_id,
+        reason: reason.into(),
+    })
+}
+
+#[tokio::test]
+async fn a_refusal_is_stored_with_its_delivery_once_per_comment_until_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let accepted = journal.accept("r-1", "issue_comment", refusal(501, "unknown command")).await.unwrap();
+    assert_eq!(accepted, Accepted::Ignored { reason: "unknown command".into() });
+    let pending = journal.pending_notices().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].refusal.comment_id, 501);
+    assert_eq!(pending[0].refusal.reason, "unknown command");
+    // Redelivered: a duplicate delivery, no second notice.
+    let again = journal.accept("r-1", "issue_comment", refusal(501, "unknown command")).await.unwrap();
+    assert!(matches!(again, Accepted::Duplicate { task: None, .. }), "{again:?}");
+    // The same comment under a new delivery id: still one notice for it.
+    journal.accept("r-2", "issue_comment", refusal(501, "unknown command")).await.unwrap();
+    assert_eq!(journal.pending_notices().unwrap().len(), 1);
+    // It survives a restart until it is marked sent.
+    drop(journal);
+    let journal = reopen(dir.path()).await;
+    assert_eq!(journal.pending_notices().unwrap().len(), 1);
+    assert!(journal.notice_sent(501).await.unwrap());
+    assert!(!journal.notice_sent(501).await.unwrap());
+    assert!(journal.pending_notices().unwrap().is_empty());
+    // Pruned with the deliveries when never sent.
+    journal.accept("r-3", "issue_comment", refusal(502, "x")).await.unwrap();
+    journal.prune(crate::now_unix() + 10).await.unwrap();
+    assert!(journal.pending_notices().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_duplicate_command_is_answered_but_a_duplicate_without_a_comment_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let first =
+        queued_task(&journal.accept("d-1", "issue_comment", review_by_comment(5, Some(71))).await.unwrap());
+    let second = journal.accept("d-2", "issue_comment", review_by_comment(5, Some(72))).await.unwrap();
+    assert!(matches!(second, Accepted::Duplicate { task: Some(ref t), .. } if *t == first), "{second:?}");
+    let pending = journal.pending_notices().unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].refusal.comment_id, 72);
+    assert_eq!(pending[0].refusal.number, 5);
+    assert_eq!(
+        pending[0].refusal.reason,
+        format!("a review task for octo/repo#5 is already queued or running (task `{first}`)")
+    );
+    // The first comment sent again under a new delivery id made its task already: no answer.
+    let replay = journal.accept("d-3", "issue_comment", review_by_comment(5, Some(71))).await.unwrap();
+    assert!(matches!(replay, Accepted::Duplicate { .. }), "{replay:?}");
+    // A duplicate nobody commented (an automatic review, a re-run) gets none.
+    let automatic = journal.accept("d-4", "pull_request", review_by_comment(5, None)).await.unwrap();
+    assert!(matches!(automatic, Accepted::Duplicate { .. }), "{automatic:?}");
+    assert_eq!(journal.pending_notices().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_with_nothing_to_retry_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let retry = Decision::Retry(RetryRequest {
+        repo: "octo/repo".into(),
+        target: RetryTarget::Latest { number: 4 },
+        sender: "octocat".into(),
+        installation: Some(7),
+        comment_id: Some(81),
+    });
+    let accepted = journal.accept("t-1", "issue_comment", retry).await.unwrap();
+    assert!(
+        matches!(accepted, Accepted::Ignored { ref reason } if reason.contains("nothing to retry")),
+        "{accepted:?}"
+    );
+    let pending = journal.pending_notices().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].refusal.comment_id, pending[0].refusal.number), (81, 4));
 }

@@ -31,7 +31,9 @@ use telemetry::Metrics;
 
 pub mod agent_env;
 pub mod decide;
+mod follow_up;
 pub mod logs;
+mod notices;
 pub mod progress;
 mod recovery;
 
@@ -317,6 +319,8 @@ pub struct Runner<E: ContainerEngine = DockerEngine, G: GitHubApi = GitHub> {
     announcing: Mutex<HashSet<TaskId>>,
     /// Queued tasks whose early opening was tried by this process (once each).
     announced: Mutex<HashSet<TaskId>>,
+    /// Refused comments whose answer is being posted now.
+    notifying: Mutex<HashSet<u64>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// Set once the start-up reconcile is done.
@@ -371,6 +375,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             reporting: Mutex::default(),
             announcing: Mutex::default(),
             announced: Mutex::default(),
+            notifying: Mutex::default(),
             shutdown,
             tracker,
             started: std::sync::atomic::AtomicBool::new(false),
@@ -498,6 +503,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         for task in self.journal.unreported_tasks()? {
             self.report_later(task);
         }
+        self.answer_refusals()?;
         Ok(())
     }
 
@@ -580,6 +586,11 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             Ok(agent_env) => agent_env,
             Err(reason) => return Some((Ending::Failed(reason), None)),
         };
+        let review_comments =
+            match follow_up::review_comments(&self.github, prepared.installation, task).await {
+                Ok(comments) => comments,
+                Err(ending) => return Some((ending, None)),
+            };
         let prompt = self.config.prompts.render(&PromptFacts {
             task_id: task.task_id.to_string(),
             kind: task.kind,
@@ -592,6 +603,8 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             base_ref: prepared.base_ref.clone(),
             head_ref: prepared.head_ref.clone(),
             head_sha: Some(prepared.head_sha.clone()),
+            follow_up: task.follow_up,
+            review_comments,
         });
         let mut token = (prepared.token.clone(), prepared.token_made);
         // Labels and environment are made per attempt, so the deadline they
@@ -628,6 +641,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 base_ref: prepared.base_ref.clone().filter(|_| task.kind == TaskKind::Review),
                 grace_secs: Some(self.config.stop_grace.as_secs().saturating_sub(2).max(1)),
                 secret_vars: agent_env.secret_names(),
+                follow_up: task.follow_up,
                 ..WorkerOptions::default()
             };
             // The operator's settings first: nothing in them can be a name the
@@ -932,6 +946,10 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             });
         }
         match task.kind {
+            TaskKind::Implement if task.follow_up => {
+                let (sha, head_ref, base_ref) = follow_up::head(&self.github, installation, task).await?;
+                Ok(progress::Head { sha, head_ref, base_ref })
+            }
             TaskKind::Review => {
                 let pull =
                     self.github.pull_head(installation, &task.repo, task.number).await.map_err(failed)?;
@@ -1160,7 +1178,9 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         let mut opened = None;
         let pull_request = match &outcome.pull_request {
             Some(PullRequestRef::Branch(branch)) if task.kind.spec().opens_pull_request => {
-                let base = task.head_ref.clone().unwrap_or_else(|| "main".to_owned());
+                // A follow-up's head_ref is the pull request's branch; it finds that pull request open.
+                let base = if task.follow_up { &task.base_ref } else { &task.head_ref };
+                let base = base.clone().unwrap_or_else(|| "main".to_owned());
                 let body = format!("Closes #{}.\n\n{summary}", task.number);
                 let pr_title = format!("Berth: {} #{}", task.kind.spec().command, task.number);
                 let (number, url) = self

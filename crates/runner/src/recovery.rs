@@ -69,6 +69,7 @@ fn record_from_labels(labels: &TaskLabels) -> TaskRecord {
         sender: String::new(),
         installation: labels.installation,
         comment_id: None,
+        follow_up: false,
     };
     let delivery = labels.delivery.clone().unwrap_or_default();
     let mut record = TaskRecord::queued(request, &delivery, 0, now_unix());

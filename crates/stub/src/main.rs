@@ -6,7 +6,7 @@
 //! `exit N`, `sleep SECS`, `ignore-term SECS`, `trap-term CODE SECS` (waits
 //! up to SECS for SIGTERM and exits CODE when it comes, also as PID 1),
 //! `alloc MIB`, `probe`, `print TEXT...`,
-//! `eprint TEXT...` (to stderr), `write PATH TEXT...`, `cat PATH`, `env NAME...`
+//! `eprint TEXT...` (to stderr), `write PATH TEXT...`, `copy FROM TO`, `cat PATH`, `env NAME...`
 //! (`NAME=value` lines), `env-err NAME...` (the same on stderr), `pwd`,
 //! `stamp` (`stamp <unix nanos>`), `tree SECS`: two children that ignore
 //! SIGTERM for SECS, one in the stub's process group and one in a group of
@@ -86,6 +86,10 @@ fn run_step(args: &[String]) -> ExitCode {
                 Err(err) => fail(&format!("write {}: {err}", path.display())),
             }
         }
+        "copy" => match std::fs::copy(arg(1), arg(2)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(err) => fail(&format!("copy {} to {}: {err}", arg(1), arg(2))),
+        },
         "cat" => match std::fs::read_to_string(arg(1)) {
             Ok(text) => {
                 say(text.trim_end());

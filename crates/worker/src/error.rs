@@ -48,6 +48,19 @@ pub enum WorkerError {
         /// The last lines git printed (redacted).
         detail: String,
     },
+    /// A follow-up's branch moved while the task ran, so its push (never
+    /// forced) was refused and the branch left as it is.
+    #[error(
+        "the branch {branch} moved while the task ran (cloned at {cloned}, now at {now}); Berth never overwrites a pull request's branch, so nothing was pushed: ask again with /berth implement to work from its new head"
+    )]
+    BranchMoved {
+        /// The branch.
+        branch: String,
+        /// The commit the task cloned.
+        cloned: String,
+        /// Where the branch is now.
+        now: String,
+    },
     /// The agent program is not in the image.
     #[error(
         "the agent's program {program:?} is not in the worker image ({searched}); install it in the image (README: Running a real agent) or fix {}",

@@ -343,8 +343,7 @@ async fn set_up(
     layout.create(&command::render_text(&task.prompt, &early))?;
     let git = Git::new(&task.clone_url, task.token.as_ref(), &settings.author, settings.inherited_git_config);
     output.note(&format!("cloning {} into {}", display_url(&task.clone_url), layout.repo.display()));
-    let checkout =
-        workspace::prepare(task, options.base_ref.as_deref(), &git, &layout, limits, output).await?;
+    let checkout = workspace::prepare(task, options, &git, &layout, limits, output).await?;
     output.note(&format!("checked out {}", checkout.head));
     Ok(Ready { command, checkout, layout, git })
 }
@@ -354,6 +353,7 @@ async fn set_up(
 fn early_values(task: &WorkerTask, options: &WorkerOptions, layout: &Layout) -> PlaceholderValues {
     let path = |path: &Path| path.to_string_lossy().into_owned();
     let branch = match task.kind {
+        TaskKind::Implement if options.follow_up => task.head_ref.clone().unwrap_or_default(),
         TaskKind::Implement => workspace::implement_branch(task.number),
         TaskKind::Review => task.head_ref.clone().unwrap_or_default(),
     };

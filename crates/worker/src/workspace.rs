@@ -9,11 +9,14 @@
 //! A review fetches the pull request's head commit (and its base branch, when
 //! given, so the agent can diff against the merge base) with full history and
 //! checks it out detached. An implement task clones the base branch shallowly
-//! (depth 1 is all a new branch needs) and creates `berth/issue-<n>` on it.
+//! (depth 1 is all a new branch needs) and creates `berth/issue-<n>` on it. A
+//! follow-up on Berth's own pull request clones that `berth/issue-<n>` branch
+//! instead, commits on top of it and pushes fast-forward only: when the branch
+//! moved while the agent ran, the push is refused and nothing is overwritten.
 
 use std::path::{Path, PathBuf};
 
-use core_types::{TaskKind, WorkerTask, env_names};
+use core_types::{TaskKind, WorkerOptions, WorkerTask, env_names};
 
 use crate::error::{Halt, WorkerError};
 use crate::git::Git;
@@ -38,6 +41,8 @@ pub(crate) struct Checkout {
     pub(crate) branch: Option<String>,
     /// The base branch, when known.
     pub(crate) base_ref: Option<String>,
+    /// A follow-up: `branch` is Berth's existing branch, pushed without force.
+    pub(crate) follow_up: bool,
 }
 
 /// An implement task's pushed result.
@@ -49,7 +54,7 @@ pub(crate) struct Published {
 
 /// The branch an implement task pushes.
 pub(crate) fn implement_branch(number: u64) -> String {
-    format!("berth/issue-{number}")
+    core_types::follow_up::implement_branch(number)
 }
 
 impl Layout {
@@ -112,14 +117,19 @@ fn short_branch(reference: &str) -> &str {
 /// Clones the repository at the task's commit into `layout.repo`.
 pub(crate) async fn prepare(
     task: &WorkerTask,
-    base_ref: Option<&str>,
+    options: &WorkerOptions,
     git: &Git,
     layout: &Layout,
     limits: &Limits,
     output: &Output,
 ) -> Result<Checkout, Halt> {
     match task.kind {
-        TaskKind::Review => prepare_review(task, base_ref, git, layout, limits, output).await,
+        TaskKind::Review => {
+            prepare_review(task, options.base_ref.as_deref(), git, layout, limits, output).await
+        }
+        TaskKind::Implement if options.follow_up => {
+            prepare_follow_up(task, git, layout, limits, output).await
+        }
         TaskKind::Implement => prepare_implement(task, git, layout, limits, output).await,
     }
 }
@@ -194,7 +204,12 @@ async fn prepare_review(
     )
     .await?;
     let head = run(["rev-parse", "HEAD"].map(str::to_owned).to_vec(), "reading the head commit").await?;
-    Ok(Checkout { head, branch: None, base_ref: base_ref.map(|base| short_branch(base).to_owned()) })
+    Ok(Checkout {
+        head,
+        branch: None,
+        base_ref: base_ref.map(|base| short_branch(base).to_owned()),
+        follow_up: false,
+    })
 }
 
 async fn prepare_implement(
@@ -219,7 +234,52 @@ async fn prepare_implement(
     git.run(repo, &["checkout", "--quiet", "-b", &branch], "creating the task branch", limits, output)
         .await?;
     let head = git.run(repo, &["rev-parse", "HEAD"], "reading the base commit", limits, output).await?;
-    Ok(Checkout { head, branch: Some(branch), base_ref: Some(base) })
+    Ok(Checkout { head, branch: Some(branch), base_ref: Some(base), follow_up: false })
+}
+
+/// A follow-up: clones Berth's branch `berth/issue-<n>` of the pull request
+/// (`BERTH_HEAD_REF`) and stays on it, so the agent's commit goes on top.
+async fn prepare_follow_up(
+    task: &WorkerTask,
+    git: &Git,
+    layout: &Layout,
+    limits: &Limits,
+    output: &Output,
+) -> Result<Checkout, Halt> {
+    let branch = task
+        .head_ref
+        .as_deref()
+        .map(short_branch)
+        .filter(|branch| core_types::follow_up::issue_of_branch(branch).is_some())
+        .ok_or_else(|| WorkerError::InvalidVariable {
+            variable: env_names::BERTH_HEAD_REF,
+            reason: format!(
+                "{:?}: a follow-up continues only Berth's own branch {}<n>",
+                task.head_ref.as_deref().unwrap_or(""),
+                core_types::follow_up::BRANCH_PREFIX
+            ),
+        })?
+        .to_owned();
+    let repo_path = layout.repo.to_string_lossy().into_owned();
+    let clone = [
+        "clone",
+        "--quiet",
+        "--no-tags",
+        "--single-branch",
+        "--depth=1",
+        "--branch",
+        &branch,
+        "--",
+        &task.clone_url,
+        &repo_path,
+    ];
+    git.run(&layout.work_dir, &clone, "cloning the pull request's branch", limits, output).await?;
+    let repo = layout.repo.as_path();
+    let head = git.run(repo, &["rev-parse", "HEAD"], "reading the branch's head", limits, output).await?;
+    if let Some(sha) = task.head_sha.as_deref().filter(|sha| !head.starts_with(*sha)) {
+        output.note(&format!("{branch} moved from {sha} to {head} since dispatch; continuing from {head}"));
+    }
+    Ok(Checkout { head, branch: Some(branch), base_ref: None, follow_up: true })
 }
 
 /// Commits what the agent left and pushes the task branch. `Ok(None)` when
@@ -255,8 +315,29 @@ pub(crate) async fn publish(
     }
     output.note(&format!("pushing {branch} at {commit}"));
     // To the clone URL, not `origin`: the agent may have repointed its remote.
-    // Forced: the branch is Berth's own, and a new run replaces the last one.
     let refspec = format!("HEAD:refs/heads/{branch}");
+    if checkout.follow_up {
+        // Never forced: the pull request's branch may hold commits of people
+        // too, and a branch that moved while the agent ran is left as it is.
+        let pushed = git
+            .run(
+                repo,
+                &["push", "--quiet", "--no-verify", "--", &task.clone_url, &refspec],
+                "pushing",
+                limits,
+                output,
+            )
+            .await;
+        return match pushed {
+            Ok(_) => Ok(Some(Published { branch, commit })),
+            Err(Halt::Failed(err)) => {
+                let moved = branch_moved(task, checkout, &branch, git, layout, limits, output).await;
+                Err(Halt::Failed(moved.unwrap_or(err)))
+            }
+            Err(halt) => Err(halt),
+        };
+    }
+    // Forced: the branch is Berth's own, and a new run replaces the last one.
     git.run(
         repo,
         &["push", "--quiet", "--no-verify", "--force", "--", &task.clone_url, &refspec],
@@ -266,6 +347,37 @@ pub(crate) async fn publish(
     )
     .await?;
     Ok(Some(Published { branch, commit }))
+}
+
+/// After a refused follow-up push: [`WorkerError::BranchMoved`] when the
+/// branch is no longer where the task cloned it, else `None` (the push
+/// failed for another reason, which the caller reports).
+async fn branch_moved(
+    task: &WorkerTask,
+    checkout: &Checkout,
+    branch: &str,
+    git: &Git,
+    layout: &Layout,
+    limits: &Limits,
+    output: &Output,
+) -> Option<WorkerError> {
+    let reference = format!("refs/heads/{branch}");
+    let listed = git
+        .run(
+            &layout.repo,
+            &["ls-remote", "--", &task.clone_url, &reference],
+            "reading the branch's head",
+            limits,
+            output,
+        )
+        .await
+        .ok()?;
+    let now = listed.split_whitespace().next().unwrap_or("(deleted)").to_owned();
+    (now != checkout.head).then(|| WorkerError::BranchMoved {
+        branch: branch.to_owned(),
+        cloned: checkout.head.clone(),
+        now,
+    })
 }
 
 /// The message of an implement task's commit.

@@ -75,6 +75,7 @@ impl Harness {
             sender: "octocat".to_owned(),
             installation: Some(7),
             comment_id: None,
+            follow_up: false,
         };
         match self.state.journal.accept(delivery, "issue_comment", Decision::Queue(request)).await.unwrap() {
             Accepted::Queued { task } => task,
@@ -574,6 +575,7 @@ fn links_point_at_github_enterprise_or_the_api() {
                 sender: String::new(),
                 installation: None,
                 comment_id: None,
+                follow_up: false,
             },
             "d",
             1,

@@ -54,6 +54,7 @@ fn request(repo: &str, number: u64, kind: TaskKind, head: Option<&str>) -> TaskR
         sender: "octocat".into(),
         installation: None,
         comment_id: None,
+        follow_up: false,
     }
 }
 
@@ -237,5 +238,95 @@ mod reruns {
             decide(&Policy::default(), "issue_comment", &comment("/berth retry", "NONE")),
             Decision::Ignore(reason) if reason.contains("is not trusted")
         ));
+    }
+}
+
+mod refusals_and_follow_ups {
+    use serde_json::{Value, json};
+
+    use crate::events::Event;
+    use crate::request::Refusal;
+    use crate::triggers::{Decision, Policy};
+    use core_types::TaskKind;
+
+    fn decide(policy: &Policy, payload: &Value) -> Decision {
+        policy.decide(&Event::parse("issue_comment", payload.to_string().as_bytes()).expect("payload parses"))
+    }
+
+    fn comment(body: &str, on_pull: bool, association: &str) -> Value {
+        let mut payload = json!({
+            "action": "created",
+            "comment": {"id": 11, "body": body, "user": {"login": "octocat", "type": "User"}, "author_association": association},
+            "issue": {"number": 7, "title": "Add a greeting", "body": "Please."},
+            "repository": {"full_name": "octo/repo", "clone_url": "https://example.invalid/octo/repo.git", "default_branch": "main"},
+            "sender": {"login": "octocat", "type": "User"},
+            "installation": {"id": 3}
+        });
+        if on_pull {
+            payload["issue"]["pull_request"] = json!({});
+        }
+        payload
+    }
+
+    fn refusal(reason: &str) -> Decision {
+        Decision::Refuse(Refusal {
+            repo: "octo/repo".into(),
+            number: 7,
+            sender: "octocat".into(),
+            installation: Some(3),
+            comment_id: 11,
+            reason: reason.into(),
+        })
+    }
+
+    #[test]
+    fn implement_on_a_pull_request_follows_it_up_from_its_branch() {
+        let Decision::Queue(request) =
+            decide(&Policy::default(), &comment("/berth implement fix it", true, "MEMBER"))
+        else {
+            panic!("queued");
+        };
+        assert_eq!(request.kind, TaskKind::Implement);
+        assert!(request.follow_up);
+        assert_eq!(request.number, 7);
+        // The branch is the pull request's, read at dispatch; not the default branch.
+        assert_eq!(request.head_ref, None);
+        assert_eq!(request.prompt, "fix it");
+        let Decision::Queue(fresh) =
+            decide(&Policy::default(), &comment("/berth implement", false, "MEMBER"))
+        else {
+            panic!("queued");
+        };
+        assert!(!fresh.follow_up);
+        assert_eq!(fresh.head_ref.as_deref(), Some("main"));
+    }
+
+    #[test]
+    fn a_trusted_senders_refused_command_is_answered_with_its_reason() {
+        assert_eq!(
+            decide(&Policy::default(), &comment("/berth review", false, "OWNER")),
+            refusal("`/berth review` needs a pull request; #7 is an issue")
+        );
+        assert_eq!(
+            decide(&Policy::default(), &comment("/berth deploy`@all` now", true, "COLLABORATOR")),
+            refusal("unknown command `/berth deploy@all` (known: review, implement, cancel, retry)")
+        );
+        let Decision::Refuse(refused) = refusal("x") else { unreachable!() };
+        assert_eq!(refused.message(), "@octocat, Berth did not act on your command: x.");
+    }
+
+    #[test]
+    fn untrusted_senders_bots_and_other_repositories_get_no_answer() {
+        let quiet = |decision: Decision| assert!(matches!(decision, Decision::Ignore(_)), "{decision:?}");
+        quiet(decide(&Policy::default(), &comment("/berth deploy", true, "NONE")));
+        quiet(decide(&Policy::default(), &comment("/berth review", false, "CONTRIBUTOR")));
+        let mut bot = comment("/berth deploy", true, "OWNER");
+        bot["sender"] = json!({"login": "other[bot]", "type": "Bot"});
+        bot["comment"]["user"] = bot["sender"].clone();
+        quiet(decide(&Policy::default(), &bot));
+        let elsewhere = Policy { allowed_repos: vec!["else/*".into()], ..Policy::default() };
+        quiet(decide(&elsewhere, &comment("/berth deploy", true, "OWNER")));
+        let listed = Policy { trusted_users: vec!["hubot".into()], ..Policy::default() };
+        quiet(decide(&listed, &comment("/berth deploy", true, "OWNER")));
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use core_types::follow_up::ReviewComment;
 use core_types::{Secret, TaskId, TaskKind};
 use github::{CheckRunOutput, CheckRunStatus, Delivery, GitHubApi, GitHubError, NewCheckRun, PullHead};
 
@@ -30,6 +31,11 @@ pub(crate) struct Seen {
     pub pull_requests: Vec<(String, String)>,
     /// Deliveries asked to be sent again.
     pub redelivered: Vec<u64>,
+    /// Answers to refused commands, by key: (key, issue or pull request, body).
+    /// Posting a key again replaces its body.
+    pub notices: Vec<(String, u64, String)>,
+    /// Times a notice was posted or edited.
+    pub notice_writes: usize,
 }
 
 /// Switches and canned answers.
@@ -43,6 +49,10 @@ pub(crate) struct Script {
     pub pull_state: String,
     /// The delivery log.
     pub deliveries: Vec<Delivery>,
+    /// The head branch of pull requests (`None`: `topic-<number>`).
+    pub pull_branch: Option<String>,
+    /// The review comments of every pull request.
+    pub review_comments: Vec<ReviewComment>,
 }
 
 impl Default for Script {
@@ -52,6 +62,8 @@ impl Default for Script {
             pull_repo: Some(String::new()),
             pull_state: "open".to_owned(),
             deliveries: Vec::new(),
+            pull_branch: None,
+            review_comments: Vec::new(),
         }
     }
 }
@@ -110,7 +122,7 @@ impl GitHubApi for MemoryGitHub {
             .map(|named| if named.is_empty() { repo.to_owned() } else { named.clone() });
         Ok(PullHead {
             sha: format!("{number:040x}"),
-            branch: format!("topic-{number}"),
+            branch: script.pull_branch.clone().unwrap_or_else(|| format!("topic-{number}")),
             repo: head_repo,
             state: script.pull_state.clone(),
             base: Some("main".to_owned()),
@@ -216,6 +228,39 @@ impl GitHubApi for MemoryGitHub {
                 Ok(seen.comments.len() as u64)
             }
         }
+    }
+
+    async fn upsert_notice(
+        &self,
+        _installation: u64,
+        _repo: &str,
+        number: u64,
+        key: &str,
+        body: &str,
+    ) -> Result<u64, GitHubError> {
+        self.call("answer a refused command")?;
+        let mut seen = self.seen.lock().unwrap();
+        seen.notice_writes += 1;
+        match seen.notices.iter_mut().position(|(known, ..)| known == key) {
+            Some(at) => {
+                seen.notices[at].2 = body.to_owned();
+                Ok(at as u64 + 1)
+            }
+            None => {
+                seen.notices.push((key.to_owned(), number, body.to_owned()));
+                Ok(seen.notices.len() as u64)
+            }
+        }
+    }
+
+    async fn review_comments(
+        &self,
+        _installation: u64,
+        _repo: &str,
+        _number: u64,
+    ) -> Result<Vec<ReviewComment>, GitHubError> {
+        self.call("read the review comments")?;
+        Ok(self.script.lock().unwrap().review_comments.clone())
     }
 
     async fn ensure_pull_request(

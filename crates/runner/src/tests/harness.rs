@@ -248,5 +248,6 @@ pub(crate) fn request(kind: TaskKind, repo: &str, number: u64) -> TaskRequest {
         sender: "octocat".to_owned(),
         installation: Some(7),
         comment_id: Some(number),
+        follow_up: false,
     }
 }

@@ -78,6 +78,7 @@ fn queued(repo: &str, number: u64, seq: u64) -> domain::tasks::TaskRecord {
         sender: "octocat".to_owned(),
         installation: None,
         comment_id: Some(seq),
+        follow_up: false,
     };
     domain::tasks::TaskRecord::queued(request, &format!("d-{seq}"), seq, 0)
 }
