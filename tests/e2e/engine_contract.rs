@@ -179,6 +179,7 @@ trait Backend {
             cmd: Some(behaviour.stub_args()),
             network: self.network().to_owned(),
             profile: self.fit(HardenedProfile::strict()),
+            mounts: Vec::new(),
         }
     }
 

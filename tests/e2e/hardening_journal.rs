@@ -260,6 +260,7 @@ fn big_request(number: u64, body_kib: usize) -> Decision {
         head_sha: None,
         head_ref: None,
         clone_url: "https://example.invalid/octo/repo.git".into(),
+        repo_id: None,
         prompt: String::new(),
         subject_title: "Big".into(),
         subject_body: "b".repeat(body_kib * 1024),

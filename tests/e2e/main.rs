@@ -8,6 +8,7 @@
 )]
 
 mod agent;
+mod cache;
 mod check_runs;
 mod claude;
 mod commands;

@@ -102,7 +102,11 @@ static IMAGE: OnceCell<String> = OnceCell::const_new();
 /// The offline test image (`FROM scratch` with berth-worker, berth-stub and
 /// this host's git), built once per test run.
 pub async fn test_image() -> &'static str {
-    IMAGE.get_or_init(|| build_test_image(TEST_IMAGE, |_| {})).await
+    let tag: &'static str = match std::env::var(core_types::env_names::BERTH_TEST_IMAGE) {
+        Ok(tag) if !tag.is_empty() => Box::leak(tag.into_boxed_str()),
+        _ => TEST_IMAGE,
+    };
+    IMAGE.get_or_init(|| build_test_image(tag, |_| {})).await
 }
 
 /// Builds `tag`: the test image's contents (berth-worker as entrypoint,

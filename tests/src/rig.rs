@@ -42,6 +42,9 @@ pub struct Rig {
     pub main_sha: String,
     pub head_sha: String,
     pub env: Vec<(&'static str, String)>,
+    /// GitHub's id of the repository, sent in payloads when set: without it
+    /// (the default) a task gets no clone cache.
+    pub repo_id: Option<u64>,
     /// `DOCKER_HOST` of the engine the daemon runs on, when not the machine's.
     docker_host: Option<String>,
     /// The fake Kubernetes the daemon runs its workers on, when it does;
@@ -53,6 +56,13 @@ pub struct Rig {
 
 /// Removes every container of a test repository, also when the test fails.
 pub struct RepoCleanup(String, Option<String>);
+
+impl RepoCleanup {
+    /// Cleans up the containers and mirror volumes of `repo` on the machine's engine.
+    pub fn new(repo: &str) -> Self {
+        Self(repo.to_owned(), None)
+    }
+}
 
 impl Drop for RepoCleanup {
     fn drop(&mut self) {
@@ -72,6 +82,19 @@ impl Drop for RepoCleanup {
                     let remove =
                         bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
                     let _ = docker.remove_container(&container.id.unwrap_or_default(), Some(remove)).await;
+                }
+                // The clone cache's mirrors of the repository, once no container holds them.
+                let options =
+                    bollard::query_parameters::ListVolumesOptionsBuilder::new().filters(&filters).build();
+                if let Ok(listed) = docker.list_volumes(Some(options)).await {
+                    for volume in listed.volumes.unwrap_or_default() {
+                        let _ = docker
+                            .remove_volume(
+                                &volume.name,
+                                None::<bollard::query_parameters::RemoveVolumeOptions>,
+                            )
+                            .await;
+                    }
                 }
             });
         });
@@ -177,6 +200,7 @@ impl Rig {
             main_sha,
             head_sha,
             env,
+            repo_id: None,
             docker_host,
             kube,
             _dir: dir,
@@ -197,7 +221,11 @@ impl Rig {
 
     /// The repository object of a payload.
     pub fn repository(&self) -> Value {
-        json!({"full_name": self.repo, "clone_url": self.server.url(&format!("{}.git", self.repo_name)), "default_branch": "main"})
+        let mut repository = json!({"full_name": self.repo, "clone_url": self.server.url(&format!("{}.git", self.repo_name)), "default_branch": "main"});
+        if let Some(id) = self.repo_id {
+            repository["id"] = json!(id);
+        }
+        repository
     }
 
     /// `/berth ...` commented on pull request 7 (or issue `number`) by a trusted OWNER.

@@ -81,6 +81,14 @@ fn print(text: &str) -> anyhow::Result<()> {
 /// When Docker cannot be reached.
 pub async fn ps(args: &PsArgs, engine: &crate::engine::EngineChoice) -> anyhow::Result<()> {
     let dispatcher = listing_dispatcher(engine).await?;
+    if args.caches {
+        let rows = crate::ps::cache_rows(&dispatcher, &args.state_dir).await?;
+        return if args.json {
+            print(&format!("{}\n", serde_json::to_string_pretty(&rows)?))
+        } else {
+            print(&crate::ps::render_cache_table(&rows))
+        };
+    }
     let rows = crate::ps::rows(&dispatcher, args.all).await?;
     if args.json {
         print(&format!("{}\n", serde_json::to_string_pretty(&rows)?))

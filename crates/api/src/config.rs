@@ -208,6 +208,12 @@ pub struct PsArgs {
     /// Include exited workers.
     #[arg(long, short)]
     pub all: bool,
+    /// List the clone cache's mirrors (size and last use) instead of workers.
+    #[arg(long)]
+    pub caches: bool,
+    /// Where the daemon keeps its state (for the mirrors' size and last use).
+    #[arg(long, env = names::BERTH_STATE_DIR, default_value = "/var/lib/berth")]
+    pub state_dir: PathBuf,
     /// The engine the workers run on.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -323,6 +329,14 @@ pub struct ServeArgs {
     /// lines of its log (only when they changed; at least `5s`).
     #[arg(long, env = names::BERTH_PROGRESS_INTERVAL, default_value = "30s")]
     pub progress_interval: String,
+    /// Keep one bare mirror per repository in a volume and let workers borrow
+    /// its objects (`on` or `off`; off on an engine without volumes).
+    #[arg(long, env = names::BERTH_CLONE_CACHE, default_value = "on")]
+    pub clone_cache: String,
+    /// Total size of the clone cache's mirrors (`20g`); past it the least
+    /// recently used are removed. Empty: no cap.
+    #[arg(long, env = names::BERTH_CLONE_CACHE_SIZE, default_value = "")]
+    pub clone_cache_size: String,
     /// Bearer token for /api/*; without it /api/* is refused.
     #[arg(long, env = names::BERTH_ADMIN_TOKEN, hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -476,6 +490,10 @@ pub struct ServeConfig {
     pub log_retention: Duration,
     /// How often a running task's check run shows its latest lines.
     pub progress_interval: Duration,
+    /// Whether the clone cache is on (it is still off on an engine without volumes).
+    pub clone_cache: bool,
+    /// The clone cache's total size cap in bytes, if any.
+    pub clone_cache_size: Option<u64>,
     /// Admin token for /api/*.
     pub admin_token: Option<Secret>,
     /// Bearer token for /metrics; `None`: open.
@@ -777,6 +795,27 @@ impl ServeArgs {
                 "must be at least 5s (every edit is a GitHub API call)",
             ));
         }
+        let clone_cache = match self.clone_cache.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => true,
+            "off" | "false" | "0" | "no" => false,
+            other => return Err(invalid(names::BERTH_CLONE_CACHE, format!("{other:?} is not on or off"))),
+        };
+        let clone_cache_size = match self.clone_cache_size.trim() {
+            "" => None,
+            size => {
+                let bytes =
+                    parse_size(size).map_err(|reason| invalid(names::BERTH_CLONE_CACHE_SIZE, reason))?;
+                match u64::try_from(bytes) {
+                    Ok(bytes) if bytes > 0 => Some(bytes),
+                    _ => {
+                        return Err(invalid(
+                            names::BERTH_CLONE_CACHE_SIZE,
+                            "must be larger than zero (use BERTH_CLONE_CACHE=off for no cache)",
+                        ));
+                    }
+                }
+            }
+        };
         let admin_token = admin_token(self.admin_token.as_deref(), self.admin_token_file.as_deref())?;
         let metrics_token = bearer_token(
             (names::BERTH_METRICS_TOKEN, self.metrics_token.as_deref()),
@@ -850,6 +889,8 @@ impl ServeArgs {
             log_keep_bytes,
             log_retention,
             progress_interval,
+            clone_cache,
+            clone_cache_size,
             admin_token,
             metrics_token,
             http,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use core_types::backoff::Backoff;
 use core_types::env_names::{BERTH_BIND, BERTH_STATE_DIR};
-use dispatcher::{Dispatcher, DispatcherConfig, HardenedProfile};
+use dispatcher::{ContainerEngine, Dispatcher, DispatcherConfig, HardenedProfile};
 use kubernetes::KubernetesOptions;
 
 use crate::engine::{Engine, EngineKind};
@@ -164,6 +164,7 @@ async fn start_runner(
     // The status API reads labels and logs through a dispatcher of its own
     // (a clone: the same engine client and settings), not through the runner.
     admin.set_dispatcher(dispatcher.clone());
+    let clone_cache = clone_cache_settings(&config, dispatcher.engine().capabilities().named_volumes);
     let runner = Runner::new(
         state.journal.clone(),
         dispatcher,
@@ -180,6 +181,7 @@ async fn start_runner(
             log_keeper: Some(LogKeeper::under(&config.state_dir, config.log_keep_bytes)),
             public_url: config.public_url.clone(),
             progress_interval: config.progress_interval,
+            clone_cache,
         },
         state.metrics.clone(),
         state.wake.clone(),
@@ -214,6 +216,25 @@ async fn start_runner(
 }
 
 /// The options of the Kubernetes engine from the daemon's settings.
+/// The clone cache's settings: `None` (off) when `BERTH_CLONE_CACHE=off` or
+/// on an engine without named volumes (Kubernetes: ADR 23).
+pub fn clone_cache_settings(
+    config: &ServeConfig,
+    named_volumes: bool,
+) -> Option<runner::cache::CacheSettings> {
+    if !config.clone_cache {
+        return None;
+    }
+    if !named_volumes {
+        info!("this engine has no named volumes: no clone cache; workers clone plainly (ADR 23)");
+        return None;
+    }
+    Some(runner::cache::CacheSettings {
+        size_cap: config.clone_cache_size,
+        state_dir: config.state_dir.clone(),
+    })
+}
+
 pub fn kubernetes_options(config: &ServeConfig) -> KubernetesOptions {
     let mut options = KubernetesOptions::new(config.worker_network.clone());
     // Berth's worker images run as `berth` with HOME /home/berth (the

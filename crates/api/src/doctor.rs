@@ -300,6 +300,7 @@ async fn run_probe<E: ContainerEngine>(
         cmd: Some(args.iter().map(|arg| (*arg).to_owned()).collect()),
         network: network.to_owned(),
         profile: crate::daemon::worker_profile(config),
+        mounts: Vec::new(),
     };
     let id = match engine.create(&spec).await {
         Ok(Some(id)) => id,

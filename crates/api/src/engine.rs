@@ -143,4 +143,20 @@ impl ContainerEngine for Engine {
     async fn remove(&self, id: &ContainerId) -> Result<(), DispatchError> {
         delegate!(self, engine => engine.remove(id).await)
     }
+
+    async fn create_volume(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<dispatcher::Volume, DispatchError> {
+        delegate!(self, engine => engine.create_volume(name, labels).await)
+    }
+
+    async fn list_volumes(&self, label: &str, value: &str) -> Result<Vec<dispatcher::Volume>, DispatchError> {
+        delegate!(self, engine => engine.list_volumes(label, value).await)
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<dispatcher::VolumeRemoval, DispatchError> {
+        delegate!(self, engine => engine.remove_volume(name).await)
+    }
 }

@@ -45,6 +45,19 @@ fn row(container: &ManagedContainer) -> PsRow {
         .created_at
         .and_then(|created| SystemTime::now().duration_since(created).ok())
         .map_or(0, |age| age.as_secs());
+    let label = |key: &str| container.labels.get(key).cloned().unwrap_or_default();
+    if label(core_types::label::KIND) == core_types::KIND_CACHE_REFRESH {
+        return PsRow {
+            task: container.name.clone(),
+            kind: core_types::KIND_CACHE_REFRESH.to_owned(),
+            target: format!("{} (id {})", label(core_types::label::REPO), label(core_types::label::REPO_ID)),
+            state: state_text(&container.status),
+            age_seconds,
+            container: container.id.to_string(),
+            instance: container.instance().to_owned(),
+            problem: None,
+        };
+    }
     match &container.task {
         Ok(task) => PsRow {
             task: task.task_id.to_string(),
@@ -103,6 +116,53 @@ pub fn render_table(rows: &[PsRow]) -> String {
             row.age_seconds,
             row.container,
             row.problem.as_deref().map(|problem| format!("  ({problem})")).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// One row of `berth ps --caches`.
+pub type CacheRow = runner::cache::CacheRow;
+
+/// The clone cache's mirrors on the engine (every instance), with the size
+/// and last use the book in `state_dir` records, when it can be read.
+///
+/// # Errors
+/// When the engine cannot be reached or listed.
+pub async fn cache_rows<E: dispatcher::ContainerEngine>(
+    dispatcher: &Dispatcher<E>,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Vec<CacheRow>> {
+    let entries =
+        dispatcher.caches_of_all_instances().await.context("cannot list the clone cache's volumes")?;
+    Ok(runner::cache::cache_rows(entries, &runner::cache::read_book(state_dir)))
+}
+
+fn ago(unix: Option<u64>) -> String {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |now| now.as_secs());
+    unix.map_or_else(|| "-".to_owned(), |at| format!("{}s ago", now.saturating_sub(at)))
+}
+
+fn size_text(bytes: Option<u64>) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "a size shown to one decimal")]
+    bytes.map_or_else(|| "?".to_owned(), |bytes| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)))
+}
+
+/// The mirrors as a table.
+pub fn render_cache_table(rows: &[CacheRow]) -> String {
+    let mut out = format!(
+        "{:<40} {:>12} {:<14} {:>12}  {:<16} {}\n",
+        "REPOSITORY", "REPO ID", "LAST USE", "SIZE", "INSTANCE", "VOLUME"
+    );
+    for row in rows {
+        out.push_str(&format!(
+            "{:<40} {:>12} {:<14} {:>12}  {:<16} {}\n",
+            row.repo,
+            row.repo_id,
+            ago(row.last_used_unix),
+            size_text(row.size_bytes),
+            row.instance,
+            row.volume
         ));
     }
     out

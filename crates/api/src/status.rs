@@ -764,6 +764,7 @@ pub fn routes(state: StatusState) -> Router {
         .route("/api/tasks/{id}", get(show_task))
         .route("/api/tasks/{id}/logs", get(task_logs))
         .route("/api/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/caches", get(list_caches))
         .route_layer(middleware::from_fn_with_state(state.admin.clone(), require_admin))
         .route_layer(middleware::map_response(api_headers))
         .with_state(state)
@@ -805,6 +806,14 @@ async fn list_tasks(
     let tasks = filter.select(state.journal.tasks().map_err(ApiError::Journal)?);
     let tasks: Vec<TaskView> = tasks.iter().map(|task| TaskView::new(task, state.admin.links())).collect();
     Ok(Json(serde_json::json!({ "tasks": tasks })))
+}
+
+/// The clone cache's mirrors of this instance: volume, repository, size
+/// after the last refresh and last use (an empty list when the cache is off).
+async fn list_caches(State(state): State<StatusState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let runner = state.admin.runner()?;
+    let caches = runner.caches().await.map_err(|err| ApiError::Unavailable(format!("{err:#}")))?;
+    Ok(Json(serde_json::json!({ "caches": caches })))
 }
 
 async fn show_task(

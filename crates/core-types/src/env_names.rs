@@ -122,6 +122,12 @@ pub const BERTH_REVIEW_PROMPT_FILE: &str = "BERTH_REVIEW_PROMPT_FILE";
 pub const BERTH_IMPLEMENT_PROMPT_FILE: &str = "BERTH_IMPLEMENT_PROMPT_FILE";
 /// Log format: `human` or `json`.
 pub const BERTH_LOG_FORMAT: &str = "BERTH_LOG_FORMAT";
+/// Keep one bare mirror per repository in a volume and let workers borrow
+/// its objects (on by default; off on an engine without volumes).
+pub const BERTH_CLONE_CACHE: &str = "BERTH_CLONE_CACHE";
+/// Total size of the clone cache's mirrors (`20g`); past it the least
+/// recently used are removed. Unset: no cap.
+pub const BERTH_CLONE_CACHE_SIZE: &str = "BERTH_CLONE_CACHE_SIZE";
 
 // Worker contract: what the daemon puts in a worker's environment (see
 // `worker_env`), then what the worker puts in the agent's.
@@ -166,6 +172,12 @@ pub const BERTH_FOLLOW_UP: &str = "BERTH_FOLLOW_UP";
 /// worker then writes everything to stdout, so its result record stays the
 /// last line (two pipes read at once can log an earlier stderr line after it).
 pub const BERTH_ONE_STREAM: &str = "BERTH_ONE_STREAM";
+/// Where the repository's mirror is mounted, read-only: the worker borrows
+/// its objects (alternates) and fetches only what it lacks. Unset: no cache.
+pub const BERTH_CACHE_DIR: &str = "BERTH_CACHE_DIR";
+/// Why the daemon mounted no mirror for this task (the refresh failed, the
+/// record has no repository id...), so the worker's log says so.
+pub const BERTH_CACHE_NOTE: &str = "BERTH_CACHE_NOTE";
 /// Set by the worker for the agent: the clone, also its working directory.
 pub const BERTH_WORKSPACE: &str = "BERTH_WORKSPACE";
 /// Set by the worker for the agent: a file holding the prompt (also its stdin).
@@ -180,6 +192,10 @@ pub const BERTH_BRANCH: &str = "BERTH_BRANCH";
 /// `berth doctor` only (a hidden flag): the address whose reachability from a
 /// worker it checks; tests point it at a local port.
 pub const BERTH_DOCTOR_EGRESS_PROBE: &str = "BERTH_DOCTOR_EGRESS_PROBE";
+/// The end-to-end tests' worker image tag (default `berth-test-worker:e2e`):
+/// a tag of its own keeps test runs of two checkouts on one engine from
+/// replacing each other's image mid-run.
+pub const BERTH_TEST_IMAGE: &str = "BERTH_TEST_IMAGE";
 /// The end-to-end tests' Claude Code CLI on the host.
 pub const BERTH_CLAUDE_BIN: &str = "BERTH_CLAUDE_BIN";
 /// The end-to-end tests' download cache (default `$HOME/.cache/berth`).

@@ -37,7 +37,16 @@ pub mod label {
     /// Which Berth deployment owns the container (`default` when absent), so
     /// two deployments can share one engine without touching each other's workers.
     pub const INSTANCE: &str = "berth.instance";
+    /// GitHub's numeric id of the repository a clone cache volume (or its
+    /// refresh container) belongs to: the key of a mirror, never the name
+    /// alone (a deleted repository's name can be taken by another).
+    pub const REPO_ID: &str = "berth.repo-id";
 }
+
+/// `berth.kind` of a clone cache volume.
+pub const KIND_CACHE: &str = "cache";
+/// `berth.kind` of a container refreshing a clone cache volume.
+pub const KIND_CACHE_REFRESH: &str = "cache-refresh";
 
 /// The instance name of a container without `berth.instance`.
 pub const DEFAULT_INSTANCE: &str = "default";

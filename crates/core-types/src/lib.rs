@@ -22,7 +22,10 @@ pub use worker_env::{Secret, WorkerEnvError, WorkerOptions, WorkerTask};
 
 pub use id::{InvalidTaskId, TaskId, TaskKind, UnknownTaskKind};
 pub use kinds::{KINDS, KindSpec, Subject};
-pub use labels::{DEFAULT_INSTANCE, LabelError, SCHEMA_VERSION, TaskLabels, is_repo_name, label};
+pub use labels::{
+    DEFAULT_INSTANCE, KIND_CACHE, KIND_CACHE_REFRESH, LabelError, SCHEMA_VERSION, TaskLabels, is_repo_name,
+    label,
+};
 pub use result::{ResultRecord, ResultStatus, WorkerExit};
 
 #[cfg(test)]

@@ -146,14 +146,27 @@ impl<E: ContainerEngine> Dispatcher<E> {
     /// # Errors
     /// [`DispatchError::NameTaken`] when `berth-<task id>` belongs to anything
     /// but this task; [`DispatchError::ImageMissing`]; engine failures.
-    #[instrument(skip_all, fields(task_id = %task.task_id))]
     pub async fn create(
         &self,
         task: &TaskLabels,
         env: &[(&str, String)],
         cmd: Option<Vec<String>>,
     ) -> Result<Launched, DispatchError> {
-        let spec = self.container_spec(task, env, cmd);
+        self.create_mounted(task, env, cmd, Vec::new()).await
+    }
+
+    /// [`Dispatcher::create`] with volumes mounted (crate-private: a mirror
+    /// is mounted only through [`Dispatcher::create_with_cache`]).
+    #[instrument(skip_all, fields(task_id = %task.task_id))]
+    pub(crate) async fn create_mounted(
+        &self,
+        task: &TaskLabels,
+        env: &[(&str, String)],
+        cmd: Option<Vec<String>>,
+        mounts: Vec<crate::VolumeMount>,
+    ) -> Result<Launched, DispatchError> {
+        let mut spec = self.container_spec(task, env, cmd);
+        spec.mounts = mounts;
         if let Some(id) = self.engine.create(&spec).await? {
             debug!(container_id = %id, "container created");
             return Ok(Launched { id, adopted: false, status: ContainerStatus::Created });
@@ -488,6 +501,7 @@ pub(crate) fn spec_for(
         cmd,
         network: config.network.clone(),
         profile: config.profile.clone(),
+        mounts: Vec::new(),
     }
 }
 

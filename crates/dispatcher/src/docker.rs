@@ -9,7 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig, Mount, MountType,
+    VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -20,7 +23,8 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 
 use crate::engine::{
     Capabilities, Change, ChangeKind, ChangeStream, ContainerEngine, ContainerId, ContainerSpec,
-    ContainerState, ContainerStatus, EngineInfo, ExitInfo, ImageStatus, LogChunk, LogStream,
+    ContainerState, ContainerStatus, EngineInfo, ExitInfo, ImageStatus, LogChunk, LogStream, Volume,
+    VolumeRemoval,
 };
 use crate::{DispatchError, EngineError};
 
@@ -308,6 +312,18 @@ fn create_body(spec: &ContainerSpec, home: Option<&str>) -> ContainerCreateBody 
         network_mode: Some(spec.network.clone()),
         readonly_rootfs: Some(profile.read_only_root),
         tmpfs: profile.read_only_root.then(|| scratch_mounts(profile, home)),
+        mounts: (!spec.mounts.is_empty()).then(|| {
+            spec.mounts
+                .iter()
+                .map(|mount| Mount {
+                    target: Some(mount.target.clone()),
+                    source: Some(mount.volume.clone()),
+                    typ: Some(MountType::VOLUME),
+                    read_only: Some(mount.read_only),
+                    ..Default::default()
+                })
+                .collect()
+        }),
         // Keep the exited container: its exit code, OOM flag and logs are
         // read after it ends (an auto-removed container loses all three).
         auto_remove: Some(false),
@@ -552,6 +568,54 @@ impl ContainerEngine for DockerEngine {
         }
     }
 
+    async fn create_volume(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Volume, DispatchError> {
+        let request = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect()),
+            ..Default::default()
+        };
+        // The engine answers an existing volume of that name as it is, its
+        // own labels included: the caller checks them.
+        let volume =
+            self.docker.create_volume(request).await.map_err(|source| DispatchError::VolumeCall {
+                operation: "create",
+                volume: name.to_owned(),
+                source: EngineError::docker(source),
+            })?;
+        Ok(volume_of(volume))
+    }
+
+    async fn list_volumes(&self, label: &str, value: &str) -> Result<Vec<Volume>, DispatchError> {
+        let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::new().filters(&filters).build();
+        let listed =
+            self.docker.list_volumes(Some(options)).await.map_err(|source| DispatchError::VolumeCall {
+                operation: "list",
+                volume: format!("{label}={value}"),
+                source: EngineError::docker(source),
+            })?;
+        Ok(listed.volumes.unwrap_or_default().into_iter().map(volume_of).collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<VolumeRemoval, DispatchError> {
+        // Never forced: the engine refuses (409) while any container has it.
+        let options = bollard::query_parameters::RemoveVolumeOptionsBuilder::new().force(false).build();
+        match self.docker.remove_volume(name, Some(options)).await {
+            Ok(()) => Ok(VolumeRemoval::Removed),
+            Err(err) if status_code(&err) == Some(404) => Ok(VolumeRemoval::Missing),
+            Err(err) if status_code(&err) == Some(409) => Ok(VolumeRemoval::InUse),
+            Err(source) => Err(DispatchError::VolumeCall {
+                operation: "remove",
+                volume: name.to_owned(),
+                source: EngineError::docker(source),
+            }),
+        }
+    }
+
     async fn remove(&self, id: &ContainerId) -> Result<(), DispatchError> {
         let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match self.docker.remove_container(id.as_str(), Some(options)).await {
@@ -561,6 +625,30 @@ impl ContainerEngine for DockerEngine {
             Err(source) => Err(Self::call_failed("remove", id.as_str(), source)),
         }
     }
+}
+
+fn volume_of(volume: bollard::models::Volume) -> Volume {
+    Volume {
+        created_at: volume.created_at.as_deref().and_then(parse_time_any_zone),
+        name: volume.name,
+        labels: volume.labels.into_iter().collect(),
+    }
+}
+
+/// A volume's `CreatedAt`, which the engine writes with the host's offset
+/// (`2026-11-30T16:20:00+01:00`) rather than in UTC.
+fn parse_time_any_zone(text: &str) -> Option<SystemTime> {
+    if text.ends_with('Z') {
+        return parse_time(text);
+    }
+    let (stamp, sign, offset) = match text.rfind(['+', '-']) {
+        Some(at) if at > 10 => (&text[..at], &text[at..=at], &text[at + 1..]),
+        _ => return None,
+    };
+    let (hours, minutes) = offset.split_once(':')?;
+    let shift = Duration::from_secs(hours.parse::<u64>().ok()? * 3600 + minutes.parse::<u64>().ok()? * 60);
+    let local = parse_time(&format!("{stamp}Z"))?;
+    if sign == "+" { local.checked_sub(shift) } else { local.checked_add(shift) }
 }
 
 /// Parses the engine's RFC 3339 UTC timestamps (`2026-11-29T03:19:31.123456789Z`).

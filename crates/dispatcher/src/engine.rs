@@ -82,6 +82,42 @@ pub struct ContainerSpec {
     pub network: String,
     /// Limits and privileges.
     pub profile: HardenedProfile,
+    /// Named volumes mounted into the container (a clone cache's mirror);
+    /// empty for most. An engine without named volumes refuses a spec with any.
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// A named volume mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The volume's name.
+    pub volume: String,
+    /// Where it appears in the container (absolute).
+    pub target: String,
+    /// Whether the container may only read it.
+    pub read_only: bool,
+}
+
+/// A named volume as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// When it was created.
+    pub created_at: Option<SystemTime>,
+}
+
+/// What removing a volume did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeRemoval {
+    /// It is gone now.
+    Removed,
+    /// A container (running or not) still uses it, so the engine kept it.
+    InUse,
+    /// There was no such volume.
+    Missing,
 }
 
 /// The lifecycle state of a container.
@@ -253,6 +289,10 @@ pub struct Capabilities {
     pub read_only_root: bool,
     /// Size-capped tmpfs mounts.
     pub scratch_tmpfs: bool,
+    /// Named volumes that outlive a container and can be mounted into the
+    /// next (the clone cache needs them). Not a protection: an engine
+    /// without them still runs every worker, with no clone cache.
+    pub named_volumes: bool,
 }
 
 impl Capabilities {
@@ -261,7 +301,8 @@ impl Capabilities {
         Self::only(&Protection::ALL)
     }
 
-    /// Exactly the given protections enforced.
+    /// Exactly the given protections enforced, on an engine with named
+    /// volumes (set [`Capabilities::named_volumes`] false for one without).
     pub fn only(protections: &[Protection]) -> Self {
         let has = |protection| protections.contains(&protection);
         Self {
@@ -276,6 +317,7 @@ impl Capabilities {
             log_limits: has(Protection::LogLimits),
             read_only_root: has(Protection::ReadOnlyRoot),
             scratch_tmpfs: has(Protection::ScratchTmpfs),
+            named_volumes: true,
         }
     }
 
@@ -283,7 +325,7 @@ impl Capabilities {
     pub fn without(self, protection: Protection) -> Self {
         let kept: Vec<Protection> =
             Protection::ALL.into_iter().filter(|have| *have != protection && self.enforces(*have)).collect();
-        Self::only(&kept)
+        Self { named_volumes: self.named_volumes, ..Self::only(&kept) }
     }
 
     /// Whether `protection` is enforced.
@@ -435,6 +477,33 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Removes a container (forcing, so a running one is killed first).
     /// Removing one that is already gone is not an error.
     fn remove(&self, id: &ContainerId) -> impl Future<Output = Result<(), DispatchError>> + Send;
+    /// Creates the named volume, or answers the one of that name that
+    /// exists already (with its own labels, which the caller checks).
+    /// An engine without named volumes answers [`DispatchError::VolumesUnsupported`].
+    fn create_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<Volume, DispatchError>> + Send {
+        let _ = (name, labels);
+        let engine = std::any::type_name::<Self>().rsplit("::").next().unwrap_or("this").to_owned();
+        async { Err(DispatchError::VolumesUnsupported { engine }) }
+    }
+    /// Every volume carrying `label=value` (none on an engine without volumes).
+    fn list_volumes(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<Vec<Volume>, DispatchError>> + Send {
+        let _ = (label, value);
+        async { Ok(Vec::new()) }
+    }
+    /// Removes a volume unless a container uses it: never forced, so the
+    /// engine itself refuses while any container (running or not) has it.
+    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<VolumeRemoval, DispatchError>> + Send {
+        let _ = name;
+        async { Ok(VolumeRemoval::Missing) }
+    }
 }
 
 #[cfg(test)]

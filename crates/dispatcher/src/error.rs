@@ -168,6 +168,29 @@ pub enum DispatchError {
         /// What the build said.
         reason: String,
     },
+    /// A call about a named volume (a clone cache) failed.
+    #[error("failed to {operation} volume {volume}")]
+    VolumeCall {
+        /// What we were doing.
+        operation: &'static str,
+        /// The volume's name.
+        volume: String,
+        /// Why.
+        #[source]
+        source: EngineError,
+    },
+    /// A refresh of the repository's mirror is already under way elsewhere.
+    #[error("the refresh container {name} is held by another refresh of the same repository")]
+    RefreshBusy {
+        /// The refresh container's name.
+        name: String,
+    },
+    /// The engine has no named volumes (see [`Capabilities::named_volumes`](crate::Capabilities)).
+    #[error("the engine ({engine}) has no named volumes")]
+    VolumesUnsupported {
+        /// The engine's kind.
+        engine: String,
+    },
     /// Preparing an image's files on the host failed.
     #[error("failed to prepare image context: {what}")]
     ContextFailed {
@@ -231,6 +254,7 @@ impl DispatchError {
             | Self::StartFailed { source, .. }
             | Self::EngineCall { source, .. }
             | Self::ListFailed { source }
+            | Self::VolumeCall { source, .. }
             | Self::WatchFailed { source } => source.is_transient(),
             Self::WaitEnded { .. } => true,
             _ => false,

@@ -21,6 +21,7 @@ enum Entry {
     File { source: PathBuf, mode: u32 },
     Bytes { data: Vec<u8>, mode: u32 },
     Dir { mode: u32 },
+    OwnedDir { mode: u32, uid: u32 },
     Symlink { target: String },
 }
 
@@ -57,6 +58,9 @@ impl ImageContext {
         context.add_bytes("etc/group", group.into_bytes(), 0o644);
         context.entries.insert("tmp".to_owned(), Entry::Dir { mode: 0o1777 });
         context.entries.insert("home/berth".to_owned(), Entry::Dir { mode: 0o1777 });
+        // The clone cache's mount point: a new volume mounted here takes
+        // this owner, so the refresh (as the worker's user) can fill it.
+        context.entries.insert("berth/cache".to_owned(), Entry::OwnedDir { mode: 0o755, uid: WORKER_UID });
         context.env.push(("HOME".to_owned(), "/home/berth".to_owned()));
         context
     }
@@ -102,6 +106,10 @@ impl ImageContext {
     /// The Dockerfile of this context.
     pub fn dockerfile(&self) -> String {
         let mut dockerfile = String::from("FROM scratch\nCOPY rootfs/ /\n");
+        // COPY makes everything root's; what the worker's user must own is copied apart.
+        if self.entries.values().any(|entry| matches!(entry, Entry::OwnedDir { .. })) {
+            dockerfile.push_str(&format!("COPY --chown={WORKER_UID}:{WORKER_UID} owned/ /\n"));
+        }
         for (name, value) in &self.env {
             dockerfile.push_str(&format!("ENV {name}={}\n", serde_json::Value::String(value.clone())));
         }
@@ -119,28 +127,36 @@ impl ImageContext {
     /// When a host file cannot be read.
     pub fn to_tar(&self) -> Result<Vec<u8>, DispatchError> {
         let mut builder = tar::Builder::new(Vec::new());
-        let mut append = |path: &str, data: &[u8], mode: u32, kind: tar::EntryType| {
+        let mut append = |path: &str, data: &[u8], mode: u32, kind: tar::EntryType, owner: u32| {
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(kind);
             header.set_mode(mode);
+            header.set_uid(u64::from(owner));
+            header.set_gid(u64::from(owner));
             header.set_size(data.len() as u64);
             header.set_mtime(0);
             builder
                 .append_data(&mut header, path, data)
                 .map_err(context_failed(format!("add {path} to the context")))
         };
-        append("Dockerfile", self.dockerfile().as_bytes(), 0o644, tar::EntryType::Regular)?;
+        append("Dockerfile", self.dockerfile().as_bytes(), 0o644, tar::EntryType::Regular, 0)?;
         for (path, entry) in &self.entries {
-            let in_tar = format!("rootfs/{path}");
+            let in_tar = match entry {
+                Entry::OwnedDir { .. } => format!("owned/{path}"),
+                _ => format!("rootfs/{path}"),
+            };
             match entry {
-                Entry::Dir { mode } => append(&in_tar, &[], *mode, tar::EntryType::Directory)?,
+                Entry::Dir { mode } => append(&in_tar, &[], *mode, tar::EntryType::Directory, 0)?,
+                Entry::OwnedDir { mode, uid } => {
+                    append(&in_tar, &[], *mode, tar::EntryType::Directory, *uid)?
+                }
                 // Appended below, once `append` no longer borrows the builder.
                 Entry::Symlink { .. } => {}
-                Entry::Bytes { data, mode } => append(&in_tar, data, *mode, tar::EntryType::Regular)?,
+                Entry::Bytes { data, mode } => append(&in_tar, data, *mode, tar::EntryType::Regular, 0)?,
                 Entry::File { source, mode } => {
                     let data = std::fs::read(source)
                         .map_err(context_failed(format!("read {}", source.display())))?;
-                    append(&in_tar, &data, *mode, tar::EntryType::Regular)?;
+                    append(&in_tar, &data, *mode, tar::EntryType::Regular, 0)?;
                 }
             }
         }

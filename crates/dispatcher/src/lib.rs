@@ -9,6 +9,7 @@
 //! a [`ContainerId`] can only come from our own create or from a listing or
 //! inspect that checked the label.
 
+pub mod cache;
 mod dispatcher;
 mod docker;
 mod engine;
@@ -19,11 +20,13 @@ pub mod image;
 mod name;
 mod profile;
 
+pub use cache::{CACHE_MOUNT, CacheEntry, CacheRefused, CacheVolume, RefreshEnd};
 pub use dispatcher::{Dispatcher, DispatcherConfig, Launched, ManagedContainer};
 pub use docker::DockerEngine;
 pub use engine::{
     Capabilities, Change, ChangeKind, ChangeStream, ContainerEngine, ContainerId, ContainerSpec,
     ContainerState, ContainerStatus, EngineInfo, ExitInfo, ImageStatus, LogChunk, LogStream, Protection,
+    Volume, VolumeMount, VolumeRemoval,
 };
 pub use error::{DispatchError, DockerError, EngineError};
 #[cfg(feature = "fake")]

@@ -28,6 +28,10 @@ impl Account {
 /// The repository an event happened in.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Repository {
+    /// GitHub's numeric id: what a clone cache is keyed by (a name can be
+    /// reused by another repository; an id cannot).
+    #[serde(default)]
+    pub id: Option<u64>,
     /// `owner/name`.
     pub full_name: String,
     /// HTTPS clone URL (GitHub Enterprise and test servers included).

@@ -21,6 +21,9 @@ pub struct TaskRequest {
     pub head_ref: Option<String>,
     /// The repository's clone URL.
     pub clone_url: String,
+    /// GitHub's numeric id of the repository, when the payload carries it
+    /// (the key of its clone cache; without it the task clones plainly).
+    pub repo_id: Option<u64>,
     /// The requester's words: the rest of the command's line and the lines
     /// after it (empty for a label or an automatic review).
     pub prompt: String,
@@ -166,6 +169,10 @@ pub enum RetryTarget {
 pub struct RetryRequest {
     /// `owner/name`.
     pub repo: String,
+    /// GitHub's numeric id of the repository, from the payload: the retry's
+    /// clone cache key (never the earlier task's, whose repository of the
+    /// same name may since have been deleted and made again).
+    pub repo_id: Option<u64>,
     /// Which task to repeat.
     pub target: RetryTarget,
     /// Who asked.

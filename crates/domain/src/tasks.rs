@@ -198,6 +198,10 @@ pub struct TaskRecord {
     pub head_ref: Option<String>,
     /// The repository's clone URL, from the payload.
     pub clone_url: String,
+    /// GitHub's numeric id of the repository, from the payload; records
+    /// from before the clone cache have none (and clone plainly).
+    #[serde(default)]
+    pub repo_id: Option<u64>,
     /// The requester's words (the rest of the command's line and the lines
     /// after it); records from before 0.2 hold the whole comment.
     pub prompt: String,
@@ -285,6 +289,7 @@ impl TaskRecord {
             head_sha: request.head_sha,
             head_ref: request.head_ref,
             clone_url: request.clone_url,
+            repo_id: request.repo_id,
             prompt: request.prompt,
             subject_title: request.subject_title,
             subject_body: request.subject_body,

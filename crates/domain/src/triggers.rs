@@ -213,6 +213,7 @@ impl Policy {
                 TaskKind::Implement => event.repository.default_branch.clone(),
             },
             clone_url: clone_url(&event.repository),
+            repo_id: event.repository.id,
             prompt: crate::prompt::request_words(args, body),
             subject_title: normalize_text(event.issue.title.as_deref().unwrap_or("")),
             subject_body: normalize_text(event.issue.body.as_deref().unwrap_or("")),
@@ -259,6 +260,7 @@ impl Policy {
             }),
             Command::Retry => Decision::Retry(RetryRequest {
                 repo: repo.clone(),
+                repo_id: event.repository.id,
                 target: RetryTarget::Latest { number },
                 sender: login.clone(),
                 installation: event.installation.map(|installation| installation.id),
@@ -318,6 +320,7 @@ impl Policy {
                     head_sha: None,
                     head_ref: event.repository.default_branch.clone(),
                     clone_url: clone_url(&event.repository),
+                    repo_id: event.repository.id,
                     prompt: String::new(),
                     subject_title: normalize_text(title),
                     subject_body: normalize_text(body),
@@ -433,6 +436,7 @@ impl Policy {
         match check_run.external_id.as_deref().filter(|id| !id.is_empty()) {
             Some(task) => Decision::Retry(RetryRequest {
                 repo: repo.clone(),
+                repo_id: event.repository.id,
                 target: RetryTarget::Task(task.to_owned()),
                 sender: event.sender.login.clone(),
                 installation,
@@ -515,6 +519,7 @@ impl Policy {
             head_sha: Some(pull.head.sha.clone()),
             head_ref: Some(pull.head.branch.clone()),
             clone_url: clone_url(&event.repository),
+            repo_id: event.repository.id,
             prompt: String::new(),
             subject_title: normalize_text(pull.title.as_deref().unwrap_or("")),
             subject_body: normalize_text(pull.body.as_deref().unwrap_or("")),
@@ -556,6 +561,7 @@ fn rerun_request(
         head_sha: None,
         head_ref: None,
         clone_url: clone_url(repository),
+        repo_id: repository.id,
         prompt: String::new(),
         subject_title: String::new(),
         subject_body: String::new(),

@@ -1308,6 +1308,7 @@ fn retried(
         head_sha: None,
         head_ref: old.head_ref,
         clone_url: old.clone_url,
+        repo_id: retry.repo_id,
         prompt: old.prompt,
         subject_title: old.subject_title,
         subject_body: old.subject_body,

@@ -20,6 +20,7 @@ fn review_by_comment(number: u64, comment_id: Option<u64>) -> Decision {
         head_sha: None,
         head_ref: None,
         clone_url: "https://example.invalid/octo/repo.git".into(),
+        repo_id: None,
         prompt: "/berth review".into(),
         subject_title: String::new(),
         subject_body: String::new(),
@@ -448,6 +449,7 @@ async fn a_task_ends_once_and_a_second_ending_leaves_the_first() {
 fn retry(target: RetryTarget, comment_id: Option<u64>) -> Decision {
     Decision::Retry(RetryRequest {
         repo: "octo/repo".into(),
+        repo_id: None,
         target,
         sender: "hubot".into(),
         installation: None,
@@ -595,6 +597,7 @@ async fn a_retry_with_nothing_to_retry_is_answered() {
         sender: "octocat".into(),
         installation: Some(7),
         comment_id: Some(81),
+        repo_id: None,
     });
     let accepted = journal.accept("t-1", "issue_comment", retry).await.unwrap();
     assert!(

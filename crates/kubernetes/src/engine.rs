@@ -185,6 +185,10 @@ impl KubernetesEngine {
         log_limits: false,
         read_only_root: true,
         scratch_tmpfs: true,
+        // A Job's pod may land on any node: no volume of one node's engine
+        // follows it, so there is no clone cache and workers clone plainly
+        // (ADR 23). The seam's volume calls keep their defaults: none.
+        named_volumes: false,
     };
 
     /// The client, for this crate's other requests.
@@ -416,6 +420,9 @@ impl ContainerEngine for KubernetesEngine {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<Option<ContainerId>, DispatchError> {
+        if !spec.mounts.is_empty() {
+            return Err(DispatchError::VolumesUnsupported { engine: "kubernetes".to_owned() });
+        }
         let job = spec::job(spec, &self.options, SystemTime::now()).map_err(|message| {
             DispatchError::EngineCall {
                 operation: "create",

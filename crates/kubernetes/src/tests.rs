@@ -137,6 +137,7 @@ fn spec() -> ContainerSpec {
         cmd: None,
         network: "berth-workers".to_owned(),
         profile: KubernetesEngine::fit_profile(HardenedProfile::strict()),
+        mounts: Vec::new(),
     }
 }
 
@@ -388,6 +389,21 @@ async fn a_job_whose_secret_fails_is_taken_back() {
     assert_eq!(cleanup.body["propagationPolicy"], "Background");
     let err = call.await.expect("no panic").expect_err("the create fails");
     assert!(!err.is_transient(), "a refusal is not transient: {err:#}");
+}
+
+#[tokio::test]
+async fn there_are_no_volumes_so_no_clone_cache_and_a_mounting_spec_is_refused_before_any_call() {
+    let (engine, _handle) = engine();
+    assert!(!engine.capabilities().named_volumes, "the daemon turns the clone cache off on this engine");
+    let mut spec = spec();
+    spec.mounts = vec![dispatcher::VolumeMount {
+        volume: "berth-cache-default-1".to_owned(),
+        target: "/berth/cache".to_owned(),
+        read_only: true,
+    }];
+    let err = engine.create(&spec).await.expect_err("refused");
+    assert!(matches!(err, dispatcher::DispatchError::VolumesUnsupported { .. }), "{err:#}");
+    assert!(engine.list_volumes("berth.kind", "cache").await.expect("none, not an error").is_empty());
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ use journal::{Finished, Journal, now_unix};
 use telemetry::Metrics;
 
 pub mod agent_env;
+pub mod cache;
 pub mod decide;
 mod follow_up;
 pub mod logs;
@@ -95,6 +96,8 @@ pub struct RunnerConfig {
     pub public_url: Option<String>,
     /// How often a running task's check run shows its latest log lines.
     pub progress_interval: Duration,
+    /// The clone cache (ADR 23); `None` keeps it off and workers clone plainly.
+    pub clone_cache: Option<cache::CacheSettings>,
 }
 
 /// Why Berth itself stopped a worker.
@@ -330,6 +333,8 @@ pub struct Runner<E: ContainerEngine = DockerEngine, G: GitHubApi = GitHub> {
     secrets_seen: Mutex<Vec<Secret>>,
     /// The worker token of each task being run here, revoked when it ends.
     tokens: Mutex<HashMap<TaskId, Secret>>,
+    /// The clone cache's locks, refreshes under way and book.
+    cache: cache::CloneCache,
 }
 
 impl<E: ContainerEngine, G: GitHubApi> std::fmt::Debug for Runner<E, G> {
@@ -364,6 +369,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Self> {
+        let clone_cache = config.clone_cache.clone();
         Arc::new(Self {
             journal,
             dispatcher,
@@ -381,6 +387,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             started: std::sync::atomic::AtomicBool::new(false),
             secrets_seen: Mutex::default(),
             tokens: Mutex::default(),
+            cache: cache::CloneCache::new(clone_cache),
         })
     }
 
@@ -392,6 +399,18 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
 
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, ActiveTask>> {
         self.active.lock().expect("active map lock is never poisoned")
+    }
+
+    /// This instance's clone cache mirrors, with their size and last use
+    /// (empty when the cache is off).
+    ///
+    /// # Errors
+    /// When the engine cannot list volumes.
+    pub async fn caches(&self) -> Result<Vec<cache::CacheRow>, dispatcher::DispatchError> {
+        if !self.cache.enabled() {
+            return Ok(Vec::new());
+        }
+        self.cache.rows(&self.dispatcher).await
     }
 
     /// Number of tasks with a live preparation or monitor.
@@ -565,9 +584,13 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         cancel: &CancellationToken,
         reason: &Arc<Mutex<Option<CancelRequest>>>,
     ) -> Option<(Ending, Option<ContainerId>)> {
-        let prepared = tokio::select! {
+        // The mirror's refresh starts once prepare has the token and runs beside the rest of it.
+        let (token_sent, token_for_cache) = tokio::sync::oneshot::channel();
+        let (prepared, cache) = tokio::select! {
             () = self.shutdown.cancelled() => return None,
-            prepared = self.prepare(task) => prepared,
+            both = async {
+                tokio::join!(self.prepare(task, token_sent), self.cache.prepare_for(&self.dispatcher, task, token_for_cache))
+            } => both,
         };
         let prepared = match prepared {
             Ok(prepared) => prepared,
@@ -649,6 +672,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             let mut env: Vec<(String, String)> = agent_env.to_env();
             env.extend(worker.to_env().into_iter().map(|(name, value)| (name.to_owned(), value)));
             env.extend(options.to_env().into_iter().map(|(name, value)| (name.to_owned(), value)));
+            env.extend(cache.env());
             (labels, env)
         };
         // The token must outlive the task: when an engine outage has aged it
@@ -659,10 +683,11 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 .saturating_sub(token.1.elapsed());
             let attempt = self.while_engine_away("create the worker", cancel, Some(budget), || {
                 let (labels, env) = spec(&token.0);
+                let mirror = cache.volume();
                 async move {
                     let env: Vec<(&str, String)> =
                         env.iter().map(|(name, value)| (name.as_str(), value.clone())).collect();
-                    self.dispatcher.create(&labels, &env, None).await
+                    self.dispatcher.create_with_cache(&labels, &env, None, mirror).await
                 }
             });
             match attempt.await {
@@ -905,14 +930,25 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
 
     /// GitHub work that must precede the container: installation, head,
     /// worker token and check run. Independent calls run concurrently.
-    async fn prepare(&self, task: &TaskRecord) -> Result<Prepared, Ending> {
+    async fn prepare(
+        &self,
+        task: &TaskRecord,
+        token_sent: tokio::sync::oneshot::Sender<Secret>,
+    ) -> Result<Prepared, Ending> {
         let failed = |err: GitHubError| Ending::Failed(err.to_string());
         let installation = match task.installation {
             Some(installation) => installation,
             None => self.github.repo_installation(&task.repo).await.map_err(failed)?,
         };
         // The token beside the check run: both must come before the worker.
-        let token = self.github.worker_token(installation, &task.repo, task.kind);
+        // The clone cache's refresh starts as soon as the token is here.
+        let token = async {
+            let token = self.github.worker_token(installation, &task.repo, task.kind).await;
+            if let Ok(token) = &token {
+                let _ = token_sent.send(token.clone());
+            }
+            token
+        };
         let starting = progress::starting_output(task.kind, self.task_url(&task.task_id).as_deref());
         let opened = self.open_check_run(task, Some(installation), github::CheckRunStatus::Queued, starting);
         let token_made = std::time::Instant::now();

@@ -62,6 +62,7 @@ fn record_from_labels(labels: &TaskLabels) -> TaskRecord {
         head_sha: labels.head_sha.clone(),
         head_ref: None,
         clone_url: String::new(),
+        repo_id: None,
         prompt: String::new(),
         subject_title: String::new(),
         subject_body: String::new(),
@@ -108,6 +109,12 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         let mut seen = std::collections::HashSet::new();
         let mut collections = tokio::task::JoinSet::new();
         for container in containers {
+            // The clone cache's refresh containers carry no task; its sweep handles them below.
+            if container.labels.get(core_types::label::KIND).map(String::as_str)
+                == Some(core_types::KIND_CACHE_REFRESH)
+            {
+                continue;
+            }
             let labels = match &container.task {
                 Ok(labels) => labels.clone(),
                 Err(err @ LabelError::UnknownSchema { .. }) => {
@@ -200,6 +207,9 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                         .to_owned();
                 runner.finish(task, Ending::Failed(reason), None).await;
             });
+        }
+        if self.cache.enabled() {
+            self.cache.sweep(&self.dispatcher, self.startup_done(), crate::decide::SWEEP_GRACE).await;
         }
         if done != Reconciled::default() {
             info!(?done, "reconciled workers with the journal");

@@ -13,6 +13,7 @@
 //! whatever the operator passes the agent). It installs no signal handlers
 //! and reads no environment itself: `main` does both and hands them in.
 
+mod cache;
 mod command;
 mod error;
 mod git;
@@ -31,6 +32,7 @@ use tokio::process::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use cache::{SIZE_LINE_PREFIX, refresh as refresh_cache};
 pub use command::CommandError;
 pub use error::WorkerError;
 pub use process::OrphanSweep;
@@ -62,6 +64,10 @@ struct Settings {
     inherited_git_config: usize,
     /// `PATH`, where the agent's program is looked for.
     path: String,
+    /// The repository's mirror, mounted read-only (`BERTH_CACHE_DIR`).
+    cache_dir: Option<PathBuf>,
+    /// Why the daemon mounted no mirror (`BERTH_CACHE_NOTE`).
+    cache_note: Option<String>,
 }
 
 impl Settings {
@@ -87,6 +93,8 @@ impl Settings {
                 .and_then(|count| count.parse().ok())
                 .unwrap_or(0),
             path: env.get("PATH").cloned().unwrap_or_default(),
+            cache_dir: env.get(env_names::BERTH_CACHE_DIR).filter(|dir| !dir.is_empty()).map(PathBuf::from),
+            cache_note: env.get(env_names::BERTH_CACHE_NOTE).filter(|note| !note.is_empty()).cloned(),
         }
     }
 }
@@ -343,7 +351,11 @@ async fn set_up(
     layout.create(&command::render_text(&task.prompt, &early))?;
     let git = Git::new(&task.clone_url, task.token.as_ref(), &settings.author, settings.inherited_git_config);
     output.note(&format!("cloning {} into {}", display_url(&task.clone_url), layout.repo.display()));
-    let checkout = workspace::prepare(task, options, &git, &layout, limits, output).await?;
+    if let Some(note) = &settings.cache_note {
+        output.note(&format!("no clone cache for this task: {note}; cloning without it"));
+    }
+    let mirror = settings.cache_dir.as_deref();
+    let checkout = workspace::prepare(task, options, &git, &layout, limits, output, mirror).await?;
     output.note(&format!("checked out {}", checkout.head));
     Ok(Ready { command, checkout, layout, git })
 }

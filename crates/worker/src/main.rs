@@ -14,6 +14,14 @@ async fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some("check-agent") => return check_agent(),
         Some("probe-egress") => return probe_egress(std::env::args().nth(2).unwrap_or_default()),
+        Some("refresh-cache") => {
+            let cancel = CancellationToken::new();
+            let signals = shutdown_signal(cancel.clone());
+            let env: BTreeMap<String, String> = std::env::vars().collect();
+            let code = worker::refresh_cache(&env, cancel).await;
+            signals.abort();
+            return ExitCode::from(code);
+        }
         _ => {}
     }
     let cancel = CancellationToken::new();

@@ -83,6 +83,15 @@ impl Layout {
         }
         std::fs::write(&self.prompt_file, prompt).map_err(failed(&self.prompt_file))
     }
+
+    /// Removes the clone, for a fresh start after a failed one.
+    fn clear_repo(&self) -> Result<(), WorkerError> {
+        if self.repo.exists() {
+            std::fs::remove_dir_all(&self.repo)
+                .map_err(|source| WorkerError::WorkDir { path: self.repo.clone(), source })?;
+        }
+        Ok(())
+    }
 }
 
 /// Refuses a ref that git could read as an option or a refspec.
@@ -114,7 +123,10 @@ fn short_branch(reference: &str) -> &str {
     reference.strip_prefix("refs/heads/").unwrap_or(reference)
 }
 
-/// Clones the repository at the task's commit into `layout.repo`.
+/// Clones the repository at the task's commit into `layout.repo`. With a
+/// mirror (the clone cache, mounted read-only), its objects are borrowed and
+/// only what it lacks is fetched; when that fails for any reason but the
+/// deadline or a cancel, the clone starts over without it, and the log says why.
 pub(crate) async fn prepare(
     task: &WorkerTask,
     options: &WorkerOptions,
@@ -122,16 +134,76 @@ pub(crate) async fn prepare(
     layout: &Layout,
     limits: &Limits,
     output: &Output,
+    mirror: Option<&Path>,
 ) -> Result<Checkout, Halt> {
+    if let Some(mirror) = mirror {
+        match crate::cache::usable_mirror(mirror) {
+            Err(why) => output.note(&format!("the clone cache cannot be used: {why}; cloning without it")),
+            Ok(()) => {
+                output.note(&format!("borrowing objects from the clone cache at {}", mirror.display()));
+                match prepare_kind(task, options, git, layout, limits, output, Some(mirror)).await {
+                    Ok(checkout) => return Ok(checkout),
+                    Err(Halt::Failed(err)) => {
+                        output.note(&format!(
+                            "the clone cache could not serve this task ({}); cloning without it",
+                            err.chain()
+                        ));
+                        layout.clear_repo()?;
+                    }
+                    Err(halt) => return Err(halt),
+                }
+            }
+        }
+    }
+    prepare_kind(task, options, git, layout, limits, output, None).await
+}
+
+async fn prepare_kind(
+    task: &WorkerTask,
+    options: &WorkerOptions,
+    git: &Git,
+    layout: &Layout,
+    limits: &Limits,
+    output: &Output,
+    mirror: Option<&Path>,
+) -> Result<Checkout, Halt> {
+    if let Some(mirror) = mirror {
+        // Every object a branch of the mirror names must read: a damaged
+        // pack (cut short, say) fails here rather than half-way through a clone.
+        let mirror_dir = mirror.to_string_lossy().into_owned();
+        git.run(
+            &layout.work_dir,
+            &["--git-dir", &mirror_dir, "rev-list", "--max-count=1", "--all"],
+            "reading the mirror",
+            limits,
+            output,
+        )
+        .await?;
+    }
     match task.kind {
         TaskKind::Review => {
-            prepare_review(task, options.base_ref.as_deref(), git, layout, limits, output).await
+            prepare_review(task, options.base_ref.as_deref(), git, layout, limits, output, mirror).await
         }
+        // A follow-up clones its branch at depth 1: a mirror would save little.
         TaskKind::Implement if options.follow_up => {
             prepare_follow_up(task, git, layout, limits, output).await
         }
-        TaskKind::Implement => prepare_implement(task, git, layout, limits, output).await,
+        TaskKind::Implement => prepare_implement(task, git, layout, limits, output, mirror).await,
     }
+}
+
+/// Points the new clone's object store at the mirror's: git reads objects
+/// from both and writes only its own.
+fn borrow_objects(layout: &Layout, mirror: &Path) -> Result<(), WorkerError> {
+    let info = layout.repo.join(".git/objects/info");
+    let failed = |path: &Path| {
+        let path = path.to_owned();
+        move |source| WorkerError::WorkDir { path, source }
+    };
+    std::fs::create_dir_all(&info).map_err(failed(&info))?;
+    let alternates = info.join("alternates");
+    std::fs::write(&alternates, format!("{}\n", mirror.join("objects").display()))
+        .map_err(failed(&alternates))
 }
 
 async fn prepare_review(
@@ -141,10 +213,34 @@ async fn prepare_review(
     layout: &Layout,
     limits: &Limits,
     output: &Output,
+    mirror: Option<&Path>,
 ) -> Result<Checkout, Halt> {
     let repo_path = layout.repo.to_string_lossy().into_owned();
     git.run(&layout.work_dir, &["init", "--quiet", "--", &repo_path], "git init", limits, output).await?;
     let repo = layout.repo.as_path();
+    if let Some(mirror) = mirror {
+        borrow_objects(layout, mirror)?;
+        if let Some(sha) = &task.head_sha {
+            let mirror_dir = mirror.to_string_lossy().into_owned();
+            let commit = format!("{sha}^{{commit}}");
+            let has = git
+                .run(
+                    repo,
+                    &["--git-dir", &mirror_dir, "cat-file", "-e", &commit],
+                    "looking in the mirror",
+                    limits,
+                    output,
+                )
+                .await;
+            match has {
+                Ok(_) => output.note(&format!("the clone cache has {sha}")),
+                Err(Halt::Failed(_)) => {
+                    output.note(&format!("the clone cache lacks {sha}; fetching what it lacks from origin"));
+                }
+                Err(halt) => return Err(halt),
+            }
+        }
+    }
     git.run(repo, &["remote", "add", "origin", &task.clone_url], "git remote add", limits, output).await?;
     let fetch = |what: &str| -> Vec<String> {
         ["fetch", "--quiet", "--no-tags", "--", "origin", what].map(str::to_owned).to_vec()
@@ -218,14 +314,57 @@ async fn prepare_implement(
     layout: &Layout,
     limits: &Limits,
     output: &Output,
+    mirror: Option<&Path>,
 ) -> Result<Checkout, Halt> {
     let repo_path = layout.repo.to_string_lossy().into_owned();
-    let mut clone = vec!["clone", "--quiet", "--no-tags", "--single-branch", "--depth=1"];
-    if let Some(base) = &task.head_ref {
-        clone.extend(["--branch", short_branch(base)]);
+    match (mirror, &task.head_ref) {
+        // Borrowing: init, point at the mirror, fetch the base branch (all
+        // local but what the mirror lacks) and check it out as a clone
+        // would, with full history since it costs nothing. A `git clone
+        // --reference` would also check every object it borrows (a second or
+        // more on a large repository).
+        (Some(mirror), Some(base)) => {
+            let name = short_branch(base);
+            git.run(&layout.work_dir, &["init", "--quiet", "--", &repo_path], "git init", limits, output)
+                .await?;
+            borrow_objects(layout, mirror)?;
+            let repo = layout.repo.as_path();
+            git.run(repo, &["remote", "add", "origin", &task.clone_url], "git remote add", limits, output)
+                .await?;
+            let refspec = format!("+refs/heads/{name}:refs/remotes/origin/{name}");
+            git.run(
+                repo,
+                &["fetch", "--quiet", "--no-tags", "--", "origin", &refspec],
+                "fetching the base branch",
+                limits,
+                output,
+            )
+            .await?;
+            let upstream = format!("origin/{name}");
+            git.run(
+                repo,
+                &["checkout", "--quiet", "-b", name, "--track", &upstream],
+                "checking out the base branch",
+                limits,
+                output,
+            )
+            .await?;
+        }
+        (mirror, _) => {
+            let mirror_dir = mirror.map(|mirror| mirror.to_string_lossy().into_owned());
+            let mut clone = vec!["clone", "--quiet", "--no-tags", "--single-branch"];
+            match &mirror_dir {
+                // The whole history is borrowed, so none needs cutting off.
+                Some(mirror_dir) => clone.extend(["--reference", mirror_dir.as_str()]),
+                None => clone.push("--depth=1"),
+            }
+            if let Some(base) = &task.head_ref {
+                clone.extend(["--branch", short_branch(base)]);
+            }
+            clone.extend(["--", &task.clone_url, &repo_path]);
+            git.run(&layout.work_dir, &clone, "cloning the base branch", limits, output).await?;
+        }
     }
-    clone.extend(["--", &task.clone_url, &repo_path]);
-    git.run(&layout.work_dir, &clone, "cloning the base branch", limits, output).await?;
     let repo = layout.repo.as_path();
     let base = git
         .run(repo, &["rev-parse", "--abbrev-ref", "HEAD"], "reading the base branch", limits, output)

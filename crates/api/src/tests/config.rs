@@ -62,6 +62,9 @@ fn each_bad_setting_is_named() {
         (&["--log-retention=soon"], "BERTH_LOG_RETENTION"),
         (&["--log-retention=0"], "BERTH_LOG_RETENTION"),
         (&["--worker-network=host"], "BERTH_WORKER_NETWORK"),
+        (&["--clone-cache=maybe"], "BERTH_CLONE_CACHE"),
+        (&["--clone-cache-size=lots"], "BERTH_CLONE_CACHE_SIZE"),
+        (&["--clone-cache-size=0"], "BERTH_CLONE_CACHE_SIZE"),
         (&["--github-private-key-file=/nonexistent/key.pem"], "BERTH_GITHUB_PRIVATE_KEY_FILE"),
     ];
     for (extra, setting) in cases {
@@ -80,6 +83,21 @@ fn kept_logs_default_to_5_mib_for_14_days_and_0_keeps_none() {
     let config = serve_args(&["--log-keep=0", "--log-retention=2h"]).validate().unwrap();
     assert_eq!((config.log_keep_bytes, config.log_retention), (0, Duration::from_secs(7200)));
     assert_eq!(serve_args(&["--log-keep=64k"]).validate().unwrap().log_keep_bytes, 64 << 10);
+}
+
+#[test]
+fn the_clone_cache_is_on_without_a_cap_by_default_and_off_on_an_engine_without_volumes() {
+    let config = serve_args(&[]).validate().unwrap();
+    assert!(config.clone_cache);
+    assert_eq!(config.clone_cache_size, None);
+    let settings = crate::daemon::clone_cache_settings(&config, true).expect("on with volumes");
+    assert_eq!(settings.size_cap, None);
+    assert_eq!(settings.state_dir, config.state_dir);
+    assert_eq!(crate::daemon::clone_cache_settings(&config, false), None, "off without volumes");
+    let config = serve_args(&["--clone-cache=off", "--clone-cache-size=20g"]).validate().unwrap();
+    assert!(!config.clone_cache);
+    assert_eq!(config.clone_cache_size, Some(20 << 30));
+    assert_eq!(crate::daemon::clone_cache_settings(&config, true), None, "off when turned off");
 }
 
 #[test]

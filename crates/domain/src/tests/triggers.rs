@@ -47,6 +47,7 @@ fn request(repo: &str, number: u64, kind: TaskKind, head: Option<&str>) -> TaskR
         head_sha: head.map(str::to_owned),
         head_ref: None,
         clone_url: "https://example.invalid/x.git".into(),
+        repo_id: None,
         prompt: String::new(),
         subject_title: String::new(),
         subject_body: String::new(),
@@ -170,6 +171,7 @@ mod reruns {
             decide(&ours(), "check_run", &berth_check_run("berth/implement")),
             Decision::Retry(RetryRequest {
                 repo: "github/hello-world".into(),
+                repo_id: Some(526),
                 target: RetryTarget::Task("review-hello-world-7-0a1b2c3d".into()),
                 sender: "octocat".into(),
                 installation: Some(1),
@@ -228,6 +230,7 @@ mod reruns {
             decide(&Policy::default(), "issue_comment", &comment("/berth retry", "MEMBER")),
             Decision::Retry(RetryRequest {
                 repo: "octo/repo".into(),
+                repo_id: None,
                 target: RetryTarget::Latest { number: 7 },
                 sender: "octocat".into(),
                 installation: Some(3),

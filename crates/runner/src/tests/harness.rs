@@ -46,6 +46,7 @@ pub(crate) fn config() -> RunnerConfig {
         log_keeper: None,
         public_url: Some("https://berth.example.com/".to_owned()),
         progress_interval: crate::progress::DEFAULT_PROGRESS_INTERVAL,
+        clone_cache: None,
     }
 }
 
@@ -241,6 +242,7 @@ pub(crate) fn request(kind: TaskKind, repo: &str, number: u64) -> TaskRequest {
         head_sha: None,
         head_ref: None,
         clone_url: format!("https://github.invalid/{repo}.git"),
+        repo_id: None,
         prompt: String::new(),
         subject_title: format!("Subject {number}"),
         subject_body: String::new(),

@@ -71,6 +71,7 @@ fn queued(repo: &str, number: u64, seq: u64) -> domain::tasks::TaskRecord {
         head_sha: None,
         head_ref: None,
         clone_url: "https://example.invalid/x.git".to_owned(),
+        repo_id: None,
         prompt: String::new(),
         subject_title: String::new(),
         subject_body: String::new(),
