@@ -20,7 +20,9 @@
 //! `cargo bench -p tests --bench webhook`. Knobs: `BERTH_BENCH_SECONDS`
 //! (default 5), `BERTH_BENCH_CONNECTIONS` (32), `BERTH_BENCH_WIDE_CONNECTIONS`
 //! (256), `BERTH_BENCH_RATE` (1000); `BERTH_BENCH_RUST_LOG` (the daemon's
-//! `RUST_LOG`, default `info`) and `BERTH_BENCH_LOG` (a file to keep its log in).
+//! `RUST_LOG`, default `info`) and `BERTH_BENCH_LOG` (a file the daemon's
+//! stderr goes to instead of a pipe this process reads: the log against a
+//! file rather than a pipe).
 
 #![allow(
     clippy::unwrap_used,
@@ -624,6 +626,17 @@ fn disk_floor(dir: &std::path::Path, samples: usize) -> Vec<u64> {
     latencies
 }
 
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?;
+        let meta = entry.metadata().ok()?;
+        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
+    }
+    Some(total)
+}
+
 /// Bytes a process has caused to be written to storage (Linux `/proc/<pid>/io`).
 fn storage_writes(pid: Option<u32>) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{}/io", pid?)).ok()?;
@@ -768,7 +781,8 @@ async fn main() {
         ),
     ];
     progress("building and starting berth serve");
-    let daemon = Daemon::start(&settings).await;
+    let log_file = std::env::var(core_types::env_names::BERTH_BENCH_LOG).ok().map(std::path::PathBuf::from);
+    let daemon = Daemon::start_logging(&settings, log_file.as_deref()).await;
     progress(&format!(
         "berth on {}, ceiling on {}, journal in {}",
         daemon.addr,
@@ -823,13 +837,15 @@ async fn main() {
     // included) should be a task it says it queued.
     let berth_sent = berth.deliveries.sent.load(Ordering::Relaxed);
     let metrics_queued = berth_queued_count(daemon.addr).await;
+    // Everything the daemon wrote, from its start, once the last fold of
+    // the intake log into redb is done too (it folds about once a second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let written_in_all = storage_writes(berth.pid);
+    let state_bytes = dir_bytes(&state_dir);
     let journal_bytes = std::fs::metadata(state_dir.join("journal.redb")).map(|meta| meta.len()).ok();
 
-    if let Ok(path) = std::env::var(core_types::env_names::BERTH_BENCH_LOG) {
-        match std::fs::write(&path, daemon.log_text()) {
-            Ok(()) => progress(&format!("berth's log is in {path}")),
-            Err(err) => progress(&format!("cannot write berth's log to {path}: {err}")),
-        }
+    if let Some(path) = &log_file {
+        progress(&format!("berth's log is in {}", path.display()));
     }
     daemon.kill().await;
     ceiling_server.stop().await;
@@ -843,9 +859,23 @@ async fn main() {
     let mut report = summarize(&phases, &setup);
     let _ = writeln!(
         report,
-        "- berth: {berth_sent} deliveries sent in all (warm-ups included); its /metrics counts {} queued; journal file {} MB",
+        "- berth: {berth_sent} deliveries sent in all (warm-ups included); its /metrics counts {} queued; journal file {} MB, state directory {} MB (journal, intake log)",
         metrics_queued.map_or_else(|| "?".to_owned(), |count| count.to_string()),
         journal_bytes.map_or_else(|| "?".to_owned(), |bytes| format!("{:.1}", bytes as f64 / 1e6)),
+        state_bytes.map_or_else(|| "?".to_owned(), |bytes| format!("{:.1}", bytes as f64 / 1e6)),
+    );
+    if let Some(written) = written_in_all {
+        let _ = writeln!(
+            report,
+            "- berth: {:.1} MB written to storage from its start to 3 s after the last phase (every fold included), {:.1} KB per delivery sent",
+            written as f64 / 1e6,
+            written as f64 / 1e3 / berth_sent.max(1) as f64,
+        );
+    }
+    let _ = writeln!(
+        report,
+        "- berth's log: {}",
+        if log_file.is_some() { "to a file" } else { "to a pipe this benchmark reads" }
     );
     let _ = writeln!(
         report,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::Value;
 use tests::{Daemon, review_comment, rsa_key};
@@ -142,4 +143,131 @@ async fn a_corrupt_journal_stops_start_up() {
     assert!(stderr.contains("journal") && stderr.contains("cannot be opened"), "{stderr}");
     // The file is left as it was for the operator to inspect.
     assert_eq!(std::fs::read(state.join("journal.redb")).unwrap(), vec![0x5a; 64 * 1024]);
+}
+
+/// The intake log is folded into redb in the background (ADR 24); a SIGKILL
+/// that lands while a fold runs (its transaction half written, or written
+/// but its log segments not yet deleted) loses no 202'd delivery and makes
+/// no task twice, and the folded segments are deleted after the restart.
+#[tokio::test]
+async fn a_sigkill_in_the_middle_of_the_background_fold_loses_no_202_and_makes_no_task_twice() {
+    const STARTED: &str = "journal fold: folding the intake log into redb";
+    const DONE: &str = "journal fold: folded";
+    let env = env();
+    let mut settings = env.settings();
+    settings.push(("RUST_LOG", "info,journal=debug".to_owned()));
+    let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
+    let mut kills_mid_fold = 0;
+    let mut next_number = 0_u64;
+    let mut rounds = 0;
+    for _round in 0..10 {
+        rounds += 1;
+        if kills_mid_fold >= 2 {
+            break;
+        }
+        let daemon = Daemon::start(&settings).await;
+        let addr = daemon.addr;
+        // A steady stream of deliveries from 16 senders, so each fold has records to fold.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut senders = tokio::task::JoinSet::new();
+        for sender in 0..16_u64 {
+            let stop = std::sync::Arc::clone(&stop);
+            let first = next_number + sender * 1_000_000;
+            senders.spawn(async move {
+                let mut answers = Vec::new();
+                let mut number = first;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let delivery = format!("fold-{number}");
+                    let answer = deliver(addr, &delivery, &review_comment(number)).await;
+                    let stopped = answer.is_err();
+                    answers.push((delivery, answer));
+                    number += 1;
+                    if stopped {
+                        break;
+                    }
+                }
+                answers
+            });
+        }
+        next_number += 16 * 1_000_000;
+        // Kill the moment a fold has started (its first line is logged).
+        let seen_before = daemon.log.lock().unwrap().matches(STARTED).count();
+        let started = std::time::Instant::now();
+        loop {
+            if daemon.log.lock().unwrap().matches(STARTED).count() > seen_before {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "no fold started within 30 s under load");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let log = std::sync::Arc::clone(&daemon.log);
+        daemon.kill().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // What the daemon wrote before it died, read to the end of the pipe.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let log = log.lock().unwrap().clone();
+        if log.matches(STARTED).count() > log.matches(DONE).count() {
+            kills_mid_fold += 1;
+        }
+        while let Some(answers) = senders.join_next().await {
+            for (delivery, answer) in answers.unwrap() {
+                if let Ok((202, body)) = answer {
+                    assert_eq!(body["outcome"], "queued", "{body}");
+                    acknowledged.insert(delivery, body["task"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{kills_mid_fold} of {rounds} kills landed while a fold ran; {} deliveries acknowledged",
+        acknowledged.len()
+    );
+    assert!(kills_mid_fold >= 2, "only {kills_mid_fold} of the kills landed while a fold ran");
+    assert!(acknowledged.len() > 100, "only {} deliveries were acknowledged", acknowledged.len());
+
+    // Every 202 is kept, with its task, and a redelivery is a duplicate of it.
+    let daemon = Daemon::start(&env.settings()).await;
+    for (delivery, task) in &acknowledged {
+        let number: u64 = delivery.trim_start_matches("fold-").parse().unwrap();
+        let (status, body) = deliver(daemon.addr, delivery, &review_comment(number)).await.unwrap();
+        assert_eq!(status, 202);
+        assert_eq!(
+            body["outcome"], "duplicate",
+            "{delivery} was acknowledged before the kill but not kept: {body}"
+        );
+        assert_eq!(body["task"].as_str(), Some(task.as_str()), "{body}");
+    }
+    // The log read at start is folded in and its segments deleted.
+    let intake = env.dir.path().join("state/journal.intake");
+    let started = std::time::Instant::now();
+    loop {
+        let segments = std::fs::read_dir(&intake).unwrap().count();
+        if segments == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{segments} folded segments are kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.kill().await;
+
+    // One task per comment, none lost: the journal as the next daemon reads it.
+    let journal = loop {
+        match journal::Journal::open(&env.dir.path().join("state")) {
+            Ok(journal) => break journal,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let tasks = journal.tasks().unwrap();
+    let mut per_comment: BTreeMap<u64, usize> = BTreeMap::new();
+    for task in &tasks {
+        *per_comment.entry(task.comment_id.unwrap()).or_default() += 1;
+    }
+    assert!(per_comment.values().all(|count| *count == 1), "a comment made two tasks");
+    let ids: std::collections::BTreeSet<&str> = tasks.iter().map(|task| task.task_id.as_str()).collect();
+    for (delivery, task) in &acknowledged {
+        assert!(ids.contains(task.as_str()), "the task of {delivery} is lost");
+    }
+    let mut seqs: Vec<u64> = tasks.iter().map(|task| task.seq).collect();
+    seqs.dedup();
+    assert_eq!(seqs.len(), tasks.len(), "every task has a seq of its own");
 }

@@ -303,6 +303,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `berth serve` with these `BERTH_*` settings and waits until it listens.
     pub async fn start(env: &[(&str, String)]) -> Daemon {
+        Self::start_logging(env, None).await
+    }
+
+    /// [`Daemon::start`] with its stderr going straight to the file `log`
+    /// (when given) instead of a pipe this process reads; [`Daemon::log_text`]
+    /// is then empty.
+    pub async fn start_logging(env: &[(&str, String)], log_file: Option<&std::path::Path>) -> Daemon {
         use tokio::io::AsyncBufReadExt;
         let binaries = tokio::task::spawn_blocking(workspace_binaries).await.expect("build task runs");
         let mut command = tokio::process::Command::new(binaries.join("berth"));
@@ -321,6 +328,30 @@ impl Daemon {
             && !env.iter().any(|(key, _)| *key == "DOCKER_HOST")
         {
             command.env("DOCKER_HOST", host);
+        }
+        if let Some(path) = log_file {
+            let file = std::fs::File::create(path).expect("the log file is created");
+            command.stderr(file);
+            let child = command.spawn().expect("berth starts");
+            let started = std::time::Instant::now();
+            let addr = loop {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let listening = text.lines().find_map(|line| {
+                    let value = serde_json::from_str::<serde_json::Value>(line).ok()?;
+                    (value["fields"]["message"] == "listening")
+                        .then(|| value["fields"]["address"].as_str().and_then(|a| a.parse().ok()))
+                        .flatten()
+                });
+                if let Some(addr) = listening {
+                    break addr;
+                }
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(30),
+                    "berth did not start listening; log:\n{text}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            };
+            return Daemon { child, addr, log: std::sync::Arc::default() };
         }
         let mut child = command.spawn().expect("berth starts");
         let stderr = child.stderr.take().expect("stderr piped");

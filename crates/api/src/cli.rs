@@ -25,11 +25,18 @@ pub fn init_tracing(json: bool, default: &str) {
             filter = filter.add_directive(directive);
         }
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    // Lines go to stderr from a thread of their own (`log_writer`), so a
+    // handler never waits for stderr's reader; if that cannot start, directly.
+    match crate::log_writer::LogWriter::spawn(std::io::stderr(), crate::log_writer::BUFFER_LIMIT, json) {
+        Ok(writer) => {
+            crate::log_writer::install(writer.clone());
+            let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+            if json { builder.json().init() } else { builder.init() }
+        }
+        Err(_) => {
+            let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            if json { builder.json().init() } else { builder.init() }
+        }
     }
 }
 
@@ -59,6 +66,8 @@ pub fn config_error(err: &ConfigError) -> ExitCode {
 
 /// Maps a command's result to the process exit code.
 pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    // Every log line before the last word.
+    crate::log_writer::flush_installed();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

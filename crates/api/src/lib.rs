@@ -14,6 +14,7 @@ pub mod demo;
 pub mod doctor;
 pub mod engine;
 pub mod error;
+pub mod log_writer;
 pub mod ps;
 pub mod server;
 pub mod setup;

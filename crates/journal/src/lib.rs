@@ -3,11 +3,20 @@
 //! and their outcomes.
 //!
 //! A 202 means the delivery is in the journal: [`Journal::accept`] returns
-//! only after its transaction is durably committed. Writes go through one
-//! writer thread that commits whatever has queued up together (group
-//! commit), so many concurrent deliveries share one fsync without any of them
-//! being answered before it is on disk. Reads open their own read
-//! transactions and never wait for the writer.
+//! only after it is durably on disk. Writes go through one writer thread
+//! that takes whatever has queued up together (group commit), so many
+//! concurrent deliveries share one sync without any of them being answered
+//! before it is on disk. Reads open their own read transactions and never
+//! wait for the writer.
+//!
+//! A delivery that only adds records (ignored, or queuing new tasks) takes
+//! the append path of ADR 24 (`intake`): decided against in-memory indexes
+//! and redb's committed state, appended to the intake log and synced with
+//! its batch (one `fdatasync`), then folded into redb in the background by
+//! the fold thread, in large transactions, after which its log segment is
+//! deleted. Readers see the records not yet folded through `intake::Pending`.
+//! Every other write (a cancel, a retry, a task's change) folds what is
+//! pending into its own redb transaction first, so it sees every record.
 //!
 //! Only a missing file is a fresh start: a new journal is made beside it and
 //! renamed into place once initialised, so an empty or damaged
@@ -19,6 +28,9 @@
 //! again on the next write, or every [`PROBE_EVERY`] with a small probe
 //! write, until one commits; then the journal is writable again by itself.
 
+mod intake;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,6 +47,7 @@ use domain::request::CancelRequest;
 use domain::request::{Refusal, RetryRequest, RetryTarget, TaskRequest};
 use domain::tasks::{Outcome, TaskRecord};
 use domain::triggers::Decision;
+use intake::{Closed, IntakeLog, IntakeRecord, Pending};
 
 /// Delivery id → [`DeliveryRecord`] (JSON).
 const DELIVERIES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("deliveries");
@@ -64,6 +77,16 @@ const NOTICES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("noti
 
 /// How many writes one commit may carry at most.
 const MAX_GROUP: usize = 512;
+
+/// Where `meta` keeps the last intake record folded into redb.
+const FOLDED_KEY: &str = "folded";
+
+/// The fold thread folds the intake log into redb this often while records
+/// wait, and at once when [`FOLD_AT`] records wait.
+const FOLD_EVERY: Duration = Duration::from_secs(1);
+
+/// Records waiting that wake the fold thread before [`FOLD_EVERY`].
+const FOLD_AT: usize = 8192;
 
 /// How often a journal that cannot write tries again when no write comes.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -270,6 +293,22 @@ pub enum JournalError {
     /// The writer thread is gone (the daemon is shutting down).
     #[error("journal writer has stopped")]
     WriterGone,
+    /// The intake log could not be read at start.
+    #[error("journal intake log {path} cannot be read")]
+    IntakeRead {
+        /// Its folder.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Appending to the intake log or syncing it failed.
+    #[error("journal intake log write failed")]
+    IntakeWrite {
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// Another write in the same group commit failed, so this one was not stored.
     #[error("journal commit failed: {reason}")]
     CommitFailed {
@@ -380,6 +419,20 @@ struct Shared {
     recovered: Notify,
     /// Writes sent to the writer thread and not yet answered.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Intake records on disk in the log and not yet folded into redb.
+    pending: RwLock<Pending>,
+    /// Closed intake log segments, deleted once folded.
+    closed: Mutex<Vec<Closed>>,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::RwLockReadGuard<'_, Pending> {
+        self.pending.read().expect("journal pending lock is never poisoned")
+    }
+
+    fn pending_mut(&self) -> std::sync::RwLockWriteGuard<'_, Pending> {
+        self.pending.write().expect("journal pending lock is never poisoned")
+    }
 }
 
 /// One write counted in flight for as long as it is awaited (or until the
@@ -627,19 +680,61 @@ impl Journal {
         let db = open_existing(&path)?;
         ensure_tables(&db)?;
         migrate(&db, &path)?;
+        // The intake log is read only once redb's lock is held: no other
+        // daemon appends to it now.
+        let intake_dir = state_dir.join(intake::DIR_NAME);
+        let replayed = IntakeLog::replay(&intake_dir)
+            .map_err(|source| JournalError::IntakeRead { path: intake_dir.clone(), source })?;
+        let (folded, seq) = {
+            let txn = db.begin_read().map_err(storage_of("open"))?;
+            let meta = txn.open_table(META).map_err(storage_of("open"))?;
+            let get = |key| -> Result<u64, JournalError> {
+                Ok(meta.get(key).map_err(storage_of("open"))?.map_or(0, |value| value.value()))
+            };
+            (get(FOLDED_KEY)?, get("seq")?)
+        };
+        // The in-memory indexes, rebuilt from the records not yet folded;
+        // the fold thread folds them in at once.
+        let mut pending = Pending::default();
+        let mut last_lsn = folded;
+        let mut last_seq = seq;
+        for record in replayed.records {
+            last_lsn = last_lsn.max(record.lsn);
+            last_seq = record.tasks.iter().map(|task| task.seq).fold(last_seq, u64::max);
+            if record.lsn > folded {
+                pending.insert(Arc::new(record));
+            }
+        }
+        if pending.len() > 0 {
+            info!(records = pending.len(), "journal intake log read; folding it in");
+        }
         let shared = Arc::new(Shared {
             path,
             db: RwLock::new(Some(Arc::new(db))),
             failure: Mutex::new(None),
             recovered: Notify::new(),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            pending: RwLock::new(pending),
+            closed: Mutex::new(replayed.segments),
         });
+        let thread_error = |source| JournalError::StateDir { path: state_dir.to_owned(), source };
+        let (fold_wake, fold_woken) = mpsc::sync_channel(1);
+        let fold_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("berth-journal-fold".to_owned())
+            .spawn(move || fold_loop(&fold_shared, &fold_woken))
+            .map_err(thread_error)?;
+        // Fold what the log held before the first delivery waits for it.
+        let _ = fold_wake.try_send(());
         let (writer, ops) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
+        let log = IntakeLog::new(&intake_dir);
         std::thread::Builder::new()
             .name("berth-journal".to_owned())
-            .spawn(move || Writer::new(writer_shared).run(&ops))
-            .map_err(|source| JournalError::StateDir { path: state_dir.to_owned(), source })?;
+            .spawn(move || {
+                Writer::new(writer_shared, log, last_lsn + 1, last_seq, fold_wake).run(&ops);
+            })
+            .map_err(thread_error)?;
         Ok(Self { shared, writer })
     }
 
@@ -772,12 +867,19 @@ impl Journal {
     /// # Errors
     /// Storage failures or a damaged record.
     pub fn pending_notices(&self) -> Result<Vec<Notice>, JournalError> {
+        // The log first, then redb, as for tasks: a notice in both is redb's.
+        let unfolded = self.shared.pending().notices();
         let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
         let table = txn.open_table(NOTICES).map_err(storage_of("read"))?;
         let mut notices = Vec::new();
         for entry in table.iter().map_err(storage_of("read"))? {
             let (key, value) = entry.map_err(storage_of("read"))?;
             notices.push(decode::<Notice>(&format!("notice {}", key.value()), value.value())?);
+        }
+        for (refusal, received_unix) in unfolded {
+            if !notices.iter().any(|notice| notice.refusal.comment_id == refusal.comment_id) {
+                notices.push(Notice { refusal, received_unix });
+            }
         }
         notices.sort_by_key(|notice| (notice.received_unix, notice.refusal.comment_id));
         Ok(notices)
@@ -788,10 +890,13 @@ impl Journal {
     /// # Errors
     /// Storage failures or a damaged record.
     pub fn task(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, JournalError> {
+        // The log first, then redb: a record leaves the log only after redb
+        // has it, and redb's copy, when there is one, is the newer.
+        let pending = self.shared.pending().task(task_id.as_str());
         let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
         let table = txn.open_table(TASKS).map_err(storage_of("read"))?;
         let value = table.get(task_id.as_str()).map_err(storage_of("read"))?;
-        value.map(|value| decode(task_id.as_str(), value.value())).transpose()
+        Ok(value.map(|value| decode(task_id.as_str(), value.value())).transpose()?.or(pending))
     }
 
     /// Every task, in the order accepted.
@@ -799,6 +904,7 @@ impl Journal {
     /// # Errors
     /// Storage failures or a damaged record.
     pub fn tasks(&self) -> Result<Vec<TaskRecord>, JournalError> {
+        let pending = self.shared.pending().tasks();
         let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
         let table = txn.open_table(TASKS).map_err(storage_of("read"))?;
         let mut tasks = Vec::new();
@@ -806,6 +912,9 @@ impl Journal {
             let (key, value) = entry.map_err(storage_of("read"))?;
             tasks.push(decode::<TaskRecord>(key.value(), value.value())?);
         }
+        let stored: std::collections::HashSet<TaskId> =
+            tasks.iter().map(|task| task.task_id.clone()).collect();
+        tasks.extend(pending.into_iter().filter(|task| !stored.contains(&task.task_id)));
         tasks.sort_by_key(|task| task.seq);
         Ok(tasks)
     }
@@ -831,10 +940,18 @@ impl Journal {
         index: TableDefinition<'static, &str, &str>,
         id_in_value: bool,
     ) -> Result<Vec<TaskRecord>, JournalError> {
+        // Tasks in the log are all queued, so active, unless redb has them
+        // already (then redb's index says whether they still are).
+        let pending = if id_in_value { self.shared.pending().tasks() } else { Vec::new() };
         let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
         let listed = txn.open_table(index).map_err(storage_of("read"))?;
         let tasks = txn.open_table(TASKS).map_err(storage_of("read"))?;
         let mut records = Vec::new();
+        for task in pending {
+            if tasks.get(task.task_id.as_str()).map_err(storage_of("read"))?.is_none() {
+                records.push(task);
+            }
+        }
         for entry in listed.iter().map_err(storage_of("read"))? {
             let (key, value) = entry.map_err(storage_of("read"))?;
             let task_id = if id_in_value { value.value().to_owned() } else { key.value().to_owned() };
@@ -852,10 +969,11 @@ impl Journal {
     /// # Errors
     /// Storage failures or a damaged record.
     pub fn delivery(&self, delivery: &str) -> Result<Option<DeliveryRecord>, JournalError> {
+        let pending = self.shared.pending().delivery(delivery);
         let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
         let table = txn.open_table(DELIVERIES).map_err(storage_of("read"))?;
         let value = table.get(delivery).map_err(storage_of("read"))?;
-        value.map(|value| decode(delivery, value.value())).transpose()
+        Ok(value.map(|value| decode(delivery, value.value())).transpose()?.or(pending))
     }
 }
 
@@ -873,12 +991,26 @@ struct Writer {
     shared: Arc<Shared>,
     /// The writer's handle on the open database; `None` while closed.
     db: Option<Arc<Database>>,
+    /// The intake log appended to.
+    log: IntakeLog,
+    /// The next intake record's place in the log.
+    next_lsn: u64,
+    /// The last `seq` given to a task.
+    seq: u64,
+    /// Wakes the fold thread early; dropping it stops the thread.
+    fold_wake: mpsc::SyncSender<()>,
 }
 
 impl Writer {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        log: IntakeLog,
+        next_lsn: u64,
+        seq: u64,
+        fold_wake: mpsc::SyncSender<()>,
+    ) -> Self {
         let db = shared.db.read().expect("journal database lock is never poisoned").clone();
-        Self { shared, db }
+        Self { shared, db, log, next_lsn, seq, fold_wake }
     }
 
     /// Takes one op (or, while writes fail, waits at most [`PROBE_EVERY`]
@@ -907,6 +1039,18 @@ impl Writer {
                 }
             }
             debug!(writes = batch.len(), "journal group commit");
+            // Deliveries that only add records go to the intake log, in one
+            // synced append; the rest (and a probe) to redb, after them.
+            let (appends, batch): (Vec<WriteOp>, Vec<WriteOp>) = batch.into_iter().partition(
+                |op| matches!(op, WriteOp::Accept { decision, .. } if takes_append_path(decision)),
+            );
+            if !appends.is_empty() {
+                self.append(appends, failing);
+                if batch.is_empty() {
+                    continue;
+                }
+            }
+            let failing = self.failing();
             if failing && batch.is_empty() {
                 // Reads need no room: open the database again for them at
                 // once, even while the disk is still full.
@@ -930,7 +1074,113 @@ impl Writer {
             };
             // The journal's state is settled before any caller is answered,
             // so a 503 is never followed by a /readyz that still says 200.
-            apply_batch(&db, batch, |result| self.settle(result, failing));
+            // The intake log is folded into the same transaction first, so
+            // the batch sees every record.
+            let pending = self.shared.pending().snapshot();
+            let mut committed = None;
+            apply_batch(&db, batch, &pending, |result| match result {
+                Ok(folded) => {
+                    committed = Some(*folded);
+                    self.settle(&Ok(()), failing);
+                }
+                Err(err) => self.settle_error(err),
+            });
+            if let Some(folded) = committed {
+                self.shared.pending_mut().remove_upto(folded.upto);
+                self.seq = self.seq.max(folded.seq);
+            }
+        }
+    }
+
+    /// The append path: decides each delivery against the log's records
+    /// and redb's, appends the new records in one write and one
+    /// `fdatasync`, and only then makes them visible and answers.
+    fn append(&mut self, batch: Vec<WriteOp>, failing: bool) {
+        let db = match self.database() {
+            Ok(db) => db,
+            Err(err) => {
+                let reason = format!("cannot open it again: {}", chain(&err));
+                self.cannot_write(reason.clone());
+                fail_all(batch, &reason);
+                return;
+            }
+        };
+        let mut staged = Staged { next_lsn: self.next_lsn, seq: self.seq, ..Staged::default() };
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut ops = batch.into_iter();
+        let decided = (|| -> Result<(), JournalError> {
+            // The log's records first, then redb: a record leaves the log
+            // only once redb has it, so nothing is in neither.
+            let pending = self.shared.pending();
+            let txn = db.begin_read().map_err(storage_of("read"))?;
+            let stored = Stored::open(&txn)?;
+            let now = now_unix();
+            for op in ops.by_ref() {
+                match op {
+                    WriteOp::Accept { delivery, event, decision, reply } => {
+                        let accepted = staged.accept(&stored, &pending, &delivery, &event, *decision, now);
+                        match accepted {
+                            Ok(accepted) => answers.push((reply, accepted)),
+                            Err(err) => {
+                                drop(reply.send(Err(JournalError::CommitFailed { reason: chain(&err) })));
+                                return Err(err);
+                            }
+                        }
+                    }
+                    other => fail_op(other, "only deliveries take the append path"),
+                }
+            }
+            Ok(())
+        })();
+        if let Err(err) = decided {
+            // As in a redb transaction: one failure fails the whole batch.
+            let reason = chain(&err);
+            fail_all(ops.collect(), &reason);
+            for (reply, _) in answers {
+                drop(reply.send(Err(JournalError::CommitFailed { reason: reason.clone() })));
+            }
+            self.settle(&Err(err), failing);
+            return;
+        }
+        let written = match (staged.records.first(), staged.records.last()) {
+            (Some(first), Some(last)) => {
+                let mut frames = Vec::with_capacity(staged.records.len() * 2048);
+                for record in &staged.records {
+                    intake::frame(record, &mut frames);
+                }
+                self.log
+                    .append(&frames, first.lsn, last.lsn)
+                    .map_err(|source| JournalError::IntakeWrite { source })
+            }
+            _ => Ok(()),
+        };
+        if let Err(err) = written {
+            let reason = chain(&err);
+            self.settle(&Err(err), failing);
+            for (reply, _) in answers {
+                drop(reply.send(Err(JournalError::CommitFailed { reason: reason.clone() })));
+            }
+            return;
+        }
+        // On disk: visible to readers and the next batch, then answered.
+        self.next_lsn = staged.next_lsn;
+        self.seq = staged.seq;
+        let waiting = {
+            let mut pending = self.shared.pending_mut();
+            for record in staged.records {
+                pending.insert(Arc::new(record));
+            }
+            pending.len()
+        };
+        self.settle(&Ok(()), failing);
+        for (reply, accepted) in answers {
+            drop(reply.send(Ok(accepted)));
+        }
+        if let Some(closed) = self.log.rotate_if_full() {
+            self.shared.closed.lock().expect("journal segment lock is never poisoned").push(closed);
+        }
+        if waiting >= FOLD_AT {
+            let _ = self.fold_wake.try_send(());
         }
     }
 
@@ -940,19 +1190,28 @@ impl Writer {
     /// writable again, once the file system has room.
     fn settle(&mut self, result: &Result<(), JournalError>, failing: bool) {
         match result {
-            Ok(()) if failing && self.short_of_room() => {}
-            Ok(()) if failing => {
-                *self.shared.failure.lock().expect("journal failure lock is never poisoned") = None;
-                info!("the journal can write again");
-                self.shared.recovered.notify_one();
-            }
-            Ok(()) => {}
-            Err(err) if err.is_storage_failure() => {
+            Err(err) => self.settle_error(err),
+            Ok(()) => self.settle_ok(failing),
+        }
+    }
+
+    fn settle_ok(&self, failing: bool) {
+        if failing && !self.short_of_room() {
+            *self.shared.failure.lock().expect("journal failure lock is never poisoned") = None;
+            info!("the journal can write again");
+            self.shared.recovered.notify_one();
+        }
+    }
+
+    fn settle_error(&mut self, err: &JournalError) {
+        match err {
+            err if err.is_storage_failure() => {
                 *self.shared.db.write().expect("journal database lock is never poisoned") = None;
                 self.db = None;
                 self.cannot_write(chain(err));
             }
-            Err(err) => {
+            err @ JournalError::IntakeWrite { .. } => self.cannot_write(chain(err)),
+            err => {
                 warn!(error = %chain(err), "journal commit failed; its writes are answered with errors");
             }
         }
@@ -1056,12 +1315,18 @@ enum Reply {
 /// Applies a batch in one transaction and answers each op once it is
 /// committed, or each with the error when anything failed. An empty batch
 /// is a probe: one small write, to learn whether the journal can write.
-fn apply_batch(db: &Database, batch: Vec<WriteOp>, settle: impl FnOnce(&Result<(), JournalError>)) {
+fn apply_batch(
+    db: &Database,
+    batch: Vec<WriteOp>,
+    pending: &[Arc<IntakeRecord>],
+    settle: impl FnOnce(&Result<Folded, JournalError>),
+) {
     let mut replies = Vec::with_capacity(batch.len());
     let probe = batch.is_empty();
     let mut ops = batch.into_iter();
-    let result = (|| -> Result<(), JournalError> {
+    let result = (|| -> Result<Folded, JournalError> {
         let txn = db.begin_write().map_err(storage_of("write"))?;
+        let upto = fold_in(&txn, pending)?;
         if probe {
             let mut meta = txn.open_table(META).map_err(storage_of("write"))?;
             meta.insert("probe", now_unix()).map_err(storage_of("write"))?;
@@ -1096,7 +1361,14 @@ fn apply_batch(db: &Database, batch: Vec<WriteOp>, settle: impl FnOnce(&Result<(
                 }
             });
         }
-        txn.commit().map_err(storage_of("commit"))
+        let seq = txn
+            .open_table(META)
+            .map_err(storage_of("write"))?
+            .get("seq")
+            .map_err(storage_of("write"))?
+            .map_or(0, |value| value.value());
+        txn.commit().map_err(storage_of("commit"))?;
+        Ok(Folded { upto, seq })
     })();
     settle(&result);
     let failure = result.as_ref().err().map(|err| chain(err));
@@ -1125,13 +1397,7 @@ fn accept_in(
     let mut deliveries = txn.open_table(DELIVERIES).map_err(storage_of("write"))?;
     if let Some(existing) = deliveries.get(delivery).map_err(storage_of("write"))? {
         let existing: DeliveryRecord = decode(delivery, existing.value())?;
-        let task = match existing.outcome {
-            Accepted::Queued { task } => Some(task),
-            Accepted::Duplicate { task, .. } => task,
-            Accepted::CancelRequested { queued, .. } => queued,
-            Accepted::Ignored { .. } => None,
-        };
-        return Ok(Accepted::Duplicate { task, reason: format!("delivery {delivery} was already received") });
+        return Ok(received_again(delivery, existing.outcome));
     }
     let accepted = match decision {
         Decision::Ignore(reason) => Accepted::Ignored { reason },
@@ -1141,21 +1407,7 @@ fn accept_in(
             Accepted::Ignored { reason }
         }
         Decision::Queue(request) => queue_in(txn, delivery, request)?,
-        Decision::QueueEach(requests) => {
-            // The answer names the first task queued (else the first
-            // duplicate); the others are in the journal all the same.
-            let mut first = None;
-            for request in requests {
-                let accepted = queue_in(txn, delivery, request)?;
-                match (&first, &accepted) {
-                    (None, _) | (Some(Accepted::Duplicate { .. }), Accepted::Queued { .. }) => {
-                        first = Some(accepted);
-                    }
-                    _ => {}
-                }
-            }
-            first.unwrap_or_else(|| Accepted::Ignored { reason: "no pull request to queue".to_owned() })
-        }
+        Decision::QueueEach(requests) => queue_each(requests, |request| queue_in(txn, delivery, request))?,
         Decision::Retry(retry) => match retried(txn, &retry)? {
             Ok(request) => queue_in(txn, delivery, request)?,
             Err(reason) => {
@@ -1208,6 +1460,302 @@ fn accept_in(
     Ok(accepted)
 }
 
+/// The answer to a delivery received before, whose first answer was `first`.
+fn received_again(delivery: &str, first: Accepted) -> Accepted {
+    let task = match first {
+        Accepted::Queued { task } => Some(task),
+        Accepted::Duplicate { task, .. } => task,
+        Accepted::CancelRequested { queued, .. } => queued,
+        Accepted::Ignored { .. } => None,
+    };
+    Accepted::Duplicate { task, reason: format!("delivery {delivery} was already received") }
+}
+
+/// The answer to a request whose comment already made `task`.
+fn comment_made(comment: u64, task: TaskId) -> Accepted {
+    Accepted::Duplicate { reason: format!("comment {comment} already made task {task}"), task: Some(task) }
+}
+
+/// The answer to a request whose dedupe key `task` holds.
+fn already_active(request: &TaskRequest, task: &str) -> Accepted {
+    Accepted::Duplicate {
+        task: TaskId::new(task).ok(),
+        reason: format!(
+            "a {} task for {}#{} is already queued or running",
+            request.kind, request.repo, request.number
+        ),
+    }
+}
+
+/// The answer on GitHub to a person's command that `accepted` found a
+/// duplicate of `task`; `None` when nobody's comment asked.
+fn duplicate_refusal(request: &TaskRequest, accepted: &Accepted, task: &str) -> Option<Refusal> {
+    let Accepted::Duplicate { reason, .. } = accepted else { return None };
+    Refusal::of_request(request, format!("{reason} (task `{task}`)"))
+}
+
+/// Queues each request with `queue`; the answer names the first task
+/// queued (else the first duplicate); the others are in the journal all the same.
+fn queue_each(
+    requests: Vec<TaskRequest>,
+    mut queue: impl FnMut(TaskRequest) -> Result<Accepted, JournalError>,
+) -> Result<Accepted, JournalError> {
+    let mut first = None;
+    for request in requests {
+        let accepted = queue(request)?;
+        match (&first, &accepted) {
+            (None, _) | (Some(Accepted::Duplicate { .. }), Accepted::Queued { .. }) => {
+                first = Some(accepted);
+            }
+            _ => {}
+        }
+    }
+    Ok(first.unwrap_or_else(|| Accepted::Ignored { reason: "no pull request to queue".to_owned() }))
+}
+
+/// Whether a decision is taken on the append path (ADR 24): it only reads
+/// the dedupe indexes and adds records. A decision that reads or changes
+/// tasks already stored goes to redb, after the intake log is folded into
+/// its transaction. A new variant is placed here, on one side or the other.
+fn takes_append_path(decision: &Decision) -> bool {
+    match decision {
+        Decision::Ignore(_) | Decision::Queue(_) | Decision::QueueEach(_) => true,
+        // A refusal writes a notice of its own: rare, and nothing to gain here.
+        Decision::Refuse(_) | Decision::Retry(_) | Decision::Cancel(_) | Decision::Supersede { .. } => false,
+    }
+}
+
+/// redb's committed dedupe indexes, as the append path reads them.
+struct Stored {
+    deliveries: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    comments: redb::ReadOnlyTable<u64, &'static [u8]>,
+    active: redb::ReadOnlyTable<&'static str, &'static str>,
+}
+
+impl Stored {
+    fn open(txn: &redb::ReadTransaction) -> Result<Self, JournalError> {
+        Ok(Self {
+            deliveries: txn.open_table(DELIVERIES).map_err(storage_of("read"))?,
+            comments: txn.open_table(COMMENTS).map_err(storage_of("read"))?,
+            active: txn.open_table(ACTIVE).map_err(storage_of("read"))?,
+        })
+    }
+}
+
+/// One append batch as it is decided: its records, and what they add to
+/// the indexes for the deliveries after them in the same batch.
+#[derive(Default)]
+struct Staged {
+    records: Vec<IntakeRecord>,
+    deliveries: HashMap<String, Accepted>,
+    comments: HashMap<u64, TaskId>,
+    active: HashMap<String, TaskId>,
+    /// The answers to people's duplicate commands in the delivery being decided.
+    notices: Vec<Refusal>,
+    next_lsn: u64,
+    seq: u64,
+}
+
+impl Staged {
+    /// [`accept_in`] for a decision that takes the append path, against
+    /// this batch, the log's records and redb, in that order.
+    fn accept(
+        &mut self,
+        stored: &Stored,
+        pending: &Pending,
+        delivery: &str,
+        event: &str,
+        decision: Decision,
+        now: u64,
+    ) -> Result<Accepted, JournalError> {
+        let first = match self.deliveries.get(delivery).or_else(|| pending.delivery_outcome(delivery)) {
+            Some(first) => Some(first.clone()),
+            None => match stored.deliveries.get(delivery).map_err(storage_of("read"))? {
+                Some(value) => Some(decode::<DeliveryRecord>(delivery, value.value())?.outcome),
+                None => None,
+            },
+        };
+        if let Some(first) = first {
+            return Ok(received_again(delivery, first));
+        }
+        let mut tasks = Vec::new();
+        let accepted = match decision {
+            Decision::Ignore(reason) => Accepted::Ignored { reason },
+            Decision::Queue(request) => self.queue(stored, pending, delivery, request, now, &mut tasks)?,
+            Decision::QueueEach(requests) => queue_each(requests, |request| {
+                self.queue(stored, pending, delivery, request, now, &mut tasks)
+            })?,
+            other @ (Decision::Refuse(_)
+            | Decision::Retry(_)
+            | Decision::Cancel(_)
+            | Decision::Supersede { .. }) => {
+                unreachable!("{other:?} does not take the append path")
+            }
+        };
+        let record = IntakeRecord {
+            lsn: self.next_lsn,
+            delivery: delivery.to_owned(),
+            event: event.to_owned(),
+            received_unix: now,
+            outcome: accepted.clone(),
+            tasks,
+            notices: std::mem::take(&mut self.notices),
+        };
+        self.next_lsn += 1;
+        self.deliveries.insert(delivery.to_owned(), accepted.clone());
+        self.records.push(record);
+        Ok(accepted)
+    }
+
+    /// [`queue_in`] on the append path.
+    fn queue(
+        &mut self,
+        stored: &Stored,
+        pending: &Pending,
+        delivery: &str,
+        request: TaskRequest,
+        now: u64,
+        tasks: &mut Vec<TaskRecord>,
+    ) -> Result<Accepted, JournalError> {
+        if let Some(comment) = request.comment_id {
+            let made = match self.comments.get(&comment).or_else(|| pending.comment_task(comment)) {
+                Some(task) => Some(task.clone()),
+                None => match stored.comments.get(comment).map_err(storage_of("read"))? {
+                    Some(value) => {
+                        Some(decode::<CommentRecord>(&format!("comment {comment}"), value.value())?.task)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(task) = made {
+                return Ok(comment_made(comment, task));
+            }
+        }
+        let key = request.dedupe_key();
+        let existing = match self.active.get(&key).or_else(|| pending.active_task(&key)) {
+            Some(task) => Some(task.as_str().to_owned()),
+            None => stored
+                .active
+                .get(key.as_str())
+                .map_err(storage_of("read"))?
+                .map(|task| task.value().to_owned()),
+        };
+        if let Some(task) = existing {
+            let accepted = already_active(&request, &task);
+            self.notices.extend(duplicate_refusal(&request, &accepted, &task));
+            return Ok(accepted);
+        }
+        self.seq += 1;
+        let record = TaskRecord::queued(request, delivery, self.seq, now);
+        self.active.insert(key, record.task_id.clone());
+        if let Some(comment) = record.comment_id {
+            self.comments.insert(comment, record.task_id.clone());
+        }
+        let task = record.task_id.clone();
+        tasks.push(record);
+        Ok(Accepted::Queued { task })
+    }
+}
+
+/// What a transaction that folded the intake log left in `meta`.
+#[derive(Debug, Clone, Copy)]
+struct Folded {
+    /// The last intake record redb holds.
+    upto: u64,
+    /// The last `seq` given to a task.
+    seq: u64,
+}
+
+/// Writes the intake records not yet in redb (those after `meta.folded`)
+/// into its tables, as [`accept_in`] would have; returns the last folded.
+fn fold_in(txn: &WriteTransaction, records: &[Arc<IntakeRecord>]) -> Result<u64, JournalError> {
+    let mut meta = txn.open_table(META).map_err(storage_of("write"))?;
+    let folded = meta.get(FOLDED_KEY).map_err(storage_of("write"))?.map_or(0, |value| value.value());
+    let fresh: Vec<&IntakeRecord> =
+        records.iter().map(AsRef::as_ref).filter(|record| record.lsn > folded).collect();
+    let Some(last) = fresh.last() else { return Ok(folded) };
+    let upto = last.lsn;
+    let mut seq = meta.get("seq").map_err(storage_of("write"))?.map_or(0, |value| value.value());
+    let mut deliveries = txn.open_table(DELIVERIES).map_err(storage_of("write"))?;
+    let mut tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
+    let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
+    let mut comments = txn.open_table(COMMENTS).map_err(storage_of("write"))?;
+    for record in fresh {
+        deliveries
+            .insert(record.delivery.as_str(), encode(&record.delivery_record()).as_slice())
+            .map_err(storage_of("write"))?;
+        for task in &record.tasks {
+            tasks.insert(task.task_id.as_str(), encode(task).as_slice()).map_err(storage_of("write"))?;
+            active.insert(task.dedupe_key.as_str(), task.task_id.as_str()).map_err(storage_of("write"))?;
+            if let Some(comment) = task.comment_id {
+                let made = CommentRecord { task: task.task_id.clone(), received_unix: task.accepted_unix };
+                comments.insert(comment, encode(&made).as_slice()).map_err(storage_of("write"))?;
+            }
+            seq = seq.max(task.seq);
+        }
+        for refusal in &record.notices {
+            notice_in(txn, refusal.clone())?;
+        }
+    }
+    meta.insert("seq", seq).map_err(storage_of("write"))?;
+    meta.insert(FOLDED_KEY, upto).map_err(storage_of("write"))?;
+    Ok(upto)
+}
+
+/// The fold thread: every [`FOLD_EVERY`], or when the writer wakes it,
+/// folds the records waiting in the intake log into redb in one durable
+/// transaction, then lets go of them and deletes the segments that hold
+/// only folded records. Stops when the writer does.
+fn fold_loop(shared: &Shared, woken: &mpsc::Receiver<()>) {
+    loop {
+        match woken.recv_timeout(FOLD_EVERY) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if let Err(err) = fold_once(shared) {
+            // The records stay in the log and in memory; the next round, or
+            // the writer's next redb transaction, folds them.
+            warn!(error = %chain(&err), "journal fold failed; the intake log keeps its records");
+        }
+    }
+}
+
+fn fold_once(shared: &Shared) -> Result<(), JournalError> {
+    let records = shared.pending().snapshot();
+    let Some(db) = shared.db.read().expect("journal database lock is never poisoned").clone() else {
+        return Ok(());
+    };
+    let folded = if records.is_empty() {
+        let txn = db.begin_read().map_err(storage_of("read"))?;
+        let meta = txn.open_table(META).map_err(storage_of("read"))?;
+        meta.get(FOLDED_KEY).map_err(storage_of("read"))?.map_or(0, |value| value.value())
+    } else {
+        debug!(records = records.len(), "journal fold: folding the intake log into redb");
+        let txn = db.begin_write().map_err(storage_of("write"))?;
+        let upto = fold_in(&txn, &records)?;
+        txn.commit().map_err(storage_of("commit"))?;
+        shared.pending_mut().remove_upto(upto);
+        upto
+    };
+    let done: Vec<Closed> = {
+        let mut closed = shared.closed.lock().expect("journal segment lock is never poisoned");
+        let (done, kept) = closed.drain(..).partition(|segment| segment.last_lsn <= folded);
+        *closed = kept;
+        done
+    };
+    for segment in done {
+        if let Err(err) = std::fs::remove_file(&segment.path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(segment = %segment.path.display(), error = %err, "a folded intake log segment cannot be deleted");
+        }
+    }
+    if !records.is_empty() {
+        debug!(upto = folded, "journal fold: folded");
+    }
+    Ok(())
+}
+
 fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Result<Accepted, JournalError> {
     // The delivery id is not signed: a captured delivery sent again under a
     // new id is the same comment, and one comment makes one task.
@@ -1216,26 +1764,17 @@ fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Res
         && let Some(existing) = comments.get(comment).map_err(storage_of("write"))?
     {
         let existing: CommentRecord = decode(&format!("comment {comment}"), existing.value())?;
-        return Ok(Accepted::Duplicate {
-            reason: format!("comment {comment} already made task {}", existing.task),
-            task: Some(existing.task),
-        });
+        return Ok(comment_made(comment, existing.task));
     }
     let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
     let key = request.dedupe_key();
     if let Some(existing) = active.get(key.as_str()).map_err(storage_of("write"))? {
-        let task = TaskId::new(existing.value()).ok();
-        let reason = format!(
-            "a {} task for {}#{} is already queued or running",
-            request.kind, request.repo, request.number
-        );
+        let accepted = already_active(&request, existing.value());
         // A person's command gets the answer on GitHub too.
-        if let Some(refusal) =
-            Refusal::of_request(&request, format!("{reason} (task `{}`)", existing.value()))
-        {
+        if let Some(refusal) = duplicate_refusal(&request, &accepted, existing.value()) {
             notice_in(txn, refusal)?;
         }
-        return Ok(Accepted::Duplicate { task, reason });
+        return Ok(accepted);
     }
     let mut meta = txn.open_table(META).map_err(storage_of("write"))?;
     let seq = meta.get("seq").map_err(storage_of("write"))?.map_or(0, |value| value.value()) + 1;

@@ -171,8 +171,11 @@ fn only_a_missing_journal_is_a_fresh_start() {
     let journal = Journal::open(&state).unwrap();
     assert!(journal.tasks().unwrap().is_empty());
     assert!(state.join("journal.redb").metadata().unwrap().len() > 0);
-    let names: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, ["journal.redb"], "nothing half-made is left beside it");
+    let mut names: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    // The journal and its intake log's folder (ADR 24), which is empty.
+    assert_eq!(names, ["journal.intake", "journal.redb"], "nothing half-made is left beside it");
+    assert_eq!(std::fs::read_dir(state.join("journal.intake")).unwrap().count(), 0);
 }
 
 #[test]
@@ -607,4 +610,105 @@ async fn a_retry_with_nothing_to_retry_is_answered() {
     let pending = journal.pending_notices().unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!((pending[0].refusal.comment_id, pending[0].refusal.number), (81, 4));
+}
+
+/// The intake log's segment files.
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let intake = dir.join(crate::intake::DIR_NAME);
+    let mut found: Vec<_> = std::fs::read_dir(intake).unwrap().map(|entry| entry.unwrap().path()).collect();
+    found.sort();
+    found
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn records_in_the_intake_log_are_read_back_at_start_and_folded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tasks = Vec::new();
+    {
+        let journal = Journal::open(dir.path()).unwrap();
+        for n in 0..20 {
+            tasks.push(queued_task(
+                &journal.accept(&format!("d-{n}"), "issue_comment", review(n)).await.unwrap(),
+            ));
+        }
+        let ignored = journal.accept("d-ping", "ping", Decision::Ignore("ping".into())).await.unwrap();
+        assert!(matches!(ignored, Accepted::Ignored { .. }), "{ignored:?}");
+        // Readers see what is only in the log yet.
+        assert_eq!(journal.active_tasks().unwrap().len(), 20);
+        assert_eq!(
+            journal.tasks().unwrap().iter().map(|task| task.seq).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
+        assert!(journal.delivery("d-ping").unwrap().is_some());
+    }
+    // A batch torn by a crash at the end of the newest segment.
+    let newest = segments(dir.path()).pop().expect("the deliveries are in the intake log");
+    let mut torn = std::fs::OpenOptions::new().append(true).open(&newest).unwrap();
+    std::io::Write::write_all(&mut torn, &[0x40, 0, 0, 0, 1, 2, 3, 4, b'{', b'"']).unwrap();
+    drop(torn);
+
+    let journal = reopen(dir.path()).await;
+    for (n, task) in tasks.iter().enumerate() {
+        let again = journal.accept(&format!("d-{n}"), "issue_comment", review(n as u64)).await.unwrap();
+        assert!(matches!(again, Accepted::Duplicate { task: Some(ref t), .. } if t == task), "{again:?}");
+    }
+    // Folded in and the segments read at start deleted.
+    until("the segments read at start are deleted once folded", || segments(dir.path()).is_empty()).await;
+    let after = queued_task(&journal.accept("d-new", "issue_comment", review(100)).await.unwrap());
+    let records = journal.tasks().unwrap();
+    assert_eq!(records.len(), 21, "each task once");
+    assert_eq!(records.last().unwrap().task_id, after);
+    assert_eq!(records.last().unwrap().seq, 21, "the sequence goes on after the log's");
+}
+
+#[tokio::test]
+async fn a_task_changed_after_it_was_folded_is_not_undone_by_a_later_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = {
+        let journal = Journal::open(dir.path()).unwrap();
+        let task = queued_task(&journal.accept("d-1", "issue_comment", review(1)).await.unwrap());
+        // The change folds the log into its own transaction first.
+        journal.update_task(&task, Box::new(|record| record.state = TaskState::Dispatched)).await.unwrap();
+        // The fold thread comes by with the record it saw in the log.
+        tokio::time::sleep(crate::FOLD_EVERY * 2).await;
+        assert_eq!(journal.task(&task).unwrap().unwrap().state, TaskState::Dispatched);
+        assert!(journal.active_tasks().unwrap().iter().all(|record| record.state == TaskState::Dispatched));
+        task
+    };
+    // The segment still holds the queued record; read at start, it is skipped.
+    assert!(!segments(dir.path()).is_empty());
+    let journal = reopen(dir.path()).await;
+    tokio::time::sleep(crate::FOLD_EVERY * 2).await;
+    assert_eq!(journal.task(&task).unwrap().unwrap().state, TaskState::Dispatched);
+    assert_eq!(journal.tasks().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_cancel_sees_a_task_that_is_only_in_the_intake_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let task = queued_task(&journal.accept("d-1", "issue_comment", review(9)).await.unwrap());
+    let cancel = Decision::Cancel(CancelRequest {
+        repo: "octo/repo".into(),
+        number: 9,
+        cause: CancelCause::Closed,
+        by: "octocat".into(),
+        kind: None,
+        except_head: None,
+        reason: "closed".into(),
+    });
+    let cancelled = journal.accept("d-2", "issues", cancel).await.unwrap();
+    assert!(
+        matches!(cancelled, Accepted::CancelRequested { ref tasks, .. } if tasks == std::slice::from_ref(&task)),
+        "{cancelled:?}"
+    );
+    assert!(journal.task(&task).unwrap().unwrap().cancel.is_some());
 }

@@ -1,0 +1,411 @@
+//! The intake log: the append path of [`crate::Journal::accept`] (ADR 24).
+//!
+//! A delivery that only adds records (it is ignored, or queues new tasks) is
+//! decided against in-memory indexes and redb's committed state, written as
+//! one compact record to an append-only segment file, and answered once the
+//! batch it was written in is on disk (one `fdatasync` per batch). The
+//! records wait in [`Pending`] (which readers see through) until the fold
+//! thread writes them into redb in one large transaction, after which they
+//! leave [`Pending`] and a segment whose records are all folded is deleted.
+//!
+//! A segment is a run of frames: `length (u32 LE) | CRC-32 of the payload
+//! (u32 LE) | payload (JSON of an [`IntakeRecord`])`. Frames are only ever
+//! appended, a batch at a time, and a batch is answered only after it is
+//! synced, so a crash can leave at most the tail of one segment torn; reading
+//! stops at the first frame that does not check, and what follows it was
+//! never answered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use core_types::TaskId;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::{Accepted, DeliveryRecord};
+use domain::tasks::TaskRecord;
+
+/// The folder of the intake log, beside `journal.redb`.
+pub(crate) const DIR_NAME: &str = "journal.intake";
+
+/// A segment is closed and a new one started once it is this long; it is
+/// deleted once every record in it is folded into redb.
+pub(crate) const SEGMENT_BYTES: u64 = 8 << 20;
+
+/// The longest frame payload a reader accepts (a record names at most the
+/// tasks of one delivery; anything longer is a torn length).
+const MAX_FRAME: usize = 64 << 20;
+
+/// One delivery as the intake log keeps it: what redb's tables get when it
+/// is folded in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IntakeRecord {
+    /// Its place in the log, from 1; redb's `meta.folded` is the last one folded.
+    pub(crate) lsn: u64,
+    /// `X-GitHub-Delivery`.
+    pub(crate) delivery: String,
+    /// `X-GitHub-Event`.
+    pub(crate) event: String,
+    /// When it was received.
+    pub(crate) received_unix: u64,
+    /// Its answer.
+    pub(crate) outcome: Accepted,
+    /// The tasks it queued, as stored (each with its `seq`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tasks: Vec<TaskRecord>,
+    /// The answers it owes on GitHub (a person's duplicate command),
+    /// written to the notices table when folded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) notices: Vec<domain::request::Refusal>,
+}
+
+impl IntakeRecord {
+    /// The delivery's record in redb's `deliveries` table.
+    pub(crate) fn delivery_record(&self) -> DeliveryRecord {
+        DeliveryRecord {
+            received_unix: self.received_unix,
+            event: self.event.clone(),
+            outcome: self.outcome.clone(),
+        }
+    }
+}
+
+/// Records on disk in the log and not yet folded into redb, with the
+/// indexes the append path decides on and the readers look through.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    records: BTreeMap<u64, Arc<IntakeRecord>>,
+    deliveries: HashMap<String, u64>,
+    tasks: HashMap<String, (u64, usize)>,
+    comments: HashMap<u64, (u64, TaskId)>,
+    active: HashMap<String, (u64, TaskId)>,
+}
+
+impl Pending {
+    /// Adds a record that is on disk.
+    pub(crate) fn insert(&mut self, record: Arc<IntakeRecord>) {
+        let lsn = record.lsn;
+        self.deliveries.insert(record.delivery.clone(), lsn);
+        for (index, task) in record.tasks.iter().enumerate() {
+            self.tasks.insert(task.task_id.as_str().to_owned(), (lsn, index));
+            if let Some(comment) = task.comment_id {
+                self.comments.insert(comment, (lsn, task.task_id.clone()));
+            }
+            self.active.insert(task.dedupe_key.clone(), (lsn, task.task_id.clone()));
+        }
+        self.records.insert(lsn, record);
+    }
+
+    /// Forgets the records up to `lsn`, which redb now holds.
+    pub(crate) fn remove_upto(&mut self, lsn: u64) {
+        let kept = self.records.split_off(&(lsn + 1));
+        let folded = std::mem::replace(&mut self.records, kept);
+        for record in folded.values() {
+            let ours = |entry: Option<&u64>| entry == Some(&record.lsn);
+            if ours(self.deliveries.get(&record.delivery)) {
+                self.deliveries.remove(&record.delivery);
+            }
+            for task in &record.tasks {
+                if ours(self.tasks.get(task.task_id.as_str()).map(|(lsn, _)| lsn)) {
+                    self.tasks.remove(task.task_id.as_str());
+                }
+                if let Some(comment) = task.comment_id
+                    && ours(self.comments.get(&comment).map(|(lsn, _)| lsn))
+                {
+                    self.comments.remove(&comment);
+                }
+                if ours(self.active.get(&task.dedupe_key).map(|(lsn, _)| lsn)) {
+                    self.active.remove(&task.dedupe_key);
+                }
+            }
+        }
+    }
+
+    /// How many records wait to be folded.
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The records waiting, in log order.
+    pub(crate) fn snapshot(&self) -> Vec<Arc<IntakeRecord>> {
+        self.records.values().cloned().collect()
+    }
+
+    /// The answer a delivery in the log got.
+    pub(crate) fn delivery_outcome(&self, delivery: &str) -> Option<&Accepted> {
+        let lsn = self.deliveries.get(delivery)?;
+        self.records.get(lsn).map(|record| &record.outcome)
+    }
+
+    /// A delivery in the log, as redb will hold it.
+    pub(crate) fn delivery(&self, delivery: &str) -> Option<DeliveryRecord> {
+        let lsn = self.deliveries.get(delivery)?;
+        self.records.get(lsn).map(|record| record.delivery_record())
+    }
+
+    /// The task a comment in the log made.
+    /// The answers owed on GitHub by records not folded yet, with when each
+    /// delivery was received.
+    pub(crate) fn notices(&self) -> Vec<(domain::request::Refusal, u64)> {
+        self.records
+            .values()
+            .flat_map(|record| record.notices.iter().map(|refusal| (refusal.clone(), record.received_unix)))
+            .collect()
+    }
+
+    pub(crate) fn comment_task(&self, comment: u64) -> Option<&TaskId> {
+        self.comments.get(&comment).map(|(_, task)| task)
+    }
+
+    /// The task in the log that holds a dedupe key.
+    pub(crate) fn active_task(&self, key: &str) -> Option<&TaskId> {
+        self.active.get(key).map(|(_, task)| task)
+    }
+
+    /// A task in the log.
+    pub(crate) fn task(&self, task_id: &str) -> Option<TaskRecord> {
+        let (lsn, index) = self.tasks.get(task_id)?;
+        self.records.get(lsn).and_then(|record| record.tasks.get(*index)).cloned()
+    }
+
+    /// Every task in the log (all queued: any change to one folds it first).
+    pub(crate) fn tasks(&self) -> Vec<TaskRecord> {
+        self.records.values().flat_map(|record| record.tasks.iter().cloned()).collect()
+    }
+}
+
+/// A closed segment and the last record in it.
+#[derive(Debug, Clone)]
+pub(crate) struct Closed {
+    pub(crate) path: PathBuf,
+    pub(crate) last_lsn: u64,
+}
+
+/// What reading the log at start found.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    /// Every record that checks, in log order.
+    pub(crate) records: Vec<IntakeRecord>,
+    /// The segments read (all closed now: appends go to a new one).
+    pub(crate) segments: Vec<Closed>,
+}
+
+/// The segment appended to.
+#[derive(Debug)]
+struct Segment {
+    file: File,
+    path: PathBuf,
+    /// Bytes of whole, synced batches.
+    len: u64,
+    /// The last record in it, 0 while empty.
+    last_lsn: u64,
+}
+
+/// The writer's side of the log: the open segment, appends and rotation.
+#[derive(Debug)]
+pub(crate) struct IntakeLog {
+    dir: PathBuf,
+    current: Option<Segment>,
+}
+
+/// CRC-32 (IEEE), for telling a whole frame from a torn one.
+pub(crate) fn crc32(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0_u32; 256];
+        let mut n = 0;
+        while n < 256 {
+            let mut c = n as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 == 1 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+                k += 1;
+            }
+            table[n] = c;
+            n += 1;
+        }
+        table
+    };
+    let mut crc = !0_u32;
+    for &byte in bytes {
+        crc = TABLE[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// Appends one record's frame to `out`.
+pub(crate) fn frame(record: &IntakeRecord, out: &mut Vec<u8>) {
+    let payload = serde_json::to_vec(record).expect("intake records always serialize");
+    let len = u32::try_from(payload.len()).expect("a record is far below 4 GiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// The records of one segment's bytes, up to the first frame that does not
+/// check; and how many bytes were left after it.
+pub(crate) fn read_frames(bytes: &[u8]) -> (Vec<IntakeRecord>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= 8 {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        if len == 0 || len > MAX_FRAME || bytes.len() - at - 8 < len {
+            break;
+        }
+        let payload = &bytes[at + 8..at + 8 + len];
+        if crc32(payload) != crc {
+            break;
+        }
+        let Ok(record) = serde_json::from_slice::<IntakeRecord>(payload) else { break };
+        records.push(record);
+        at += 8 + len;
+    }
+    (records, bytes.len() - at)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn segment_name(first_lsn: u64) -> String {
+    format!("{first_lsn:020}.log")
+}
+
+impl IntakeLog {
+    /// Reads every segment in `dir` (made if missing): the records that
+    /// check, in order. Segments with no whole record are deleted, since
+    /// nothing in them was ever answered.
+    pub(crate) fn replay(dir: &Path) -> std::io::Result<Replayed> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+            .collect();
+        names.sort();
+        let mut replayed = Replayed::default();
+        for path in names {
+            let bytes = std::fs::read(&path)?;
+            let (records, left) = read_frames(&bytes);
+            if left > 0 {
+                warn!(
+                    segment = %path.display(),
+                    bytes = left,
+                    "the intake log ends in a torn batch; it was never answered and is left out"
+                );
+            }
+            match records.last() {
+                Some(last) => {
+                    replayed.segments.push(Closed { path, last_lsn: last.lsn });
+                    replayed.records.extend(records);
+                }
+                None => std::fs::remove_file(&path)?,
+            }
+        }
+        Ok(replayed)
+    }
+
+    /// The log in `dir`, appending to a new segment from the next batch on.
+    pub(crate) fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_owned(), current: None }
+    }
+
+    /// Appends `frames` (the records `first_lsn..=last_lsn`) and syncs them;
+    /// on an error the segment is cut back to its last whole batch (or, if
+    /// it cannot be, closed), so nothing unanswered is ever followed by
+    /// answered records.
+    pub(crate) fn append(&mut self, frames: &[u8], first_lsn: u64, last_lsn: u64) -> std::io::Result<()> {
+        if self.current.is_none() {
+            let path = self.dir.join(segment_name(first_lsn));
+            let file = OpenOptions::new().append(true).create_new(true).open(&path)?;
+            // The new file's name must be on disk before anything in it is answered.
+            if let Err(err) = sync_dir(&self.dir) {
+                drop(std::fs::remove_file(&path));
+                return Err(err);
+            }
+            self.current = Some(Segment { file, path, len: 0, last_lsn: 0 });
+        }
+        let segment = self.current.as_mut().expect("a segment was just opened");
+        let written = segment.file.write_all(frames).and_then(|()| segment.file.sync_data());
+        match written {
+            Ok(()) => {
+                segment.len += frames.len() as u64;
+                segment.last_lsn = last_lsn;
+                Ok(())
+            }
+            Err(err) => {
+                let cut = segment.file.set_len(segment.len).and_then(|()| segment.file.sync_data());
+                if cut.is_err() || segment.len == 0 {
+                    // Close it; a torn tail is left out when it is read.
+                    let empty = segment.len == 0;
+                    let segment = self.current.take().expect("there is a segment");
+                    if empty {
+                        drop(std::fs::remove_file(&segment.path));
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Closes the segment once it is long enough, for the fold thread to delete.
+    pub(crate) fn rotate_if_full(&mut self) -> Option<Closed> {
+        if self.current.as_ref().is_some_and(|segment| segment.len >= SEGMENT_BYTES) {
+            let segment = self.current.take().expect("there is a segment");
+            return Some(Closed { path: segment.path, last_lsn: segment.last_lsn });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(lsn: u64) -> IntakeRecord {
+        IntakeRecord {
+            lsn,
+            delivery: format!("d-{lsn}"),
+            event: "ping".to_owned(),
+            received_unix: 1,
+            outcome: Accepted::Ignored { reason: "ping".to_owned() },
+            tasks: Vec::new(),
+            notices: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    }
+
+    #[test]
+    fn a_torn_tail_is_left_out_and_everything_before_it_read() {
+        let mut bytes = Vec::new();
+        for lsn in 1..=3 {
+            frame(&record(lsn), &mut bytes);
+        }
+        let whole = bytes.len();
+        frame(&record(4), &mut bytes);
+        // Every cut inside the fourth frame reads as the first three.
+        for cut in whole..bytes.len() {
+            let (records, left) = read_frames(&bytes[..cut]);
+            assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), [1, 2, 3], "cut at {cut}");
+            assert_eq!(left, cut - whole);
+        }
+        // A flipped byte in the payload ends the reading there.
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 0x20;
+        assert_eq!(read_frames(&flipped).0.len(), 3);
+        assert_eq!(read_frames(&bytes).0.len(), 4);
+    }
+}
