@@ -30,7 +30,7 @@ RUN apt-get update \
 RUN groupadd --gid 65532 berth \
     && useradd --uid 65532 --gid 65532 --home-dir /home/berth --create-home --shell /usr/sbin/nologin berth \
     && install -d -o 65532 -g 65532 -m 0700 /var/lib/berth \
-    && install -d -o 65532 -g 65532 -m 0755 /berth/cache
+    && install -d -o 65532 -g 65532 -m 0755 /srv/clone-cache
 COPY --from=build /src/target/release/berth /src/target/release/berth-worker /usr/local/bin/
 COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 COPY deploy/healthcheck.sh /usr/local/bin/berth-healthcheck

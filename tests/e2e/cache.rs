@@ -165,7 +165,7 @@ async fn a_worker_borrows_a_mirror_and_fetches_the_head_it_lacks_from_origin() {
 
     let (code, logs) = cached_review(&dispatcher, &volume, &url, &head).await;
     assert_eq!(code, 0, "{logs}");
-    assert!(logs.contains("borrowing objects from the clone cache at /berth/cache"), "{logs}");
+    assert!(logs.contains("borrowing objects from the clone cache at /srv/clone-cache"), "{logs}");
     assert!(logs.contains(&format!("the clone cache has {head}")), "{logs}");
     assert!(logs.contains(&format!("checked out {head}")), "{logs}");
     assert!(!logs.contains("cloning without it"), "{logs}");
@@ -238,7 +238,7 @@ async fn an_empty_mirror_volume_is_not_borrowed_from_and_the_worker_says_so() {
     let _volumes = VolumeCleanup(vec![volume.name().to_owned()]);
     let (code, logs) = cached_review(&dispatcher, &volume, &url, &head).await;
     assert_eq!(code, 0, "{logs}");
-    assert!(logs.contains("the clone cache cannot be used: /berth/cache holds no mirror yet"), "{logs}");
+    assert!(logs.contains("the clone cache cannot be used: /srv/clone-cache holds no mirror yet"), "{logs}");
     assert!(logs.contains(&format!("checked out {head}")), "{logs}");
 }
 

@@ -121,6 +121,7 @@ async fn the_hardened_profile_holds_inside_the_running_container() {
     assert_eq!(probe["pid1"], "docker-init", "init runs as PID 1");
     assert_ne!(probe["pid"], "1", "the worker is not PID 1");
     assert_eq!(probe["root_writable"], "false:ReadOnlyFilesystem", "the root filesystem is read-only");
+    assert_eq!(probe["root_owner"], "0", "/ belongs to root, not to the worker's user");
     assert_eq!(probe["tmp_writable"], "true", "/tmp stays writable");
     assert_eq!(probe["home_writable"], "true", "HOME stays writable");
 

@@ -20,7 +20,7 @@ use crate::{DispatchError, Dispatcher, VolumeRemoval};
 /// Where a mirror is mounted, in a worker (read-only) and in a refresh
 /// container (writable). The worker image has this directory, owned by the
 /// worker's user, so that a new volume takes its owner from it.
-pub const CACHE_MOUNT: &str = "/berth/cache";
+pub const CACHE_MOUNT: &str = "/srv/clone-cache";
 
 /// The name of a repository's mirror volume: `berth-cache-<instance>-<id>`.
 pub fn cache_volume_name(instance: &str, repo_id: u64) -> String {

@@ -60,7 +60,13 @@ impl ImageContext {
         context.entries.insert("home/berth".to_owned(), Entry::Dir { mode: 0o1777 });
         // The clone cache's mount point: a new volume mounted here takes
         // this owner, so the refresh (as the worker's user) can fill it.
-        context.entries.insert("berth/cache".to_owned(), Entry::OwnedDir { mode: 0o755, uid: WORKER_UID });
+        // Not under a top-level `/berth`: with one, the Claude Code CLI
+        // (2.1.332) leaves its working directory out of the model's prompt
+        // (found by `e2e::claude`).
+        context.entries.insert("srv".to_owned(), Entry::Dir { mode: 0o755 });
+        context
+            .entries
+            .insert("srv/clone-cache".to_owned(), Entry::OwnedDir { mode: 0o755, uid: WORKER_UID });
         context.env.push(("HOME".to_owned(), "/home/berth".to_owned()));
         context
     }
@@ -106,9 +112,13 @@ impl ImageContext {
     /// The Dockerfile of this context.
     pub fn dockerfile(&self) -> String {
         let mut dockerfile = String::from("FROM scratch\nCOPY rootfs/ /\n");
-        // COPY makes everything root's; what the worker's user must own is copied apart.
-        if self.entries.values().any(|entry| matches!(entry, Entry::OwnedDir { .. })) {
-            dockerfile.push_str(&format!("COPY --chown={WORKER_UID}:{WORKER_UID} owned/ /\n"));
+        // COPY makes everything root's; what the worker's user must own is
+        // copied apart, each to its own path: `COPY --chown owned/ /` would
+        // hand `/` itself to the worker's user.
+        for (path, entry) in &self.entries {
+            if let Entry::OwnedDir { uid, .. } = entry {
+                dockerfile.push_str(&format!("COPY --chown={uid}:{uid} owned/{path}/ /{path}/\n"));
+            }
         }
         for (name, value) in &self.env {
             dockerfile.push_str(&format!("ENV {name}={}\n", serde_json::Value::String(value.clone())));

@@ -124,7 +124,7 @@ fn image_dockerfile_is_scratch_with_a_non_root_user() {
     context.entrypoint(&["/usr/local/bin/berth-worker"]);
     assert_eq!(
         context.dockerfile(),
-        "FROM scratch\nCOPY rootfs/ /\nCOPY --chown=65532:65532 owned/ /\nENV HOME=\"/home/berth\"\nUSER 65532:65532\nWORKDIR /home/berth\nENTRYPOINT [\"/usr/local/bin/berth-worker\"]\n"
+        "FROM scratch\nCOPY rootfs/ /\nCOPY --chown=65532:65532 owned/srv/clone-cache/ /srv/clone-cache/\nENV HOME=\"/home/berth\"\nUSER 65532:65532\nWORKDIR /home/berth\nENTRYPOINT [\"/usr/local/bin/berth-worker\"]\n"
     );
 }
 

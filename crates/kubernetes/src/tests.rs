@@ -398,7 +398,7 @@ async fn there_are_no_volumes_so_no_clone_cache_and_a_mounting_spec_is_refused_b
     let mut spec = spec();
     spec.mounts = vec![dispatcher::VolumeMount {
         volume: "berth-cache-default-1".to_owned(),
-        target: "/berth/cache".to_owned(),
+        target: "/srv/clone-cache".to_owned(),
         read_only: true,
     }];
     let err = engine.create(&spec).await.expect_err("refused");

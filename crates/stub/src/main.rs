@@ -292,6 +292,7 @@ fn probe() -> String {
         ("cpu_period", first_of(&["/sys/fs/cgroup/cpu/cpu.cfs_period_us"])),
         ("docker_sock", std::path::Path::new("/var/run/docker.sock").exists().to_string()),
         ("pid1", first_of(&["/proc/1/comm"])),
+        ("root_owner", owner("/")),
         ("root_writable", writable("/.berth-probe")),
         ("tmp_writable", writable("/tmp/.berth-probe")),
         ("home_writable", writable(&format!("{}/.berth-probe", std::env::var("HOME").unwrap_or_default()))),
@@ -301,6 +302,15 @@ fn probe() -> String {
         .map(|(key, value)| format!("{key}={}", value.replace(' ', "_")))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The uid that owns `path`, or the error kind.
+fn owner(path: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(metadata) => metadata.uid().to_string(),
+        Err(err) => format!("{:?}", err.kind()),
+    }
 }
 
 /// `true` when a file can be created (and is removed again) at `path`,
