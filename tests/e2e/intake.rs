@@ -169,9 +169,11 @@ async fn a_sigkill_in_the_middle_of_the_background_fold_loses_no_202_and_makes_n
         let addr = daemon.addr;
         // A steady stream of deliveries from 16 senders, so each fold has records to fold.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut senders = tokio::task::JoinSet::new();
         for sender in 0..16_u64 {
             let stop = std::sync::Arc::clone(&stop);
+            let answered = std::sync::Arc::clone(&answered);
             let first = next_number + sender * 1_000_000;
             senders.spawn(async move {
                 let mut answers = Vec::new();
@@ -180,6 +182,9 @@ async fn a_sigkill_in_the_middle_of_the_background_fold_loses_no_202_and_makes_n
                     let delivery = format!("fold-{number}");
                     let answer = deliver(addr, &delivery, &review_comment(number)).await;
                     let stopped = answer.is_err();
+                    if matches!(answer, Ok((202, _))) {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     answers.push((delivery, answer));
                     number += 1;
                     if stopped {
@@ -190,7 +195,15 @@ async fn a_sigkill_in_the_middle_of_the_background_fold_loses_no_202_and_makes_n
             });
         }
         next_number += 16 * 1_000_000;
-        // Kill the moment a fold has started (its first line is logged).
+        // Kill the moment a fold has started (its first line is logged),
+        // once this round has had 202s of its own: the fold right after a
+        // start only folds what the last round left, and killing there
+        // would leave the test with too few deliveries to check.
+        let started = std::time::Instant::now();
+        while answered.load(std::sync::atomic::Ordering::Relaxed) < 60 {
+            assert!(started.elapsed() < Duration::from_secs(30), "no 202s within 30 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let seen_before = daemon.log.lock().unwrap().matches(STARTED).count();
         let started = std::time::Instant::now();
         loop {
