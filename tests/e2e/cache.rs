@@ -55,6 +55,20 @@ async fn mountpoint(volume: &str) -> PathBuf {
     PathBuf::from(docker.inspect_volume(volume).await.unwrap().mountpoint)
 }
 
+/// Waits while `still_there` holds (60 s at most, then fails with `what`
+/// and the daemon's log).
+async fn until_gone<F, Fut>(rig: &Rig, what: &str, mut still_there: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while still_there().await {
+        assert!(started.elapsed() < Duration::from_secs(60), "{what}\n{}", rig.daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn volume_exists(volume: &str) -> bool {
     let docker = bollard::Docker::connect_with_unix_defaults().unwrap();
     docker.inspect_volume(volume).await.is_ok()
@@ -531,15 +545,7 @@ async fn the_size_cap_removes_mirrors_not_in_use_and_never_one_a_worker_has_moun
     // Once A's worker is gone, its mirror is over the cap and goes.
     let run = rig.outcome(&a_task, Duration::from_secs(120)).await;
     assert_eq!(run["conclusion"], "success", "{run:#}\n{}", rig.daemon.log_text());
-    let started = std::time::Instant::now();
-    while volume_exists(&volume_a).await {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "A's mirror is evicted\n{}",
-            rig.daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    until_gone(&rig, "A's mirror is evicted", || volume_exists(&volume_a)).await;
     assert!(
         rig.daemon.log_text().contains("evicted a least recently used mirror"),
         "{}",
@@ -588,15 +594,10 @@ async fn a_refresh_container_left_by_a_killed_daemon_is_removed_at_start() {
     assert!(row.get("problem").is_none(), "{row:#}");
 
     let rig = Rig::start(name, &[]).await;
-    let started = std::time::Instant::now();
-    while docker.inspect_container(&created.id, None).await.is_ok() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the left-over refresh container is removed\n{}",
-            rig.daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until_gone(&rig, "the left-over refresh container is removed", || async {
+        docker.inspect_container(&created.id, None).await.is_ok()
+    })
+    .await;
     assert!(
         rig.daemon.log_text().contains("removing a refresh container left over"),
         "{}",

@@ -509,19 +509,27 @@ async fn list_comments(
     Path((owner, repo, number)): Path<(String, String, u64)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let full = format!("{owner}/{repo}");
+    let state = lock(&state);
+    Json(page_of(&query, &state.comments, &format!("{owner}/{repo}"), number)).into_response()
+}
+
+/// The page `?page=` (from 1) of `?per_page=` (30) of the comments on
+/// `repo#number`, as GitHub pages a list.
+fn page_of(
+    query: &HashMap<String, String>,
+    comments: &BTreeMap<u64, Value>,
+    repo: &str,
+    number: u64,
+) -> Value {
     let per_page: usize = query.get("per_page").and_then(|value| value.parse().ok()).unwrap_or(30);
     let page: usize = query.get("page").and_then(|value| value.parse().ok()).unwrap_or(1).max(1);
-    let state = lock(&state);
-    let comments: Vec<Value> = state
-        .comments
+    comments
         .values()
-        .filter(|comment| comment["repo"] == full.as_str() && comment["number"] == number)
+        .filter(|comment| comment["repo"] == repo && comment["number"] == number)
         .skip((page - 1) * per_page)
         .take(per_page)
         .cloned()
-        .collect();
-    Json(Value::Array(comments)).into_response()
+        .collect()
 }
 
 async fn list_review_comments(
@@ -530,21 +538,11 @@ async fn list_review_comments(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let full = format!("{owner}/{repo}");
-    let per_page: usize = query.get("per_page").and_then(|value| value.parse().ok()).unwrap_or(30);
-    let page: usize = query.get("page").and_then(|value| value.parse().ok()).unwrap_or(1).max(1);
     let state = lock(&state);
     if !state.pulls.contains_key(&format!("{full}#{number}")) {
         return not_found();
     }
-    let comments: Vec<Value> = state
-        .review_comments
-        .values()
-        .filter(|comment| comment["repo"] == full.as_str() && comment["number"] == number)
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .cloned()
-        .collect();
-    Json(Value::Array(comments)).into_response()
+    Json(page_of(&query, &state.review_comments, &full, number)).into_response()
 }
 
 async fn create_comment(
