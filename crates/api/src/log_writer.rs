@@ -13,6 +13,10 @@ use tracing_subscriber::fmt::MakeWriter;
 /// Bytes of log lines waiting for stderr before new lines are dropped.
 pub const BUFFER_LIMIT: usize = 4 << 20;
 
+/// How long the writing thread lets lines gather after a write before it
+/// looks again; a line waits at most about this long (plus the write).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// The process's log writer, once logging is set up.
 static INSTALLED: OnceLock<LogWriter> = OnceLock::new();
 
@@ -25,6 +29,9 @@ struct Queue {
     dropped: u64,
     /// Whether the writing thread is writing a batch now.
     writing: bool,
+    /// Whether the writing thread waits for lines: only then does a new
+    /// line wake it, so a busy daemon pays no wake-up (a system call) per line.
+    idle: bool,
 }
 
 #[derive(Debug)]
@@ -71,8 +78,11 @@ impl LogWriter {
         } else {
             queue.bytes.extend_from_slice(line);
         }
+        let idle = queue.idle;
         drop(queue);
-        self.shared.changed.notify_all();
+        if idle {
+            self.shared.changed.notify_all();
+        }
     }
 
     /// Waits until every line taken so far is written (at exit).
@@ -98,8 +108,10 @@ fn write_out(shared: &Shared, mut sink: impl Write) {
             queue.writing = false;
             shared.changed.notify_all();
             while queue.bytes.is_empty() && queue.dropped == 0 {
+                queue.idle = true;
                 queue = shared.changed.wait(queue).unwrap_or_else(std::sync::PoisonError::into_inner);
             }
+            queue.idle = false;
             std::mem::swap(&mut queue.bytes, &mut batch);
             queue.writing = true;
             std::mem::take(&mut queue.dropped)
@@ -120,6 +132,9 @@ fn write_out(shared: &Shared, mut sink: impl Write) {
         // A failed write (stderr closed) leaves nothing to do but go on.
         let _ = sink.write_all(&batch).and_then(|()| sink.flush());
         batch.clear();
+        // Lines that come in the next moment gather without waking this
+        // thread: at most one wake-up per LINGER, however many lines come.
+        std::thread::sleep(LINGER);
     }
 }
 

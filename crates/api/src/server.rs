@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
-use tracing::{info, instrument, warn};
+use tracing::{info, warn};
 
 use crate::connections::{self, HttpLimits};
 use crate::dashboard;
@@ -201,14 +201,55 @@ pub fn event_label(headers: &HeaderMap) -> WebhookEvent {
         .map_or(WebhookEvent::Other, WebhookEvent::from_name)
 }
 
-#[instrument(skip_all, fields(delivery, event))]
+// No span per delivery: entering one on every poll and copying its fields
+// into each line cost more than the line itself; the lines that name a
+// delivery carry its id and event as fields of their own.
 async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<DeliveryAnswer>), ApiError> {
     let received = tokio::time::Instant::now();
-    let result = intake(&state, &headers, body).await;
+    let result = match verify(&state, &headers, body).await {
+        Ok(verified) => {
+            let result = accept(&state, &verified).await;
+            match &result {
+                Ok((_, answer)) => info!(
+                    delivery = verified.delivery,
+                    event = verified.event,
+                    outcome = answer.outcome.as_str(),
+                    task = answer.task.as_deref().unwrap_or(""),
+                    reason = answer.reason.as_deref().unwrap_or(""),
+                    "delivery accepted"
+                ),
+                Err(err) => {
+                    warn!(delivery = verified.delivery, event = verified.event, error = %err, "delivery refused");
+                }
+            }
+            result
+        }
+        Err(err) => {
+            if matches!(
+                err,
+                ApiError::Signature(_)
+                    | ApiError::BodyTooLarge { .. }
+                    | ApiError::BodyBudgetExhausted
+                    | ApiError::BodyTimeout { .. }
+                    | ApiError::BadBody(_)
+            ) {
+                if let Some(suppressed) = UNVERIFIED_REFUSALS.admit() {
+                    warn!(
+                        error = %err,
+                        suppressed,
+                        "delivery refused before its signature held (at most one such line a second; `suppressed` counts those not logged since the last)"
+                    );
+                }
+            } else {
+                warn!(error = %err, "delivery refused");
+            }
+            Err(err)
+        }
+    };
     let outcome = match &result {
         Ok((_, answer)) => answer.outcome,
         Err(ApiError::Signature(_)) => {
@@ -222,25 +263,6 @@ async fn webhook(
         Err(_) => DeliveryOutcome::BadRequest,
     };
     state.metrics.webhook_delivery(event_label(&headers), outcome);
-    match &result {
-        Ok(_) => {}
-        Err(
-            err @ (ApiError::Signature(_)
-            | ApiError::BodyTooLarge { .. }
-            | ApiError::BodyBudgetExhausted
-            | ApiError::BodyTimeout { .. }
-            | ApiError::BadBody(_)),
-        ) => {
-            if let Some(suppressed) = UNVERIFIED_REFUSALS.admit() {
-                warn!(
-                    error = %err,
-                    suppressed,
-                    "delivery refused before its signature held (at most one such line a second; `suppressed` counts those not logged since the last)"
-                );
-            }
-        }
-        Err(err) => warn!(error = %err, "delivery refused"),
-    }
     state.metrics.webhook_handled(received.elapsed());
     result.map(|(status, answer)| (status, Json(answer)))
 }
@@ -271,11 +293,15 @@ async fn read_body(mut body: Body) -> Result<Vec<Bytes>, ApiError> {
     Ok(chunks)
 }
 
-async fn intake(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, DeliveryAnswer), ApiError> {
+/// A delivery whose signature holds, with its id and event checked.
+struct Verified<'a> {
+    body: Bytes,
+    event: &'a str,
+    delivery: &'a str,
+}
+
+/// Checks the signature over the body, then the headers GitHub sets.
+async fn verify<'a>(state: &AppState, headers: &'a HeaderMap, body: Body) -> Result<Verified<'a>, ApiError> {
     // Nothing is parsed, not even the headers GitHub sets, before the
     // signature holds; without a well-formed one the body is not even read.
     let claimed = ClaimedSignature::parse(headers.get(SIGNATURE_HEADER).map(|value| value.as_bytes()))?;
@@ -295,9 +321,6 @@ async fn intake(
     check_token("X-GitHub-Delivery", delivery, |c| {
         c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
     })?;
-    let span = tracing::Span::current();
-    span.record("delivery", delivery);
-    span.record("event", event);
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
     if content_type.starts_with("application/x-www-form-urlencoded") {
         return Err(ApiError::BadBody(
@@ -305,19 +328,20 @@ async fn intake(
                 .to_owned(),
         ));
     }
+    Ok(Verified { body, event, delivery })
+}
 
-    let parsed = Event::parse(event, &body)?;
+/// Decides a verified delivery and records it; the answer is sent only
+/// once the journal has it on disk.
+async fn accept(state: &AppState, verified: &Verified<'_>) -> Result<(StatusCode, DeliveryAnswer), ApiError> {
+    let parsed = Event::parse(verified.event, &verified.body)?;
     let decision = state.policy.decide(&parsed);
-    let accepted = state.journal.accept(delivery, event, decision).await.map_err(ApiError::Journal)?;
-    let answer = DeliveryAnswer::new(delivery, &accepted);
+    drop(parsed);
+    let accepted =
+        state.journal.accept(verified.delivery, verified.event, decision).await.map_err(ApiError::Journal)?;
+    let answer = DeliveryAnswer::new(verified.delivery, &accepted);
     if matches!(accepted, Accepted::Queued { .. } | Accepted::CancelRequested { .. }) {
         state.wake.notify_one();
     }
-    info!(
-        outcome = answer.outcome.as_str(),
-        task = answer.task.as_deref().unwrap_or(""),
-        reason = answer.reason.as_deref().unwrap_or(""),
-        "delivery accepted"
-    );
     Ok((StatusCode::ACCEPTED, answer))
 }

@@ -5,20 +5,24 @@
 //! parses. octocrab's typed events are deliberately not used: they fail hard
 //! on an action they do not know.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 /// A user or bot account.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Account {
+pub struct Account<'a> {
     /// The login (`octocat`, `my-app[bot]`).
-    pub login: String,
+    #[serde(borrow)]
+    pub login: Cow<'a, str>,
     /// `User`, `Bot` or `Organization`.
     #[serde(rename = "type", default)]
-    pub kind: Option<String>,
+    #[serde(borrow)]
+    pub kind: Option<Cow<'a, str>>,
 }
 
-impl Account {
+impl Account<'_> {
     /// Whether this account is a bot (type `Bot` or a login ending in `[bot]`).
     pub fn is_bot(&self) -> bool {
         self.kind.as_deref() == Some("Bot") || self.login.ends_with("[bot]")
@@ -27,19 +31,22 @@ impl Account {
 
 /// The repository an event happened in.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Repository {
+pub struct Repository<'a> {
     /// GitHub's numeric id: what a clone cache is keyed by (a name can be
     /// reused by another repository; an id cannot).
     #[serde(default)]
     pub id: Option<u64>,
     /// `owner/name`.
-    pub full_name: String,
+    #[serde(borrow)]
+    pub full_name: Cow<'a, str>,
     /// HTTPS clone URL (GitHub Enterprise and test servers included).
     #[serde(default)]
-    pub clone_url: Option<String>,
+    #[serde(borrow)]
+    pub clone_url: Option<Cow<'a, str>>,
     /// The default branch.
     #[serde(default)]
-    pub default_branch: Option<String>,
+    #[serde(borrow)]
+    pub default_branch: Option<Cow<'a, str>>,
 }
 
 /// The App installation that received the event (InstallationLite).
@@ -51,22 +58,25 @@ pub struct Installation {
 
 /// An issue comment.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Comment {
+pub struct Comment<'a> {
     /// Its id.
     pub id: u64,
     /// Its text (may use CRLF line endings).
     #[serde(default)]
-    pub body: Option<String>,
+    #[serde(borrow)]
+    pub body: Option<Cow<'a, str>>,
     /// Its author.
-    pub user: Account,
+    #[serde(borrow)]
+    pub user: Account<'a>,
     /// The author's relation to the repository.
     #[serde(default)]
-    pub author_association: Option<String>,
+    #[serde(borrow)]
+    pub author_association: Option<Cow<'a, str>>,
 }
 
 /// An issue (or a pull request seen as an issue).
 #[derive(Debug, Clone, Deserialize)]
-pub struct Issue {
+pub struct Issue<'a> {
     /// Its number.
     pub number: u64,
     /// Present only when the issue is a pull request.
@@ -74,38 +84,48 @@ pub struct Issue {
     pub pull_request: Option<IgnoredAny>,
     /// Its title.
     #[serde(default)]
-    pub title: Option<String>,
+    #[serde(borrow)]
+    pub title: Option<Cow<'a, str>>,
     /// Its text.
     #[serde(default)]
-    pub body: Option<String>,
+    #[serde(borrow)]
+    pub body: Option<Cow<'a, str>>,
     /// Its author.
     #[serde(default)]
-    pub user: Option<Account>,
+    #[serde(borrow)]
+    pub user: Option<Account<'a>>,
     /// The author's relation to the repository.
     #[serde(default)]
-    pub author_association: Option<String>,
+    #[serde(borrow)]
+    pub author_association: Option<Cow<'a, str>>,
 }
 
 /// A label.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Label {
+pub struct Label<'a> {
     /// Its name.
-    pub name: String,
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
 }
 
 /// `issue_comment`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct IssueCommentEvent {
+pub struct IssueCommentEvent<'a> {
     /// `created`, `edited`, `deleted`, ...
-    pub action: String,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
     /// The comment.
-    pub comment: Comment,
+    #[serde(borrow)]
+    pub comment: Comment<'a>,
     /// The issue or pull request commented on.
-    pub issue: Issue,
+    #[serde(borrow)]
+    pub issue: Issue<'a>,
     /// The repository.
-    pub repository: Repository,
+    #[serde(borrow)]
+    pub repository: Repository<'a>,
     /// Who acted.
-    pub sender: Account,
+    #[serde(borrow)]
+    pub sender: Account<'a>,
     /// The App installation.
     #[serde(default)]
     pub installation: Option<Installation>,
@@ -113,18 +133,23 @@ pub struct IssueCommentEvent {
 
 /// `issues`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct IssuesEvent {
+pub struct IssuesEvent<'a> {
     /// `opened`, `labeled`, `closed`, ...
-    pub action: String,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
     /// The issue.
-    pub issue: Issue,
+    #[serde(borrow)]
+    pub issue: Issue<'a>,
     /// For `labeled`/`unlabeled`: the label.
     #[serde(default)]
-    pub label: Option<Label>,
+    #[serde(borrow)]
+    pub label: Option<Label<'a>>,
     /// The repository.
-    pub repository: Repository,
+    #[serde(borrow)]
+    pub repository: Repository<'a>,
     /// Who acted.
-    pub sender: Account,
+    #[serde(borrow)]
+    pub sender: Account<'a>,
     /// The App installation.
     #[serde(default)]
     pub installation: Option<Installation>,
@@ -132,61 +157,75 @@ pub struct IssuesEvent {
 
 /// A repository as the head or base of a pull request.
 #[derive(Debug, Clone, Deserialize)]
-pub struct RepoRef {
+pub struct RepoRef<'a> {
     /// `owner/name`.
-    pub full_name: String,
+    #[serde(borrow)]
+    pub full_name: Cow<'a, str>,
 }
 
 /// One side of a pull request.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Branch {
+pub struct Branch<'a> {
     /// Commit.
-    pub sha: String,
+    #[serde(borrow)]
+    pub sha: Cow<'a, str>,
     /// Branch name.
     #[serde(rename = "ref")]
-    pub branch: String,
+    #[serde(borrow)]
+    pub branch: Cow<'a, str>,
     /// The repository; null when a fork was deleted.
     #[serde(default)]
-    pub repo: Option<RepoRef>,
+    #[serde(borrow)]
+    pub repo: Option<RepoRef<'a>>,
 }
 
 /// A pull request.
 #[derive(Debug, Clone, Deserialize)]
-pub struct PullRequest {
+pub struct PullRequest<'a> {
     /// Its number.
     pub number: u64,
     /// Its head.
-    pub head: Branch,
+    #[serde(borrow)]
+    pub head: Branch<'a>,
     /// Its base.
-    pub base: Branch,
+    #[serde(borrow)]
+    pub base: Branch<'a>,
     /// Whether it is a draft.
     #[serde(default)]
     pub draft: Option<bool>,
     /// Its title.
     #[serde(default)]
-    pub title: Option<String>,
+    #[serde(borrow)]
+    pub title: Option<Cow<'a, str>>,
     /// Its description.
     #[serde(default)]
-    pub body: Option<String>,
+    #[serde(borrow)]
+    pub body: Option<Cow<'a, str>>,
     /// Its author.
     #[serde(default)]
-    pub user: Option<Account>,
+    #[serde(borrow)]
+    pub user: Option<Account<'a>>,
     /// The author's relation to the repository.
     #[serde(default)]
-    pub author_association: Option<String>,
+    #[serde(borrow)]
+    pub author_association: Option<Cow<'a, str>>,
 }
 
 /// `pull_request`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct PullRequestEvent {
+pub struct PullRequestEvent<'a> {
     /// `opened`, `synchronize`, `closed`, ...
-    pub action: String,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
     /// The pull request.
-    pub pull_request: PullRequest,
+    #[serde(borrow)]
+    pub pull_request: PullRequest<'a>,
     /// The repository (the base).
-    pub repository: Repository,
+    #[serde(borrow)]
+    pub repository: Repository<'a>,
     /// Who acted (for `synchronize`, who pushed).
-    pub sender: Account,
+    #[serde(borrow)]
+    pub sender: Account<'a>,
     /// The App installation.
     #[serde(default)]
     pub installation: Option<Installation>,
@@ -208,14 +247,17 @@ pub struct PullRequestRef {
 
 /// A check run.
 #[derive(Debug, Clone, Deserialize)]
-pub struct CheckRun {
+pub struct CheckRun<'a> {
     /// Its name (`berth/review` for Berth's reviews).
-    pub name: String,
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
     /// The commit it ran on.
-    pub head_sha: String,
+    #[serde(borrow)]
+    pub head_sha: Cow<'a, str>,
     /// The id its maker gave it; Berth sets it to the task id.
     #[serde(default)]
-    pub external_id: Option<String>,
+    #[serde(borrow)]
+    pub external_id: Option<Cow<'a, str>>,
     /// The App that made it.
     #[serde(default)]
     pub app: Option<App>,
@@ -226,15 +268,19 @@ pub struct CheckRun {
 
 /// `check_run`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct CheckRunEvent {
+pub struct CheckRunEvent<'a> {
     /// `created`, `completed`, `rerequested`, `requested_action`.
-    pub action: String,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
     /// The check run.
-    pub check_run: CheckRun,
+    #[serde(borrow)]
+    pub check_run: CheckRun<'a>,
     /// The repository.
-    pub repository: Repository,
+    #[serde(borrow)]
+    pub repository: Repository<'a>,
     /// Who acted (for `rerequested`, who pressed Re-run).
-    pub sender: Account,
+    #[serde(borrow)]
+    pub sender: Account<'a>,
     /// The App installation.
     #[serde(default)]
     pub installation: Option<Installation>,
@@ -242,9 +288,10 @@ pub struct CheckRunEvent {
 
 /// A check suite.
 #[derive(Debug, Clone, Deserialize)]
-pub struct CheckSuite {
+pub struct CheckSuite<'a> {
     /// The commit it ran on.
-    pub head_sha: String,
+    #[serde(borrow)]
+    pub head_sha: Cow<'a, str>,
     /// The App that owns it.
     #[serde(default)]
     pub app: Option<App>,
@@ -255,15 +302,19 @@ pub struct CheckSuite {
 
 /// `check_suite`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct CheckSuiteEvent {
+pub struct CheckSuiteEvent<'a> {
     /// `requested`, `rerequested`, `completed`.
-    pub action: String,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
     /// The check suite.
-    pub check_suite: CheckSuite,
+    #[serde(borrow)]
+    pub check_suite: CheckSuite<'a>,
     /// The repository.
-    pub repository: Repository,
+    #[serde(borrow)]
+    pub repository: Repository<'a>,
     /// Who acted (for `rerequested`, who pressed Re-run all).
-    pub sender: Account,
+    #[serde(borrow)]
+    pub sender: Account<'a>,
     /// The App installation.
     #[serde(default)]
     pub installation: Option<Installation>,
@@ -271,19 +322,19 @@ pub struct CheckSuiteEvent {
 
 /// The events Berth reads, parsed from the raw body after the signature check.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub enum Event<'a> {
     /// `ping`.
     Ping,
     /// `issue_comment`.
-    IssueComment(Box<IssueCommentEvent>),
+    IssueComment(Box<IssueCommentEvent<'a>>),
     /// `issues`.
-    Issues(Box<IssuesEvent>),
+    Issues(Box<IssuesEvent<'a>>),
     /// `pull_request`.
-    PullRequest(Box<PullRequestEvent>),
+    PullRequest(Box<PullRequestEvent<'a>>),
     /// `check_run`.
-    CheckRun(Box<CheckRunEvent>),
+    CheckRun(Box<CheckRunEvent<'a>>),
     /// `check_suite`.
-    CheckSuite(Box<CheckSuiteEvent>),
+    CheckSuite(Box<CheckSuiteEvent<'a>>),
     /// `installation` or `installation_repositories` with its action.
     Installation {
         /// The event name.
@@ -315,12 +366,12 @@ struct ActionOnly {
     action: Option<String>,
 }
 
-impl Event {
+impl<'a> Event<'a> {
     /// Parses `body` as the event `name` (the `X-GitHub-Event` header).
     ///
     /// # Errors
     /// The body is not JSON, or not of the shape of its event.
-    pub fn parse(name: &str, body: &[u8]) -> Result<Self, PayloadError> {
+    pub fn parse(name: &str, body: &'a [u8]) -> Result<Self, PayloadError> {
         let error = |source| PayloadError { event: name.to_owned(), source };
         Ok(match name {
             "ping" => {

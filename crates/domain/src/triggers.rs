@@ -148,7 +148,7 @@ impl Policy {
     }
 
     /// Decides what an event asks for.
-    pub fn decide(&self, event: &Event) -> Decision {
+    pub fn decide(&self, event: &Event<'_>) -> Decision {
         match event {
             Event::Ping => Decision::Ignore("ping: the App's webhook is set up".to_owned()),
             Event::Installation { event, action } => Decision::Ignore(format!(
@@ -164,7 +164,7 @@ impl Policy {
         }
     }
 
-    fn gate(&self, repo: &str, sender: &Account) -> Result<(), String> {
+    fn gate(&self, repo: &str, sender: &Account<'_>) -> Result<(), String> {
         if !self.repo_allowed(repo) {
             return Err(format!("repository {repo} is not in {BERTH_ALLOWED_REPOS}"));
         }
@@ -174,7 +174,7 @@ impl Policy {
         Ok(())
     }
 
-    fn decide_comment(&self, event: &IssueCommentEvent) -> Decision {
+    fn decide_comment(&self, event: &IssueCommentEvent<'_>) -> Decision {
         if event.action != "created" {
             return Decision::Ignore(format!("issue_comment {}: only new comments trigger", event.action));
         }
@@ -203,14 +203,14 @@ impl Policy {
         let number = event.issue.number;
         let request = |kind, args: &str, follow_up: bool| TaskRequest {
             kind,
-            repo: repo.clone(),
+            repo: repo.to_string(),
             number,
             head_sha: None,
             head_ref: match kind {
                 TaskKind::Review => None,
                 // A follow-up starts from the pull request's branch, read at dispatch.
                 TaskKind::Implement if follow_up => None,
-                TaskKind::Implement => event.repository.default_branch.clone(),
+                TaskKind::Implement => event.repository.default_branch.as_deref().map(str::to_owned),
             },
             clone_url: clone_url(&event.repository),
             repo_id: event.repository.id,
@@ -218,16 +218,16 @@ impl Policy {
             subject_title: normalize_text(event.issue.title.as_deref().unwrap_or("")),
             subject_body: normalize_text(event.issue.body.as_deref().unwrap_or("")),
             base_ref: None,
-            sender: login.clone(),
+            sender: login.to_string(),
             installation: event.installation.map(|installation| installation.id),
             comment_id: Some(event.comment.id),
             follow_up,
         };
         let refuse = |reason: String| {
             Decision::Refuse(Refusal {
-                repo: repo.clone(),
+                repo: repo.to_string(),
                 number,
-                sender: login.clone(),
+                sender: login.to_string(),
                 installation: event.installation.map(|installation| installation.id),
                 comment_id: event.comment.id,
                 reason,
@@ -250,19 +250,19 @@ impl Policy {
                 if is_pull { "a pull request" } else { "an issue" },
             )),
             Command::Cancel => Decision::Cancel(CancelRequest {
-                repo: repo.clone(),
+                repo: repo.to_string(),
                 number,
                 cause: CancelCause::Command,
-                by: login.clone(),
+                by: login.to_string(),
                 kind: None,
                 except_head: None,
                 reason: format!("cancelled by @{login}"),
             }),
             Command::Retry => Decision::Retry(RetryRequest {
-                repo: repo.clone(),
+                repo: repo.to_string(),
                 repo_id: event.repository.id,
                 target: RetryTarget::Latest { number },
-                sender: login.clone(),
+                sender: login.to_string(),
                 installation: event.installation.map(|installation| installation.id),
                 comment_id: Some(event.comment.id),
             }),
@@ -276,10 +276,10 @@ impl Policy {
         }
     }
 
-    fn decide_issues(&self, event: &IssuesEvent) -> Decision {
+    fn decide_issues(&self, event: &IssuesEvent<'_>) -> Decision {
         let repo = &event.repository.full_name;
         let number = event.issue.number;
-        match event.action.as_str() {
+        match event.action.as_ref() {
             "closed" => {
                 if !self.repo_allowed(repo) {
                     return Decision::Ignore(format!("repository {repo} is not in {BERTH_ALLOWED_REPOS}"));
@@ -287,7 +287,7 @@ impl Policy {
                 Decision::Cancel(closed(repo, number, &event.sender.login, "issue"))
             }
             "labeled" => {
-                let label = event.label.as_ref().map_or("", |label| label.name.as_str());
+                let label = event.label.as_ref().map_or("", |label| label.name.as_ref());
                 if !label.eq_ignore_ascii_case(IMPLEMENT_LABEL) {
                     return Decision::Ignore(format!("label {label:?} is not {IMPLEMENT_LABEL}"));
                 }
@@ -315,17 +315,17 @@ impl Policy {
                 let body = event.issue.body.as_deref().unwrap_or("");
                 Decision::Queue(TaskRequest {
                     kind: TaskKind::Implement,
-                    repo: repo.clone(),
+                    repo: repo.to_string(),
                     number,
                     head_sha: None,
-                    head_ref: event.repository.default_branch.clone(),
+                    head_ref: event.repository.default_branch.as_deref().map(str::to_owned),
                     clone_url: clone_url(&event.repository),
                     repo_id: event.repository.id,
                     prompt: String::new(),
                     subject_title: normalize_text(title),
                     subject_body: normalize_text(body),
                     base_ref: None,
-                    sender: login.clone(),
+                    sender: login.to_string(),
                     installation: event.installation.map(|installation| installation.id),
                     comment_id: None,
                     follow_up: false,
@@ -335,11 +335,11 @@ impl Policy {
         }
     }
 
-    fn decide_pull_request(&self, event: &PullRequestEvent) -> Decision {
+    fn decide_pull_request(&self, event: &PullRequestEvent<'_>) -> Decision {
         let repo = &event.repository.full_name;
         let pull = &event.pull_request;
         let number = pull.number;
-        match event.action.as_str() {
+        match event.action.as_ref() {
             "closed" => {
                 if !self.repo_allowed(repo) {
                     return Decision::Ignore(format!("repository {repo} is not in {BERTH_ALLOWED_REPOS}"));
@@ -348,12 +348,12 @@ impl Policy {
             }
             "synchronize" => {
                 let cancel = CancelRequest {
-                    repo: repo.clone(),
+                    repo: repo.to_string(),
                     number,
                     cause: CancelCause::Superseded,
-                    by: event.sender.login.clone(),
+                    by: event.sender.login.to_string(),
                     kind: Some(TaskKind::Review),
-                    except_head: Some(pull.head.sha.clone()),
+                    except_head: Some(pull.head.sha.to_string()),
                     reason: format!("superseded by a push of {}", short_sha(&pull.head.sha)),
                 };
                 let queue = match self.auto_review_request(event) {
@@ -388,7 +388,7 @@ impl Policy {
     /// offline; GitHub shows Re-run only to users with write access to the
     /// repository, so whoever pressed it is trusted, unless an explicit
     /// BERTH_TRUSTED_USERS list says otherwise.
-    fn trusts_rerun(&self, repo: &str, sender: &Account) -> Result<(), String> {
+    fn trusts_rerun(&self, repo: &str, sender: &Account<'_>) -> Result<(), String> {
         self.gate(repo, sender)?;
         if !self.trusted_users.is_empty() {
             self.trusts(&sender.login, None)?;
@@ -400,7 +400,7 @@ impl Policy {
     /// queued again for each pull request at its current head (read at
     /// dispatch, as for a comment); any other kind repeats the task the
     /// check run reported (its `external_id`).
-    fn decide_check_run(&self, event: &CheckRunEvent) -> Decision {
+    fn decide_check_run(&self, event: &CheckRunEvent<'_>) -> Decision {
         if event.action != "rerequested" {
             return Decision::Ignore(format!("check_run {}: only a re-run triggers", event.action));
         }
@@ -435,10 +435,10 @@ impl Policy {
         }
         match check_run.external_id.as_deref().filter(|id| !id.is_empty()) {
             Some(task) => Decision::Retry(RetryRequest {
-                repo: repo.clone(),
+                repo: repo.to_string(),
                 repo_id: event.repository.id,
                 target: RetryTarget::Task(task.to_owned()),
-                sender: event.sender.login.clone(),
+                sender: event.sender.login.to_string(),
                 installation,
                 comment_id: None,
             }),
@@ -450,7 +450,7 @@ impl Policy {
 
     /// `check_suite` `rerequested` on Berth's suite: a review of each of its
     /// pull requests. Only the App's id tells Berth's suite from another's.
-    fn decide_check_suite(&self, event: &CheckSuiteEvent) -> Decision {
+    fn decide_check_suite(&self, event: &CheckSuiteEvent<'_>) -> Decision {
         if event.action != "rerequested" {
             return Decision::Ignore(format!("check_suite {}: only a re-run triggers", event.action));
         }
@@ -478,7 +478,7 @@ impl Policy {
     }
 
     /// The automatic review of a pull request's head, when enabled and allowed.
-    fn auto_review_request(&self, event: &PullRequestEvent) -> Result<TaskRequest, String> {
+    fn auto_review_request(&self, event: &PullRequestEvent<'_>) -> Result<TaskRequest, String> {
         let pull = &event.pull_request;
         if !self.auto_review {
             return Err(format!(
@@ -514,17 +514,17 @@ impl Policy {
         self.trusts(login, association)?;
         Ok(TaskRequest {
             kind: TaskKind::Review,
-            repo: repo.clone(),
+            repo: repo.to_string(),
             number: pull.number,
-            head_sha: Some(pull.head.sha.clone()),
-            head_ref: Some(pull.head.branch.clone()),
+            head_sha: Some(pull.head.sha.to_string()),
+            head_ref: Some(pull.head.branch.to_string()),
             clone_url: clone_url(&event.repository),
             repo_id: event.repository.id,
             prompt: String::new(),
             subject_title: normalize_text(pull.title.as_deref().unwrap_or("")),
             subject_body: normalize_text(pull.body.as_deref().unwrap_or("")),
-            base_ref: Some(pull.base.branch.clone()),
-            sender: login.clone(),
+            base_ref: Some(pull.base.branch.to_string()),
+            sender: login.to_string(),
             installation: event.installation.map(|installation| installation.id),
             comment_id: None,
             follow_up: false,
@@ -549,14 +549,14 @@ fn closed(repo: &str, number: u64, login: &str, what: &str) -> CancelRequest {
 /// review asked for in a comment.
 fn rerun_request(
     kind: TaskKind,
-    repository: &crate::events::Repository,
-    sender: &Account,
+    repository: &crate::events::Repository<'_>,
+    sender: &Account<'_>,
     number: u64,
     installation: Option<u64>,
 ) -> TaskRequest {
     TaskRequest {
         kind,
-        repo: repository.full_name.clone(),
+        repo: repository.full_name.to_string(),
         number,
         head_sha: None,
         head_ref: None,
@@ -566,7 +566,7 @@ fn rerun_request(
         subject_title: String::new(),
         subject_body: String::new(),
         base_ref: None,
-        sender: sender.login.clone(),
+        sender: sender.login.to_string(),
         installation,
         comment_id: None,
         follow_up: false,
@@ -582,13 +582,13 @@ fn queue_each(mut requests: Vec<TaskRequest>, why: impl FnOnce() -> String) -> D
     }
 }
 
-fn clone_url(repository: &crate::events::Repository) -> String {
+fn clone_url(repository: &crate::events::Repository<'_>) -> String {
     // Checked by `missing_clone_url` before any request is built.
-    repository.clone_url.clone().unwrap_or_default()
+    repository.clone_url.as_deref().unwrap_or_default().to_owned()
 }
 
 /// GitHub always sends `repository.clone_url`; without it a worker could not clone.
-fn missing_clone_url(repository: &crate::events::Repository) -> Option<Decision> {
+fn missing_clone_url(repository: &crate::events::Repository<'_>) -> Option<Decision> {
     repository.clone_url.as_deref().is_none_or(str::is_empty).then(|| {
         Decision::Ignore(format!("payload for {} has no repository.clone_url", repository.full_name))
     })

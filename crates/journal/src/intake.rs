@@ -17,13 +17,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use core_types::TaskId;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::debug;
 
 use crate::{Accepted, DeliveryRecord};
 use domain::tasks::TaskRecord;
@@ -237,17 +237,25 @@ pub(crate) fn crc32(bytes: &[u8]) -> u32 {
 
 /// Appends one record's frame to `out`.
 pub(crate) fn frame(record: &IntakeRecord, out: &mut Vec<u8>) {
-    let payload = serde_json::to_vec(record).expect("intake records always serialize");
+    // The payload is written in place after room for the header, which is
+    // filled in once its length and CRC are known: no copy of it is made.
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    serde_json::to_writer(&mut *out, record).expect("intake records always serialize");
+    let payload = &out[start + 8..];
     let len = u32::try_from(payload.len()).expect("a record is far below 4 GiB");
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc32(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let crc = crc32(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The records of one segment's bytes, up to the first frame that does not
-/// check; and how many bytes were left after it.
-pub(crate) fn read_frames(bytes: &[u8]) -> (Vec<IntakeRecord>, usize) {
-    let mut records = Vec::new();
+/// check or does not follow the one before it (`first_lsn`, when known, is
+/// the first record's); and how many bytes were left after it. A reused
+/// segment ([`SPARE_NAME`]) holds an older segment's frames after the new
+/// ones: their places in the log are lower, so reading stops there.
+pub(crate) fn read_frames(bytes: &[u8], first_lsn: Option<u64>) -> (Vec<IntakeRecord>, usize) {
+    let mut records: Vec<IntakeRecord> = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= 8 {
         let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
@@ -260,6 +268,10 @@ pub(crate) fn read_frames(bytes: &[u8]) -> (Vec<IntakeRecord>, usize) {
             break;
         }
         let Ok(record) = serde_json::from_slice::<IntakeRecord>(payload) else { break };
+        let expected = records.last().map(|last| last.lsn + 1).or(first_lsn);
+        if expected.is_some_and(|expected| record.lsn != expected) {
+            break;
+        }
         records.push(record);
         at += 8 + len;
     }
@@ -272,6 +284,28 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 fn segment_name(first_lsn: u64) -> String {
     format!("{first_lsn:020}.log")
+}
+
+/// The first record's place in the log, from a segment's name.
+fn first_lsn_of(path: &Path) -> Option<u64> {
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+/// A folded, full segment kept to be written over by the next new segment
+/// (not read at start: it is not a `.log`). Its blocks are allocated and
+/// written, so a batch written over them and synced changes no file
+/// metadata: the `fdatasync` flushes the batch's pages and nothing of the
+/// file system's journal, and does not wait behind the fold's sync of redb.
+pub(crate) const SPARE_NAME: &str = "spare";
+
+/// Keeps a folded segment as the spare when it is full (so every block of
+/// it is written), else deletes it.
+pub(crate) fn retire(segment: &Closed) -> std::io::Result<()> {
+    let full = std::fs::metadata(&segment.path).is_ok_and(|meta| meta.len() >= SEGMENT_BYTES);
+    match segment.path.parent() {
+        Some(dir) if full => std::fs::rename(&segment.path, dir.join(SPARE_NAME)),
+        _ => std::fs::remove_file(&segment.path),
+    }
 }
 
 impl IntakeLog {
@@ -294,12 +328,12 @@ impl IntakeLog {
         let mut replayed = Replayed::default();
         for path in names {
             let bytes = std::fs::read(&path)?;
-            let (records, left) = read_frames(&bytes);
+            let (records, left) = read_frames(&bytes, first_lsn_of(&path));
             if left > 0 {
-                warn!(
+                debug!(
                     segment = %path.display(),
                     bytes = left,
-                    "the intake log ends in a torn batch; it was never answered and is left out"
+                    "the intake log segment ends in bytes that are not records: a torn batch, never answered, or a reused segment's older frames; they are left out"
                 );
             }
             match records.last() {
@@ -325,7 +359,14 @@ impl IntakeLog {
     pub(crate) fn append(&mut self, frames: &[u8], first_lsn: u64, last_lsn: u64) -> std::io::Result<()> {
         if self.current.is_none() {
             let path = self.dir.join(segment_name(first_lsn));
-            let file = OpenOptions::new().append(true).create_new(true).open(&path)?;
+            // The spare, written over from its start, or a new file.
+            let file = match std::fs::rename(self.dir.join(SPARE_NAME), &path) {
+                Ok(()) => OpenOptions::new().write(true).open(&path)?,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    OpenOptions::new().write(true).create_new(true).open(&path)?
+                }
+                Err(err) => return Err(err),
+            };
             // The new file's name must be on disk before anything in it is answered.
             if let Err(err) = sync_dir(&self.dir) {
                 drop(std::fs::remove_file(&path));
@@ -334,7 +375,7 @@ impl IntakeLog {
             self.current = Some(Segment { file, path, len: 0, last_lsn: 0 });
         }
         let segment = self.current.as_mut().expect("a segment was just opened");
-        let written = segment.file.write_all(frames).and_then(|()| segment.file.sync_data());
+        let written = segment.file.write_all_at(frames, segment.len).and_then(|()| segment.file.sync_data());
         match written {
             Ok(()) => {
                 segment.len += frames.len() as u64;
@@ -342,6 +383,8 @@ impl IntakeLog {
                 Ok(())
             }
             Err(err) => {
+                // Cut back to the last whole batch (a reused segment then
+                // ends there, and is no longer the spare's length).
                 let cut = segment.file.set_len(segment.len).and_then(|()| segment.file.sync_data());
                 if cut.is_err() || segment.len == 0 {
                     // Close it; a torn tail is left out when it is read.
@@ -397,7 +440,7 @@ mod tests {
         frame(&record(4), &mut bytes);
         // Every cut inside the fourth frame reads as the first three.
         for cut in whole..bytes.len() {
-            let (records, left) = read_frames(&bytes[..cut]);
+            let (records, left) = read_frames(&bytes[..cut], Some(1));
             assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), [1, 2, 3], "cut at {cut}");
             assert_eq!(left, cut - whole);
         }
@@ -405,7 +448,51 @@ mod tests {
         let mut flipped = bytes.clone();
         let last = flipped.len() - 2;
         flipped[last] ^= 0x20;
-        assert_eq!(read_frames(&flipped).0.len(), 3);
-        assert_eq!(read_frames(&bytes).0.len(), 4);
+        assert_eq!(read_frames(&flipped, Some(1)).0.len(), 3);
+        assert_eq!(read_frames(&bytes, Some(1)).0.len(), 4);
+    }
+
+    #[test]
+    fn a_full_folded_segment_is_written_over_by_the_next_and_its_old_frames_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let big =
+            |lsn: u64| IntakeRecord { delivery: format!("d-{lsn}-{}", "x".repeat(1 << 20)), ..record(lsn) };
+        let mut log = IntakeLog::new(dir.path());
+        let mut closed = None;
+        for lsn in 1..=9 {
+            let mut frames = Vec::new();
+            frame(&big(lsn), &mut frames);
+            log.append(&frames, lsn, lsn).unwrap();
+            closed = closed.or(log.rotate_if_full());
+        }
+        let closed = closed.expect("nine 1 MiB records fill an 8 MiB segment");
+        assert_eq!(closed.last_lsn, 8);
+        // Folded: kept as the spare, not deleted.
+        retire(&closed).unwrap();
+        assert!(!closed.path.exists());
+        let spare = dir.path().join(SPARE_NAME);
+        assert!(std::fs::metadata(&spare).unwrap().len() >= SEGMENT_BYTES);
+
+        // The segment after the ninth record's opens on the spare.
+        let mut log = IntakeLog::new(dir.path());
+        let mut frames = Vec::new();
+        frame(&record(10), &mut frames);
+        frame(&record(11), &mut frames);
+        log.append(&frames, 10, 11).unwrap();
+        assert!(!spare.exists(), "the spare was taken");
+        let reused = dir.path().join(segment_name(10));
+        assert!(std::fs::metadata(&reused).unwrap().len() >= SEGMENT_BYTES, "written over, not cut");
+        // Its old frames (records 1 to 8) are still there after the new ones, and not read.
+        let bytes = std::fs::read(&reused).unwrap();
+        let (records, left) = read_frames(&bytes, Some(10));
+        assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), [10, 11]);
+        assert!(left > 0);
+        let replayed = IntakeLog::replay(dir.path()).unwrap();
+        let lsns: Vec<u64> = replayed.records.iter().map(|r| r.lsn).collect();
+        assert_eq!(lsns, [9, 10, 11], "the ninth record's segment and the reused one");
+        // A segment that is not full is deleted when folded, not kept.
+        let small = replayed.segments.iter().find(|segment| segment.last_lsn == 9).unwrap();
+        retire(small).unwrap();
+        assert!(!small.path.exists() && !spare.exists());
     }
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use core_types::TaskId;
 use core_types::env_names::BERTH_STATE_DIR;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
@@ -84,6 +84,10 @@ const FOLDED_KEY: &str = "folded";
 /// The fold thread folds the intake log into redb this often while records
 /// wait, and at once when [`FOLD_AT`] records wait.
 const FOLD_EVERY: Duration = Duration::from_secs(1);
+
+/// A fold is synced at most this long after the last synced one; only a
+/// synced fold lets the intake log's segments be deleted.
+const SYNC_FOLD_EVERY: Duration = Duration::from_secs(5);
 
 /// Records waiting that wake the fold thread before [`FOLD_EVERY`].
 const FOLD_AT: usize = 8192;
@@ -999,6 +1003,8 @@ struct Writer {
     seq: u64,
     /// Wakes the fold thread early; dropping it stops the thread.
     fold_wake: mpsc::SyncSender<()>,
+    /// The frames of the batch being appended (kept for the next batch).
+    frames: Vec<u8>,
 }
 
 impl Writer {
@@ -1010,7 +1016,7 @@ impl Writer {
         fold_wake: mpsc::SyncSender<()>,
     ) -> Self {
         let db = shared.db.read().expect("journal database lock is never poisoned").clone();
-        Self { shared, db, log, next_lsn, seq, fold_wake }
+        Self { shared, db, log, next_lsn, seq, fold_wake, frames: Vec::new() }
     }
 
     /// Takes one op (or, while writes fail, waits at most [`PROBE_EVERY`]
@@ -1144,13 +1150,18 @@ impl Writer {
         }
         let written = match (staged.records.first(), staged.records.last()) {
             (Some(first), Some(last)) => {
-                let mut frames = Vec::with_capacity(staged.records.len() * 2048);
+                // One buffer for every batch: it grows to the largest batch once.
+                let mut frames = std::mem::take(&mut self.frames);
+                frames.clear();
                 for record in &staged.records {
                     intake::frame(record, &mut frames);
                 }
-                self.log
+                let written = self
+                    .log
                     .append(&frames, first.lsn, last.lsn)
-                    .map_err(|source| JournalError::IntakeWrite { source })
+                    .map_err(|source| JournalError::IntakeWrite { source });
+                self.frames = frames;
+                written
             }
             _ => Ok(()),
         };
@@ -1703,39 +1714,82 @@ fn fold_in(txn: &WriteTransaction, records: &[Arc<IntakeRecord>]) -> Result<u64,
 }
 
 /// The fold thread: every [`FOLD_EVERY`], or when the writer wakes it,
-/// folds the records waiting in the intake log into redb in one durable
-/// transaction, then lets go of them and deletes the segments that hold
-/// only folded records. Stops when the writer does.
+/// folds the records waiting in the intake log into redb in one
+/// transaction and lets go of them. Most folds are not synced
+/// (`Durability::None`): redb keeps them in the page cache, where the next
+/// folds rewrite the same pages for free, and after a crash it comes back
+/// at its last synced commit, whose `meta.folded` is older, so the records
+/// after it are read from the log and folded again. At most every
+/// [`SYNC_FOLD_EVERY`] a fold is synced, and only then are the segments
+/// that hold only folded records deleted. Stops when the writer does.
 fn fold_loop(shared: &Shared, woken: &mpsc::Receiver<()>) {
+    // The first fold (of what a restart read back) is synced at once.
+    let mut synced_at: Option<Instant> = None;
+    // Whether a fold since the last synced one was not synced.
+    let mut unsynced = false;
     loop {
         match woken.recv_timeout(FOLD_EVERY) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        if let Err(err) = fold_once(shared) {
+        let sync_due = synced_at.is_none_or(|at| at.elapsed() >= SYNC_FOLD_EVERY);
+        match fold_once(shared, sync_due, unsynced) {
+            Ok(Fold::Synced) => {
+                synced_at = Some(Instant::now());
+                unsynced = false;
+            }
+            Ok(Fold::NotSynced) => unsynced = true,
+            Ok(Fold::Nothing) => {}
             // The records stay in the log and in memory; the next round, or
             // the writer's next redb transaction, folds them.
-            warn!(error = %chain(&err), "journal fold failed; the intake log keeps its records");
+            Err(err) => warn!(error = %chain(&err), "journal fold failed; the intake log keeps its records"),
         }
     }
 }
 
-fn fold_once(shared: &Shared) -> Result<(), JournalError> {
+/// What one round of the fold thread did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fold {
+    /// A synced commit: everything folded so far is on disk.
+    Synced,
+    /// A commit redb has not synced yet.
+    NotSynced,
+    /// No commit.
+    Nothing,
+}
+
+/// One round: folds the waiting records, synced when `sync_due` (or when
+/// nothing waits but an earlier fold is `unsynced`), then deletes the
+/// segments whose records are all folded and on disk.
+fn fold_once(shared: &Shared, sync_due: bool, unsynced: bool) -> Result<Fold, JournalError> {
     let records = shared.pending().snapshot();
     let Some(db) = shared.db.read().expect("journal database lock is never poisoned").clone() else {
-        return Ok(());
+        return Ok(Fold::Nothing);
     };
-    let folded = if records.is_empty() {
+    let (folded, fold) = if records.is_empty() && !(unsynced && sync_due) {
+        if unsynced {
+            // What redb says it folded is not on disk yet: no segment goes.
+            return Ok(Fold::Nothing);
+        }
+        // Every fold was synced (the writer's own commits always are).
         let txn = db.begin_read().map_err(storage_of("read"))?;
         let meta = txn.open_table(META).map_err(storage_of("read"))?;
-        meta.get(FOLDED_KEY).map_err(storage_of("read"))?.map_or(0, |value| value.value())
+        (meta.get(FOLDED_KEY).map_err(storage_of("read"))?.map_or(0, |value| value.value()), Fold::Nothing)
     } else {
-        debug!(records = records.len(), "journal fold: folding the intake log into redb");
-        let txn = db.begin_write().map_err(storage_of("write"))?;
+        debug!(records = records.len(), synced = sync_due, "journal fold: folding the intake log into redb");
+        let mut txn = db.begin_write().map_err(storage_of("write"))?;
+        if !sync_due {
+            txn.set_durability(Durability::None)
+                .map_err(|err| JournalError::CommitFailed { reason: err.to_string() })?;
+        }
         let upto = fold_in(&txn, &records)?;
         txn.commit().map_err(storage_of("commit"))?;
         shared.pending_mut().remove_upto(upto);
-        upto
+        debug!(upto, "journal fold: folded");
+        if !sync_due {
+            return Ok(Fold::NotSynced);
+        }
+        (upto, Fold::Synced)
     };
     let done: Vec<Closed> = {
         let mut closed = shared.closed.lock().expect("journal segment lock is never poisoned");
@@ -1744,16 +1798,13 @@ fn fold_once(shared: &Shared) -> Result<(), JournalError> {
         done
     };
     for segment in done {
-        if let Err(err) = std::fs::remove_file(&segment.path)
+        if let Err(err) = intake::retire(&segment)
             && err.kind() != std::io::ErrorKind::NotFound
         {
             warn!(segment = %segment.path.display(), error = %err, "a folded intake log segment cannot be deleted");
         }
     }
-    if !records.is_empty() {
-        debug!(upto = folded, "journal fold: folded");
-    }
-    Ok(())
+    Ok(fold)
 }
 
 fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Result<Accepted, JournalError> {
