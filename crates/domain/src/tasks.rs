@@ -193,56 +193,61 @@ pub struct TaskRecord {
     /// Issue or pull request number.
     pub number: u64,
     /// Commit to work on, when known (fetched at dispatch for comment-triggered reviews).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_sha: Option<String>,
     /// Branch to work on, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_ref: Option<String>,
     /// The repository's clone URL, from the payload.
     pub clone_url: String,
     /// GitHub's numeric id of the repository, from the payload; records
     /// from before the clone cache have none (and clone plainly).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo_id: Option<u64>,
     /// The requester's words (the rest of the command's line and the lines
     /// after it); records from before 0.2 hold the whole comment.
     pub prompt: String,
     /// The issue's or pull request's title, from the delivery.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subject_title: String,
     /// The issue's or pull request's body, from the delivery.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subject_body: String,
     /// A review's base branch, from the delivery or read at dispatch.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_ref: Option<String>,
     /// Who triggered it.
     pub sender: String,
     /// The delivery that created it.
     pub delivery: String,
     /// The App installation, when the payload named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installation: Option<u64>,
     /// The triggering comment, for the reaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment_id: Option<u64>,
     /// When it was accepted.
     pub accepted_unix: u64,
     /// Where it is.
     pub state: TaskState,
     /// A cancellation asked for and not yet carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<CancelRequest>,
     /// The key under which it is active (dedupe of queued and running tasks).
     pub dedupe_key: String,
     /// The check run reporting it, once created.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_run: Option<u64>,
     /// When its worker started.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_unix: Option<u64>,
     /// Whether the final report reached GitHub.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reported: bool,
     /// Set before the check run is asked for: a later attempt (after a kill
     /// between GitHub's answer and `check_run` being recorded) looks for the
     /// run that attempt made instead of making a second one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub check_run_requested: bool,
     /// An implement task that follows up on Berth's own pull request
     /// `number`: it continues the pull request's branch and pushes without force.
