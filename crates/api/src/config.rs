@@ -325,6 +325,11 @@ pub struct ServeArgs {
     /// How long kept worker logs stay before they are pruned (`14d`).
     #[arg(long, env = names::BERTH_LOG_RETENTION, default_value = "14d")]
     pub log_retention: String,
+    /// How long a finished task whose report reached GitHub stays in the
+    /// journal, counted from its end (`30d`; at least BERTH_LOG_RETENTION
+    /// and BERTH_DELIVERY_RETENTION). Unfinished or unreported tasks stay.
+    #[arg(long, env = names::BERTH_TASK_RETENTION, default_value = "30d")]
+    pub task_retention: String,
     /// How often a running task's check run is edited to show the latest
     /// lines of its log (only when they changed; at least `5s`).
     #[arg(long, env = names::BERTH_PROGRESS_INTERVAL, default_value = "30s")]
@@ -488,6 +493,8 @@ pub struct ServeConfig {
     pub log_keep_bytes: usize,
     /// How long kept worker logs stay.
     pub log_retention: Duration,
+    /// How long finished and reported tasks stay in the journal.
+    pub task_retention: Duration,
     /// How often a running task's check run shows its latest lines.
     pub progress_interval: Duration,
     /// Whether the clone cache is on (it is still off on an engine without volumes).
@@ -787,6 +794,30 @@ impl ServeArgs {
         if log_retention.is_zero() {
             return Err(invalid(names::BERTH_LOG_RETENTION, "must be longer than zero"));
         }
+        let task_retention = parse_duration(&self.task_retention)
+            .map_err(|reason| invalid(names::BERTH_TASK_RETENTION, reason))?;
+        if task_retention < log_retention {
+            return Err(invalid(
+                names::BERTH_TASK_RETENTION,
+                format!(
+                    "{} is shorter than {} ({}): a kept log would outlive its task, out of reach of the task's page",
+                    self.task_retention.trim(),
+                    names::BERTH_LOG_RETENTION,
+                    self.log_retention.trim()
+                ),
+            ));
+        }
+        if task_retention < delivery_retention {
+            return Err(invalid(
+                names::BERTH_TASK_RETENTION,
+                format!(
+                    "{} is shorter than {} ({}): a task's comment is forgotten with the task, and the same comment sent again under a new delivery id would make it again",
+                    self.task_retention.trim(),
+                    names::BERTH_DELIVERY_RETENTION,
+                    self.delivery_retention.trim()
+                ),
+            ));
+        }
         let progress_interval = parse_duration(&self.progress_interval)
             .map_err(|reason| invalid(names::BERTH_PROGRESS_INTERVAL, reason))?;
         if progress_interval < MIN_PROGRESS_INTERVAL {
@@ -888,6 +919,7 @@ impl ServeArgs {
             delivery_retention,
             log_keep_bytes,
             log_retention,
+            task_retention,
             progress_interval,
             clone_cache,
             clone_cache_size,

@@ -27,7 +27,7 @@ use crate::server::{AppState, router_with_admin, serve};
 use crate::status::Admin;
 use domain::signature::WebhookSecrets;
 use github::{GitHub, RetryPolicy};
-use journal::{Journal, now_unix};
+use journal::{Cutoffs, Journal, now_unix};
 use runner::{LogKeeper, Runner, RunnerConfig};
 use telemetry::Metrics;
 
@@ -37,7 +37,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// How often GitHub's list of deliveries is checked for missed ones.
 const BACKFILL_EVERY: Duration = Duration::from_secs(600);
 
-/// How often old deliveries are pruned from the journal.
+/// How often the journal and the kept logs are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Waits between tries to reach the engine, and to reconcile, at start:
@@ -122,7 +122,8 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
         shutdown.clone(),
         tracker.clone(),
     ));
-    tracker.spawn(prune_deliveries(journal, config.delivery_retention, shutdown.clone()));
+    let retention = Retention { deliveries: config.delivery_retention, tasks: config.task_retention };
+    tracker.spawn(prune_journal(journal, retention, shutdown.clone()));
     tracker.spawn(prune_logs(log_keeper.dir, config.log_retention, shutdown.clone()));
 
     serve(listener, router_with_admin(state, admin), config.http, metrics, shutdown.clone()).await;
@@ -261,12 +262,32 @@ async fn connect(config: &ServeConfig, shutdown: &CancellationToken) -> Option<E
     }
 }
 
-async fn prune_deliveries(journal: Journal, retention: Duration, shutdown: CancellationToken) {
+/// How long the journal keeps what it prunes.
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    /// Deliveries (and the comments and unsent answers that go with them).
+    deliveries: Duration,
+    /// Finished and reported tasks, from their end.
+    tasks: Duration,
+}
+
+/// Prunes the journal at start and then every `PRUNE_EVERY`: deliveries
+/// past their retention, and finished, reported tasks past theirs.
+async fn prune_journal(journal: Journal, retention: Retention, shutdown: CancellationToken) {
     loop {
-        let cutoff = now_unix().saturating_sub(retention.as_secs());
-        match journal.prune(cutoff).await {
-            Ok(0) => {}
-            Ok(pruned) => info!(pruned, "old deliveries pruned from the journal"),
+        let now = now_unix();
+        let cutoffs = Cutoffs {
+            deliveries: now.saturating_sub(retention.deliveries.as_secs()),
+            tasks: now.saturating_sub(retention.tasks.as_secs()),
+        };
+        match journal.prune(cutoffs).await {
+            Ok(pruned) if pruned.is_empty() => {}
+            Ok(pruned) => info!(
+                deliveries = pruned.deliveries,
+                tasks = pruned.tasks,
+                notices = pruned.notices,
+                "old records pruned from the journal"
+            ),
             Err(err) => warn!(error = %err, "pruning the journal failed"),
         }
         tokio::select! {

@@ -81,6 +81,8 @@ pub const BERTH_DELIVERY_RETENTION: &str = "BERTH_DELIVERY_RETENTION";
 pub const BERTH_LOG_KEEP: &str = "BERTH_LOG_KEEP";
 /// How long kept worker logs stay before they are pruned.
 pub const BERTH_LOG_RETENTION: &str = "BERTH_LOG_RETENTION";
+/// How long a finished and reported task stays in the journal.
+pub const BERTH_TASK_RETENTION: &str = "BERTH_TASK_RETENTION";
 /// How often a running task's check run shows its latest log lines.
 pub const BERTH_PROGRESS_INTERVAL: &str = "BERTH_PROGRESS_INTERVAL";
 /// Bearer token for `/api/*` and the dashboard.

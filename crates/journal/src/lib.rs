@@ -78,6 +78,10 @@ const NOTICES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("noti
 /// How many writes one commit may carry at most.
 const MAX_GROUP: usize = 512;
 
+/// Records one step of [`Journal::prune`] looks at, at most: a step is one
+/// write transaction, and the writer applies nothing else while it runs.
+const PRUNE_STEP: usize = 1024;
+
 /// Where `meta` keeps the last intake record folded into redb.
 const FOLDED_KEY: &str = "folded";
 
@@ -140,6 +144,60 @@ pub struct Notice {
     pub refusal: Refusal,
     /// When the delivery that asked was received.
     pub received_unix: u64,
+}
+
+/// What [`Journal::prune`] forgets: records from before these times
+/// (seconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// Deliveries, the comments that made tasks, and answers to refused
+    /// commands never posted, received before this.
+    pub deliveries: u64,
+    /// Tasks that finished before this and whose report reached GitHub.
+    /// Not meant to be later than `deliveries`: a task takes the record of
+    /// the comment that made it along, and with it that comment's dedupe
+    /// under a new delivery id.
+    pub tasks: u64,
+}
+
+/// What [`Journal::prune`] forgot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Deliveries.
+    pub deliveries: usize,
+    /// Finished and reported tasks.
+    pub tasks: usize,
+    /// Answers to refused commands that GitHub never took, given up.
+    pub notices: usize,
+}
+
+impl Pruned {
+    /// Whether nothing was forgotten.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn add(&mut self, step: Pruned) {
+        self.deliveries += step.deliveries;
+        self.tasks += step.tasks;
+        self.notices += step.notices;
+    }
+}
+
+/// Where the next step of a prune starts: a table, and the first key in
+/// it not looked at yet. Tables are taken in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PruneAt {
+    Tasks(String),
+    Deliveries(String),
+    Comments(u64),
+    Notices(u64),
+    Done,
+}
+
+impl PruneAt {
+    /// Where a prune starts.
+    const START: PruneAt = PruneAt::Tasks(String::new());
 }
 
 /// How a delivery was taken.
@@ -373,8 +431,10 @@ enum WriteOp {
         reply: oneshot::Sender<Result<Finished, JournalError>>,
     },
     Prune {
-        older_than_unix: u64,
-        reply: oneshot::Sender<Result<usize, JournalError>>,
+        cutoffs: Cutoffs,
+        at: PruneAt,
+        limit: usize,
+        reply: oneshot::Sender<Result<(Pruned, PruneAt), JournalError>>,
     },
     Adopt {
         record: Box<TaskRecord>,
@@ -831,13 +891,34 @@ impl Journal {
         .await
     }
 
-    /// Forgets deliveries (and the comments that made tasks) received before
-    /// `older_than_unix`; returns how many deliveries. Tasks are kept.
+    /// Forgets what is past its retention ([`Cutoffs`]): old deliveries,
+    /// the comments that made tasks and unsent answers with them, and old
+    /// tasks that are finished and reported, with every index naming them.
+    /// A task not finished, or whose report has not reached GitHub, is kept
+    /// however old. Done in steps of one transaction each, none looking at
+    /// more than [`PRUNE_STEP`] records, so the writer takes other writes
+    /// between them.
     ///
     /// # Errors
-    /// Storage failures.
-    pub async fn prune(&self, older_than_unix: u64) -> Result<usize, JournalError> {
-        self.write(|reply| WriteOp::Prune { older_than_unix, reply }).await
+    /// Storage failures or a damaged record; the steps before it stand.
+    pub async fn prune(&self, cutoffs: Cutoffs) -> Result<Pruned, JournalError> {
+        self.prune_in_steps_of(PRUNE_STEP, cutoffs).await
+    }
+
+    /// [`Journal::prune`] in steps of at most `limit` records looked at.
+    async fn prune_in_steps_of(&self, limit: usize, cutoffs: Cutoffs) -> Result<Pruned, JournalError> {
+        // A step that may look at nothing would never move on.
+        let limit = limit.max(1);
+        let mut total = Pruned::default();
+        let mut at = PruneAt::START;
+        loop {
+            let (pruned, next) = self.write(|reply| WriteOp::Prune { cutoffs, at, limit, reply }).await?;
+            total.add(pruned);
+            if next == PruneAt::Done {
+                return Ok(total);
+            }
+            at = next;
+        }
     }
 
     /// Records a task found only on a container's labels (the journal never
@@ -1317,7 +1398,7 @@ enum Reply {
     Accept(oneshot::Sender<Result<Accepted, JournalError>>, Accepted),
     UpdateTask(oneshot::Sender<Result<Option<TaskRecord>, JournalError>>, Option<TaskRecord>),
     FinishTask(oneshot::Sender<Result<Finished, JournalError>>, Finished),
-    Prune(oneshot::Sender<Result<usize, JournalError>>, usize),
+    Prune(oneshot::Sender<Result<(Pruned, PruneAt), JournalError>>, (Pruned, PruneAt)),
     Adopt(oneshot::Sender<Result<TaskRecord, JournalError>>, TaskRecord),
     MarkRedelivery(oneshot::Sender<Result<bool, JournalError>>, bool),
     NoticeSent(oneshot::Sender<Result<bool, JournalError>>, bool),
@@ -1353,8 +1434,8 @@ fn apply_batch(
                 WriteOp::FinishTask { task_id, outcome, reply } => {
                     Reply::FinishTask(reply, finish_in(&txn, &task_id, *outcome)?)
                 }
-                WriteOp::Prune { older_than_unix, reply } => {
-                    Reply::Prune(reply, prune_in(&txn, older_than_unix)?)
+                WriteOp::Prune { cutoffs, at, limit, reply } => {
+                    Reply::Prune(reply, prune_in(&txn, cutoffs, at, limit)?)
                 }
                 WriteOp::Adopt { record, reply } => Reply::Adopt(reply, adopt_in(&txn, *record)?),
                 WriteOp::MarkRedelivery { guid, reply } => {
@@ -2033,45 +2114,203 @@ fn adopt_in(txn: &WriteTransaction, mut record: TaskRecord) -> Result<TaskRecord
     Ok(record)
 }
 
-fn prune_in(txn: &WriteTransaction, older_than_unix: u64) -> Result<usize, JournalError> {
-    let mut deliveries = txn.open_table(DELIVERIES).map_err(storage_of("write"))?;
+/// One step of [`Journal::prune`]: looks at no more than `limit` records
+/// of one table, from `at`, removes those past their cutoff, and says
+/// where the next step starts.
+fn prune_in(
+    txn: &WriteTransaction,
+    cutoffs: Cutoffs,
+    at: PruneAt,
+    limit: usize,
+) -> Result<(Pruned, PruneAt), JournalError> {
+    let mut pruned = Pruned::default();
+    let next = match at {
+        PruneAt::Tasks(from) => {
+            let (count, next) = prune_tasks_in(txn, cutoffs.tasks, &from, limit)?;
+            pruned.tasks = count;
+            next.map_or(PruneAt::Deliveries(String::new()), PruneAt::Tasks)
+        }
+        PruneAt::Deliveries(from) => {
+            let mut deliveries = txn.open_table(DELIVERIES).map_err(storage_of("write"))?;
+            let swept = prune_text_keyed(&mut deliveries, &from, limit, |key, value| {
+                let record: DeliveryRecord = decode(key, value)?;
+                Ok((record.received_unix < cutoffs.deliveries).then_some(()))
+            })?;
+            pruned.deliveries = swept.removed.len();
+            swept.next.map_or(PruneAt::Comments(0), PruneAt::Deliveries)
+        }
+        PruneAt::Comments(from) => {
+            let mut comments = txn.open_table(COMMENTS).map_err(storage_of("write"))?;
+            let (_, next) = prune_number_keyed(&mut comments, from, limit, |key, value| {
+                let record: CommentRecord = decode(&format!("comment {key}"), value)?;
+                Ok(record.received_unix < cutoffs.deliveries)
+            })?;
+            next.map_or(PruneAt::Notices(0), PruneAt::Comments)
+        }
+        PruneAt::Notices(from) => {
+            // An answer GitHub would not take for the whole retention is given up.
+            let mut notices = txn.open_table(NOTICES).map_err(storage_of("write"))?;
+            let (count, next) = prune_number_keyed(&mut notices, from, limit, |key, value| {
+                let notice: Notice = decode(&format!("notice {key}"), value)?;
+                Ok(notice.received_unix < cutoffs.deliveries)
+            })?;
+            pruned.notices = count;
+            next.map_or(PruneAt::Done, PruneAt::Notices)
+        }
+        PruneAt::Done => PruneAt::Done,
+    };
+    Ok((pruned, next))
+}
+
+/// The fields of a stored task that say whether it may be pruned, and which
+/// index entries may name it; serde skips the rest of the record.
+#[derive(Deserialize)]
+struct Retention {
+    state: RetainedState,
+    #[serde(default)]
+    reported: bool,
+    comment_id: Option<u64>,
+}
+
+/// [`domain::tasks::TaskState`] without the outcome's words.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RetainedState {
+    Queued,
+    Dispatched,
+    Finished { outcome: FinishedAt },
+}
+
+#[derive(Deserialize)]
+struct FinishedAt {
+    finished_unix: u64,
+}
+
+impl Retention {
+    /// Finished before `older_than_unix`, and reported: nothing is left to
+    /// do for it. Anything else is kept, so nothing accepted is lost.
+    fn expired(&self, older_than_unix: u64) -> bool {
+        let finished = match &self.state {
+            RetainedState::Finished { outcome } => outcome.finished_unix,
+            RetainedState::Queued | RetainedState::Dispatched => return false,
+        };
+        self.reported && finished < older_than_unix
+    }
+}
+
+/// Removes finished and reported tasks that ended before `older_than_unix`,
+/// among at most `limit` looked at from `from`, with the index
+/// entries that name them: the comment that made one, and (never expected,
+/// since a task leaves both when it ends or is reported) its unreported and
+/// active entries. Deliveries whose answer names a pruned task are left to
+/// their own retention: they keep a redelivery a duplicate.
+fn prune_tasks_in(
+    txn: &WriteTransaction,
+    older_than_unix: u64,
+    from: &str,
+    limit: usize,
+) -> Result<(usize, Option<String>), JournalError> {
+    let mut tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
+    let Swept { removed: old, next } = prune_text_keyed(&mut tasks, from, limit, |key, value| {
+        let task: Retention = decode(key, value)?;
+        Ok(task.expired(older_than_unix).then_some(task))
+    })?;
+    if old.is_empty() {
+        return Ok((0, next));
+    }
+    let mut unreported = txn.open_table(UNREPORTED).map_err(storage_of("write"))?;
+    let mut comments = txn.open_table(COMMENTS).map_err(storage_of("write"))?;
+    for (task_id, task) in &old {
+        unreported.remove(task_id.as_str()).map_err(storage_of("write"))?;
+        let Some(comment) = task.comment_id else { continue };
+        let made_it = match comments.get(comment).map_err(storage_of("write"))? {
+            Some(value) => {
+                let record: CommentRecord = decode(&format!("comment {comment}"), value.value())?;
+                record.task.as_str() == task_id.as_str()
+            }
+            None => false,
+        };
+        if made_it {
+            comments.remove(comment).map_err(storage_of("write"))?;
+        }
+    }
+    // An active entry left naming a pruned task would hold its dedupe key
+    // for ever, out of sight (readers skip ids with no record). The active
+    // set is small (queued and running tasks), so all of it is looked at.
+    let gone: std::collections::HashSet<&str> = old.iter().map(|(task_id, _)| task_id.as_str()).collect();
+    let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
+    let mut stale = Vec::new();
+    for entry in active.iter().map_err(storage_of("write"))? {
+        let (key, task_id) = entry.map_err(storage_of("write"))?;
+        if gone.contains(task_id.value()) {
+            stale.push(key.value().to_owned());
+        }
+    }
+    for key in &stale {
+        warn!(key = %key, "an active entry named a finished task; removed with the task");
+        active.remove(key.as_str()).map_err(storage_of("write"))?;
+    }
+    Ok((old.len(), next))
+}
+
+/// What one step of a prune did in a table keyed by text.
+struct Swept<T> {
+    /// The keys removed, each with what `expired` said of its record.
+    removed: Vec<(String, T)>,
+    /// The key the next step starts from; `None` at the table's end.
+    next: Option<String>,
+}
+
+/// Looks at no more than `limit` records of a table keyed by text, from
+/// `from`, and removes each that `expired` returns something for.
+fn prune_text_keyed<T>(
+    table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    from: &str,
+    limit: usize,
+    mut expired: impl FnMut(&str, &[u8]) -> Result<Option<T>, JournalError>,
+) -> Result<Swept<T>, JournalError> {
     let mut old = Vec::new();
-    for entry in deliveries.iter().map_err(storage_of("write"))? {
+    let mut next = None;
+    for (looked_at, entry) in table.range(from..).map_err(storage_of("write"))?.enumerate() {
         let (key, value) = entry.map_err(storage_of("write"))?;
-        let record: DeliveryRecord = decode(key.value(), value.value())?;
-        if record.received_unix < older_than_unix {
-            old.push(key.value().to_owned());
+        if looked_at == limit {
+            next = Some(key.value().to_owned());
+            break;
+        }
+        if let Some(found) = expired(key.value(), value.value())? {
+            old.push((key.value().to_owned(), found));
+        }
+    }
+    for (key, _) in &old {
+        table.remove(key.as_str()).map_err(storage_of("write"))?;
+    }
+    Ok(Swept { removed: old, next })
+}
+
+/// [`prune_text_keyed`] for a table keyed by number (a comment id);
+/// returns how many it removed.
+fn prune_number_keyed(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    from: u64,
+    limit: usize,
+    mut expired: impl FnMut(u64, &[u8]) -> Result<bool, JournalError>,
+) -> Result<(usize, Option<u64>), JournalError> {
+    let mut old = Vec::new();
+    let mut next = None;
+    for (looked_at, entry) in table.range(from..).map_err(storage_of("write"))?.enumerate() {
+        let (key, value) = entry.map_err(storage_of("write"))?;
+        if looked_at == limit {
+            next = Some(key.value());
+            break;
+        }
+        if expired(key.value(), value.value())? {
+            old.push(key.value());
         }
     }
     for key in &old {
-        deliveries.remove(key.as_str()).map_err(storage_of("write"))?;
+        table.remove(*key).map_err(storage_of("write"))?;
     }
-    let mut comments = txn.open_table(COMMENTS).map_err(storage_of("write"))?;
-    let mut old_comments = Vec::new();
-    for entry in comments.iter().map_err(storage_of("write"))? {
-        let (key, value) = entry.map_err(storage_of("write"))?;
-        let record: CommentRecord = decode(&format!("comment {}", key.value()), value.value())?;
-        if record.received_unix < older_than_unix {
-            old_comments.push(key.value());
-        }
-    }
-    for comment in old_comments {
-        comments.remove(comment).map_err(storage_of("write"))?;
-    }
-    // An answer GitHub would not take for the whole retention is given up.
-    let mut notices = txn.open_table(NOTICES).map_err(storage_of("write"))?;
-    let mut old_notices = Vec::new();
-    for entry in notices.iter().map_err(storage_of("write"))? {
-        let (key, value) = entry.map_err(storage_of("write"))?;
-        let notice: Notice = decode(&format!("notice {}", key.value()), value.value())?;
-        if notice.received_unix < older_than_unix {
-            old_notices.push(key.value());
-        }
-    }
-    for comment in old_notices {
-        notices.remove(comment).map_err(storage_of("write"))?;
-    }
-    Ok(old.len())
+    Ok((old.len(), next))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 use core_types::TaskKind;
 
-use crate::{Accepted, Finished, Journal};
+use crate::{Accepted, Cutoffs, Finished, Journal, Pruned};
 use domain::request::{CancelCause, CancelRequest};
 use domain::request::{RetryRequest, RetryTarget, TaskRequest};
 use domain::tasks::{Conclusion, Outcome, PullRequestRef, TaskState};
@@ -30,6 +30,11 @@ fn review_by_comment(number: u64, comment_id: Option<u64>) -> Decision {
         comment_id,
         follow_up: false,
     })
+}
+
+/// Prunes deliveries (and what goes with them) only.
+fn deliveries_before(cutoff: u64) -> Cutoffs {
+    Cutoffs { deliveries: cutoff, tasks: 0 }
 }
 
 fn queued_task(accepted: &Accepted) -> core_types::TaskId {
@@ -130,10 +135,11 @@ async fn old_deliveries_are_pruned_and_tasks_kept() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
     let task = queued_task(&journal.accept("d-old", "issue_comment", review(1)).await.unwrap());
-    assert_eq!(journal.prune(0).await.unwrap(), 0);
-    assert_eq!(journal.prune(u64::MAX).await.unwrap(), 1);
+    assert_eq!(journal.prune(Cutoffs { deliveries: 0, tasks: 0 }).await.unwrap(), Pruned::default());
+    let pruned = journal.prune(Cutoffs { deliveries: u64::MAX, tasks: u64::MAX }).await.unwrap();
+    assert_eq!(pruned, Pruned { deliveries: 1, ..Pruned::default() });
     assert!(journal.delivery("d-old").unwrap().is_none());
-    assert!(journal.task(&task).unwrap().is_some());
+    assert!(journal.task(&task).unwrap().is_some(), "a queued task is kept however old");
 }
 
 #[tokio::test]
@@ -275,7 +281,7 @@ async fn a_comment_that_made_a_task_makes_no_second_one_under_a_new_delivery_id(
         .await
         .unwrap()
         .unwrap();
-    journal.prune(u64::MAX).await.unwrap();
+    journal.prune(deliveries_before(u64::MAX)).await.unwrap();
     let later = journal.accept("d-5", "issue_comment", review_by_comment(5, Some(77))).await.unwrap();
     assert!(matches!(later, Accepted::Queued { .. }), "{later:?}");
 }
@@ -561,7 +567,7 @@ async fn a_refusal_is_stored_with_its_delivery_once_per_comment_until_sent() {
     assert!(journal.pending_notices().unwrap().is_empty());
     // Pruned with the deliveries when never sent.
     journal.accept("r-3", "issue_comment", refusal(502, "x")).await.unwrap();
-    journal.prune(crate::now_unix() + 10).await.unwrap();
+    journal.prune(deliveries_before(crate::now_unix() + 10)).await.unwrap();
     assert!(journal.pending_notices().unwrap().is_empty());
 }
 
@@ -711,4 +717,190 @@ async fn a_cancel_sees_a_task_that_is_only_in_the_intake_log() {
         "{cancelled:?}"
     );
     assert!(journal.task(&task).unwrap().unwrap().cancel.is_some());
+}
+
+/// Ends `task` at `finished_unix` and, when `reported`, marks its report sent.
+async fn finish(journal: &Journal, task: &core_types::TaskId, finished_unix: u64, reported: bool) {
+    let outcome = Outcome::new(Conclusion::Success, "Review done", "", finished_unix);
+    assert!(matches!(journal.finish_task(task, outcome).await.unwrap(), Finished::Recorded(_)));
+    if reported {
+        journal.update_task(task, Box::new(|record| record.reported = true)).await.unwrap().unwrap();
+    }
+}
+
+/// The ids of `records`, in their order.
+fn ids(records: &[domain::tasks::TaskRecord]) -> Vec<&core_types::TaskId> {
+    records.iter().map(|record| &record.task_id).collect()
+}
+
+#[tokio::test]
+async fn finished_and_reported_tasks_past_the_cutoff_are_pruned_and_every_other_task_kept() {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let accept = |delivery: &'static str, number, comment| {
+        let journal = journal.clone();
+        async move {
+            queued_task(
+                &journal
+                    .accept(delivery, "issue_comment", review_by_comment(number, Some(comment)))
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let old_done = accept("d-old-done", 1, 901).await;
+    let old_unreported = accept("d-old-unreported", 2, 902).await;
+    let recent_done = accept("d-recent-done", 3, 903).await;
+    let queued = accept("d-queued", 4, 904).await;
+    let dispatched = accept("d-dispatched", 5, 905).await;
+    finish(&journal, &old_done, 1_000, true).await;
+    finish(&journal, &old_unreported, 1_000, false).await;
+    finish(&journal, &recent_done, 5_000, true).await;
+    journal.update_task(&dispatched, Box::new(|task| task.state = TaskState::Dispatched)).await.unwrap();
+    // Entries that should never name a finished and reported task (it left
+    // them when it ended and when it was reported): pruned with it all the same.
+    {
+        let db = journal.db().unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(crate::ACTIVE).unwrap().insert("stale-key", old_done.as_str()).unwrap();
+        txn.open_table(crate::UNREPORTED).unwrap().insert(old_done.as_str(), "").unwrap();
+        txn.commit().unwrap();
+    }
+
+    let pruned = journal.prune(Cutoffs { deliveries: 0, tasks: 2_000 }).await.unwrap();
+    assert_eq!(pruned, Pruned { tasks: 1, ..Pruned::default() });
+    assert_eq!(journal.task(&old_done).unwrap(), None);
+    assert_eq!(ids(&journal.tasks().unwrap()), [&old_unreported, &recent_done, &queued, &dispatched]);
+    assert_eq!(ids(&journal.active_tasks().unwrap()), [&queued, &dispatched]);
+    assert_eq!(ids(&journal.unreported_tasks().unwrap()), [&old_unreported]);
+    for kept in [&old_unreported, &recent_done, &queued, &dispatched] {
+        assert!(journal.task(kept).unwrap().is_some(), "{kept} is kept");
+    }
+    {
+        let db = journal.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let active = txn.open_table(crate::ACTIVE).unwrap();
+        assert!(active.get("stale-key").unwrap().is_none(), "no active entry names the pruned task");
+        assert_eq!(active.len().unwrap(), 2);
+        let unreported = txn.open_table(crate::UNREPORTED).unwrap();
+        assert!(unreported.get(old_done.as_str()).unwrap().is_none());
+        let comments = txn.open_table(crate::COMMENTS).unwrap();
+        assert!(comments.get(901).unwrap().is_none(), "the comment that made it goes with it");
+        assert_eq!(comments.len().unwrap(), 4, "the other tasks' comments stay");
+    }
+    // Its delivery stays for its own retention, and still answers a redelivery.
+    let again = journal.accept("d-old-done", "issue_comment", review_by_comment(1, Some(901))).await.unwrap();
+    assert!(matches!(again, Accepted::Duplicate { task: Some(ref t), .. } if *t == old_done), "{again:?}");
+
+    // Once reported, the old one goes too; the recent one stays until its time.
+    journal.update_task(&old_unreported, Box::new(|record| record.reported = true)).await.unwrap();
+    let pruned = journal.prune(Cutoffs { deliveries: 0, tasks: 2_000 }).await.unwrap();
+    assert_eq!(pruned.tasks, 1);
+    assert_eq!(ids(&journal.tasks().unwrap()), [&recent_done, &queued, &dispatched]);
+    assert!(journal.unreported_tasks().unwrap().is_empty());
+    let pruned = journal.prune(Cutoffs { deliveries: 0, tasks: u64::MAX }).await.unwrap();
+    assert_eq!(pruned.tasks, 1);
+    assert_eq!(ids(&journal.tasks().unwrap()), [&queued, &dispatched]);
+    assert_eq!(ids(&journal.active_tasks().unwrap()), [&queued, &dispatched]);
+}
+
+/// A review whose record is about as large as a real one (2.3 KB, most of
+/// it the pull request's body).
+fn bulky_review(number: u64) -> Decision {
+    match review(number) {
+        Decision::Queue(request) => {
+            Decision::Queue(TaskRequest { subject_body: "lorem ipsum ".repeat(150), ..request })
+        }
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn a_prune_in_steps_of_a_few_records_misses_none_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let mut expired = Vec::new();
+    let mut kept = Vec::new();
+    for number in 0..12 {
+        let task = queued_task(
+            &journal.accept(&format!("d-{number}"), "issue_comment", review(number)).await.unwrap(),
+        );
+        // Every third task is still queued; the others ended long ago and were reported.
+        if number % 3 == 0 {
+            kept.push(task);
+        } else {
+            finish(&journal, &task, 1_000, true).await;
+            expired.push(task);
+        }
+    }
+    for comment_id in [601, 602, 603] {
+        journal.accept(&format!("r-{comment_id}"), "issue_comment", refusal(comment_id, "no")).await.unwrap();
+    }
+    let now = crate::now_unix() + 10;
+    // Steps of two: each table takes several, and each step goes on where the last stopped.
+    let pruned = journal.prune_in_steps_of(2, Cutoffs { deliveries: now, tasks: now }).await.unwrap();
+    assert_eq!(pruned, Pruned { deliveries: 15, tasks: 8, notices: 3 });
+    assert_eq!(ids(&journal.tasks().unwrap()), kept.iter().collect::<Vec<_>>());
+    assert_eq!(ids(&journal.active_tasks().unwrap()), kept.iter().collect::<Vec<_>>());
+    for task in &expired {
+        assert_eq!(journal.task(task).unwrap(), None);
+    }
+    assert!(journal.pending_notices().unwrap().is_empty());
+    assert_eq!(
+        journal.prune_in_steps_of(2, Cutoffs { deliveries: now, tasks: now }).await.unwrap(),
+        Pruned::default()
+    );
+}
+
+#[tokio::test]
+#[expect(clippy::print_stderr, reason = "the file's size after each round is this test's report")]
+async fn the_journal_file_stops_growing_when_finished_tasks_are_pruned() {
+    const TASKS_PER_ROUND: u64 = 300;
+    const ROUNDS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let mut sizes = Vec::with_capacity(ROUNDS);
+    let mut written = 0;
+    for round in 0..ROUNDS {
+        let mut accepted = tokio::task::JoinSet::new();
+        for number in 0..TASKS_PER_ROUND {
+            let journal = journal.clone();
+            accepted.spawn(async move {
+                let delivery = format!("r{round}-d{number}");
+                queued_task(&journal.accept(&delivery, "issue_comment", bulky_review(number)).await.unwrap())
+            });
+        }
+        let tasks = accepted.join_all().await;
+        let record = journal.task(&tasks[0]).unwrap().unwrap();
+        written += serde_json::to_vec(&record).unwrap().len() * tasks.len();
+        let mut ended = tokio::task::JoinSet::new();
+        for task in tasks {
+            let journal = journal.clone();
+            ended.spawn(async move { finish(&journal, &task, crate::now_unix(), true).await });
+        }
+        ended.join_all().await;
+        // Time passes: everything of this round is past its retention.
+        let later = crate::now_unix() + 3_600;
+        let pruned = journal.prune(Cutoffs { deliveries: later, tasks: later }).await.unwrap();
+        let expected = TASKS_PER_ROUND as usize;
+        assert_eq!((pruned.tasks, pruned.deliveries), (expected, expected), "round {round}");
+        assert!(journal.tasks().unwrap().is_empty(), "round {round}");
+        sizes.push(std::fs::metadata(journal.path()).unwrap().len());
+    }
+    eprintln!(
+        "journal.redb after each round of {TASKS_PER_ROUND} tasks: {sizes:?}; task records written: {written}"
+    );
+    // redb reuses the pages a prune frees, and trims free pages off the
+    // file's end at a commit, so the size after a round goes up and down
+    // with where the round's pages fell; it grows in steps of up to double.
+    // Bounded: no round after the third takes it a step past the largest
+    // of the first three, and it never held what went through it.
+    let largest_early = sizes[..3].iter().copied().max().unwrap();
+    let largest = sizes.iter().copied().max().unwrap();
+    assert!(largest <= 2 * largest_early, "the file kept growing: {sizes:?}");
+    assert!(
+        largest < written as u64,
+        "{written} bytes of task records went through a file of at most {largest}"
+    );
 }

@@ -61,6 +61,9 @@ fn each_bad_setting_is_named() {
         (&["--log-keep=5tb"], "BERTH_LOG_KEEP"),
         (&["--log-retention=soon"], "BERTH_LOG_RETENTION"),
         (&["--log-retention=0"], "BERTH_LOG_RETENTION"),
+        (&["--task-retention=soon"], "BERTH_TASK_RETENTION"),
+        (&["--task-retention=30w"], "BERTH_TASK_RETENTION"),
+        (&["--task-retention=0"], "BERTH_TASK_RETENTION"),
         (&["--worker-network=host"], "BERTH_WORKER_NETWORK"),
         (&["--clone-cache=maybe"], "BERTH_CLONE_CACHE"),
         (&["--clone-cache-size=lots"], "BERTH_CLONE_CACHE_SIZE"),
@@ -83,6 +86,28 @@ fn kept_logs_default_to_5_mib_for_14_days_and_0_keeps_none() {
     let config = serve_args(&["--log-keep=0", "--log-retention=2h"]).validate().unwrap();
     assert_eq!((config.log_keep_bytes, config.log_retention), (0, Duration::from_secs(7200)));
     assert_eq!(serve_args(&["--log-keep=64k"]).validate().unwrap().log_keep_bytes, 64 << 10);
+}
+
+#[test]
+fn tasks_are_kept_30_days_and_never_for_less_than_logs_or_deliveries() {
+    let config = serve_args(&[]).validate().unwrap();
+    assert_eq!(config.task_retention, Duration::from_secs(30 * 86_400));
+    let config = serve_args(&["--task-retention=14d"]).validate().unwrap();
+    assert_eq!(config.task_retention, config.log_retention, "as long as the kept logs is enough");
+    let config = serve_args(&["--task-retention=4d", "--log-retention=2h"]).validate().unwrap();
+    assert_eq!(config.task_retention, Duration::from_secs(4 * 86_400));
+
+    let err = serve_args(&["--task-retention=7d"]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_TASK_RETENTION", "{err}");
+    let line = err.to_string();
+    assert!(!line.contains('\n') && line.contains("shorter than BERTH_LOG_RETENTION (14d)"), "{line}");
+    let err = serve_args(&["--task-retention=90d", "--log-retention=91d"]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_TASK_RETENTION", "{err}");
+
+    let err = serve_args(&["--task-retention=2d", "--log-retention=1d"]).validate().unwrap_err();
+    assert_eq!(err.setting, "BERTH_TASK_RETENTION", "{err}");
+    let line = err.to_string();
+    assert!(!line.contains('\n') && line.contains("shorter than BERTH_DELIVERY_RETENTION (72h)"), "{line}");
 }
 
 #[test]
