@@ -7,12 +7,6 @@ use api::config::{Cli, Command};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc rather than glibc's malloc: the webhook path allocates and frees
-/// across threads (a body read on one worker, a record freed on the journal's
-/// thread), where glibc spent a sixth of the daemon's time (ADR 24).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args =
