@@ -796,27 +796,31 @@ impl ServeArgs {
         }
         let task_retention = parse_duration(&self.task_retention)
             .map_err(|reason| invalid(names::BERTH_TASK_RETENTION, reason))?;
-        if task_retention < log_retention {
-            return Err(invalid(
-                names::BERTH_TASK_RETENTION,
-                format!(
-                    "{} is shorter than {} ({}): a kept log would outlive its task, out of reach of the task's page",
-                    self.task_retention.trim(),
-                    names::BERTH_LOG_RETENTION,
-                    self.log_retention.trim()
-                ),
-            ));
-        }
-        if task_retention < delivery_retention {
-            return Err(invalid(
-                names::BERTH_TASK_RETENTION,
-                format!(
-                    "{} is shorter than {} ({}): a task's comment is forgotten with the task, and the same comment sent again under a new delivery id would make it again",
-                    self.task_retention.trim(),
-                    names::BERTH_DELIVERY_RETENTION,
-                    self.delivery_retention.trim()
-                ),
-            ));
+        let outlived = [
+            (
+                log_retention,
+                names::BERTH_LOG_RETENTION,
+                &self.log_retention,
+                "a kept log would outlive its task, out of reach of the task's page",
+            ),
+            (
+                delivery_retention,
+                names::BERTH_DELIVERY_RETENTION,
+                &self.delivery_retention,
+                "a task's comment is forgotten with the task, and the same comment sent again under a new delivery id would make it again",
+            ),
+        ];
+        for (other, name, value, why) in outlived {
+            if task_retention < other {
+                return Err(invalid(
+                    names::BERTH_TASK_RETENTION,
+                    format!(
+                        "{} is shorter than {name} ({}): {why}",
+                        self.task_retention.trim(),
+                        value.trim()
+                    ),
+                ));
+            }
         }
         let progress_interval = parse_duration(&self.progress_interval)
             .map_err(|reason| invalid(names::BERTH_PROGRESS_INTERVAL, reason))?;
