@@ -313,6 +313,16 @@ impl IntakeLog {
     /// check, in order. Segments with no whole record are deleted, since
     /// nothing in them was ever answered.
     pub(crate) fn replay(dir: &Path) -> std::io::Result<Replayed> {
+        Self::read(dir, true)
+    }
+
+    /// Every record in the log's segments, in order, deleting nothing:
+    /// what a reopened database may have lost of folds that were not synced.
+    pub(crate) fn records(dir: &Path) -> std::io::Result<Vec<IntakeRecord>> {
+        Ok(Self::read(dir, false)?.records)
+    }
+
+    fn read(dir: &Path, at_start: bool) -> std::io::Result<Replayed> {
         if !dir.exists() {
             std::fs::create_dir_all(dir)?;
             if let Some(parent) = dir.parent() {
@@ -341,7 +351,8 @@ impl IntakeLog {
                     replayed.segments.push(Closed { path, last_lsn: last.lsn });
                     replayed.records.extend(records);
                 }
-                None => std::fs::remove_file(&path)?,
+                None if at_start => std::fs::remove_file(&path)?,
+                None => {}
             }
         }
         Ok(replayed)

@@ -1347,10 +1347,32 @@ impl Writer {
                 other => break other?,
             }
         };
+        // Folds that were not synced went with the old handle, and their
+        // records left `Pending`: the log still holds every one of them.
+        let folded = {
+            let txn = db.begin_read().map_err(storage_of("read"))?;
+            let meta = txn.open_table(META).map_err(storage_of("read"))?;
+            meta.get(FOLDED_KEY).map_err(storage_of("read"))?.map_or(0, |value| value.value())
+        };
+        let dir = self.shared.path.with_file_name(intake::DIR_NAME);
+        let records = IntakeLog::records(&dir)
+            .map_err(|source| JournalError::IntakeRead { path: dir.clone(), source })?;
+        let restored = {
+            let mut pending = self.shared.pending_mut();
+            let before = pending.len();
+            for record in records.into_iter().filter(|record| record.lsn > folded) {
+                pending.insert(Arc::new(record));
+            }
+            pending.len() - before
+        };
         let db = Arc::new(db);
         *self.shared.db.write().expect("journal database lock is never poisoned") = Some(Arc::clone(&db));
         self.db = Some(Arc::clone(&db));
-        info!(path = %self.shared.path.display(), "journal opened again after a storage error");
+        info!(
+            path = %self.shared.path.display(),
+            restored,
+            "journal opened again after a storage error; records of folds it had not synced are read back from the intake log"
+        );
         Ok(db)
     }
 
