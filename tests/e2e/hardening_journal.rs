@@ -315,8 +315,7 @@ async fn a_full_disk_fails_journal_writes_with_the_os_error_and_they_recover_by_
     assert!(matches!(again, Accepted::Queued { .. }), "{again:?}");
     assert!(journal.delivery("before").unwrap().is_some(), "what was committed before is kept");
     // Every delivery answered before the disk filled is still known after
-    // the journal opened itself again, also one whose fold was not synced
-    // when the old handle went (ADR 24: it is read back from the intake log).
+    // the journal recovered.
     for k in 2..n {
         assert!(
             journal.delivery(&format!("full-{k}")).unwrap().is_some(),
