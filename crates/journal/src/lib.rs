@@ -2184,40 +2184,10 @@ fn prune_in(
     Ok((pruned, next))
 }
 
-/// The fields of a stored task that say whether it may be pruned, and which
-/// index entries may name it; serde skips the rest of the record.
-#[derive(Deserialize)]
-struct Retention {
-    state: RetainedState,
-    #[serde(default)]
-    reported: bool,
-    comment_id: Option<u64>,
-}
-
-/// [`domain::tasks::TaskState`] without the outcome's words.
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum RetainedState {
-    Queued,
-    Dispatched,
-    Finished { outcome: FinishedAt },
-}
-
-#[derive(Deserialize)]
-struct FinishedAt {
-    finished_unix: u64,
-}
-
-impl Retention {
-    /// Finished before `older_than_unix`, and reported: nothing is left to
-    /// do for it. Anything else is kept, so nothing accepted is lost.
-    fn expired(&self, older_than_unix: u64) -> bool {
-        let finished = match &self.state {
-            RetainedState::Finished { outcome } => outcome.finished_unix,
-            RetainedState::Queued | RetainedState::Dispatched => return false,
-        };
-        self.reported && finished < older_than_unix
-    }
+/// Finished before `older_than_unix`, and reported: nothing is left to do
+/// for it. Anything else is kept, so nothing accepted is lost.
+fn expired(task: &TaskRecord, older_than_unix: u64) -> bool {
+    task.reported && task.outcome().is_some_and(|outcome| outcome.finished_unix < older_than_unix)
 }
 
 /// Removes finished and reported tasks that ended before `older_than_unix`,
@@ -2234,17 +2204,17 @@ fn prune_tasks_in(
 ) -> Result<(usize, Option<String>), JournalError> {
     let mut tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
     let Swept { removed: old, next } = prune_text_keyed(&mut tasks, from, limit, |key, value| {
-        let task: Retention = decode(key, value)?;
-        Ok(task.expired(older_than_unix).then_some(task))
+        let task: TaskRecord = decode(key, value)?;
+        Ok(expired(&task, older_than_unix).then_some(task.comment_id))
     })?;
     if old.is_empty() {
         return Ok((0, next));
     }
     let mut unreported = txn.open_table(UNREPORTED).map_err(storage_of("write"))?;
     let mut comments = txn.open_table(COMMENTS).map_err(storage_of("write"))?;
-    for (task_id, task) in &old {
+    for (task_id, comment_id) in &old {
         unreported.remove(task_id.as_str()).map_err(storage_of("write"))?;
-        let Some(comment) = task.comment_id else { continue };
+        let Some(comment) = *comment_id else { continue };
         let made_it = match comments.get(comment).map_err(storage_of("write"))? {
             Some(value) => {
                 let record: CommentRecord = decode(&format!("comment {comment}"), value.value())?;
