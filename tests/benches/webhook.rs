@@ -406,6 +406,8 @@ struct Phase {
     tally: Tally,
     /// Bytes the server wrote to storage during the phase, when known.
     written: Option<u64>,
+    /// CPU seconds the server's threads spent in the phase, by role.
+    cpu: Option<BTreeMap<&'static str, f64>>,
 }
 
 impl Phase {
@@ -637,6 +639,58 @@ fn dir_bytes(dir: &std::path::Path) -> Option<u64> {
     Some(total)
 }
 
+/// Linux reports thread CPU time in USER_HZ ticks, which its ABI fixes at 100 a second.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU ticks (user + system) of each thread of a process, by thread name
+/// (`/proc/<pid>/task/*/stat`); `self` for this process.
+fn thread_ticks(pid: &str) -> BTreeMap<String, u64> {
+    let mut ticks = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return ticks };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // `tid (comm) state ...`: comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let (Some(user), Some(system)) = (fields.get(11), fields.get(12)) else { continue };
+        let (Ok(user), Ok(system)) = (user.parse::<u64>(), system.parse::<u64>()) else { continue };
+        *ticks.entry(name).or_default() += user + system;
+    }
+    ticks
+}
+
+/// What a thread does, by its name: Berth's (the daemon's runtime, the
+/// journal's writer and fold threads, the log writer) or the ceiling's.
+fn role(server: &str, thread: &str) -> Option<&'static str> {
+    match server {
+        "ceiling" => (thread == "ceiling").then_some("all"),
+        _ => Some(match thread {
+            "tokio-rt-worker" => "request handling",
+            "berth-journal" => "journal writer",
+            "berth-journal-f" => "journal fold",
+            "berth-log" => "log",
+            _ => "other",
+        }),
+    }
+}
+
+/// The CPU seconds between two [`thread_ticks`] readings, by [`role`].
+/// Threads that came and went between them are not counted.
+fn cpu_by_role(
+    server: &str,
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<&'static str, f64> {
+    let mut seconds = BTreeMap::new();
+    for (thread, ticks) in after {
+        let Some(role) = role(server, thread) else { continue };
+        let spent = ticks.saturating_sub(before.get(thread).copied().unwrap_or(0));
+        *seconds.entry(role).or_default() += spent as f64 / TICKS_PER_SECOND;
+    }
+    seconds
+}
+
 /// Bytes a process has caused to be written to storage (Linux `/proc/<pid>/io`).
 fn storage_writes(pid: Option<u32>) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{}/io", pid?)).ok()?;
@@ -672,6 +726,40 @@ fn summarize(phases: &[Phase], setup: &str) -> String {
             percentile(&sorted, 100.0),
             phase.tally.failures(),
             ratio_cell,
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "CPU per answered delivery, in µs: the server's threads' CPU time in the phase over its answers (steadier than throughput when the machine's speed wanders; the load generator's own CPU is not counted).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| server | phase | CPU per delivery (µs) | cores busy | Berth ÷ ceiling | by role (µs) |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---|");
+    let per_delivery = |phase: &Phase| {
+        let cpu: f64 = phase.cpu.as_ref()?.values().sum();
+        Some((cpu * 1e6 / phase.tally.latencies.len().max(1) as f64, cpu / phase.elapsed.as_secs_f64()))
+    };
+    for phase in phases {
+        let (Some(cpu), Some((micros, cores))) = (&phase.cpu, per_delivery(phase)) else { continue };
+        let answers = phase.tally.latencies.len().max(1) as f64;
+        let ceiling = phases
+            .iter()
+            .find(|other| other.server == "ceiling" && other.name == phase.name)
+            .and_then(&per_delivery);
+        let ratio = match ceiling {
+            Some((ceiling, _)) if phase.server == "berth" => format!("{:.1}", micros / ceiling),
+            _ => String::new(),
+        };
+        let roles: Vec<String> =
+            cpu.iter().map(|(role, seconds)| format!("{role} {:.1}", seconds * 1e6 / answers)).collect();
+        let roles = if phase.server == "ceiling" { String::new() } else { roles.join(", ") };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {micros:.1} | {cores:.2} | {ratio} | {roles} |",
+            phase.server, phase.name,
         );
     }
     let _ = writeln!(out);
@@ -733,19 +821,35 @@ impl Target {
         progress(&format!("{}: closed loop over {connections} connections", self.server));
         closed_loop(self.addr, &self.deliveries, connections, WARM_UP, self.expect).await;
         let written = storage_writes(self.pid);
+        let ticks = thread_ticks(&self.process());
         let (elapsed, tally) =
             closed_loop(self.addr, &self.deliveries, connections, duration, self.expect).await;
+        let cpu = Some(cpu_by_role(self.server, &ticks, &thread_ticks(&self.process())));
         let written = storage_writes(self.pid).zip(written).map(|(after, before)| after - before);
-        Phase { server: self.server, name: format!("closed, {connections} conns"), elapsed, tally, written }
+        Phase {
+            server: self.server,
+            name: format!("closed, {connections} conns"),
+            elapsed,
+            tally,
+            written,
+            cpu,
+        }
+    }
+
+    /// The process whose threads serve: the daemon's, or this one's for the ceiling.
+    fn process(&self) -> String {
+        self.pid.map_or_else(|| "self".to_owned(), |pid| pid.to_string())
     }
 
     async fn open(&self, connections: usize, rate: u64, duration: Duration) -> Phase {
         progress(&format!("{}: open loop at {rate}/s", self.server));
         let written = storage_writes(self.pid);
+        let ticks = thread_ticks(&self.process());
         let (elapsed, tally) =
             open_loop(self.addr, &self.deliveries, connections, rate, duration, self.expect).await;
+        let cpu = Some(cpu_by_role(self.server, &ticks, &thread_ticks(&self.process())));
         let written = storage_writes(self.pid).zip(written).map(|(after, before)| after - before);
-        Phase { server: self.server, name: format!("open, {rate}/s"), elapsed, tally, written }
+        Phase { server: self.server, name: format!("open, {rate}/s"), elapsed, tally, written, cpu }
     }
 }
 
