@@ -372,17 +372,22 @@ impl<'a> Event<'a> {
     /// # Errors
     /// The body is not JSON, or not of the shape of its event.
     pub fn parse(name: &str, body: &'a [u8]) -> Result<Self, PayloadError> {
+        // A payload is checked as UTF-8 once, as a whole, so the parser
+        // need not check each key and string it reads (the fields Berth
+        // models are a few, but the keys of every object it walks into are
+        // many). One that is not UTF-8 is parsed as bytes, for serde_json's
+        // own error, or its answer where only skipped strings are broken.
         let error = |source| PayloadError { event: name.to_owned(), source };
         Ok(match name {
             "ping" => {
                 serde_json::from_slice::<IgnoredAny>(body).map_err(error)?;
                 Event::Ping
             }
-            "issue_comment" => Event::IssueComment(serde_json::from_slice(body).map_err(error)?),
-            "issues" => Event::Issues(serde_json::from_slice(body).map_err(error)?),
-            "pull_request" => Event::PullRequest(serde_json::from_slice(body).map_err(error)?),
-            "check_run" => Event::CheckRun(serde_json::from_slice(body).map_err(error)?),
-            "check_suite" => Event::CheckSuite(serde_json::from_slice(body).map_err(error)?),
+            "issue_comment" => Event::IssueComment(from_json(body).map_err(error)?),
+            "issues" => Event::Issues(from_json(body).map_err(error)?),
+            "pull_request" => Event::PullRequest(from_json(body).map_err(error)?),
+            "check_run" => Event::CheckRun(from_json(body).map_err(error)?),
+            "check_suite" => Event::CheckSuite(from_json(body).map_err(error)?),
             "installation" | "installation_repositories" => {
                 let ActionOnly { action } = serde_json::from_slice(body).map_err(error)?;
                 Event::Installation { event: name.to_owned(), action }
@@ -393,5 +398,14 @@ impl<'a> Event<'a> {
                 Event::Other { event: other.to_owned() }
             }
         })
+    }
+}
+
+/// `body` as a `T` borrowing from it: parsed as text when it is UTF-8 (no
+/// string is checked twice), else as bytes.
+fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, serde_json::Error> {
+    match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
     }
 }

@@ -333,3 +333,44 @@ mod refusals_and_follow_ups {
         quiet(decide(&listed, &comment("/berth deploy", true, "OWNER")));
     }
 }
+
+mod payload_text {
+    use crate::events::Event;
+
+    const COMMENT: &str = r#"{"action":"created","comment":{"id":11,"body":"BODY","user":{"login":"octocat"}},"issue":{"number":7},"repository":{"full_name":"octo/repo","description":"DESCRIPTION"},"sender":{"login":"octocat"}}"#;
+
+    fn payload(body: &[u8], description: &[u8]) -> Vec<u8> {
+        let text = COMMENT.as_bytes();
+        let mut out = Vec::new();
+        let (before_body, rest) = text.split_at(text.windows(4).position(|w| w == b"BODY").unwrap());
+        let rest = &rest[4..];
+        let at = rest.windows(11).position(|w| w == b"DESCRIPTION").unwrap();
+        out.extend_from_slice(before_body);
+        out.extend_from_slice(body);
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(description);
+        out.extend_from_slice(&rest[at + 11..]);
+        out
+    }
+
+    #[test]
+    fn a_utf8_payload_is_read_as_text_borrowing_from_the_body() {
+        let body = payload("/berth review ✓".as_bytes(), b"plain");
+        let Event::IssueComment(event) = Event::parse("issue_comment", &body).unwrap() else { panic!() };
+        assert_eq!(event.comment.body.as_deref(), Some("/berth review ✓"));
+        assert!(matches!(event.comment.user.login, std::borrow::Cow::Borrowed("octocat")));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_where_read_and_passed_over_where_skipped() {
+        // In a field Berth reads: serde_json's own error, naming the event.
+        let body = payload(b"/berth review \xff", b"plain");
+        let err = Event::parse("issue_comment", &body).unwrap_err();
+        assert_eq!(err.event, "issue_comment");
+        assert!(err.source.to_string().contains("unicode"), "{}", err.source);
+        // In a field it skips: parsed, as it was before the payload was checked as text.
+        let body = payload(b"/berth review", b"caf\xe9");
+        let Event::IssueComment(event) = Event::parse("issue_comment", &body).unwrap() else { panic!() };
+        assert_eq!(event.comment.body.as_deref(), Some("/berth review"));
+    }
+}
