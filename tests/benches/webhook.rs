@@ -642,11 +642,12 @@ fn dir_bytes(dir: &std::path::Path) -> Option<u64> {
 /// Linux reports thread CPU time in USER_HZ ticks, which its ABI fixes at 100 a second.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// CPU ticks (user + system) of each thread of a process, by thread name
-/// (`/proc/<pid>/task/*/stat`); `self` for this process.
-fn thread_ticks(pid: &str) -> BTreeMap<String, u64> {
+/// CPU ticks (user + system) of the threads of a process, summed by thread
+/// name (`/proc/<pid>/task/*/stat`; `self` for this process); `None`
+/// where there is no such `/proc`.
+fn thread_ticks(pid: &str) -> Option<BTreeMap<String, u64>> {
     let mut ticks = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return ticks };
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     for task in tasks.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         // `tid (comm) state ...`: comm may hold spaces and parentheses.
@@ -657,7 +658,7 @@ fn thread_ticks(pid: &str) -> BTreeMap<String, u64> {
         let (Ok(user), Ok(system)) = (user.parse::<u64>(), system.parse::<u64>()) else { continue };
         *ticks.entry(name).or_default() += user + system;
     }
-    ticks
+    Some(ticks)
 }
 
 /// What a thread does, by its name: Berth's (the daemon's runtime, the
@@ -675,8 +676,9 @@ fn role(server: &str, thread: &str) -> Option<&'static str> {
     }
 }
 
-/// The CPU seconds between two [`thread_ticks`] readings, by [`role`].
-/// Threads that came and went between them are not counted.
+/// The CPU seconds between two [`thread_ticks`] readings, by [`role`]. A
+/// thread that started between them counts from its start; one that ended
+/// takes its time with it (the runtimes' threads live for the whole run).
 fn cpu_by_role(
     server: &str,
     before: &BTreeMap<String, u64>,
@@ -824,7 +826,7 @@ impl Target {
         let ticks = thread_ticks(&self.process());
         let (elapsed, tally) =
             closed_loop(self.addr, &self.deliveries, connections, duration, self.expect).await;
-        let cpu = Some(cpu_by_role(self.server, &ticks, &thread_ticks(&self.process())));
+        let cpu = self.cpu_since(ticks);
         let written = storage_writes(self.pid).zip(written).map(|(after, before)| after - before);
         Phase {
             server: self.server,
@@ -841,13 +843,18 @@ impl Target {
         self.pid.map_or_else(|| "self".to_owned(), |pid| pid.to_string())
     }
 
+    /// The server's CPU by role since `before` (a phase's start), when `/proc` tells.
+    fn cpu_since(&self, before: Option<BTreeMap<String, u64>>) -> Option<BTreeMap<&'static str, f64>> {
+        Some(cpu_by_role(self.server, &before?, &thread_ticks(&self.process())?))
+    }
+
     async fn open(&self, connections: usize, rate: u64, duration: Duration) -> Phase {
         progress(&format!("{}: open loop at {rate}/s", self.server));
         let written = storage_writes(self.pid);
         let ticks = thread_ticks(&self.process());
         let (elapsed, tally) =
             open_loop(self.addr, &self.deliveries, connections, rate, duration, self.expect).await;
-        let cpu = Some(cpu_by_role(self.server, &ticks, &thread_ticks(&self.process())));
+        let cpu = self.cpu_since(ticks);
         let written = storage_writes(self.pid).zip(written).map(|(after, before)| after - before);
         Phase { server: self.server, name: format!("open, {rate}/s"), elapsed, tally, written, cpu }
     }

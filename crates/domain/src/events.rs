@@ -372,11 +372,6 @@ impl<'a> Event<'a> {
     /// # Errors
     /// The body is not JSON, or not of the shape of its event.
     pub fn parse(name: &str, body: &'a [u8]) -> Result<Self, PayloadError> {
-        // A payload is checked as UTF-8 once, as a whole, so the parser
-        // need not check each key and string it reads (the fields Berth
-        // models are a few, but the keys of every object it walks into are
-        // many). One that is not UTF-8 is parsed as bytes, for serde_json's
-        // own error, or its answer where only skipped strings are broken.
         let error = |source| PayloadError { event: name.to_owned(), source };
         Ok(match name {
             "ping" => {
@@ -401,8 +396,12 @@ impl<'a> Event<'a> {
     }
 }
 
-/// `body` as a `T` borrowing from it: parsed as text when it is UTF-8 (no
-/// string is checked twice), else as bytes.
+/// `body` as a `T` borrowing from it. A body that is UTF-8 as a whole is
+/// parsed as text, so the parser need not check again each key and string
+/// it reads (Berth models a few fields, but walks the many keys of every
+/// object around them). One that is not is parsed as bytes: serde_json's
+/// own error where a string it reads is broken, its answer as before where
+/// only skipped strings are.
 fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, serde_json::Error> {
     match std::str::from_utf8(body) {
         Ok(text) => serde_json::from_str(text),
