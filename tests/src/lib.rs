@@ -329,6 +329,10 @@ impl Daemon {
         {
             command.env("DOCKER_HOST", host);
         }
+        // glibc's malloc settings, for measuring the daemon under other ones.
+        if let Ok(tunables) = std::env::var("GLIBC_TUNABLES") {
+            command.env("GLIBC_TUNABLES", tunables);
+        }
         if let Some(path) = log_file {
             let file = std::fs::File::create(path).expect("the log file is created");
             command.stderr(file);

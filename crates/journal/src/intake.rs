@@ -320,21 +320,61 @@ fn first_lsn_of(path: &Path) -> Option<u64> {
     path.file_stem()?.to_str()?.parse().ok()
 }
 
-/// A folded, full segment kept to be written over by the next new segment
-/// (not read at start: it is not a `.log`). Its blocks are allocated and
-/// written, so a batch written over them and synced changes no file
-/// metadata: the `fdatasync` flushes the batch's pages and nothing of the
-/// file system's journal, and does not wait behind the fold's sync of redb.
+/// Folded, full segments kept to be written over by the next new segments
+/// (not read at start: they are not `.log`s). Their blocks are allocated
+/// and written, so a batch written over them and synced changes no file
+/// metadata: the `fdatasync` flushes the batch's pages only. A batch that
+/// grows a new file makes the `fdatasync` write the inode as well, a second
+/// device write and wait on every batch.
+///
+/// Spares are named `spare.0` to `spare.{MAX_SPARES - 1}` (`spare` alone is
+/// an older daemon's, and taken first). Under a storm a synced fold retires
+/// every segment of the last few seconds at once, so the pool holds that
+/// many; [`trim_spares`] lets all but one go once the log is idle.
 pub(crate) const SPARE_NAME: &str = "spare";
 
-/// Keeps a folded segment as the spare when it is full (so every block of
-/// it is written), else deletes it.
+/// The most spares kept: 128 MiB, about what 5 s of a storm at 25 MB/s of
+/// records (the one synced fold's reach) fills.
+pub(crate) const MAX_SPARES: usize = 16;
+
+/// The names a spare may have, the older daemon's first.
+fn spare_names(dir: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    std::iter::once(dir.join(SPARE_NAME))
+        .chain((0..MAX_SPARES).map(move |slot| dir.join(format!("{SPARE_NAME}.{slot}"))))
+}
+
+/// Keeps a folded segment as a spare when it is full (so every block of
+/// it is written) and a slot is free, else deletes it.
 pub(crate) fn retire(segment: &Closed) -> std::io::Result<()> {
     let full = std::fs::metadata(&segment.path).is_ok_and(|meta| meta.len() >= SEGMENT_BYTES);
-    match segment.path.parent() {
-        Some(dir) if full => std::fs::rename(&segment.path, dir.join(SPARE_NAME)),
-        _ => std::fs::remove_file(&segment.path),
+    let free_slot = segment.path.parent().filter(|_| full).and_then(|dir| {
+        // Only the fold thread adds spares, so a free slot stays free until the rename.
+        spare_names(dir).skip(1).find(|name| !name.exists())
+    });
+    match free_slot {
+        Some(slot) => std::fs::rename(&segment.path, slot),
+        None => std::fs::remove_file(&segment.path),
     }
+}
+
+/// Deletes every spare in `dir` but one: the log is idle, and the next
+/// storm's first segments are new files again.
+pub(crate) fn trim_spares(dir: &Path) -> std::io::Result<()> {
+    let mut kept = false;
+    for name in spare_names(dir) {
+        if !name.exists() {
+            continue;
+        }
+        if kept {
+            match std::fs::remove_file(&name) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+                _ => {}
+            }
+        } else {
+            kept = true;
+        }
+    }
+    Ok(())
 }
 
 impl IntakeLog {
@@ -399,13 +439,23 @@ impl IntakeLog {
     pub(crate) fn append(&mut self, frames: &[u8], first_lsn: u64, last_lsn: u64) -> std::io::Result<()> {
         if self.current.is_none() {
             let path = self.dir.join(segment_name(first_lsn));
-            // The spare, written over from its start, or a new file.
-            let file = match std::fs::rename(self.dir.join(SPARE_NAME), &path) {
-                Ok(()) => OpenOptions::new().write(true).open(&path)?,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    OpenOptions::new().write(true).create_new(true).open(&path)?
+            // A spare, written over from its start, or a new file.
+            let mut reused = false;
+            for spare in spare_names(&self.dir) {
+                match std::fs::rename(&spare, &path) {
+                    Ok(()) => {
+                        reused = true;
+                        break;
+                    }
+                    // Not there, or let go by the fold thread's trim just now.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err),
                 }
-                Err(err) => return Err(err),
+            }
+            let file = if reused {
+                OpenOptions::new().write(true).open(&path)?
+            } else {
+                OpenOptions::new().write(true).create_new(true).open(&path)?
             };
             // The new file's name must be on disk before anything in it is answered.
             if let Err(err) = sync_dir(&self.dir) {
@@ -533,7 +583,7 @@ mod tests {
         // Folded: kept as the spare, not deleted.
         retire(&closed).unwrap();
         assert!(!closed.path.exists());
-        let spare = dir.path().join(SPARE_NAME);
+        let spare = dir.path().join(format!("{SPARE_NAME}.0"));
         assert!(std::fs::metadata(&spare).unwrap().len() >= SEGMENT_BYTES);
 
         // The segment after the ninth record's opens on the spare.
@@ -557,5 +607,34 @@ mod tests {
         let small = replayed.segments.iter().find(|segment| segment.last_lsn == 9).unwrap();
         retire(small).unwrap();
         assert!(!small.path.exists() && !spare.exists());
+    }
+
+    #[test]
+    fn full_folded_segments_are_kept_as_spares_up_to_the_pool_and_trimmed_to_one_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![0_u8; usize::try_from(SEGMENT_BYTES).unwrap()]).unwrap();
+            Closed { path, last_lsn: 1 }
+        };
+        for n in 0..MAX_SPARES + 2 {
+            let segment = full(&segment_name(n as u64 + 1));
+            retire(&segment).unwrap();
+            assert!(!segment.path.exists());
+        }
+        let spares = || spare_names(dir.path()).filter(|name| name.exists()).count();
+        assert_eq!(spares(), MAX_SPARES, "the two past the pool were deleted");
+        // The writer takes them one by one for its new segments.
+        let mut log = IntakeLog::new(dir.path());
+        let mut frames = Vec::new();
+        frame(&record(1), &mut frames);
+        log.append(&frames, 1, 1).unwrap();
+        assert_eq!(spares(), MAX_SPARES - 1);
+        let taken = dir.path().join(segment_name(1));
+        assert!(std::fs::metadata(&taken).unwrap().len() >= SEGMENT_BYTES, "written over, not a new file");
+        trim_spares(dir.path()).unwrap();
+        assert_eq!(spares(), 1, "idle: one spare is kept");
+        trim_spares(dir.path()).unwrap();
+        assert_eq!(spares(), 1);
     }
 }
