@@ -101,9 +101,20 @@ impl Pending {
 
     /// Forgets the records up to `lsn`, which redb now holds.
     pub(crate) fn remove_upto(&mut self, lsn: u64) {
-        let kept = self.records.split_off(&(lsn + 1));
-        let folded = std::mem::replace(&mut self.records, kept);
-        for record in folded.values() {
+        while self.remove_some_upto(lsn, usize::MAX) {}
+    }
+
+    /// Forgets at most `most` of the records up to `lsn`, oldest first;
+    /// whether any such record is left. Readers may look between two calls:
+    /// redb holds every record up to `lsn`, so one that is gone from here is
+    /// found there.
+    pub(crate) fn remove_some_upto(&mut self, lsn: u64, most: usize) -> bool {
+        for _ in 0..most {
+            let Some(entry) = self.records.first_entry() else { return false };
+            if *entry.key() > lsn {
+                return false;
+            }
+            let record = entry.remove();
             let ours = |entry: Option<&u64>| entry == Some(&record.lsn);
             if ours(self.deliveries.get(&record.delivery)) {
                 self.deliveries.remove(&record.delivery);
@@ -122,6 +133,7 @@ impl Pending {
                 }
             }
         }
+        self.records.first_key_value().is_some_and(|(first, _)| *first <= lsn)
     }
 
     /// How many records wait to be folded.
@@ -636,5 +648,24 @@ mod tests {
         assert_eq!(spares(), 1, "idle: one spare is kept");
         trim_spares(dir.path()).unwrap();
         assert_eq!(spares(), 1);
+    }
+
+    #[test]
+    fn folded_records_are_let_go_in_steps_oldest_first_and_later_ones_stay() {
+        let mut pending = Pending::default();
+        for lsn in 1..=5 {
+            pending.insert(Arc::new(record(lsn)));
+        }
+        assert!(pending.remove_some_upto(3, 2), "record 3 is still to go");
+        assert_eq!(pending.len(), 3);
+        assert!(pending.delivery_outcome("d-1").is_none() && pending.delivery_outcome("d-2").is_none());
+        assert!(pending.delivery_outcome("d-3").is_some());
+        assert!(!pending.remove_some_upto(3, 2), "nothing up to 3 is left");
+        assert_eq!(pending.len(), 2);
+        assert!(pending.delivery_outcome("d-3").is_none());
+        assert!(pending.delivery_outcome("d-4").is_some() && pending.delivery_outcome("d-5").is_some());
+        pending.remove_upto(5);
+        assert_eq!(pending.len(), 0);
+        assert!(!pending.remove_some_upto(5, 1));
     }
 }

@@ -96,6 +96,10 @@ const SYNC_FOLD_EVERY: Duration = Duration::from_secs(5);
 /// Records waiting that wake the fold thread before [`FOLD_EVERY`].
 const FOLD_AT: usize = 8192;
 
+/// How many folded records the fold thread lets go of from `Pending` per
+/// hold of its lock (the writer waits for the lock between batches).
+const RELEASE_STEP: usize = 256;
+
 /// How often a journal that cannot write tries again when no write comes.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -1919,7 +1923,10 @@ fn fold_once(shared: &Shared, sync_due: bool, unsynced: bool) -> Result<Fold, Jo
         }
         let upto = fold_in(&txn, &records)?;
         txn.commit().map_err(storage_of("commit"))?;
-        shared.pending_mut().remove_upto(upto);
+        // In steps, so the writer (which decides each batch against
+        // `Pending`) waits at most one step for the lock, not the whole
+        // second's records.
+        while shared.pending_mut().remove_some_upto(upto, RELEASE_STEP) {}
         debug!(upto, "journal fold: folded");
         if !sync_due {
             return Ok(Fold::NotSynced);
