@@ -408,6 +408,8 @@ struct Phase {
     written: Option<u64>,
     /// CPU seconds the server's threads spent in the phase, by role.
     cpu: Option<BTreeMap<&'static str, f64>>,
+    /// The load generator's CPU seconds, and the machine's busy cores, in the phase.
+    load: Spent,
 }
 
 impl Phase {
@@ -693,6 +695,61 @@ fn cpu_by_role(
     seconds
 }
 
+/// The machine's busy and total CPU ticks since boot (`/proc/stat`'s `cpu`
+/// line: busy is user, nice, system, irq, softirq and steal; total adds
+/// idle and iowait).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map_while(|field| field.parse().ok()).collect();
+    let field = |index: usize| fields.get(index).copied().unwrap_or(0);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+    Some((busy, busy + field(3) + field(4)))
+}
+
+/// A reading of what is spent besides the server: the load generator's CPU
+/// ticks (this process's threads other than the ceiling's) and the
+/// machine's ticks.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    generator: Option<u64>,
+    machine: Option<(u64, u64)>,
+}
+
+/// What was spent between two [`Load`] readings.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    /// The load generator's CPU seconds.
+    generator: Option<f64>,
+    /// How many of the machine's cores were busy, on average, and of how many.
+    machine: Option<(f64, f64)>,
+}
+
+impl Load {
+    fn now() -> Load {
+        let generator = thread_ticks("self").map(|ticks| {
+            ticks.iter().filter(|(name, _)| name.as_str() != "ceiling").map(|(_, ticks)| ticks).sum()
+        });
+        Load { generator, machine: machine_ticks() }
+    }
+
+    fn since(self, elapsed: Duration) -> Spent {
+        let after = Load::now();
+        let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
+        Spent {
+            generator: after
+                .generator
+                .zip(self.generator)
+                .map(|(after, before)| after.saturating_sub(before) as f64 / TICKS_PER_SECOND),
+            machine: after.machine.zip(self.machine).map(|((busy, total), (busy_before, total_before))| {
+                let busy = busy.saturating_sub(busy_before) as f64 / TICKS_PER_SECOND / seconds;
+                let cores = total.saturating_sub(total_before) as f64 / TICKS_PER_SECOND / seconds;
+                (busy, cores)
+            }),
+        }
+    }
+}
+
 /// Bytes a process has caused to be written to storage (Linux `/proc/<pid>/io`).
 fn storage_writes(pid: Option<u32>) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{}/io", pid?)).ok()?;
@@ -733,13 +790,13 @@ fn summarize(phases: &[Phase], setup: &str) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "CPU per answered delivery, in µs: the server's threads' CPU time in the phase over its answers (steadier than throughput when the machine's speed wanders; the load generator's own CPU is not counted).\n"
+        "CPU per answered delivery, in µs: the server's threads' CPU time in the phase over its answers (steadier than throughput when the machine's speed wanders). The load generator (this process's threads but the ceiling's) is shown on its own, and the machine's busy cores (`/proc/stat`) tell whether the phase was bound by the CPU.\n"
     );
     let _ = writeln!(
         out,
-        "| server | phase | CPU per delivery (µs) | cores busy | Berth ÷ ceiling | by role (µs) |"
+        "| server | phase | CPU per delivery (µs) | cores busy | Berth ÷ ceiling | by role (µs) | generator (µs) | machine busy (cores) |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---|---:|---:|");
     let per_delivery = |phase: &Phase| {
         let cpu: f64 = phase.cpu.as_ref()?.values().sum();
         Some((cpu * 1e6 / phase.tally.latencies.len().max(1) as f64, cpu / phase.elapsed.as_secs_f64()))
@@ -758,9 +815,15 @@ fn summarize(phases: &[Phase], setup: &str) -> String {
         let roles: Vec<String> =
             cpu.iter().map(|(role, seconds)| format!("{role} {:.1}", seconds * 1e6 / answers)).collect();
         let roles = if phase.server == "ceiling" { String::new() } else { roles.join(", ") };
+        let generator = phase
+            .load
+            .generator
+            .map_or_else(String::new, |seconds| format!("{:.1}", seconds * 1e6 / answers));
+        let machine =
+            phase.load.machine.map_or_else(String::new, |(busy, cores)| format!("{busy:.2} of {cores:.0}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {micros:.1} | {cores:.2} | {ratio} | {roles} |",
+            "| {} | {} | {micros:.1} | {cores:.2} | {ratio} | {roles} | {generator} | {machine} |",
             phase.server, phase.name,
         );
     }
@@ -824,8 +887,10 @@ impl Target {
         closed_loop(self.addr, &self.deliveries, connections, WARM_UP, self.expect).await;
         let written = storage_writes(self.pid);
         let ticks = thread_ticks(&self.process());
+        let load = Load::now();
         let (elapsed, tally) =
             closed_loop(self.addr, &self.deliveries, connections, duration, self.expect).await;
+        let load = load.since(elapsed);
         let cpu = self.cpu_since(ticks);
         let written = storage_writes(self.pid).zip(written).map(|(after, before)| after - before);
         Phase {
@@ -835,6 +900,7 @@ impl Target {
             tally,
             written,
             cpu,
+            load,
         }
     }
 
@@ -852,11 +918,13 @@ impl Target {
         progress(&format!("{}: open loop at {rate}/s", self.server));
         let written = storage_writes(self.pid);
         let ticks = thread_ticks(&self.process());
+        let load = Load::now();
         let (elapsed, tally) =
             open_loop(self.addr, &self.deliveries, connections, rate, duration, self.expect).await;
+        let load = load.since(elapsed);
         let cpu = self.cpu_since(ticks);
         let written = storage_writes(self.pid).zip(written).map(|(after, before)| after - before);
-        Phase { server: self.server, name: format!("open, {rate}/s"), elapsed, tally, written, cpu }
+        Phase { server: self.server, name: format!("open, {rate}/s"), elapsed, tally, written, cpu, load }
     }
 }
 
