@@ -342,7 +342,8 @@ fn first_lsn_of(path: &Path) -> Option<u64> {
 /// Spares are named `spare.0` to `spare.{MAX_SPARES - 1}` (`spare` alone is
 /// an older daemon's, and taken first). Under a storm a synced fold retires
 /// every segment of the last few seconds at once, so the pool holds that
-/// many; [`trim_spares`] lets all but one go once the log is idle.
+/// many; [`trim_spares`] lets all but one go once the log has been idle
+/// for a while (the fold thread's `SPARES_KEPT_IDLE`).
 pub(crate) const SPARE_NAME: &str = "spare";
 
 /// The most spares kept: 128 MiB, about what 5 s of a storm at 25 MB/s of
@@ -369,8 +370,8 @@ pub(crate) fn retire(segment: &Closed) -> std::io::Result<()> {
     }
 }
 
-/// Deletes every spare in `dir` but one: the log is idle, and the next
-/// storm's first segments are new files again.
+/// Deletes every spare in `dir` but one: the log has been idle, and the
+/// next storm's first segments are new files again.
 pub(crate) fn trim_spares(dir: &Path) -> std::io::Result<()> {
     let mut kept = false;
     for name in spare_names(dir) {

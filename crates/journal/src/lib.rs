@@ -93,6 +93,11 @@ const FOLD_EVERY: Duration = Duration::from_secs(1);
 /// synced fold lets the intake log's segments be deleted.
 const SYNC_FOLD_EVERY: Duration = Duration::from_secs(5);
 
+/// How long the intake log stays idle before its spare segments but one
+/// are deleted: storms come in waves, and a wave that starts on spares
+/// writes no inode on its batches' syncs.
+const SPARES_KEPT_IDLE: Duration = Duration::from_secs(60);
+
 /// Records waiting that wake the fold thread before [`FOLD_EVERY`].
 const FOLD_AT: usize = 8192;
 
@@ -1866,19 +1871,35 @@ fn fold_loop(shared: &Shared, woken: &mpsc::Receiver<()>) {
     let mut synced_at: Option<Instant> = None;
     // Whether a fold since the last synced one was not synced.
     let mut unsynced = false;
+    // Since when the log has been idle, and whether its spares were trimmed since.
+    let mut idle_since: Option<Instant> = None;
+    let mut trimmed = false;
     loop {
         match woken.recv_timeout(FOLD_EVERY) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let sync_due = synced_at.is_none_or(|at| at.elapsed() >= SYNC_FOLD_EVERY);
-        match fold_once(shared, sync_due, unsynced) {
+        let fold = fold_once(shared, sync_due, unsynced);
+        if matches!(fold, Ok(Fold::Idle)) {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if !trimmed && since.elapsed() >= SPARES_KEPT_IDLE {
+                trimmed = true;
+                if let Err(err) = intake::trim_spares(&shared.path.with_file_name(intake::DIR_NAME)) {
+                    warn!(error = %err, "the intake log's spare segments cannot be deleted");
+                }
+            }
+        } else {
+            idle_since = None;
+            trimmed = false;
+        }
+        match fold {
             Ok(Fold::Synced) => {
                 synced_at = Some(Instant::now());
                 unsynced = false;
             }
             Ok(Fold::NotSynced) => unsynced = true,
-            Ok(Fold::Nothing) => {}
+            Ok(Fold::Nothing | Fold::Idle) => {}
             // The records stay in the log and in memory; the next round, or
             // the writer's next redb transaction, folds them.
             Err(err) => warn!(error = %chain(&err), "journal fold failed; the intake log keeps its records"),
@@ -1895,6 +1916,8 @@ enum Fold {
     NotSynced,
     /// No commit.
     Nothing,
+    /// No commit, nothing waiting and no segment let go: the log is idle.
+    Idle,
 }
 
 /// One round: folds the waiting records, synced when `sync_due` (or when
@@ -1939,7 +1962,7 @@ fn fold_once(shared: &Shared, sync_due: bool, unsynced: bool) -> Result<Fold, Jo
         *closed = kept;
         done
     };
-    let idle = records.is_empty() && done.is_empty();
+    let idle = fold == Fold::Nothing && records.is_empty() && done.is_empty();
     for segment in done {
         if let Err(err) = intake::retire(&segment)
             && err.kind() != std::io::ErrorKind::NotFound
@@ -1947,10 +1970,7 @@ fn fold_once(shared: &Shared, sync_due: bool, unsynced: bool) -> Result<Fold, Jo
             warn!(segment = %segment.path.display(), error = %err, "a folded intake log segment cannot be deleted");
         }
     }
-    if idle && let Err(err) = intake::trim_spares(&shared.path.with_file_name(intake::DIR_NAME)) {
-        warn!(error = %err, "the intake log's spare segments cannot be deleted");
-    }
-    Ok(fold)
+    Ok(if idle { Fold::Idle } else { fold })
 }
 
 fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Result<Accepted, JournalError> {
