@@ -717,7 +717,7 @@ struct Load {
 }
 
 /// What was spent between two [`Load`] readings.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Spent {
     /// The load generator's CPU seconds.
     generator: Option<f64>,

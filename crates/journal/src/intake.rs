@@ -101,7 +101,7 @@ impl Pending {
 
     /// Forgets the records up to `lsn`, which redb now holds.
     pub(crate) fn remove_upto(&mut self, lsn: u64) {
-        while self.remove_some_upto(lsn, usize::MAX) {}
+        self.remove_some_upto(lsn, usize::MAX);
     }
 
     /// Forgets at most `most` of the records up to `lsn`, oldest first;

@@ -94,8 +94,9 @@ const FOLD_EVERY: Duration = Duration::from_secs(1);
 const SYNC_FOLD_EVERY: Duration = Duration::from_secs(5);
 
 /// How long the intake log stays idle before its spare segments but one
-/// are deleted: storms come in waves, and a wave that starts on spares
-/// writes no inode on its batches' syncs.
+/// are deleted (at once while the journal cannot write): storms come in
+/// waves, and a wave that starts on spares writes no inode on its batches'
+/// syncs.
 const SPARES_KEPT_IDLE: Duration = Duration::from_secs(60);
 
 /// Records waiting that wake the fold thread before [`FOLD_EVERY`].
@@ -1809,23 +1810,19 @@ fn fold_in(txn: &WriteTransaction, records: &[Arc<IntakeRecord>]) -> Result<u64,
     for task in &task_rows {
         seq = seq.max(task.seq);
     }
-    let mut value = Vec::new();
     {
         let mut deliveries = txn.open_table(DELIVERIES).map_err(storage_of("write"))?;
         for record in delivery_rows {
-            value.clear();
-            serde_json::to_writer(&mut value, &record.delivery_record())
-                .expect("journal records always serialize");
-            deliveries.insert(record.delivery.as_str(), value.as_slice()).map_err(storage_of("write"))?;
+            deliveries
+                .insert(record.delivery.as_str(), encode(&record.delivery_record()).as_slice())
+                .map_err(storage_of("write"))?;
         }
     }
     task_rows.sort_by(|a, b| a.task_id.as_str().cmp(b.task_id.as_str()));
     {
         let mut tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
         for task in &task_rows {
-            value.clear();
-            serde_json::to_writer(&mut value, task).expect("journal records always serialize");
-            tasks.insert(task.task_id.as_str(), value.as_slice()).map_err(storage_of("write"))?;
+            tasks.insert(task.task_id.as_str(), encode(task).as_slice()).map_err(storage_of("write"))?;
         }
     }
     task_rows.sort_by(|a, b| a.dedupe_key.cmp(&b.dedupe_key));
@@ -1842,9 +1839,7 @@ fn fold_in(txn: &WriteTransaction, records: &[Arc<IntakeRecord>]) -> Result<u64,
         for task in &task_rows {
             let Some(comment) = task.comment_id else { continue };
             let made = CommentRecord { task: task.task_id.clone(), received_unix: task.accepted_unix };
-            value.clear();
-            serde_json::to_writer(&mut value, &made).expect("journal records always serialize");
-            comments.insert(comment, value.as_slice()).map_err(storage_of("write"))?;
+            comments.insert(comment, encode(&made).as_slice()).map_err(storage_of("write"))?;
         }
     }
     for record in &fresh {
@@ -1883,7 +1878,10 @@ fn fold_loop(shared: &Shared, woken: &mpsc::Receiver<()>) {
         let fold = fold_once(shared, sync_due, unsynced);
         if matches!(fold, Ok(Fold::Idle)) {
             let since = *idle_since.get_or_insert_with(Instant::now);
-            if !trimmed && since.elapsed() >= SPARES_KEPT_IDLE {
+            // While the journal cannot write (a full disk, most likely), the
+            // spares' room is given back at once.
+            let failing = shared.failure.lock().expect("journal failure lock is never poisoned").is_some();
+            if !trimmed && (failing || since.elapsed() >= SPARES_KEPT_IDLE) {
                 trimmed = true;
                 if let Err(err) = intake::trim_spares(&shared.path.with_file_name(intake::DIR_NAME)) {
                     warn!(error = %err, "the intake log's spare segments cannot be deleted");
