@@ -72,6 +72,40 @@ fn task_ids_are_readable_valid_and_unique_per_delivery() {
     assert!(symbols.task_id("d").as_str().starts_with("review-1-"));
 }
 
+/// The task id as it was first written: ids already in journals and on
+/// container labels must not change when the code that makes them does.
+fn task_id_as_first_written(request: &TaskRequest, delivery: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{delivery}\n{}", request.dedupe_key()).as_bytes());
+    let suffix = hex::encode(&digest[..4]);
+    let name = request.repo.rsplit('/').next().unwrap_or(&request.repo);
+    let slug: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let slug = slug.trim_matches('-');
+    let tail = format!("-{}-{suffix}", request.number);
+    let head = request.kind.as_str();
+    let room = 63 - head.len() - tail.len() - 1;
+    let slug: String = slug.chars().take(room).collect();
+    let slug = slug.trim_end_matches('-');
+    if slug.is_empty() { format!("{head}{tail}") } else { format!("{head}-{slug}{tail}") }
+}
+
+proptest::proptest! {
+    #[test]
+    fn task_ids_stay_what_they_were(
+        repo in "[a-zA-Z0-9_.-]{1,12}/[a-zA-Z0-9_.é-]{0,80}",
+        number in proptest::prelude::any::<u64>(),
+        review in proptest::prelude::any::<bool>(),
+        head in proptest::option::of("[0-9a-f]{7,40}"),
+        delivery in "[a-zA-Z0-9-]{1,40}",
+    ) {
+        let kind = if review { TaskKind::Review } else { TaskKind::Implement };
+        let request = request(&repo, number, kind, head.as_deref());
+        let id = request.task_id(&delivery);
+        proptest::prop_assert_eq!(id.as_str(), task_id_as_first_written(&request, &delivery));
+    }
+}
+
 #[test]
 fn dedupe_keys_separate_kind_number_and_review_head() {
     assert_eq!(request("o/r", 1, TaskKind::Review, None).dedupe_key(), "o/r#1:review");
