@@ -58,36 +58,20 @@ impl TaskRequest {
     /// The task id for this request made by `delivery`: readable, unique per
     /// delivery, and at most 63 characters.
     pub fn task_id(&self, delivery: &str) -> TaskId {
-        self.task_id_keyed(delivery, &self.dedupe_key())
-    }
-
-    /// [`TaskRequest::task_id`], given this request's [`TaskRequest::dedupe_key`]
-    /// (the journal's writer makes both for every task it queues).
-    pub fn task_id_keyed(&self, delivery: &str, dedupe_key: &str) -> TaskId {
-        use std::fmt::Write as _;
-        let digest =
-            Sha256::new().chain_update(delivery).chain_update(b"\n").chain_update(dedupe_key).finalize();
+        let digest = Sha256::digest(format!("{delivery}\n{}", self.dedupe_key()).as_bytes());
+        let suffix = hex::encode(&digest[..4]);
         let name = self.repo.rsplit('/').next().unwrap_or(&self.repo);
-        // ASCII only, so a character is a byte below.
         let slug: String = name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
             .collect();
         let slug = slug.trim_matches('-');
-        let mut id = String::with_capacity(63);
-        id.push_str(self.kind.as_str());
-        let mut tail = String::with_capacity(32);
-        let _ = write!(tail, "-{}-", self.number);
-        for byte in &digest[..4] {
-            let _ = write!(tail, "{byte:02x}");
-        }
-        let room = 63 - id.len() - tail.len() - 1;
-        let slug = slug[..slug.len().min(room)].trim_end_matches('-');
-        if !slug.is_empty() {
-            id.push('-');
-            id.push_str(slug);
-        }
-        id.push_str(&tail);
+        let tail = format!("-{}-{suffix}", self.number);
+        let head = self.kind.as_str();
+        let room = 63 - head.len() - tail.len() - 1;
+        let slug: String = slug.chars().take(room).collect();
+        let slug = slug.trim_end_matches('-');
+        let id = if slug.is_empty() { format!("{head}{tail}") } else { format!("{head}-{slug}{tail}") };
         TaskId::new(id).expect("built only from [a-z0-9-] and within the length limit")
     }
 }

@@ -286,7 +286,7 @@ impl TaskRecord {
     pub fn queued(request: TaskRequest, delivery: &str, seq: u64, now_unix: u64) -> Self {
         let dedupe_key = request.dedupe_key();
         Self {
-            task_id: request.task_id_keyed(delivery, &dedupe_key),
+            task_id: request.task_id(delivery),
             seq,
             kind: request.kind,
             repo: request.repo,

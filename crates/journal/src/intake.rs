@@ -73,20 +73,15 @@ impl IntakeRecord {
     }
 }
 
-/// The indexes' hasher: foldhash, seeded per process. SipHash, the
-/// standard one, was a few per cent of the writer's and the fold's samples,
-/// for keys that only a signed delivery can choose.
-type Hasher = foldhash::fast::RandomState;
-
 /// Records on disk in the log and not yet folded into redb, with the
 /// indexes the append path decides on and the readers look through.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     records: BTreeMap<u64, Arc<IntakeRecord>>,
-    deliveries: HashMap<String, u64, Hasher>,
-    tasks: HashMap<String, (u64, usize), Hasher>,
-    comments: HashMap<u64, (u64, TaskId), Hasher>,
-    active: HashMap<String, (u64, TaskId), Hasher>,
+    deliveries: HashMap<String, u64>,
+    tasks: HashMap<String, (u64, usize)>,
+    comments: HashMap<u64, (u64, TaskId)>,
+    active: HashMap<String, (u64, TaskId)>,
 }
 
 impl Pending {
