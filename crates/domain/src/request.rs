@@ -6,6 +6,8 @@ use core_types::{TaskId, TaskKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::tasks::TaskRecord;
+
 /// A task to queue, as far as the delivery describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskRequest {
@@ -98,15 +100,15 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// The refusal of `request`'s command, when a comment asked (`None` for
-    /// labels, pushes and re-runs: nobody's command to answer).
-    pub fn of_request(request: &TaskRequest, reason: impl Into<String>) -> Option<Self> {
+    /// The refusal of the command that asked for `task`, when a comment
+    /// asked (`None` for labels, pushes and re-runs: nobody's command to answer).
+    pub fn of_task(task: &TaskRecord, reason: impl Into<String>) -> Option<Self> {
         Some(Self {
-            repo: request.repo.clone(),
-            number: request.number,
-            sender: request.sender.clone(),
-            installation: request.installation,
-            comment_id: request.comment_id?,
+            repo: task.repo.clone(),
+            number: task.number,
+            sender: task.sender.clone(),
+            installation: task.installation,
+            comment_id: task.comment_id?,
             reason: reason.into(),
         })
     }

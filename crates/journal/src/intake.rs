@@ -73,11 +73,50 @@ impl IntakeRecord {
     }
 }
 
+/// An intake record with its tasks as JSON, as redb's `tasks` table stores
+/// them: made once, when the record is framed (from what the caller's thread
+/// encoded) or read back, and copied from then on, so neither the writer nor
+/// the fold encodes a task.
+#[derive(Debug)]
+pub(crate) struct Logged {
+    record: IntakeRecord,
+    /// `record.tasks[i]` as JSON.
+    task_json: Vec<Vec<u8>>,
+}
+
+impl Logged {
+    /// A record whose tasks are encoded here (one read back from the log).
+    pub(crate) fn new(record: IntakeRecord) -> Self {
+        let task_json = record
+            .tasks
+            .iter()
+            .map(|task| serde_json::to_vec(task).expect("task records always serialize"))
+            .collect();
+        Self { record, task_json }
+    }
+
+    /// A record with its tasks' JSON already made: `task_json[i]` must be
+    /// `record.tasks[i]` as `serde_json` writes it.
+    pub(crate) fn encoded(record: IntakeRecord, task_json: Vec<Vec<u8>>) -> Self {
+        debug_assert_eq!(record.tasks.len(), task_json.len(), "one JSON per task");
+        Self { record, task_json }
+    }
+
+    pub(crate) fn record(&self) -> &IntakeRecord {
+        &self.record
+    }
+
+    /// Each task with its JSON.
+    pub(crate) fn tasks(&self) -> impl Iterator<Item = (&TaskRecord, &[u8])> {
+        self.record.tasks.iter().zip(self.task_json.iter().map(Vec::as_slice))
+    }
+}
+
 /// Records on disk in the log and not yet folded into redb, with the
 /// indexes the append path decides on and the readers look through.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
-    records: BTreeMap<u64, Arc<IntakeRecord>>,
+    records: BTreeMap<u64, Arc<Logged>>,
     deliveries: HashMap<String, u64>,
     tasks: HashMap<String, (u64, usize)>,
     comments: HashMap<u64, (u64, TaskId)>,
@@ -86,7 +125,8 @@ pub(crate) struct Pending {
 
 impl Pending {
     /// Adds a record that is on disk.
-    pub(crate) fn insert(&mut self, record: Arc<IntakeRecord>) {
+    pub(crate) fn insert(&mut self, logged: Arc<Logged>) {
+        let record = logged.record();
         let lsn = record.lsn;
         self.deliveries.insert(record.delivery.clone(), lsn);
         for (index, task) in record.tasks.iter().enumerate() {
@@ -96,7 +136,7 @@ impl Pending {
             }
             self.active.insert(task.dedupe_key.clone(), (lsn, task.task_id.clone()));
         }
-        self.records.insert(lsn, record);
+        self.records.insert(lsn, logged);
     }
 
     /// Forgets the records up to `lsn`, which redb now holds.
@@ -114,7 +154,8 @@ impl Pending {
             if *entry.key() > lsn {
                 return false;
             }
-            let record = entry.remove();
+            let logged = entry.remove();
+            let record = logged.record();
             let ours = |entry: Option<&u64>| entry == Some(&record.lsn);
             if ours(self.deliveries.get(&record.delivery)) {
                 self.deliveries.remove(&record.delivery);
@@ -142,20 +183,20 @@ impl Pending {
     }
 
     /// The records waiting, in log order.
-    pub(crate) fn snapshot(&self) -> Vec<Arc<IntakeRecord>> {
+    pub(crate) fn snapshot(&self) -> Vec<Arc<Logged>> {
         self.records.values().cloned().collect()
     }
 
     /// The answer a delivery in the log got.
     pub(crate) fn delivery_outcome(&self, delivery: &str) -> Option<&Accepted> {
         let lsn = self.deliveries.get(delivery)?;
-        self.records.get(lsn).map(|record| &record.outcome)
+        self.records.get(lsn).map(|logged| &logged.record.outcome)
     }
 
     /// A delivery in the log, as redb will hold it.
     pub(crate) fn delivery(&self, delivery: &str) -> Option<DeliveryRecord> {
         let lsn = self.deliveries.get(delivery)?;
-        self.records.get(lsn).map(|record| record.delivery_record())
+        self.records.get(lsn).map(|logged| logged.record.delivery_record())
     }
 
     /// The task a comment in the log made.
@@ -164,6 +205,7 @@ impl Pending {
     pub(crate) fn notices(&self) -> Vec<(domain::request::Refusal, u64)> {
         self.records
             .values()
+            .map(|logged| &logged.record)
             .flat_map(|record| record.notices.iter().map(|refusal| (refusal.clone(), record.received_unix)))
             .collect()
     }
@@ -180,12 +222,12 @@ impl Pending {
     /// A task in the log.
     pub(crate) fn task(&self, task_id: &str) -> Option<TaskRecord> {
         let (lsn, index) = self.tasks.get(task_id)?;
-        self.records.get(lsn).and_then(|record| record.tasks.get(*index)).cloned()
+        self.records.get(lsn).and_then(|logged| logged.record.tasks.get(*index)).cloned()
     }
 
     /// Every task in the log (all queued: any change to one folds it first).
     pub(crate) fn tasks(&self) -> Vec<TaskRecord> {
-        self.records.values().flat_map(|record| record.tasks.iter().cloned()).collect()
+        self.records.values().flat_map(|logged| logged.record.tasks.iter().cloned()).collect()
     }
 }
 
@@ -277,17 +319,51 @@ pub(crate) fn crc32(bytes: &[u8]) -> u32 {
 }
 
 /// Appends one record's frame to `out`.
-pub(crate) fn frame(record: &IntakeRecord, out: &mut Vec<u8>) {
+pub(crate) fn frame(logged: &Logged, out: &mut Vec<u8>) {
     // The payload is written in place after room for the header, which is
     // filled in once its length and CRC are known: no copy of it is made.
     let start = out.len();
     out.extend_from_slice(&[0; 8]);
-    serde_json::to_writer(&mut *out, record).expect("intake records always serialize");
+    write_payload(logged, out);
     let payload = &out[start + 8..];
     let len = u32::try_from(payload.len()).expect("a record is far below 4 GiB");
     let crc = crc32(payload);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The record as `serde_json` writes an [`IntakeRecord`] (the same fields,
+/// in the same order, skipped when empty), with its tasks' JSON copied in.
+fn write_payload(logged: &Logged, out: &mut Vec<u8>) {
+    fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+        serde_json::to_writer(out, value).expect("intake records always serialize");
+    }
+    let record = &logged.record;
+    out.extend_from_slice(b"{\"lsn\":");
+    put(out, &record.lsn);
+    out.extend_from_slice(b",\"delivery\":");
+    put(out, record.delivery.as_str());
+    out.extend_from_slice(b",\"event\":");
+    put(out, record.event.as_str());
+    out.extend_from_slice(b",\"received_unix\":");
+    put(out, &record.received_unix);
+    out.extend_from_slice(b",\"outcome\":");
+    put(out, &record.outcome);
+    if !logged.task_json.is_empty() {
+        out.extend_from_slice(b",\"tasks\":[");
+        for (index, json) in logged.task_json.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(json);
+        }
+        out.push(b']');
+    }
+    if !record.notices.is_empty() {
+        out.extend_from_slice(b",\"notices\":");
+        put(out, &record.notices);
+    }
+    out.push(b'}');
 }
 
 /// The records of one segment's bytes, up to the first frame that does not
@@ -528,6 +604,66 @@ mod tests {
         }
     }
 
+    fn logged(lsn: u64) -> Logged {
+        Logged::new(record(lsn))
+    }
+
+    /// The frame's payload is the record exactly as serde writes it (which
+    /// is how it is read back), with tasks, notices and neither.
+    #[test]
+    fn a_framed_record_is_what_serde_writes_and_reads_back_the_same() {
+        let task = |number: u64, seq: u64| {
+            let request = domain::request::TaskRequest {
+                kind: core_types::TaskKind::Review,
+                repo: "octo/repo".to_owned(),
+                number,
+                head_sha: Some("a".repeat(40)),
+                head_ref: None,
+                clone_url: "https://github.com/octo/repo.git".to_owned(),
+                repo_id: Some(7),
+                prompt: "look at \"this\"\n\u{1f600}".to_owned(),
+                subject_title: "A title".to_owned(),
+                subject_body: String::new(),
+                base_ref: Some("main".to_owned()),
+                sender: "octocat".to_owned(),
+                installation: Some(1),
+                comment_id: Some(number * 10),
+                follow_up: false,
+            };
+            TaskRecord::queued(request, "d-1", seq, 5)
+        };
+        let notice = domain::request::Refusal {
+            repo: "octo/repo".to_owned(),
+            number: 3,
+            sender: "octocat".to_owned(),
+            installation: None,
+            comment_id: 30,
+            reason: "a review task for octo/repo#3 is already queued".to_owned(),
+        };
+        let cases = [
+            record(1),
+            IntakeRecord {
+                outcome: Accepted::Queued { task: task(1, 4).task_id },
+                tasks: vec![task(1, 4), task(2, 5)],
+                ..record(2)
+            },
+            IntakeRecord { notices: vec![notice.clone()], ..record(3) },
+            IntakeRecord { tasks: vec![task(4, 6)], notices: vec![notice], ..record(4) },
+        ];
+        for case in cases {
+            let mut out = Vec::new();
+            frame(&Logged::new(case.clone()), &mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out[8..]),
+                serde_json::to_string(&case).unwrap(),
+                "record {}",
+                case.lsn
+            );
+            let (read, left) = read_frames(&out, Some(case.lsn));
+            assert_eq!((read, left), (vec![case], 0));
+        }
+    }
+
     #[test]
     fn crc32_matches_the_standard_check_value() {
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
@@ -560,10 +696,10 @@ mod tests {
     fn a_torn_tail_is_left_out_and_everything_before_it_read() {
         let mut bytes = Vec::new();
         for lsn in 1..=3 {
-            frame(&record(lsn), &mut bytes);
+            frame(&logged(lsn), &mut bytes);
         }
         let whole = bytes.len();
-        frame(&record(4), &mut bytes);
+        frame(&logged(4), &mut bytes);
         // Every cut inside the fourth frame reads as the first three.
         for cut in whole..bytes.len() {
             let (records, left) = read_frames(&bytes[..cut], Some(1));
@@ -587,7 +723,7 @@ mod tests {
         let mut closed = None;
         for lsn in 1..=9 {
             let mut frames = Vec::new();
-            frame(&big(lsn), &mut frames);
+            frame(&Logged::new(big(lsn)), &mut frames);
             log.append(&frames, lsn, lsn).unwrap();
             closed = closed.or(log.rotate_if_full());
         }
@@ -602,8 +738,8 @@ mod tests {
         // The segment after the ninth record's opens on the spare.
         let mut log = IntakeLog::new(dir.path());
         let mut frames = Vec::new();
-        frame(&record(10), &mut frames);
-        frame(&record(11), &mut frames);
+        frame(&logged(10), &mut frames);
+        frame(&logged(11), &mut frames);
         log.append(&frames, 10, 11).unwrap();
         assert!(!spare.exists(), "the spare was taken");
         let reused = dir.path().join(segment_name(10));
@@ -640,7 +776,7 @@ mod tests {
         // The writer takes them one by one for its new segments.
         let mut log = IntakeLog::new(dir.path());
         let mut frames = Vec::new();
-        frame(&record(1), &mut frames);
+        frame(&logged(1), &mut frames);
         log.append(&frames, 1, 1).unwrap();
         assert_eq!(spares(), MAX_SPARES - 1);
         let taken = dir.path().join(segment_name(1));
@@ -655,7 +791,7 @@ mod tests {
     fn folded_records_are_let_go_in_steps_oldest_first_and_later_ones_stay() {
         let mut pending = Pending::default();
         for lsn in 1..=5 {
-            pending.insert(Arc::new(record(lsn)));
+            pending.insert(Arc::new(logged(lsn)));
         }
         assert!(pending.remove_some_upto(3, 2), "record 3 is still to go");
         assert_eq!(pending.len(), 3);

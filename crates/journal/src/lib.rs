@@ -47,7 +47,7 @@ use domain::request::CancelRequest;
 use domain::request::{Refusal, RetryRequest, RetryTarget, TaskRequest};
 use domain::tasks::{Outcome, TaskRecord};
 use domain::triggers::Decision;
-use intake::{Closed, IntakeLog, IntakeRecord, Pending};
+use intake::{Closed, IntakeLog, IntakeRecord, Logged, Pending};
 
 /// Delivery id → [`DeliveryRecord`] (JSON).
 const DELIVERIES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("deliveries");
@@ -424,6 +424,14 @@ fn storage_of<E: Into<redb::Error>>(operation: &'static str) -> impl Fn(E) -> Jo
 
 /// One write the writer thread applies.
 enum WriteOp {
+    /// A delivery on the append path (ADR 24), made ready on the caller's thread.
+    Append {
+        delivery: String,
+        event: String,
+        received_unix: u64,
+        intake: Intake,
+        reply: oneshot::Sender<Result<Accepted, JournalError>>,
+    },
     Accept {
         delivery: String,
         event: String,
@@ -776,7 +784,7 @@ impl Journal {
             last_lsn = last_lsn.max(record.lsn);
             last_seq = record.tasks.iter().map(|task| task.seq).fold(last_seq, u64::max);
             if record.lsn > folded {
-                pending.insert(Arc::new(record));
+                pending.insert(Arc::new(Logged::new(record)));
             }
         }
         if pending.len() > 0 {
@@ -863,10 +871,39 @@ impl Journal {
         event: &str,
         decision: Decision,
     ) -> Result<Accepted, JournalError> {
-        self.write(|reply| WriteOp::Accept {
+        // A decision that only reads the dedupe indexes and adds records
+        // takes the append path (ADR 24); one that reads or changes tasks
+        // already stored goes to redb, after the intake log is folded into
+        // its transaction (a refusal writes a notice of its own: rare, and
+        // nothing to gain). What can be made before the writer decides is
+        // made here, on the caller's thread, so the one writer thread only
+        // decides and copies.
+        let received_unix = now_unix();
+        let intake = match decision {
+            Decision::Ignore(reason) => Intake::Ignore(reason),
+            Decision::Queue(request) => Intake::Queue(vec![Prepared::new(request, delivery, received_unix)]),
+            Decision::QueueEach(requests) => Intake::Queue(
+                requests.into_iter().map(|request| Prepared::new(request, delivery, received_unix)).collect(),
+            ),
+            decision @ (Decision::Refuse(_)
+            | Decision::Retry(_)
+            | Decision::Cancel(_)
+            | Decision::Supersede { .. }) => {
+                return self
+                    .write(|reply| WriteOp::Accept {
+                        delivery: delivery.to_owned(),
+                        event: event.to_owned(),
+                        decision: Box::new(decision),
+                        reply,
+                    })
+                    .await;
+            }
+        };
+        self.write(|reply| WriteOp::Append {
             delivery: delivery.to_owned(),
             event: event.to_owned(),
-            decision: Box::new(decision),
+            received_unix,
+            intake,
             reply,
         })
         .await
@@ -1138,9 +1175,8 @@ impl Writer {
             debug!(writes = batch.len(), "journal group commit");
             // Deliveries that only add records go to the intake log, in one
             // synced append; the rest (and a probe) to redb, after them.
-            let (appends, batch): (Vec<WriteOp>, Vec<WriteOp>) = batch.into_iter().partition(
-                |op| matches!(op, WriteOp::Accept { decision, .. } if takes_append_path(decision)),
-            );
+            let (appends, batch): (Vec<WriteOp>, Vec<WriteOp>) =
+                batch.into_iter().partition(|op| matches!(op, WriteOp::Append { .. }));
             if !appends.is_empty() {
                 self.append(appends, failing);
                 if batch.is_empty() {
@@ -1211,11 +1247,11 @@ impl Writer {
             let pending = self.shared.pending();
             let txn = db.begin_read().map_err(storage_of("read"))?;
             let stored = Stored::open(&txn)?;
-            let now = now_unix();
             for op in ops.by_ref() {
                 match op {
-                    WriteOp::Accept { delivery, event, decision, reply } => {
-                        let accepted = staged.accept(&stored, &pending, &delivery, &event, *decision, now);
+                    WriteOp::Append { delivery, event, received_unix, intake, reply } => {
+                        let accepted =
+                            staged.accept(&stored, &pending, delivery, event, intake, received_unix);
                         match accepted {
                             Ok(accepted) => answers.push((reply, accepted)),
                             Err(err) => {
@@ -1241,11 +1277,12 @@ impl Writer {
         }
         let written = match (staged.records.first(), staged.records.last()) {
             (Some(first), Some(last)) => {
+                let (first, last) = (first.record(), last.record());
                 // One buffer for every batch: it grows to the largest batch once.
                 let mut frames = std::mem::take(&mut self.frames);
                 frames.clear();
-                for record in &staged.records {
-                    intake::frame(record, &mut frames);
+                for logged in &staged.records {
+                    intake::frame(logged, &mut frames);
                 }
                 let written = self
                     .log
@@ -1269,8 +1306,8 @@ impl Writer {
         self.seq = staged.seq;
         let waiting = {
             let mut pending = self.shared.pending_mut();
-            for record in staged.records {
-                pending.insert(Arc::new(record));
+            for logged in staged.records {
+                pending.insert(Arc::new(logged));
             }
             pending.len()
         };
@@ -1371,7 +1408,7 @@ impl Writer {
             let mut pending = self.shared.pending_mut();
             let before = pending.len();
             for record in records.into_iter().filter(|record| record.lsn > folded) {
-                pending.insert(Arc::new(record));
+                pending.insert(Arc::new(Logged::new(record)));
             }
             pending.len() - before
         };
@@ -1416,7 +1453,7 @@ fn fail_all(batch: Vec<WriteOp>, reason: &str) {
 fn fail_op(op: WriteOp, reason: &str) {
     let error = || JournalError::CommitFailed { reason: reason.to_owned() };
     match op {
-        WriteOp::Accept { reply, .. } => drop(reply.send(Err(error()))),
+        WriteOp::Append { reply, .. } | WriteOp::Accept { reply, .. } => drop(reply.send(Err(error()))),
         WriteOp::UpdateTask { reply, .. } => drop(reply.send(Err(error()))),
         WriteOp::FinishTask { reply, .. } => drop(reply.send(Err(error()))),
         WriteOp::Prune { reply, .. } => drop(reply.send(Err(error()))),
@@ -1442,7 +1479,7 @@ enum Reply {
 fn apply_batch(
     db: &Database,
     batch: Vec<WriteOp>,
-    pending: &[Arc<IntakeRecord>],
+    pending: &[Arc<Logged>],
     settle: impl FnOnce(&Result<Folded, JournalError>),
 ) {
     let mut replies = Vec::with_capacity(batch.len());
@@ -1457,6 +1494,11 @@ fn apply_batch(
         }
         for op in ops.by_ref() {
             replies.push(match op {
+                // `Writer::run` sends every one to `Writer::append`.
+                op @ WriteOp::Append { .. } => {
+                    fail_op(op, "a delivery on the append path reached a redb transaction");
+                    continue;
+                }
                 WriteOp::Accept { delivery, event, decision, reply } => {
                     Reply::Accept(reply, accept_in(&txn, &delivery, &event, *decision)?)
                 }
@@ -1600,29 +1642,29 @@ fn comment_made(comment: u64, task: TaskId) -> Accepted {
     Accepted::Duplicate { reason: format!("comment {comment} already made task {task}"), task: Some(task) }
 }
 
-/// The answer to a request whose dedupe key `task` holds.
-fn already_active(request: &TaskRequest, task: &str) -> Accepted {
+/// The answer to a request for `asked` whose dedupe key `task` holds.
+fn already_active(asked: &TaskRecord, task: &str) -> Accepted {
     Accepted::Duplicate {
         task: TaskId::new(task).ok(),
         reason: format!(
             "a {} task for {}#{} is already queued or running",
-            request.kind, request.repo, request.number
+            asked.kind, asked.repo, asked.number
         ),
     }
 }
 
-/// The answer on GitHub to a person's command that `accepted` found a
-/// duplicate of `task`; `None` when nobody's comment asked.
-fn duplicate_refusal(request: &TaskRequest, accepted: &Accepted, task: &str) -> Option<Refusal> {
+/// The answer on GitHub to a person's command for `asked` that `accepted`
+/// found a duplicate of `task`; `None` when nobody's comment asked.
+fn duplicate_refusal(asked: &TaskRecord, accepted: &Accepted, task: &str) -> Option<Refusal> {
     let Accepted::Duplicate { reason, .. } = accepted else { return None };
-    Refusal::of_request(request, format!("{reason} (task `{task}`)"))
+    Refusal::of_task(asked, format!("{reason} (task `{task}`)"))
 }
 
 /// Queues each request with `queue`; the answer names the first task
 /// queued (else the first duplicate); the others are in the journal all the same.
-fn queue_each(
-    requests: Vec<TaskRequest>,
-    mut queue: impl FnMut(TaskRequest) -> Result<Accepted, JournalError>,
+fn queue_each<T>(
+    requests: Vec<T>,
+    mut queue: impl FnMut(T) -> Result<Accepted, JournalError>,
 ) -> Result<Accepted, JournalError> {
     let mut first = None;
     for request in requests {
@@ -1635,18 +1677,6 @@ fn queue_each(
         }
     }
     Ok(first.unwrap_or_else(|| Accepted::Ignored { reason: "no pull request to queue".to_owned() }))
-}
-
-/// Whether a decision is taken on the append path (ADR 24): it only reads
-/// the dedupe indexes and adds records. A decision that reads or changes
-/// tasks already stored goes to redb, after the intake log is folded into
-/// its transaction. A new variant is placed here, on one side or the other.
-fn takes_append_path(decision: &Decision) -> bool {
-    match decision {
-        Decision::Ignore(_) | Decision::Queue(_) | Decision::QueueEach(_) => true,
-        // A refusal writes a notice of its own: rare, and nothing to gain here.
-        Decision::Refuse(_) | Decision::Retry(_) | Decision::Cancel(_) | Decision::Supersede { .. } => false,
-    }
 }
 
 /// redb's committed dedupe indexes, as the append path reads them.
@@ -1666,11 +1696,71 @@ impl Stored {
     }
 }
 
+/// What a delivery on the append path asks for, made ready by
+/// [`Journal::accept`] on the caller's thread.
+enum Intake {
+    Ignore(String),
+    /// New tasks, in order (a `Decision::Queue` is one of them).
+    Queue(Vec<Prepared>),
+}
+
+/// A task a delivery asks for, made on the caller's thread: its record, with
+/// no `seq` yet, and that record's JSON. The writer gives the `seq` and
+/// copies the JSON around it; it neither builds nor encodes the record.
+struct Prepared {
+    record: TaskRecord,
+    json: Vec<u8>,
+    /// Where the `0` of `"seq":0` is in `json`; `None` when it is not where
+    /// it is looked for (then the writer encodes the record itself).
+    seq_at: Option<usize>,
+}
+
+impl Prepared {
+    fn new(request: TaskRequest, delivery: &str, received_unix: u64) -> Self {
+        let record = TaskRecord::queued(request, delivery, 0, received_unix);
+        let json = encode(&record);
+        let seq_at = seq_position(&json, record.task_id.as_str());
+        Self { record, json, seq_at }
+    }
+
+    /// The record with its `seq`, and its JSON.
+    fn with_seq(self, seq: u64) -> (TaskRecord, Vec<u8>) {
+        let Self { mut record, json, seq_at } = self;
+        record.seq = seq;
+        let json = match seq_at {
+            Some(at) => {
+                let mut out = Vec::with_capacity(json.len() + 20);
+                out.extend_from_slice(&json[..at]);
+                serde_json::to_writer(&mut out, &seq).expect("a number always serializes");
+                out.extend_from_slice(&json[at + 1..]);
+                out
+            }
+            None => encode(&record),
+        };
+        (record, json)
+    }
+}
+
+/// Where the value of `seq` is in a [`TaskRecord`]'s JSON with `seq` 0:
+/// right after its first field, the task id (whose characters need no
+/// escaping). `None` if it is not there.
+fn seq_position(json: &[u8], task_id: &str) -> Option<usize> {
+    const HEAD: &[u8] = b"{\"task_id\":\"";
+    const SEQ: &[u8] = b"\",\"seq\":";
+    let after_id = HEAD.len() + task_id.len();
+    let at = after_id + SEQ.len();
+    let found = json.starts_with(HEAD)
+        && json.get(HEAD.len()..after_id) == Some(task_id.as_bytes())
+        && json.get(after_id..at) == Some(SEQ)
+        && json.get(at..at + 2) == Some(b"0,");
+    found.then_some(at)
+}
+
 /// One append batch as it is decided: its records, and what they add to
 /// the indexes for the deliveries after them in the same batch.
 #[derive(Default)]
 struct Staged {
-    records: Vec<IntakeRecord>,
+    records: Vec<Logged>,
     deliveries: HashMap<String, Accepted>,
     comments: HashMap<u64, TaskId>,
     active: HashMap<String, TaskId>,
@@ -1681,67 +1771,62 @@ struct Staged {
 }
 
 impl Staged {
-    /// [`accept_in`] for a decision that takes the append path, against
-    /// this batch, the log's records and redb, in that order.
+    /// [`accept_in`] for a delivery on the append path, against this
+    /// batch, the log's records and redb, in that order.
     fn accept(
         &mut self,
         stored: &Stored,
         pending: &Pending,
-        delivery: &str,
-        event: &str,
-        decision: Decision,
-        now: u64,
+        delivery: String,
+        event: String,
+        intake: Intake,
+        received_unix: u64,
     ) -> Result<Accepted, JournalError> {
-        let first = match self.deliveries.get(delivery).or_else(|| pending.delivery_outcome(delivery)) {
+        let first = match self.deliveries.get(&delivery).or_else(|| pending.delivery_outcome(&delivery)) {
             Some(first) => Some(first.clone()),
-            None => match stored.deliveries.get(delivery).map_err(storage_of("read"))? {
-                Some(value) => Some(decode::<DeliveryRecord>(delivery, value.value())?.outcome),
+            None => match stored.deliveries.get(delivery.as_str()).map_err(storage_of("read"))? {
+                Some(value) => Some(decode::<DeliveryRecord>(&delivery, value.value())?.outcome),
                 None => None,
             },
         };
         if let Some(first) = first {
-            return Ok(received_again(delivery, first));
+            return Ok(received_again(&delivery, first));
         }
         let mut tasks = Vec::new();
-        let accepted = match decision {
-            Decision::Ignore(reason) => Accepted::Ignored { reason },
-            Decision::Queue(request) => self.queue(stored, pending, delivery, request, now, &mut tasks)?,
-            Decision::QueueEach(requests) => queue_each(requests, |request| {
-                self.queue(stored, pending, delivery, request, now, &mut tasks)
-            })?,
-            other @ (Decision::Refuse(_)
-            | Decision::Retry(_)
-            | Decision::Cancel(_)
-            | Decision::Supersede { .. }) => {
-                unreachable!("{other:?} does not take the append path")
+        let mut task_json = Vec::new();
+        let accepted = match intake {
+            Intake::Ignore(reason) => Accepted::Ignored { reason },
+            Intake::Queue(prepared) => {
+                queue_each(prepared, |task| self.queue(stored, pending, task, &mut tasks, &mut task_json))?
             }
         };
+        self.deliveries.insert(delivery.clone(), accepted.clone());
         let record = IntakeRecord {
             lsn: self.next_lsn,
-            delivery: delivery.to_owned(),
-            event: event.to_owned(),
-            received_unix: now,
+            delivery,
+            event,
+            received_unix,
             outcome: accepted.clone(),
             tasks,
             notices: std::mem::take(&mut self.notices),
         };
         self.next_lsn += 1;
-        self.deliveries.insert(delivery.to_owned(), accepted.clone());
-        self.records.push(record);
+        self.records.push(Logged::encoded(record, task_json));
         Ok(accepted)
     }
 
-    /// [`queue_in`] on the append path.
+    /// [`queue_in`] on the append path; a task queued goes to `tasks`, and
+    /// its JSON to `task_json`.
     fn queue(
         &mut self,
         stored: &Stored,
         pending: &Pending,
-        delivery: &str,
-        request: TaskRequest,
-        now: u64,
+        task: Prepared,
         tasks: &mut Vec<TaskRecord>,
+        task_json: &mut Vec<Vec<u8>>,
     ) -> Result<Accepted, JournalError> {
-        if let Some(comment) = request.comment_id {
+        let asked = &task.record;
+        if let Some(comment) = asked.comment_id {
             let made = match self.comments.get(&comment).or_else(|| pending.comment_task(comment)) {
                 Some(task) => Some(task.clone()),
                 None => match stored.comments.get(comment).map_err(storage_of("read"))? {
@@ -1755,29 +1840,26 @@ impl Staged {
                 return Ok(comment_made(comment, task));
             }
         }
-        let key = request.dedupe_key();
-        let existing = match self.active.get(&key).or_else(|| pending.active_task(&key)) {
+        let key = asked.dedupe_key.as_str();
+        let existing = match self.active.get(key).or_else(|| pending.active_task(key)) {
             Some(task) => Some(task.as_str().to_owned()),
-            None => stored
-                .active
-                .get(key.as_str())
-                .map_err(storage_of("read"))?
-                .map(|task| task.value().to_owned()),
+            None => stored.active.get(key).map_err(storage_of("read"))?.map(|task| task.value().to_owned()),
         };
-        if let Some(task) = existing {
-            let accepted = already_active(&request, &task);
-            self.notices.extend(duplicate_refusal(&request, &accepted, &task));
+        if let Some(existing) = existing {
+            let accepted = already_active(asked, &existing);
+            self.notices.extend(duplicate_refusal(asked, &accepted, &existing));
             return Ok(accepted);
         }
         self.seq += 1;
-        let record = TaskRecord::queued(request, delivery, self.seq, now);
-        self.active.insert(key, record.task_id.clone());
+        let (record, json) = task.with_seq(self.seq);
+        self.active.insert(record.dedupe_key.clone(), record.task_id.clone());
         if let Some(comment) = record.comment_id {
             self.comments.insert(comment, record.task_id.clone());
         }
-        let task = record.task_id.clone();
+        let accepted = Accepted::Queued { task: record.task_id.clone() };
         tasks.push(record);
-        Ok(Accepted::Queued { task })
+        task_json.push(json);
+        Ok(accepted)
     }
 }
 
@@ -1792,22 +1874,23 @@ struct Folded {
 
 /// Writes the intake records not yet in redb (those after `meta.folded`)
 /// into its tables, as [`accept_in`] would have; returns the last folded.
-fn fold_in(txn: &WriteTransaction, records: &[Arc<IntakeRecord>]) -> Result<u64, JournalError> {
+fn fold_in(txn: &WriteTransaction, records: &[Arc<Logged>]) -> Result<u64, JournalError> {
     let mut meta = txn.open_table(META).map_err(storage_of("write"))?;
     let folded = meta.get(FOLDED_KEY).map_err(storage_of("write"))?.map_or(0, |value| value.value());
-    let fresh: Vec<&IntakeRecord> =
-        records.iter().map(AsRef::as_ref).filter(|record| record.lsn > folded).collect();
+    let fresh: Vec<&Logged> =
+        records.iter().map(AsRef::as_ref).filter(|logged| logged.record().lsn > folded).collect();
     let Some(last) = fresh.last() else { return Ok(folded) };
-    let upto = last.lsn;
+    let upto = last.record().lsn;
     let mut seq = meta.get("seq").map_err(storage_of("write"))?.map_or(0, |value| value.value());
     // Each table's rows go in in key order: the keys (delivery ids, task
     // ids) are random, and inserting them sorted walks each B-tree leaf
     // once instead of once per row. The sort is stable, so of two rows with
     // one key (a dedupe key taken again after its task ended) the later wins.
-    let mut delivery_rows: Vec<&IntakeRecord> = fresh.clone();
+    let mut delivery_rows: Vec<&IntakeRecord> = fresh.iter().map(|logged| logged.record()).collect();
     delivery_rows.sort_by(|a, b| a.delivery.cmp(&b.delivery));
-    let mut task_rows: Vec<&TaskRecord> = fresh.iter().flat_map(|record| record.tasks.iter()).collect();
-    for task in &task_rows {
+    // The tasks' JSON was made when they were logged; it is copied, not made again.
+    let mut task_rows: Vec<(&TaskRecord, &[u8])> = fresh.iter().flat_map(|logged| logged.tasks()).collect();
+    for (task, _) in &task_rows {
         seq = seq.max(task.seq);
     }
     {
@@ -1818,32 +1901,32 @@ fn fold_in(txn: &WriteTransaction, records: &[Arc<IntakeRecord>]) -> Result<u64,
                 .map_err(storage_of("write"))?;
         }
     }
-    task_rows.sort_by(|a, b| a.task_id.as_str().cmp(b.task_id.as_str()));
+    task_rows.sort_by(|(a, _), (b, _)| a.task_id.as_str().cmp(b.task_id.as_str()));
     {
         let mut tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
-        for task in &task_rows {
-            tasks.insert(task.task_id.as_str(), encode(task).as_slice()).map_err(storage_of("write"))?;
+        for (task, json) in &task_rows {
+            tasks.insert(task.task_id.as_str(), *json).map_err(storage_of("write"))?;
         }
     }
-    task_rows.sort_by(|a, b| a.dedupe_key.cmp(&b.dedupe_key));
+    task_rows.sort_by(|(a, _), (b, _)| a.dedupe_key.cmp(&b.dedupe_key));
     {
         let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
-        for task in &task_rows {
+        for (task, _) in &task_rows {
             active.insert(task.dedupe_key.as_str(), task.task_id.as_str()).map_err(storage_of("write"))?;
         }
     }
-    task_rows.retain(|task| task.comment_id.is_some());
-    task_rows.sort_by_key(|task| task.comment_id);
+    task_rows.retain(|(task, _)| task.comment_id.is_some());
+    task_rows.sort_by_key(|(task, _)| task.comment_id);
     {
         let mut comments = txn.open_table(COMMENTS).map_err(storage_of("write"))?;
-        for task in &task_rows {
+        for (task, _) in &task_rows {
             let Some(comment) = task.comment_id else { continue };
             let made = CommentRecord { task: task.task_id.clone(), received_unix: task.accepted_unix };
             comments.insert(comment, encode(&made).as_slice()).map_err(storage_of("write"))?;
         }
     }
-    for record in &fresh {
-        for refusal in &record.notices {
+    for logged in &fresh {
+        for refusal in &logged.record().notices {
             notice_in(txn, refusal.clone())?;
         }
     }
@@ -1974,19 +2057,20 @@ fn fold_once(shared: &Shared, sync_due: bool, unsynced: bool) -> Result<Fold, Jo
 fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Result<Accepted, JournalError> {
     // The delivery id is not signed: a captured delivery sent again under a
     // new id is the same comment, and one comment makes one task.
+    // Its `seq` is given once it is known to be new.
+    let mut record = TaskRecord::queued(request, delivery, 0, now_unix());
     let mut comments = txn.open_table(COMMENTS).map_err(storage_of("write"))?;
-    if let Some(comment) = request.comment_id
+    if let Some(comment) = record.comment_id
         && let Some(existing) = comments.get(comment).map_err(storage_of("write"))?
     {
         let existing: CommentRecord = decode(&format!("comment {comment}"), existing.value())?;
         return Ok(comment_made(comment, existing.task));
     }
     let mut active = txn.open_table(ACTIVE).map_err(storage_of("write"))?;
-    let key = request.dedupe_key();
-    if let Some(existing) = active.get(key.as_str()).map_err(storage_of("write"))? {
-        let accepted = already_active(&request, existing.value());
+    if let Some(existing) = active.get(record.dedupe_key.as_str()).map_err(storage_of("write"))? {
+        let accepted = already_active(&record, existing.value());
         // A person's command gets the answer on GitHub too.
-        if let Some(refusal) = duplicate_refusal(&request, &accepted, existing.value()) {
+        if let Some(refusal) = duplicate_refusal(&record, &accepted, existing.value()) {
             notice_in(txn, refusal)?;
         }
         return Ok(accepted);
@@ -1994,10 +2078,10 @@ fn queue_in(txn: &WriteTransaction, delivery: &str, request: TaskRequest) -> Res
     let mut meta = txn.open_table(META).map_err(storage_of("write"))?;
     let seq = meta.get("seq").map_err(storage_of("write"))?.map_or(0, |value| value.value()) + 1;
     meta.insert("seq", seq).map_err(storage_of("write"))?;
-    let record = TaskRecord::queued(request, delivery, seq, now_unix());
+    record.seq = seq;
     let mut tasks = txn.open_table(TASKS).map_err(storage_of("write"))?;
     tasks.insert(record.task_id.as_str(), encode(&record).as_slice()).map_err(storage_of("write"))?;
-    active.insert(key.as_str(), record.task_id.as_str()).map_err(storage_of("write"))?;
+    active.insert(record.dedupe_key.as_str(), record.task_id.as_str()).map_err(storage_of("write"))?;
     if let Some(comment) = record.comment_id {
         let made = CommentRecord { task: record.task_id.clone(), received_unix: record.accepted_unix };
         comments.insert(comment, encode(&made).as_slice()).map_err(storage_of("write"))?;

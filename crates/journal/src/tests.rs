@@ -904,3 +904,42 @@ async fn the_journal_file_stops_growing_when_finished_tasks_are_pruned() {
         "{written} bytes of task records went through a file of at most {largest}"
     );
 }
+
+/// The writer copies a task's JSON around its `seq` instead of encoding the
+/// record: the copy must be the record as serde writes it, whatever the
+/// `seq` and whatever the record holds, and the cut must be found (else
+/// every task is encoded twice).
+#[test]
+fn a_prepared_task_is_its_record_as_serde_writes_it_with_its_seq() {
+    let Decision::Queue(request) = review_by_comment(7, Some(70)) else { unreachable!() };
+    let requests = [
+        request.clone(),
+        TaskRequest {
+            kind: TaskKind::Implement,
+            prompt: "quotes \" and \\ and \u{1f600} and\nlines".into(),
+            subject_body: "x".repeat(5000),
+            head_sha: Some("f".repeat(40)),
+            comment_id: None,
+            ..request
+        },
+    ];
+    for request in requests {
+        for seq in [1, 9, 10, 12_345, u64::MAX] {
+            let prepared = crate::Prepared::new(request.clone(), "d-prepared", 1_700_000_000);
+            assert!(prepared.seq_at.is_some(), "the cut around `seq` is found");
+            let (record, json) = prepared.with_seq(seq);
+            assert_eq!(record.seq, seq);
+            assert_eq!(
+                String::from_utf8(json).unwrap(),
+                serde_json::to_string(&record).unwrap(),
+                "seq {seq}"
+            );
+        }
+    }
+    // Where the cut is not found, the record is encoded whole.
+    let Decision::Queue(request) = review(8) else { unreachable!() };
+    let mut prepared = crate::Prepared::new(request, "d-prepared", 1);
+    prepared.seq_at = None;
+    let (record, json) = prepared.with_seq(3);
+    assert_eq!(json, serde_json::to_vec(&record).unwrap());
+}
