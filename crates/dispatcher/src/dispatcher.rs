@@ -1,6 +1,6 @@
 //! [`Dispatcher`]: task-level container operations over a [`ContainerEngine`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use core_types::{LabelError, TaskId, TaskLabels, label};
@@ -438,48 +438,54 @@ impl<E: ContainerEngine> Dispatcher<E> {
     }
 }
 
-/// The last `max` bytes of what was pushed, in at most twice that memory.
+/// The last `max` bytes of what was pushed, in a ring of at most `max`
+/// bytes: reading a worker's whole output (30 MiB on the engine's disk) to
+/// keep its last 5 MiB holds 5 MiB, whatever the allocator does with a
+/// growing buffer.
 #[derive(Debug)]
 pub(crate) struct TailBuffer {
-    bytes: Vec<u8>,
+    bytes: VecDeque<u8>,
     max: usize,
-    /// Bytes pushed and dropped so far, trimmed ones included.
+    /// Bytes pushed and dropped so far.
     dropped: u64,
 }
 
 impl TailBuffer {
     /// An empty buffer keeping `max` bytes.
     pub(crate) fn new(max: usize) -> Self {
-        Self { bytes: Vec::new(), max, dropped: 0 }
+        Self { bytes: VecDeque::new(), max, dropped: 0 }
     }
 
     /// Appends `chunk`, dropping the oldest bytes past the limit.
     pub(crate) fn push(&mut self, chunk: &[u8]) {
         let skipped = chunk.len().saturating_sub(self.max);
-        self.dropped += skipped as u64;
         let chunk = &chunk[skipped..];
-        self.bytes.extend_from_slice(chunk);
-        // Trim once twice the limit is reached, so each byte moves at most once.
-        if self.bytes.len() >= self.max.saturating_mul(2).max(1) {
-            self.trim();
+        let over = (self.bytes.len() + chunk.len()).saturating_sub(self.max);
+        self.bytes.drain(..over);
+        self.dropped += (skipped + over) as u64;
+        // Grows by doubling, as a `Vec` would, but never past `max`.
+        let wanted = self.bytes.len() + chunk.len();
+        if wanted > self.bytes.capacity() {
+            let room = self.bytes.capacity().saturating_mul(2).clamp(wanted, self.max);
+            self.bytes.reserve_exact(room - self.bytes.len());
         }
+        self.bytes.extend(chunk);
     }
 
     /// The last `max` bytes pushed.
-    pub(crate) fn into_bytes(mut self) -> Vec<u8> {
-        self.trim();
-        self.bytes
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.bytes.into()
     }
 
     /// How many bytes pushed are not among the last `max`.
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped + self.bytes.len().saturating_sub(self.max) as u64
+        self.dropped
     }
 
-    fn trim(&mut self) {
-        let excess = self.bytes.len().saturating_sub(self.max);
-        self.dropped += excess as u64;
-        self.bytes.drain(..excess);
+    /// The room it holds.
+    #[cfg(test)]
+    pub(crate) fn bytes_held_room(&self) -> usize {
+        self.bytes.capacity()
     }
 }
 

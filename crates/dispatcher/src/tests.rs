@@ -70,6 +70,33 @@ fn the_tail_buffer_keeps_only_the_last_bytes_however_they_come() {
     tail.push(b"short\n");
     assert_eq!(tail.dropped(), 0);
     assert_eq!(tail.into_bytes(), b"short\n");
+    // Chunks of every size around the limit, against a plain copy.
+    for max in [1, 7, 64, 100] {
+        let mut tail = TailBuffer::new(max);
+        let mut all = Vec::new();
+        for n in 0..400_usize {
+            let chunk: Vec<u8> = (0..(n * 37) % 150).map(|i| ((n + i) % 251) as u8).collect();
+            tail.push(&chunk);
+            all.extend_from_slice(&chunk);
+            assert_eq!(tail.dropped(), all.len().saturating_sub(max) as u64, "max {max}, chunk {n}");
+        }
+        assert_eq!(tail.into_bytes(), all[all.len().saturating_sub(max)..], "max {max}");
+    }
+}
+
+/// The buffer never holds more than its limit, so reading a long output
+/// costs the limit in memory and no more.
+#[test]
+fn the_tail_buffer_never_grows_past_its_limit() {
+    use crate::dispatcher::TailBuffer;
+    let max = 5 << 20;
+    let mut tail = TailBuffer::new(max);
+    let chunk = vec![b'x'; 40_000];
+    for _ in 0..800 {
+        tail.push(&chunk);
+        assert!(tail.bytes_held_room() <= max, "room {} past {max}", tail.bytes_held_room());
+    }
+    assert_eq!(tail.into_bytes().len(), max);
 }
 
 #[test]

@@ -192,6 +192,14 @@ impl AgentEnv {
     pub fn redact(&self, text: &str) -> String {
         let mut values: Vec<&str> = self.secrets.iter().map(|(_, value)| value.expose()).collect();
         values.sort_by_key(|value| std::cmp::Reverse(value.len()));
-        values.into_iter().fold(text.to_owned(), |text, value| text.replace(value, "***"))
+        // A copy only for each secret that is there: a worker's kept log is
+        // 5 MiB, and most hold none.
+        let mut redacted = std::borrow::Cow::Borrowed(text);
+        for value in values {
+            if !value.is_empty() && redacted.contains(value) {
+                redacted = std::borrow::Cow::Owned(redacted.replace(value, "***"));
+            }
+        }
+        redacted.into_owned()
     }
 }

@@ -1116,9 +1116,13 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 return;
             }
         };
-        let redacted = self.redact(&String::from_utf8_lossy(&bytes));
-        let (text, cut) = logs::cut_front(&redacted, keeper.max_bytes);
-        let (text, cut, task) = (text.to_owned(), dropped.saturating_add(cut), task_id.clone());
+        // One copy of the tail at a time, besides the bytes read: the text
+        // is cut in place, not copied again.
+        let mut text = self.redact(&String::from_utf8_lossy(&bytes));
+        drop(bytes);
+        let cut = text.len() - logs::cut_front(&text, keeper.max_bytes).0.len();
+        text.drain(..cut);
+        let (cut, task) = (dropped.saturating_add(cut as u64), task_id.clone());
         let write = tokio::task::spawn_blocking(move || keeper.write(&task, &text, cut));
         match tokio::time::timeout(KEEP_LOG_TIMEOUT, write).await {
             Ok(Ok(Ok(()))) => {}
