@@ -190,16 +190,20 @@ impl AgentEnv {
 
     /// `text` with every secret value replaced by `***`, longest first.
     pub fn redact(&self, text: &str) -> String {
+        self.redact_owned(text.to_owned())
+    }
+
+    /// [`AgentEnv::redact`] of a `text` already owned: copied only for a
+    /// secret that is in it (a worker's kept log is up to 5 MiB, and most
+    /// hold none).
+    pub fn redact_owned(&self, mut text: String) -> String {
         let mut values: Vec<&str> = self.secrets.iter().map(|(_, value)| value.expose()).collect();
         values.sort_by_key(|value| std::cmp::Reverse(value.len()));
-        // A copy only for each secret that is there: a worker's kept log is
-        // 5 MiB, and most hold none.
-        let mut redacted = std::borrow::Cow::Borrowed(text);
         for value in values {
-            if !value.is_empty() && redacted.contains(value) {
-                redacted = std::borrow::Cow::Owned(redacted.replace(value, "***"));
+            if !value.is_empty() && text.contains(value) {
+                text = text.replace(value, "***");
             }
         }
-        redacted.into_owned()
+        text
     }
 }

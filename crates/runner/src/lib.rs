@@ -1040,6 +1040,11 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
 
     /// `text` without any secret value the daemon has read since start.
     fn redact(&self, text: &str) -> String {
+        self.redact_owned(text.to_owned())
+    }
+
+    /// [`Runner::redact`] of a `text` already owned, copied only where a secret is.
+    fn redact_owned(&self, text: String) -> String {
         // A fresh read first, so a key added since the last dispatch is known too.
         if let Ok(agent_env) = self.config.agent_env_files.load() {
             self.remember_secrets(&agent_env);
@@ -1049,7 +1054,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             plain: Vec::new(),
             secrets: seen.iter().map(|value| (String::new(), value.clone())).collect(),
         };
-        secrets.redact(text)
+        secrets.redact_owned(text)
     }
 
     /// Records the outcome, removes the container, and reports.
@@ -1116,10 +1121,13 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
                 return;
             }
         };
-        // One copy of the tail at a time, besides the bytes read: the text
-        // is cut in place, not copied again.
-        let mut text = self.redact(&String::from_utf8_lossy(&bytes));
-        drop(bytes);
+        // The tail read is the text: not copied unless it is not UTF-8 (its
+        // first character cut in two) or holds a secret, and cut in place.
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+        };
+        let mut text = self.redact_owned(text);
         let cut = text.len() - logs::cut_front(&text, keeper.max_bytes).0.len();
         text.drain(..cut);
         let (cut, task) = (dropped.saturating_add(cut as u64), task_id.clone());
@@ -1260,14 +1268,14 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// The last lines of the task's kept log, for its completed check run.
     fn kept_log_lines(&self, task_id: &TaskId) -> Option<String> {
         let keeper = self.config.log_keeper.as_ref()?;
-        let kept = match logs::read_kept(&keeper.dir, task_id) {
+        let kept = match logs::read_kept_end(&keeper.dir, task_id, progress::PROGRESS_READ_BYTES) {
             Ok(kept) => kept?,
             Err(err) => {
                 warn!(error = %err, "could not read the kept log for the check run");
                 return None;
             }
         };
-        let lines = progress::last_lines(&kept.text, progress::SHOWN_LOG_LINES);
+        let lines = progress::last_lines(&kept, progress::SHOWN_LOG_LINES);
         (!lines.trim().is_empty()).then(|| progress::fenced("Last lines of the log", lines))
     }
 

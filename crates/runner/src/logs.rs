@@ -14,7 +14,7 @@
 //! disk is full (a log that cannot be written is dropped with a warning).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -103,6 +103,38 @@ pub fn read_kept(dir: &Path, task: &TaskId) -> io::Result<Option<KeptLog>> {
         _ => (0, text.into_owned()),
     };
     Ok(Some(KeptLog { text, cut }))
+}
+
+/// The end of `task`'s kept log under `dir`: at most its last `max_bytes`,
+/// from the start of a line, the header left out, read without the rest of
+/// the file (a kept log is up to `BERTH_LOG_KEEP`, 5 MiB by default, and a
+/// check run shows its last lines). `None` when none is kept.
+///
+/// # Errors
+/// When the file exists but cannot be read.
+pub fn read_kept_end(dir: &Path, task: &TaskId, max_bytes: usize) -> io::Result<Option<String>> {
+    let mut file = match fs::File::open(log_path(dir, task)) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let start = file.metadata()?.len().saturating_sub(max_bytes as u64);
+    // From one byte before the end wanted, to tell whether it starts a line.
+    let from = start.saturating_sub(1);
+    file.seek(io::SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes as u64 + 1).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let whole_lines = match text.split_once('\n') {
+        // From the file's start, the first line is the header.
+        Some((first, rest)) if start == 0 && first.starts_with(HEADER) => rest,
+        _ if start == 0 => &text,
+        // From within, the first line is the end of one cut in two (empty
+        // when the end wanted starts a line).
+        Some((_, rest)) => rest,
+        None => "",
+    };
+    Ok(Some(whole_lines.to_owned()))
 }
 
 /// The last `max_bytes` of `text` (at a character boundary), and how many

@@ -35,7 +35,7 @@ pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
 pub const SHOWN_LOG_LINES: usize = 40;
 
 /// Bytes read of a running worker's output for a progress update.
-const PROGRESS_READ_BYTES: usize = 64 * 1024;
+pub(crate) const PROGRESS_READ_BYTES: usize = 64 * 1024;
 
 /// How long one progress update (read and edit) may take before it is left.
 const PROGRESS_CALL_TIMEOUT: Duration = Duration::from_secs(10);

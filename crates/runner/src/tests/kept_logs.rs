@@ -36,6 +36,31 @@ async fn a_finished_tasks_log_is_kept_cut_to_its_limit_with_the_cut_recorded() {
     assert_eq!(std::fs::read_dir(&keeper.dir).unwrap().count(), 1, "no temporary file is left");
 }
 
+/// A check run shows the last lines of a kept log, read from its end only:
+/// whole lines, never the header, and the same as the whole file's end.
+#[test]
+fn the_end_of_a_kept_log_is_read_from_a_line_start_without_the_header() {
+    let state = tempfile::tempdir().unwrap();
+    let keeper = LogKeeper::under(state.path(), 1 << 20);
+    let task = core_types::TaskId::new("t-end").unwrap();
+    assert_eq!(logs::read_kept_end(&keeper.dir, &task, 64).unwrap(), None, "none kept");
+    let text: String = (0..1000).map(|n| format!("line {n:04}\n")).collect();
+    keeper.write(&task, &text, 77).unwrap();
+    // Whole: the header is left out.
+    assert_eq!(logs::read_kept_end(&keeper.dir, &task, 1 << 20).unwrap().unwrap(), text);
+    // An end that starts inside a line starts at the next one.
+    for max in [1, 10, 11, 12, 100, 5000] {
+        let end = logs::read_kept_end(&keeper.dir, &task, max).unwrap().unwrap();
+        assert!(text.ends_with(&end), "max {max}: {end:?}");
+        assert!(end.is_empty() || end.starts_with("line "), "max {max}: {end:?}");
+        assert!(end.len() <= max && end.len() + 10 > max.min(text.len()), "max {max}: {} bytes", end.len());
+    }
+    // A log that is only the header and nothing after it.
+    let empty = core_types::TaskId::new("t-empty").unwrap();
+    keeper.write(&empty, "", 0).unwrap();
+    assert_eq!(logs::read_kept_end(&keeper.dir, &empty, 1 << 20).unwrap().unwrap(), "");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_short_log_is_kept_whole_and_a_zero_limit_keeps_none() {
     let state = tempfile::tempdir().unwrap();
