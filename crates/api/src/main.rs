@@ -7,6 +7,12 @@ use api::config::{Cli, Command};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc, not glibc's malloc: about a tenth less CPU per webhook
+/// delivery, for about 11 MiB more at the peak of reading a worker's output
+/// (ADR 28).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args =
