@@ -37,7 +37,8 @@ for file in "$work"/out.*.1-*; do
   total=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
   [ "${total:-0}" -gt 1000000 ] || continue
   name=$( (callgrind_annotate --inclusive=yes --threshold=100 "$file" 2>/dev/null || true) \
-    | grep -oE 'journal::fold_loop|journal::Writer::run|multi_thread::worker::run' | head -1)
+    | grep -oE 'journal::fold_loop|journal::Writer::run|multi_thread::worker::run' \
+    | head -1 || true)
   case $name in
     journal::fold_loop) name="journal fold" ;;
     journal::Writer::run) name="journal writer" ;;
