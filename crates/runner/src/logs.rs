@@ -124,15 +124,24 @@ pub fn read_kept_end(dir: &Path, task: &TaskId, max_bytes: usize) -> io::Result<
     file.seek(io::SeekFrom::Start(from))?;
     let mut bytes = Vec::new();
     file.take(max_bytes as u64 + 1).read_to_end(&mut bytes)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let whole_lines = match text.split_once('\n') {
-        // From the file's start, the first line is the header.
-        Some((first, rest)) if start == 0 && first.starts_with(HEADER) => rest,
-        _ if start == 0 => &text,
-        // From within, the first line is the end of one cut in two (empty
-        // when the end wanted starts a line).
-        Some((_, rest)) => rest,
-        None => "",
+    if start == 0 {
+        // The whole file: its first line is the header.
+        let text = String::from_utf8_lossy(&bytes);
+        let whole_lines = match text.split_once('\n') {
+            Some((first, rest)) if first.starts_with(HEADER) => rest,
+            _ => &text,
+        };
+        return Ok(Some(whole_lines.to_owned()));
+    }
+    let starts_a_line = bytes.first() == Some(&b'\n');
+    let end = String::from_utf8_lossy(bytes.get(1..).unwrap_or_default());
+    let whole_lines = match end.split_once('\n') {
+        // The first line is the end of one cut in two: left out, unless
+        // nothing else is there (the end of a line longer than the end read).
+        Some((_, rest)) if !starts_a_line && !rest.trim().is_empty() => rest,
+        _ if starts_a_line => &end,
+        // A character cut in two at the start is left out too.
+        _ => end.trim_start_matches('\u{FFFD}'),
     };
     Ok(Some(whole_lines.to_owned()))
 }

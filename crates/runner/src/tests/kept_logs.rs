@@ -52,9 +52,16 @@ fn the_end_of_a_kept_log_is_read_from_a_line_start_without_the_header() {
     for max in [1, 10, 11, 12, 100, 5000] {
         let end = logs::read_kept_end(&keeper.dir, &task, max).unwrap().unwrap();
         assert!(text.ends_with(&end), "max {max}: {end:?}");
-        assert!(end.is_empty() || end.starts_with("line "), "max {max}: {end:?}");
+        assert!(end.starts_with("line ") || end.len() == max, "max {max}: {end:?}");
         assert!(end.len() <= max && end.len() + 10 > max.min(text.len()), "max {max}: {} bytes", end.len());
     }
+    // A last line longer than the end read: its end is shown, not nothing,
+    // and a character cut in two at the start is left out.
+    let long = core_types::TaskId::new("t-long").unwrap();
+    let text = format!("first\n{}\n", "é".repeat(40_000));
+    keeper.write(&long, &text, 0).unwrap();
+    let end = logs::read_kept_end(&keeper.dir, &long, 1001).unwrap().unwrap();
+    assert!(text.ends_with(&end) && end.starts_with('é') && end.len() >= 998, "{} bytes", end.len());
     // A log that is only the header and nothing after it.
     let empty = core_types::TaskId::new("t-empty").unwrap();
     keeper.write(&empty, "", 0).unwrap();
