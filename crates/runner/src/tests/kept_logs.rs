@@ -131,3 +131,26 @@ fn old_logs_are_pruned_and_new_ones_stay() {
     assert_eq!(logs::read_kept(&keeper.dir, &task).unwrap(), None);
     assert_eq!(logs::prune(&state.path().join("missing"), Duration::ZERO).unwrap(), 0);
 }
+
+/// Redaction copies only where a secret is, and still replaces the longest
+/// first, so a secret inside another leaves no part of the longer one.
+#[test]
+fn redaction_replaces_the_longest_secret_first_and_leaves_a_clean_text_as_it_was() {
+    let env = crate::agent_env::AgentEnv {
+        plain: Vec::new(),
+        secrets: vec![
+            ("SHORT".to_owned(), core_types::Secret::new("token-1234567890".to_owned())),
+            ("LONG".to_owned(), core_types::Secret::new("prefix-token-1234567890-suffix".to_owned())),
+        ],
+    };
+    assert_eq!(
+        env.redact("a prefix-token-1234567890-suffix b token-1234567890 c"),
+        "a *** b *** c",
+        "the longer secret goes whole, then the shorter"
+    );
+    let clean = "nothing secret here\n".repeat(1000);
+    let pointer = clean.as_ptr();
+    let redacted = env.redact_owned(clean);
+    assert_eq!(redacted.as_ptr(), pointer, "a text with no secret is not copied");
+    assert_eq!(redacted, "nothing secret here\n".repeat(1000));
+}
