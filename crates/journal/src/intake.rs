@@ -87,11 +87,7 @@ pub(crate) struct Logged {
 impl Logged {
     /// A record whose tasks are encoded here (one read back from the log).
     pub(crate) fn new(record: IntakeRecord) -> Self {
-        let task_json = record
-            .tasks
-            .iter()
-            .map(|task| serde_json::to_vec(task).expect("task records always serialize"))
-            .collect();
+        let task_json = record.tasks.iter().map(crate::encode).collect();
         Self { record, task_json }
     }
 

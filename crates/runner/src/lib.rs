@@ -1128,9 +1128,9 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
         };
         let mut text = self.redact_owned(text);
-        let cut = text.len() - logs::cut_front(&text, keeper.max_bytes).0.len();
-        text.drain(..cut);
-        let (cut, task) = (dropped.saturating_add(cut as u64), task_id.clone());
+        let (_, cut) = logs::cut_front(&text, keeper.max_bytes);
+        text.drain(..usize::try_from(cut).unwrap_or(text.len()));
+        let (cut, task) = (dropped.saturating_add(cut), task_id.clone());
         let write = tokio::task::spawn_blocking(move || keeper.write(&task, &text, cut));
         match tokio::time::timeout(KEEP_LOG_TIMEOUT, write).await {
             Ok(Ok(Ok(()))) => {}

@@ -119,20 +119,14 @@ pub fn read_kept_end(dir: &Path, task: &TaskId, max_bytes: usize) -> io::Result<
         Err(err) => return Err(err),
     };
     let start = file.metadata()?.len().saturating_sub(max_bytes as u64);
+    if start == 0 {
+        // The whole file is no longer than the end wanted.
+        return Ok(read_kept(dir, task)?.map(|kept| kept.text));
+    }
     // From one byte before the end wanted, to tell whether it starts a line.
-    let from = start.saturating_sub(1);
-    file.seek(io::SeekFrom::Start(from))?;
+    file.seek(io::SeekFrom::Start(start - 1))?;
     let mut bytes = Vec::new();
     file.take(max_bytes as u64 + 1).read_to_end(&mut bytes)?;
-    if start == 0 {
-        // The whole file: its first line is the header.
-        let text = String::from_utf8_lossy(&bytes);
-        let whole_lines = match text.split_once('\n') {
-            Some((first, rest)) if first.starts_with(HEADER) => rest,
-            _ => &text,
-        };
-        return Ok(Some(whole_lines.to_owned()));
-    }
     let starts_a_line = bytes.first() == Some(&b'\n');
     let end = String::from_utf8_lossy(bytes.get(1..).unwrap_or_default());
     let whole_lines = match end.split_once('\n') {
