@@ -1,12 +1,19 @@
 //! Webhook intake benchmark: signed `issue_comment` deliveries against the
 //! real `berth serve` (this profile's build, journal on in a temp directory on
-//! this machine's disk) and, in the same run, against a bare axum route that
-//! verifies the same HMAC over the raw body and answers 202 with no other
-//! work: the ceiling for any verifying receiver.
+//! this machine's disk) and, in the same run, against two references:
+//! - the ceiling: a bare axum route that verifies the same HMAC over the raw
+//!   body and answers 202 with no other work, the ceiling for any verifying
+//!   receiver;
+//! - the synced ceiling: the same route, but each verified delivery is handed
+//!   to one group-commit thread that writes a 1 KiB record of it into a
+//!   preallocated file in the journal's file system (written over in place,
+//!   one `fdatasync` per batch), and the 202 is sent only after its batch is
+//!   synced. Nothing is decided, indexed or folded: the floor of any
+//!   receiver whose 202 means "on disk", as Berth's does.
 //!
 //! Every delivery asks for a review of a pull request no earlier delivery
 //! named, so each one Berth accepts queues a new task and really writes the
-//! journal. Per server, two phases:
+//! journal. Per server, two phases (the synced ceiling only the closed loops):
 //! - closed loop: a fixed number of keep-alive connections, each sending its
 //!   next delivery as soon as the last is answered (throughput, p50/p99);
 //! - open loop: deliveries at a fixed rate on a timer, spread over the
@@ -19,10 +26,11 @@
 //!
 //! `cargo bench -p tests --bench webhook`. Knobs: `BERTH_BENCH_SECONDS`
 //! (default 5), `BERTH_BENCH_CONNECTIONS` (32), `BERTH_BENCH_WIDE_CONNECTIONS`
-//! (256), `BERTH_BENCH_RATE` (1000); `BERTH_BENCH_RUST_LOG` (the daemon's
-//! `RUST_LOG`, default `info`) and `BERTH_BENCH_LOG` (a file the daemon's
-//! stderr goes to instead of a pipe this process reads: the log against a
-//! file rather than a pipe).
+//! (256), `BERTH_BENCH_RATE` (1000); `BERTH_BENCH_DAEMON_WORKER_THREADS`
+//! (the daemon's `TOKIO_WORKER_THREADS`; this process's runtimes keep
+//! theirs); `BERTH_BENCH_RUST_LOG` (the daemon's `RUST_LOG`, default `info`)
+//! and `BERTH_BENCH_LOG` (a file the daemon's stderr goes to instead of a
+//! pipe this process reads: the log against a file rather than a pipe).
 
 #![allow(
     clippy::unwrap_used,
@@ -235,6 +243,83 @@ async fn ceiling_webhook(
     }
 }
 
+/// A delivery for the synced ceiling's group-commit thread: its record,
+/// and whom to tell once the record is on disk.
+type Commit = (Vec<u8>, oneshot::Sender<()>);
+
+/// The synced ceiling's state: the secret, and the way to its group-commit thread.
+#[derive(Clone)]
+struct Synced {
+    secrets: Arc<WebhookSecrets>,
+    commits: std::sync::mpsc::Sender<Commit>,
+}
+
+/// The synced ceiling: verify, have a 1 KiB record of the delivery synced, answer 202.
+async fn synced_webhook(State(synced): State<Synced>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    if synced.secrets.verify(headers.get(SIGNATURE_HEADER).map(HeaderValue::as_bytes), &body).is_err() {
+        return StatusCode::UNAUTHORIZED;
+    }
+    let mut record = Vec::with_capacity(SYNCED_RECORD);
+    for name in ["x-github-delivery", "x-github-event"] {
+        record.extend_from_slice(headers.get(name).map_or(&b"-"[..], HeaderValue::as_bytes));
+        record.push(b' ');
+    }
+    record.extend_from_slice(body.len().to_string().as_bytes());
+    record.resize(SYNCED_RECORD - 1, b' ');
+    record.push(b'\n');
+    let (synced_tx, synced_rx) = oneshot::channel();
+    if synced.commits.send((record, synced_tx)).is_err() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    match synced_rx.await {
+        Ok(()) => StatusCode::ACCEPTED,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The synced ceiling's name in the tables.
+const SYNCED: &str = "synced ceiling";
+
+/// Bytes of one synced ceiling record (Berth's intake record with its task is about this size).
+const SYNCED_RECORD: usize = 1024;
+
+/// Bytes of the synced ceiling's file, written over from the start when full.
+const SYNCED_FILE: u64 = 16 << 20;
+
+/// The synced ceiling's group-commit thread: takes one delivery, then every
+/// one already waiting, writes them in one write over the preallocated file
+/// and one `fdatasync`, then answers them. The file is zeroed 4 KiB at a
+/// time first: zeroed in larger writes, the page cache keeps it in large
+/// folios and each sync writes a whole folio (BENCHMARKS.md, session 12).
+fn group_commit(path: &std::path::Path, commits: &std::sync::mpsc::Receiver<Commit>) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create(path).expect("the synced ceiling's file is created");
+    let zeros = [0_u8; 4096];
+    for block in 0..SYNCED_FILE / 4096 {
+        file.write_all_at(&zeros, block * 4096).expect("the synced ceiling's file is zeroed");
+    }
+    file.sync_all().expect("the synced ceiling's file syncs");
+    let mut offset = 0_u64;
+    let mut frames = Vec::new();
+    let mut waiting = Vec::new();
+    while let Ok(first) = commits.recv() {
+        frames.clear();
+        for (record, synced) in std::iter::once(first).chain(std::iter::from_fn(|| commits.try_recv().ok())) {
+            frames.extend_from_slice(&record);
+            waiting.push(synced);
+        }
+        if offset + frames.len() as u64 > SYNCED_FILE {
+            offset = 0;
+        }
+        file.write_all_at(&frames, offset).expect("the synced ceiling writes");
+        file.sync_data().expect("the synced ceiling syncs");
+        offset += frames.len() as u64;
+        for synced in waiting.drain(..) {
+            let _ = synced.send(());
+        }
+    }
+}
+
 /// The ceiling server on its own two-thread runtime, as a separate daemon would be.
 struct Ceiling {
     addr: SocketAddr,
@@ -244,10 +329,11 @@ struct Ceiling {
 }
 
 impl Ceiling {
-    fn start() -> Ceiling {
+    /// The ceiling, or with `synced_in` the synced ceiling writing its file in that directory.
+    fn start(synced_in: Option<&std::path::Path>) -> Ceiling {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("ceiling")
+            .thread_name(if synced_in.is_some() { "ceiling-synced" } else { "ceiling" })
             .enable_all()
             .build()
             .expect("the ceiling's runtime starts");
@@ -255,7 +341,19 @@ impl Ceiling {
         listener.set_nonblocking(true).expect("the listener can be non-blocking");
         let addr = listener.local_addr().expect("a bound listener has an address");
         let secrets = Arc::new(WebhookSecrets::new(Secret::new(SECRET), None));
-        let router = Router::new().route("/webhook", post(ceiling_webhook)).with_state(secrets);
+        let router = match synced_in {
+            None => Router::new().route("/webhook", post(ceiling_webhook)).with_state(secrets),
+            Some(dir) => {
+                let (commits, receiver) = std::sync::mpsc::channel();
+                let path = dir.join("synced-ceiling.log");
+                // Ends when the router, and with it every sender, is dropped.
+                std::thread::Builder::new()
+                    .name("ceiling-sync".to_owned())
+                    .spawn(move || group_commit(&path, &receiver))
+                    .expect("the group-commit thread starts");
+                Router::new().route("/webhook", post(synced_webhook)).with_state(Synced { secrets, commits })
+            }
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let server = runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -668,6 +766,7 @@ fn thread_ticks(pid: &str) -> Option<BTreeMap<String, u64>> {
 fn role(server: &str, thread: &str) -> Option<&'static str> {
     match server {
         "ceiling" => (thread == "ceiling").then_some("all"),
+        SYNCED => thread.starts_with("ceiling-sync").then_some("all"),
         _ => Some(match thread {
             "tokio-rt-worker" => "request handling",
             "berth-journal" => "journal writer",
@@ -708,7 +807,7 @@ fn machine_ticks() -> Option<(u64, u64)> {
 }
 
 /// A reading of what is spent besides the server: the load generator's CPU
-/// ticks (this process's threads other than the ceiling's) and the
+/// ticks (this process's threads other than the two ceilings') and the
 /// machine's ticks.
 #[derive(Debug, Clone, Copy)]
 struct Load {
@@ -728,7 +827,7 @@ struct Spent {
 impl Load {
     fn now() -> Load {
         let generator = thread_ticks("self").map(|ticks| {
-            ticks.iter().filter(|(name, _)| name.as_str() != "ceiling").map(|(_, ticks)| ticks).sum()
+            ticks.iter().filter(|(name, _)| !name.starts_with("ceiling")).map(|(_, ticks)| ticks).sum()
         });
         Load { generator, machine: machine_ticks() }
     }
@@ -761,22 +860,25 @@ fn summarize(phases: &[Phase], setup: &str) -> String {
     let _ = writeln!(out, "{setup}\n");
     let _ = writeln!(
         out,
-        "| server | phase | throughput (req/s) | p50 (ms) | p99 (ms) | max (ms) | not 202 / errors | Berth ÷ ceiling |"
+        "| server | phase | throughput (req/s) | p50 (ms) | p99 (ms) | max (ms) | not 202 / errors | ÷ ceiling | Berth ÷ synced ceiling |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    // Throughput over that of `server` in the same closed-loop phase.
+    let ratio = |phase: &Phase, server: &str| {
+        phases
+            .iter()
+            .find(|other| other.server == server && other.name == phase.name)
+            .filter(|_| phase.name.starts_with("closed"))
+            .map_or_else(String::new, |other| format!("{:.2}", phase.throughput() / other.throughput()))
+    };
     for phase in phases {
         let mut sorted = phase.tally.latencies.clone();
         sorted.sort_unstable();
-        let ceiling = phases.iter().find(|other| other.server == "ceiling" && other.name == phase.name);
-        let ratio_cell = match ceiling {
-            Some(ceiling) if phase.server == "berth" && phase.name.starts_with("closed") => {
-                format!("{:.2}", phase.throughput() / ceiling.throughput())
-            }
-            _ => String::new(),
-        };
+        let over_ceiling = if phase.server == "ceiling" { String::new() } else { ratio(phase, "ceiling") };
+        let over_synced = if phase.server == "berth" { ratio(phase, SYNCED) } else { String::new() };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {over_ceiling} | {over_synced} |",
             phase.server,
             phase.name,
             phase.throughput(),
@@ -784,17 +886,16 @@ fn summarize(phases: &[Phase], setup: &str) -> String {
             percentile(&sorted, 99.0),
             percentile(&sorted, 100.0),
             phase.tally.failures(),
-            ratio_cell,
         );
     }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "CPU per answered delivery, in µs: the server's threads' CPU time in the phase over its answers (steadier than throughput when the machine's speed wanders). The load generator (this process's threads but the ceiling's) is shown on its own, and the machine's busy cores (`/proc/stat`) tell whether the phase was bound by the CPU.\n"
+        "CPU per answered delivery, in µs: the server's threads' CPU time in the phase over its answers (steadier than throughput when the machine's speed wanders). The load generator (this process's threads but the ceilings') is shown on its own, and the machine's busy cores (`/proc/stat`) tell whether the phase was bound by the CPU.\n"
     );
     let _ = writeln!(
         out,
-        "| server | phase | CPU per delivery (µs) | cores busy | Berth ÷ ceiling | by role (µs) | generator (µs) | machine busy (cores) |"
+        "| server | phase | CPU per delivery (µs) | cores busy | ÷ ceiling | by role (µs) | generator (µs) | machine busy (cores) |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---|---:|---:|");
     let per_delivery = |phase: &Phase| {
@@ -809,12 +910,12 @@ fn summarize(phases: &[Phase], setup: &str) -> String {
             .find(|other| other.server == "ceiling" && other.name == phase.name)
             .and_then(&per_delivery);
         let ratio = match ceiling {
-            Some((ceiling, _)) if phase.server == "berth" => format!("{:.1}", micros / ceiling),
+            Some((ceiling, _)) if phase.server != "ceiling" => format!("{:.1}", micros / ceiling),
             _ => String::new(),
         };
         let roles: Vec<String> =
             cpu.iter().map(|(role, seconds)| format!("{role} {:.1}", seconds * 1e6 / answers)).collect();
-        let roles = if phase.server == "ceiling" { String::new() } else { roles.join(", ") };
+        let roles = if phase.server == "berth" { roles.join(", ") } else { String::new() };
         let generator = phase
             .load
             .generator
@@ -939,8 +1040,9 @@ async fn main() {
     let duration = Duration::from_secs(seconds);
     let template = Arc::new(Template::load());
 
-    let ceiling_server = Ceiling::start();
+    let ceiling_server = Ceiling::start(None);
     let dir = tempfile::tempdir().expect("a temp dir");
+    let synced_server = Ceiling::start(Some(dir.path()));
     let key = rsa_key(dir.path());
     let state_dir = dir.path().join("state");
     let settings = vec![
@@ -969,6 +1071,7 @@ async fn main() {
         state_dir.display()
     ));
     check_refuses_bad_signature(ceiling_server.addr, &template).await;
+    check_refuses_bad_signature(synced_server.addr, &template).await;
     check_refuses_bad_signature(daemon.addr, &template).await;
     let floor = disk_floor(dir.path(), 200);
 
@@ -981,6 +1084,20 @@ async fn main() {
             Arc::clone(&template),
             ceiling_server.addr,
             "bench-ceiling",
+            1,
+            4096,
+            true,
+        )),
+        expect: Expect::Accepted,
+        pid: None,
+    };
+    let synced = Target {
+        server: SYNCED,
+        addr: synced_server.addr,
+        deliveries: Arc::new(Deliveries::new(
+            Arc::clone(&template),
+            synced_server.addr,
+            "bench-synced",
             1,
             4096,
             true,
@@ -1006,8 +1123,10 @@ async fn main() {
         expect: Expect::Queued,
         pid: daemon.child.id(),
     };
+    phases.push(synced.closed(connections, duration).await);
     phases.push(berth.closed(connections, duration).await);
     phases.push(ceiling.closed(wide, duration).await);
+    phases.push(synced.closed(wide, duration).await);
     phases.push(berth.closed(wide, duration).await);
     phases.push(ceiling.open(connections, rate, duration).await);
     phases.push(berth.open(connections, rate, duration).await);
@@ -1028,6 +1147,7 @@ async fn main() {
     }
     daemon.kill().await;
     ceiling_server.stop().await;
+    synced_server.stop().await;
 
     let setup = format!(
         "Signed issue_comment deliveries of {:.1} KB; {seconds} s per phase, closed loops after a {} s \

@@ -333,6 +333,10 @@ impl Daemon {
         if let Ok(tunables) = std::env::var("GLIBC_TUNABLES") {
             command.env("GLIBC_TUNABLES", tunables);
         }
+        // The runtime's worker threads, for measuring the daemon with other counts.
+        if let Ok(threads) = std::env::var(core_types::env_names::BERTH_BENCH_DAEMON_WORKER_THREADS) {
+            command.env("TOKIO_WORKER_THREADS", threads);
+        }
         if let Some(path) = log_file {
             let file = std::fs::File::create(path).expect("the log file is created");
             command.stderr(file);

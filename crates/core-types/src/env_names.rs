@@ -218,5 +218,8 @@ pub const BERTH_BENCH_RATE: &str = "BERTH_BENCH_RATE";
 pub const BERTH_BENCH_RUST_LOG: &str = "BERTH_BENCH_RUST_LOG";
 /// The webhook benchmark: a file to keep the daemon's log in.
 pub const BERTH_BENCH_LOG: &str = "BERTH_BENCH_LOG";
+/// Benchmarks that start `berth serve`: its `TOKIO_WORKER_THREADS` (the
+/// benchmark's own runtimes keep theirs).
+pub const BERTH_BENCH_DAEMON_WORKER_THREADS: &str = "BERTH_BENCH_DAEMON_WORKER_THREADS";
 /// The soak benchmark: tasks in all.
 pub const BERTH_SOAK_TASKS: &str = "BERTH_SOAK_TASKS";
