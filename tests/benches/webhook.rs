@@ -8,8 +8,9 @@
 //!   to one group-commit thread that writes a 1 KiB record of it into a
 //!   preallocated file in the journal's file system (written over in place,
 //!   one `fdatasync` per batch), and the 202 is sent only after its batch is
-//!   synced. Nothing is decided, indexed or folded: the floor of any
-//!   receiver whose 202 means "on disk", as Berth's does.
+//!   synced. Nothing is decided, indexed or folded: the floor of a
+//!   receiver whose 202 means "on disk" and that hands each delivery to a
+//!   group-commit thread, as Berth does.
 //!
 //! Every delivery asks for a review of a pull request no earlier delivery
 //! named, so each one Berth accepts queues a new task and really writes the
@@ -280,18 +281,18 @@ async fn synced_webhook(State(synced): State<Synced>, headers: HeaderMap, body: 
 /// The synced ceiling's name in the tables.
 const SYNCED: &str = "synced ceiling";
 
-/// Bytes of one synced ceiling record (Berth's intake record with its task is about this size).
+/// Bytes of one synced ceiling record: about one task's JSON (Berth's whole
+/// intake log and fold write 2.5–2.7 KB per delivery; BENCHMARKS.md, session 13).
 const SYNCED_RECORD: usize = 1024;
 
 /// Bytes of the synced ceiling's file, written over from the start when full.
 const SYNCED_FILE: u64 = 16 << 20;
 
-/// The synced ceiling's group-commit thread: takes one delivery, then every
-/// one already waiting, writes them in one write over the preallocated file
-/// and one `fdatasync`, then answers them. The file is zeroed 4 KiB at a
-/// time first: zeroed in larger writes, the page cache keeps it in large
+/// The synced ceiling's file, made before the server starts (so that its
+/// writes are not under the disk floor's probe or a phase): zeroed 4 KiB at
+/// a time, since zeroed in larger writes the page cache keeps it in large
 /// folios and each sync writes a whole folio (BENCHMARKS.md, session 12).
-fn group_commit(path: &std::path::Path, commits: &std::sync::mpsc::Receiver<Commit>) {
+fn synced_file(path: &std::path::Path) -> std::fs::File {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::create(path).expect("the synced ceiling's file is created");
     let zeros = [0_u8; 4096];
@@ -299,6 +300,14 @@ fn group_commit(path: &std::path::Path, commits: &std::sync::mpsc::Receiver<Comm
         file.write_all_at(&zeros, block * 4096).expect("the synced ceiling's file is zeroed");
     }
     file.sync_all().expect("the synced ceiling's file syncs");
+    file
+}
+
+/// The synced ceiling's group-commit thread: takes one delivery, then every
+/// one already waiting, writes them in one write over `file` and one
+/// `fdatasync`, then answers them.
+fn group_commit(file: &std::fs::File, commits: &std::sync::mpsc::Receiver<Commit>) {
+    use std::os::unix::fs::FileExt;
     let mut offset = 0_u64;
     let mut frames = Vec::new();
     let mut waiting = Vec::new();
@@ -322,6 +331,8 @@ fn group_commit(path: &std::path::Path, commits: &std::sync::mpsc::Receiver<Comm
 
 /// The ceiling server on its own two-thread runtime, as a separate daemon would be.
 struct Ceiling {
+    /// `ceiling` or `synced ceiling`, for its messages.
+    name: &'static str,
     addr: SocketAddr,
     runtime: tokio::runtime::Runtime,
     stop: oneshot::Sender<()>,
@@ -345,11 +356,11 @@ impl Ceiling {
             None => Router::new().route("/webhook", post(ceiling_webhook)).with_state(secrets),
             Some(dir) => {
                 let (commits, receiver) = std::sync::mpsc::channel();
-                let path = dir.join("synced-ceiling.log");
+                let file = synced_file(&dir.join("synced-ceiling.log"));
                 // Ends when the router, and with it every sender, is dropped.
                 std::thread::Builder::new()
                     .name("ceiling-sync".to_owned())
-                    .spawn(move || group_commit(&path, &receiver))
+                    .spawn(move || group_commit(&file, &receiver))
                     .expect("the group-commit thread starts");
                 Router::new().route("/webhook", post(synced_webhook)).with_state(Synced { secrets, commits })
             }
@@ -363,16 +374,17 @@ impl Ceiling {
                 })
                 .await
         });
-        Ceiling { addr, runtime, stop, server }
+        let name = if synced_in.is_some() { SYNCED } else { "ceiling" };
+        Ceiling { name, addr, runtime, stop, server }
     }
 
     async fn stop(self) {
         let _ = self.stop.send(());
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => progress(&format!("the ceiling server failed: {err}")),
-            Ok(Err(err)) => progress(&format!("the ceiling server panicked: {err}")),
-            Err(_) => progress("the ceiling server did not stop within 10 s"),
+            Ok(Ok(Err(err))) => progress(&format!("the {} server failed: {err}", self.name)),
+            Ok(Err(err)) => progress(&format!("the {} server panicked: {err}", self.name)),
+            Err(_) => progress(&format!("the {} server did not stop within 10 s", self.name)),
         }
         self.runtime.shutdown_background();
     }
@@ -1065,9 +1077,10 @@ async fn main() {
     let log_file = std::env::var(core_types::env_names::BERTH_BENCH_LOG).ok().map(std::path::PathBuf::from);
     let daemon = Daemon::start_logging(&settings, log_file.as_deref()).await;
     progress(&format!(
-        "berth on {}, ceiling on {}, journal in {}",
+        "berth on {}, ceiling on {}, synced ceiling on {}, journal in {}",
         daemon.addr,
         ceiling_server.addr,
+        synced_server.addr,
         state_dir.display()
     ));
     check_refuses_bad_signature(ceiling_server.addr, &template).await;
