@@ -995,6 +995,19 @@ struct Target {
 }
 
 impl Target {
+    /// One of the two ceilings: it ignores the pull request numbers, so
+    /// 4,096 signed bodies are sent round-robin.
+    fn reference(server: &'static str, addr: SocketAddr, template: &Arc<Template>) -> Target {
+        let prefix = format!("bench-{}", server.replace(' ', "-"));
+        Target {
+            server,
+            addr,
+            deliveries: Arc::new(Deliveries::new(Arc::clone(template), addr, &prefix, 1, 4096, true)),
+            expect: Expect::Accepted,
+            pid: None,
+        }
+    }
+
     async fn closed(&self, connections: usize, duration: Duration) -> Phase {
         progress(&format!("{}: closed loop over {connections} connections", self.server));
         closed_loop(self.addr, &self.deliveries, connections, WARM_UP, self.expect).await;
@@ -1090,34 +1103,8 @@ async fn main() {
 
     // The ceiling first: its throughput sizes how many distinct pull requests
     // Berth needs signed (every phase of it, warm-ups included, with room to spare).
-    let ceiling = Target {
-        server: "ceiling",
-        addr: ceiling_server.addr,
-        deliveries: Arc::new(Deliveries::new(
-            Arc::clone(&template),
-            ceiling_server.addr,
-            "bench-ceiling",
-            1,
-            4096,
-            true,
-        )),
-        expect: Expect::Accepted,
-        pid: None,
-    };
-    let synced = Target {
-        server: SYNCED,
-        addr: synced_server.addr,
-        deliveries: Arc::new(Deliveries::new(
-            Arc::clone(&template),
-            synced_server.addr,
-            "bench-synced",
-            1,
-            4096,
-            true,
-        )),
-        expect: Expect::Accepted,
-        pid: None,
-    };
+    let ceiling = Target::reference("ceiling", ceiling_server.addr, &template);
+    let synced = Target::reference(SYNCED, synced_server.addr, &template);
     let mut phases = vec![ceiling.closed(connections, duration).await];
     let budget = (phases[0].throughput() * (WARM_UP + duration).as_secs_f64() * 4.0) as u64
         + rate * seconds * 2
