@@ -12,7 +12,17 @@ fn berth() -> Command {
 
 #[tokio::test]
 async fn berth_demo_runs_the_whole_flow() {
-    let output = tokio::task::spawn_blocking(|| berth().arg("demo").output().unwrap()).await.unwrap();
+    let (pid, output) = tokio::task::spawn_blocking(|| {
+        let child = berth()
+            .arg("demo")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child.id(), child.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "berth demo failed:\n{stdout}\n{stderr}");
@@ -26,6 +36,18 @@ async fn berth_demo_runs_the_whole_flow() {
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");
     }
+    // Nothing of it is left: not its directory (a key, a journal, the
+    // sample repository), not the git daemon that took pushes on the bridge.
+    let temp = std::env::temp_dir().join(format!("berth-demo-{pid}"));
+    assert!(!temp.exists(), "{} is left behind", temp.display());
+    let serving = format!("--base-path={}", temp.join("repos").display());
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&serving))
+        .collect();
+    assert!(left.is_empty(), "the demo's git daemon outlived it: {left:?}");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -102,8 +103,10 @@ fn binaries_dir() -> anyhow::Result<PathBuf> {
 /// When Docker, git or openssl are missing, or any step fails.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let temp = tempfile_dir()?;
-    let state = args.state_dir.clone().unwrap_or_else(|| temp.clone());
+    // Removed when the demo ends, however it ends.
+    let temp_dir = TempDir(tempfile_dir()?);
+    let temp = temp_dir.0.as_path();
+    let state = args.state_dir.clone().unwrap_or_else(|| temp.to_owned());
     std::fs::create_dir_all(&state)?;
 
     say("berth demo: the whole flow on this machine, no GitHub account needed");
@@ -134,17 +137,24 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&repos)?;
     let (main_sha, head_sha) = sample_repository(&repos)?;
     let git_port = free_port(gateway)?;
-    let mut git_daemon = Command::new("git")
-        .args(["daemon", "--reuseaddr", "--export-all", "--enable=receive-pack"])
-        .arg(format!("--base-path={}", repos.display()))
-        .arg(format!("--listen={gateway}"))
-        .arg(format!("--port={git_port}"))
-        .arg(&repos)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start git daemon")?;
+    // Stopped when the demo ends, however it ends: it accepts pushes from
+    // the bridge, so it must not outlive the demo.
+    let _git_daemon = GitDaemon(
+        Command::new("git")
+            .args(["daemon", "--reuseaddr", "--export-all", "--enable=receive-pack"])
+            .arg(format!("--base-path={}", repos.display()))
+            .arg(format!("--listen={gateway}"))
+            .arg(format!("--port={git_port}"))
+            .arg(&repos)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // `git daemon` runs `git-daemon` as a child of its own: the
+            // group is what is stopped.
+            .process_group(0)
+            .spawn()
+            .context("cannot start git daemon")?,
+    );
     let clone_url = format!("git://{gateway}:{git_port}/hello-berth.git");
 
     say("[3/6] starting a local fake GitHub and the daemon on loopback");
@@ -216,12 +226,35 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     say("[6/6] cleaning up (the worker container is already removed; the image stays for next time)");
     shutdown.cancel();
     let _ = daemon.await;
-    let _ = git_daemon.kill();
-    let _ = git_daemon.wait();
     fake.stop();
     let outcome = outcome?;
     say(&format!("done in {:.1} s: {outcome}", started.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// `git daemon` and the `git-daemon` it starts, stopped when dropped.
+struct GitDaemon(std::process::Child);
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        // The child leads its own process group (`process_group(0)`).
+        if let Ok(group) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(group),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// The demo's directory under the system's temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
