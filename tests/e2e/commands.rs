@@ -41,13 +41,50 @@ async fn berth_demo_runs_the_whole_flow() {
     let temp = std::env::temp_dir().join(format!("berth-demo-{pid}"));
     assert!(!temp.exists(), "{} is left behind", temp.display());
     let serving = format!("--base-path={}", temp.join("repos").display());
-    let left: Vec<String> = std::fs::read_dir("/proc")
+    let left = processes_with(&serving);
+    assert!(left.is_empty(), "the demo's git daemon outlived it: {left:?}");
+}
+
+/// Ctrl-C in the middle of the demo: it exits, and its git daemon (in a
+/// process group of its own, out of the terminal's reach) and its
+/// directory go with it.
+#[tokio::test]
+async fn an_interrupted_demo_leaves_nothing_behind() {
+    let (pid, status, seen) = tokio::task::spawn_blocking(|| {
+        use std::io::BufRead;
+        let mut child = berth().arg("demo").stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            // The git daemon is serving once step 3 starts.
+            if line.starts_with("[3/6]") {
+                let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+                break;
+            }
+        }
+        (child.id(), child.wait().unwrap(), seen)
+    })
+    .await
+    .unwrap();
+    assert!(seen.contains("[3/6]"), "the demo never reached step 3:\n{seen}");
+    assert!(!status.success(), "an interrupted demo exits with a failure");
+    let temp = std::env::temp_dir().join(format!("berth-demo-{pid}"));
+    assert!(!temp.exists(), "{} is left behind", temp.display());
+    let serving = format!("--base-path={}", temp.join("repos").display());
+    assert!(processes_with(&serving).is_empty(), "the demo's git daemon outlived it");
+}
+
+/// The command lines, with spaces for NULs, of the processes whose command line holds `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
         .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
-        .filter(|cmdline| cmdline.contains(&serving))
-        .collect();
-    assert!(left.is_empty(), "the demo's git daemon outlived it: {left:?}");
+        .filter(|cmdline| cmdline.contains(needle))
+        .collect()
 }
 
 #[tokio::test]

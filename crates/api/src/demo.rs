@@ -97,11 +97,25 @@ fn binaries_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Runs the demo.
+/// Runs the demo. Interrupted (Ctrl-C or SIGTERM), it stops what it
+/// started and removes what it made before it exits, as at its end.
 ///
 /// # Errors
-/// When Docker, git or openssl are missing, or any step fails.
+/// When Docker, git or openssl are missing, any step fails, or it is interrupted.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let interrupted = CancellationToken::new();
+    let signals = tokio::spawn(crate::cli::cancel_on_signal(interrupted.clone()));
+    // Dropping the demo's future drops its guards: the git daemon is
+    // stopped, the daemon told to stop, the directory removed.
+    let result = tokio::select! {
+        result = demo(args) => result,
+        () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted; what the demo started is stopped")),
+    };
+    signals.abort();
+    result
+}
+
+async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // Removed when the demo ends, however it ends.
     let temp_dir = TempDir(tempfile_dir()?);
@@ -193,6 +207,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let CliCommand::Serve(serve) = cli.command else { unreachable!("parsed a serve command") };
     let config = serve.validate()?;
     let shutdown = CancellationToken::new();
+    // The daemon stops however the demo ends.
+    let _stop_daemon = shutdown.clone().drop_guard();
     let daemon = tokio::spawn(crate::daemon::run(config, shutdown.clone()));
     let ready = Instant::now();
     loop {
