@@ -74,16 +74,23 @@ async fn an_interrupted_demo_leaves_nothing_behind() {
     let temp = std::env::temp_dir().join(format!("berth-demo-{pid}"));
     assert!(!temp.exists(), "{} is left behind", temp.display());
     let serving = format!("--base-path={}", temp.join("repos").display());
-    assert!(processes_with(&serving).is_empty(), "the demo's git daemon outlived it");
+    let left = processes_with(&serving);
+    assert!(left.is_empty(), "the demo's git daemon outlived it: {left:?}");
 }
 
-/// The command lines, with spaces for NULs, of the processes whose command line holds `needle`.
+/// Each process whose command line holds `needle`, as its `stat` line
+/// (pid, name, state, parent, group) and its command line with spaces for NULs.
 fn processes_with(needle: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
-        .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
-        .filter(|cmdline| cmdline.contains(needle))
+        .filter_map(|entry| {
+            let dir = entry.ok()?.path();
+            let cmdline =
+                String::from_utf8_lossy(&std::fs::read(dir.join("cmdline")).ok()?).replace('\0', " ");
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            let stat: String = stat.split(' ').take(5).collect::<Vec<_>>().join(" ");
+            cmdline.contains(needle).then(|| format!("{stat}: {cmdline}"))
+        })
         .collect()
 }
 

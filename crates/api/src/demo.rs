@@ -154,8 +154,8 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     // Stopped when the demo ends, however it ends: it accepts pushes from
     // the bridge, so it must not outlive the demo.
     let _git_daemon = GitDaemon(
-        Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--enable=receive-pack"])
+        git_daemon_command()
+            .args(["--reuseaddr", "--export-all", "--enable=receive-pack"])
             .arg(format!("--base-path={}", repos.display()))
             .arg(format!("--listen={gateway}"))
             .arg(format!("--port={git_port}"))
@@ -163,8 +163,8 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            // `git daemon` runs `git-daemon` as a child of its own: the
-            // group is what is stopped.
+            // Each connection is served by a child of its own: the group
+            // is what is stopped.
             .process_group(0)
             .spawn()
             .context("cannot start git daemon")?,
@@ -248,18 +248,47 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `git daemon` and the `git-daemon` it starts, stopped when dropped.
+/// `git-daemon` itself, so that the child the demo waits for is the
+/// server. `git daemon` would put a `git` in between that can die of the
+/// signal before the server does, leaving it running.
+fn git_daemon_command() -> Command {
+    let exec_path = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    match exec_path.map(|dir| dir.join("git-daemon")).filter(|path| path.is_file()) {
+        Some(server) => Command::new(server),
+        None => {
+            let mut command = Command::new("git");
+            command.arg("daemon");
+            command
+        }
+    }
+}
+
+/// The git daemon and the children serving its connections, stopped when
+/// dropped: SIGTERM to the group, SIGKILL if the server has not gone
+/// within two seconds, and the server reaped before the drop returns.
 struct GitDaemon(std::process::Child);
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
+        use nix::sys::signal::{Signal, killpg};
         // The child leads its own process group (`process_group(0)`).
-        if let Ok(group) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(group),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+        let Ok(group) = i32::try_from(self.0.id()) else { return };
+        let group = nix::unistd::Pid::from_raw(group);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+        // Still running, so the group's id is still the server's.
+        let _ = killpg(group, Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
