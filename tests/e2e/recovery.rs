@@ -212,11 +212,16 @@ async fn missed_deliveries_are_redelivered_once() {
             json!({"id": 15, "guid": "retried-guid", "status_code": 500, "delivered_at": github_time(now), "event": "issue_comment", "redelivery": false}),
             json!({"id": 16, "guid": "retried-guid", "status_code": 202, "delivered_at": github_time(now), "event": "issue_comment", "redelivery": true}),
         ];
+        // A busy hour while Berth was away: 150 more missed ones, newer, so
+        // that the first of them are on the log's second page.
+        state.deliveries.extend((100..250).map(|id| {
+            json!({"id": id, "guid": format!("busy-{id}"), "status_code": 502, "status": "Bad Gateway", "delivered_at": github_time(now), "event": "issue_comment", "redelivery": false})
+        }));
     });
     // The backfill runs at start: restart to trigger it with the list in place.
     rig.kill_daemon().await;
     rig.start_daemon().await;
-    rig.until("the redelivery request", Duration::from_secs(30), |state| !state.redeliveries.is_empty())
+    rig.until("the redelivery requests", Duration::from_secs(30), |state| state.redeliveries.len() >= 151)
         .await;
     rig.kill_daemon().await;
     let listings = |state: &fake_github::FakeState| {
@@ -226,11 +231,19 @@ async fn missed_deliveries_are_redelivered_once() {
     rig.start_daemon().await;
     rig.until("the backfill after the restart", Duration::from_secs(30), |state| listings(state) > before)
         .await;
-    assert_eq!(
-        rig.fake.with(|state| state.redeliveries.clone()),
-        vec![11],
-        "only the missed one, and only once"
-    );
+    let mut asked = rig.fake.with(|state| state.redeliveries.clone());
+    asked.sort_unstable();
+    let missed: Vec<u64> = std::iter::once(11).chain(100..250).collect();
+    assert_eq!(asked, missed, "only the missed ones, each once");
+    let pages = rig.fake.with(|state| {
+        state
+            .requests
+            .iter()
+            .filter(|r| r.path.starts_with("/app/hook/deliveries?"))
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    });
+    assert!(pages.iter().any(|path| path.contains("cursor=v1_")), "the second page was read: {pages:?}");
     let listing = rig.fake.with(|state| {
         state.requests.iter().find(|r| r.path.starts_with("/app/hook/deliveries")).unwrap().auth.clone()
     });

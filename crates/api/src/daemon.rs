@@ -286,6 +286,7 @@ async fn prune_journal(journal: Journal, retention: Retention, shutdown: Cancell
                 deliveries = pruned.deliveries,
                 tasks = pruned.tasks,
                 notices = pruned.notices,
+                redeliveries = pruned.redeliveries,
                 "old records pruned from the journal"
             ),
             Err(err) => warn!(error = %err, "pruning the journal failed"),

@@ -299,6 +299,14 @@ fn not_found() -> Response {
         .into_response()
 }
 
+fn validation_failed(message: &str) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({"message": message, "documentation_url": "https://docs.github.com/rest"})),
+    )
+        .into_response()
+}
+
 async fn access_token(
     State(state): State<Shared>,
     Path(id): Path<u64>,
@@ -575,8 +583,46 @@ async fn update_comment(
     Json(comment.clone()).into_response()
 }
 
-async fn list_deliveries(State(state): State<Shared>) -> Response {
-    Json(Value::Array(lock(&state).deliveries.clone())).into_response()
+/// `GET /app/hook/deliveries` as GitHub pages it: newest first, `per_page`
+/// (30, at most 100) from `cursor` on, and a `Link` header whose
+/// `rel="next"` carries the next page's cursor. A cursor here is `v1_<id>`
+/// of the page's first delivery, as GitHub's look.
+async fn list_deliveries(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let per_page = match query.get("per_page").map(|text| text.parse::<usize>()) {
+        None => 30,
+        Some(Ok(count)) if count > 0 => count.min(100),
+        Some(_) => return validation_failed("per_page must be a whole number from 1 to 100"),
+    };
+    let mut log = lock(&state).deliveries.clone();
+    let id_of = |delivery: &Value| delivery["id"].as_u64().unwrap_or_default();
+    log.sort_by_key(|delivery| std::cmp::Reverse(id_of(delivery)));
+    let start = match query.get("cursor") {
+        None => 0,
+        Some(cursor) => match cursor.strip_prefix("v1_").and_then(|id| id.parse::<u64>().ok()) {
+            Some(first) => log.iter().position(|delivery| id_of(delivery) <= first).unwrap_or(log.len()),
+            None => {
+                return (StatusCode::BAD_REQUEST, Json(json!({"message": "Bad Request: invalid cursor"})))
+                    .into_response();
+            }
+        },
+    };
+    let page: Vec<Value> = log.iter().skip(start).take(per_page).cloned().collect();
+    let mut response = Json(Value::Array(page)).into_response();
+    if let Some(next) = log.get(start + per_page) {
+        let link = format!(
+            "<{}/app/hook/deliveries?per_page={per_page}&cursor=v1_{}>; rel=\"next\"",
+            fake_base(&headers),
+            id_of(next)
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&link) {
+            response.headers_mut().insert(axum::http::header::LINK, value);
+        }
+    }
+    response
 }
 
 async fn redeliver(State(state): State<Shared>, Path(id): Path<u64>, method: Method) -> Response {

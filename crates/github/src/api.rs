@@ -8,7 +8,7 @@ use std::future::Future;
 use core_types::follow_up::ReviewComment;
 use core_types::{Secret, TaskId, TaskKind};
 
-use crate::{CheckRunOutput, CheckRunStatus, Delivery, GitHub, GitHubError, NewCheckRun, PullHead};
+use crate::{CheckRunOutput, CheckRunStatus, DeliveryPage, GitHub, GitHubError, NewCheckRun, PullHead};
 
 /// What the runner asks of GitHub.
 pub trait GitHubApi: Clone + Send + Sync + 'static {
@@ -109,11 +109,12 @@ pub trait GitHubApi: Clone + Send + Sync + 'static {
         title: &str,
         body: &str,
     ) -> impl Future<Output = Result<(u64, String), GitHubError>> + Send;
-    /// The App's recent webhook deliveries, newest first.
-    fn recent_deliveries(
+    /// One page of the App's webhook deliveries, newest first, from
+    /// `cursor` (`None`: the newest page).
+    fn deliveries_page(
         &self,
-        per_page: u32,
-    ) -> impl Future<Output = Result<Vec<Delivery>, GitHubError>> + Send;
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<DeliveryPage, GitHubError>> + Send;
     /// Asks GitHub to deliver one delivery again.
     fn redeliver(&self, delivery_id: u64) -> impl Future<Output = Result<(), GitHubError>> + Send;
 }
@@ -216,8 +217,8 @@ impl GitHubApi for GitHub {
     ) -> Result<(u64, String), GitHubError> {
         GitHub::ensure_pull_request(self, installation, repo, branch, base, title, body).await
     }
-    async fn recent_deliveries(&self, per_page: u32) -> Result<Vec<Delivery>, GitHubError> {
-        GitHub::recent_deliveries(self, per_page).await
+    async fn deliveries_page(&self, cursor: Option<&str>) -> Result<DeliveryPage, GitHubError> {
+        GitHub::deliveries_page(self, cursor).await
     }
     async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError> {
         GitHub::redeliver(self, delivery_id).await

@@ -206,6 +206,26 @@ impl Delivery {
     }
 }
 
+/// One page of the App's delivery log, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryPage {
+    /// The page's deliveries, newest first.
+    pub deliveries: Vec<Delivery>,
+    /// The cursor of the next, older page (from the `Link` header's
+    /// `rel="next"`); `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// The `cursor` a page link carries. Only the cursor is taken from a link,
+/// so every request stays on the configured API address.
+fn cursor_of(link: &str) -> Option<String> {
+    let (_, query) = link.split_once('?')?;
+    form_urlencoded::parse(query.split('#').next().unwrap_or_default().as_bytes())
+        .find(|(name, _)| name == "cursor")
+        .map(|(_, cursor)| cursor.into_owned())
+        .filter(|cursor| !cursor.is_empty())
+}
+
 /// Seconds since the epoch of GitHub's `2026-11-29T03:19:31Z`.
 pub fn parse_github_time(text: &str) -> Option<u64> {
     let (date, time) = text.split_once('T')?;
@@ -318,25 +338,25 @@ impl GitHub {
     }
 
     /// Runs `call` with Berth's retry policy, counting calls by status.
-    async fn with_retry<F, Fut>(&self, what: &str, app_level: bool, call: F) -> Result<Value, GitHubError>
+    async fn with_retry<T, F, Fut>(&self, what: &str, app_level: bool, call: F) -> Result<T, GitHubError>
     where
         F: FnMut(u32) -> Fut,
-        Fut: std::future::Future<Output = Result<Value, octocrab::Error>>,
+        Fut: std::future::Future<Output = Result<T, octocrab::Error>>,
     {
         self.with_attempts(what, app_level, self.retry.attempts, call).await
     }
 
     /// Runs `call` up to `attempts` times, with backoff between them.
-    async fn with_attempts<F, Fut>(
+    async fn with_attempts<T, F, Fut>(
         &self,
         what: &str,
         app_level: bool,
         attempts: u32,
         mut call: F,
-    ) -> Result<Value, GitHubError>
+    ) -> Result<T, GitHubError>
     where
         F: FnMut(u32) -> Fut,
-        Fut: std::future::Future<Output = Result<Value, octocrab::Error>>,
+        Fut: std::future::Future<Output = Result<T, octocrab::Error>>,
     {
         let mut delays = Backoff::new(self.retry.first_delay, self.retry.max_delay).max_attempts(attempts);
         let mut last = String::new();
@@ -779,21 +799,25 @@ impl GitHub {
         Ok((number, value["html_url"].as_str().unwrap_or_default().to_owned()))
     }
 
-    /// The App's recent webhook deliveries (newest first), one page.
+    /// One page of the App's webhook deliveries, newest first: the newest
+    /// hundred with no `cursor`, else the hundred from `cursor` on.
     ///
     /// # Errors
     /// GitHub failures.
-    pub async fn recent_deliveries(&self, per_page: u32) -> Result<Vec<Delivery>, GitHubError> {
-        let query = [("per_page", per_page.to_string())];
-        let value = self
+    pub async fn deliveries_page(&self, cursor: Option<&str>) -> Result<DeliveryPage, GitHubError> {
+        let mut query = vec![("per_page", "100".to_owned())];
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor.to_owned()));
+        }
+        let page: octocrab::Page<Value> = self
             .with_retry("list the App's webhook deliveries", true, |_| {
-                self.app.get::<Value, _, _>("/app/hook/deliveries", Some(&query))
+                self.app.get::<octocrab::Page<Value>, _, _>("/app/hook/deliveries", Some(&query))
             })
             .await?;
-        Ok(value
-            .as_array()
-            .map(|deliveries| deliveries.iter().filter_map(Delivery::from_json).collect())
-            .unwrap_or_default())
+        Ok(DeliveryPage {
+            deliveries: page.items.iter().filter_map(Delivery::from_json).collect(),
+            next: page.next.as_ref().and_then(|link| cursor_of(&link.to_string())),
+        })
     }
 
     /// Asks GitHub to deliver one delivery again.

@@ -92,6 +92,22 @@ fn deliveries_keep_the_text_doctor_names_them_by() {
 }
 
 #[test]
+fn a_page_link_gives_only_its_cursor() {
+    let cursor = |link: &str| crate::cursor_of(link);
+    assert_eq!(
+        cursor("https://api.github.com/app/hook/deliveries?per_page=100&cursor=v1_12077215967").as_deref(),
+        Some("v1_12077215967")
+    );
+    // Escaped, first among others, or before a fragment.
+    assert_eq!(cursor("http://h/x?cursor=v1_1%2B2&per_page=2").as_deref(), Some("v1_1+2"));
+    assert_eq!(cursor("http://h/x?per_page=2&cursor=v1_9#top").as_deref(), Some("v1_9"));
+    // No cursor, an empty one, no query: no next page to ask for.
+    assert_eq!(cursor("http://h/x?page=2"), None);
+    assert_eq!(cursor("http://h/x?cursor="), None);
+    assert_eq!(cursor("http://h/x"), None);
+}
+
+#[test]
 fn a_conversion_answer_without_a_usable_key_is_refused_in_order() {
     let refused = |value: serde_json::Value| CreatedApp::from_json(&value).unwrap_err();
     assert_eq!(refused(json!({"slug": "b"})), "the answer has no App id");

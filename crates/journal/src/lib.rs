@@ -160,8 +160,9 @@ pub struct Notice {
 /// (seconds since the Unix epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cutoffs {
-    /// Deliveries, the comments that made tasks, and answers to refused
-    /// commands never posted, received before this.
+    /// Deliveries, the comments that made tasks, answers to refused
+    /// commands never posted, received before this; and notes of
+    /// redeliveries asked for before this.
     pub deliveries: u64,
     /// Tasks that finished before this and whose report reached GitHub.
     /// Not meant to be later than `deliveries`: a task takes the record of
@@ -179,6 +180,8 @@ pub struct Pruned {
     pub tasks: usize,
     /// Answers to refused commands that GitHub never took, given up.
     pub notices: usize,
+    /// Notes of deliveries Berth asked GitHub to send again.
+    pub redeliveries: usize,
 }
 
 impl Pruned {
@@ -191,6 +194,7 @@ impl Pruned {
         self.deliveries += step.deliveries;
         self.tasks += step.tasks;
         self.notices += step.notices;
+        self.redeliveries += step.redeliveries;
     }
 }
 
@@ -202,6 +206,7 @@ enum PruneAt {
     Deliveries(String),
     Comments(u64),
     Notices(u64),
+    Redeliveries(String),
     Done,
 }
 
@@ -2322,7 +2327,29 @@ fn prune_in(
                 Ok(notice.received_unix < cutoffs.deliveries)
             })?;
             pruned.notices = count;
-            next.map_or(PruneAt::Done, PruneAt::Notices)
+            next.map_or(PruneAt::Redeliveries(String::new()), PruneAt::Notices)
+        }
+        PruneAt::Redeliveries(from) => {
+            // A delivery asked for again is kept as long as deliveries are,
+            // which is at least as long as GitHub lists it.
+            let mut asked = txn.open_table(REDELIVERIES).map_err(storage_of("write"))?;
+            let mut old = Vec::new();
+            let mut next = PruneAt::Done;
+            for (looked_at, entry) in asked.range(from.as_str()..).map_err(storage_of("write"))?.enumerate() {
+                let (guid, asked_unix) = entry.map_err(storage_of("write"))?;
+                if looked_at == limit {
+                    next = PruneAt::Redeliveries(guid.value().to_owned());
+                    break;
+                }
+                if asked_unix.value() < cutoffs.deliveries {
+                    old.push(guid.value().to_owned());
+                }
+            }
+            for guid in &old {
+                asked.remove(guid.as_str()).map_err(storage_of("write"))?;
+            }
+            pruned.redeliveries = old.len();
+            next
         }
         PruneAt::Done => PruneAt::Done,
     };

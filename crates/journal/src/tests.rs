@@ -837,10 +837,18 @@ async fn a_prune_in_steps_of_a_few_records_misses_none_and_keeps_the_rest() {
     for comment_id in [601, 602, 603] {
         journal.accept(&format!("r-{comment_id}"), "issue_comment", refusal(comment_id, "no")).await.unwrap();
     }
+    for guid in ["asked-1", "asked-2", "asked-3", "asked-4", "asked-5"] {
+        assert!(journal.mark_redelivery(guid).await.unwrap());
+    }
+    // Not yet old: the notes of redeliveries asked for stay.
+    let early = Cutoffs { deliveries: 0, tasks: 0 };
+    assert_eq!(journal.prune_in_steps_of(2, early).await.unwrap(), Pruned::default());
+    assert!(!journal.mark_redelivery("asked-1").await.unwrap(), "still noted");
     let now = crate::now_unix() + 10;
     // Steps of two: each table takes several, and each step goes on where the last stopped.
     let pruned = journal.prune_in_steps_of(2, Cutoffs { deliveries: now, tasks: now }).await.unwrap();
-    assert_eq!(pruned, Pruned { deliveries: 15, tasks: 8, notices: 3 });
+    assert_eq!(pruned, Pruned { deliveries: 15, tasks: 8, notices: 3, redeliveries: 5 });
+    assert!(journal.mark_redelivery("asked-1").await.unwrap(), "forgotten with the deliveries");
     assert_eq!(ids(&journal.tasks().unwrap()), kept.iter().collect::<Vec<_>>());
     assert_eq!(ids(&journal.active_tasks().unwrap()), kept.iter().collect::<Vec<_>>());
     for task in &expired {

@@ -335,6 +335,9 @@ pub struct Runner<E: ContainerEngine = DockerEngine, G: GitHubApi = GitHub> {
     tokens: Mutex<HashMap<TaskId, Secret>>,
     /// The clone cache's locks, refreshes under way and book.
     cache: cache::CloneCache,
+    /// The newest delivery id of the last backfill that read back to its
+    /// window: later backfills read only back to it.
+    backfilled_through: Mutex<Option<u64>>,
 }
 
 impl<E: ContainerEngine, G: GitHubApi> std::fmt::Debug for Runner<E, G> {
@@ -382,6 +385,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             announcing: Mutex::default(),
             announced: Mutex::default(),
             notifying: Mutex::default(),
+            backfilled_through: Mutex::default(),
             shutdown,
             tracker,
             started: std::sync::atomic::AtomicBool::new(false),

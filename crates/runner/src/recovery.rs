@@ -25,6 +25,11 @@ use journal::now_unix;
 /// Deliveries older than this are not backfilled (GitHub keeps three days).
 const BACKFILL_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
 
+/// At most this many pages of a hundred deliveries are read in one backfill.
+/// A busier log than that is read back only this far, and the rest is named
+/// in a warning.
+const BACKFILL_MAX_PAGES: usize = 100;
+
 /// Waits between tries while the engine is away (a broken wait, an engine
 /// call, reading a worker's output): 250 ms, doubling, at most 5 s.
 pub(super) const ENGINE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
@@ -307,8 +312,8 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// # Errors
     /// When GitHub cannot be asked.
     pub async fn backfill(&self) -> Result<usize, anyhow::Error> {
-        let deliveries = self.github.recent_deliveries(100).await?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+        let deliveries = self.deliveries_to_check(now).await?;
         let mut asked = 0;
         for delivery in &deliveries {
             let (id, guid) = (delivery.id, delivery.guid.as_str());
@@ -333,6 +338,43 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             info!(delivery = guid, "asked GitHub to redeliver a delivery Berth never received");
             asked += 1;
         }
+        // Only a whole pass moves the mark: one cut short is read again.
+        if let Some(newest) = deliveries.iter().map(|delivery| delivery.id).max() {
+            let mut mark = self.backfilled_through.lock().expect("backfill mark lock is never poisoned");
+            *mark = Some(mark.map_or(newest, |mark| mark.max(newest)));
+        }
         Ok(asked)
+    }
+
+    /// The deliveries one backfill checks, newest first, page by page: back
+    /// to the window's start, or, once a backfill has got there, back to the
+    /// newest delivery that backfill read. GitHub numbers attempts in the
+    /// order it makes them, so anything newer has a larger id.
+    async fn deliveries_to_check(&self, now: u64) -> Result<Vec<github::Delivery>, anyhow::Error> {
+        let through = *self.backfilled_through.lock().expect("backfill mark lock is never poisoned");
+        let mut deliveries: Vec<github::Delivery> = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..BACKFILL_MAX_PAGES {
+            let page = self.github.deliveries_page(cursor.as_deref()).await?;
+            let older_than_window = page.deliveries.iter().any(|delivery| {
+                delivery.delivered_unix.is_some_and(|at| now.saturating_sub(at) > BACKFILL_WINDOW.as_secs())
+            });
+            let read_before =
+                through.is_some_and(|mark| page.deliveries.iter().any(|delivery| delivery.id <= mark));
+            deliveries.extend(page.deliveries);
+            // A cursor that does not move would loop for ever.
+            let next = page.next.filter(|next| cursor.as_ref() != Some(next));
+            match next {
+                Some(next) if !older_than_window && !read_before => cursor = Some(next),
+                _ => return Ok(deliveries),
+            }
+        }
+        // The mark is still set from these: the next pass reads what is new.
+        warn!(
+            read = deliveries.len(),
+            pages = BACKFILL_MAX_PAGES,
+            "GitHub's delivery log holds more than one backfill reads; older failed deliveries were not checked"
+        );
+        Ok(deliveries)
     }
 }

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use core_types::follow_up::ReviewComment;
 use core_types::{Secret, TaskId, TaskKind};
-use github::{CheckRunOutput, CheckRunStatus, Delivery, GitHubApi, GitHubError, NewCheckRun, PullHead};
+use github::{
+    CheckRunOutput, CheckRunStatus, Delivery, DeliveryPage, GitHubApi, GitHubError, NewCheckRun, PullHead,
+};
 
 /// What the fake GitHub has seen and holds.
 #[derive(Debug, Default)]
@@ -31,6 +33,8 @@ pub(crate) struct Seen {
     pub pull_requests: Vec<(String, String)>,
     /// Deliveries asked to be sent again.
     pub redelivered: Vec<u64>,
+    /// The cursor of each page of the delivery log read (`None`: the first).
+    pub delivery_pages: Vec<Option<String>>,
     /// Answers to refused commands, by key: (key, issue or pull request, body).
     /// Posting a key again replaces its body.
     pub notices: Vec<(String, u64, String)>,
@@ -47,12 +51,16 @@ pub(crate) struct Script {
     pub pull_repo: Option<String>,
     /// `open` or `closed`.
     pub pull_state: String,
-    /// The delivery log.
+    /// The delivery log, listed newest (largest id) first, a hundred a page.
     pub deliveries: Vec<Delivery>,
     /// The head branch of pull requests (`None`: `topic-<number>`).
     pub pull_branch: Option<String>,
     /// The review comments of every pull request.
     pub review_comments: Vec<ReviewComment>,
+    /// The next this many redelivery requests fail as unavailable.
+    pub failing_redeliveries: usize,
+    /// A page after the first links to its own cursor again.
+    pub stuck_cursor: bool,
 }
 
 impl Default for Script {
@@ -64,6 +72,8 @@ impl Default for Script {
             deliveries: Vec::new(),
             pull_branch: None,
             review_comments: Vec::new(),
+            failing_redeliveries: 0,
+            stuck_cursor: false,
         }
     }
 }
@@ -282,13 +292,36 @@ impl GitHubApi for MemoryGitHub {
         Ok((number, format!("https://github.invalid/pull/{number}")))
     }
 
-    async fn recent_deliveries(&self, _per_page: u32) -> Result<Vec<Delivery>, GitHubError> {
+    async fn deliveries_page(&self, cursor: Option<&str>) -> Result<DeliveryPage, GitHubError> {
         self.call("list deliveries")?;
-        Ok(self.script.lock().unwrap().deliveries.clone())
+        self.seen.lock().unwrap().delivery_pages.push(cursor.map(str::to_owned));
+        let mut log = self.script.lock().unwrap().deliveries.clone();
+        log.sort_by_key(|delivery| std::cmp::Reverse(delivery.id));
+        // As GitHub's: the cursor names the first delivery of its page.
+        let start = cursor
+            .and_then(|cursor| cursor.parse::<u64>().ok())
+            .map_or(0, |first| log.iter().position(|delivery| delivery.id <= first).unwrap_or(log.len()));
+        let deliveries: Vec<Delivery> = log.iter().skip(start).take(100).cloned().collect();
+        let mut next = log.get(start + 100).map(|delivery| delivery.id.to_string());
+        if self.script.lock().unwrap().stuck_cursor && cursor.is_some() {
+            next = cursor.map(str::to_owned);
+        }
+        Ok(DeliveryPage { deliveries, next })
     }
 
     async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError> {
         self.call("redeliver")?;
+        {
+            let mut script = self.script.lock().unwrap();
+            if script.failing_redeliveries > 0 {
+                script.failing_redeliveries -= 1;
+                return Err(GitHubError::Unavailable {
+                    what: "redeliver".to_owned(),
+                    attempts: 1,
+                    last: "503 Service Unavailable".to_owned(),
+                });
+            }
+        }
         self.seen.lock().unwrap().redelivered.push(delivery_id);
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! cancel, deadline, outage and restart path runs in milliseconds. The
 //! journal is the real one, in a temporary directory.
 
+mod backfill;
 mod clone_cache;
 mod follow_ups;
 mod github;
