@@ -848,7 +848,6 @@ async fn a_prune_in_steps_of_a_few_records_misses_none_and_keeps_the_rest() {
     // Steps of two: each table takes several, and each step goes on where the last stopped.
     let pruned = journal.prune_in_steps_of(2, Cutoffs { deliveries: now, tasks: now }).await.unwrap();
     assert_eq!(pruned, Pruned { deliveries: 15, tasks: 8, notices: 3, redeliveries: 5 });
-    assert!(journal.mark_redelivery("asked-1").await.unwrap(), "forgotten with the deliveries");
     assert_eq!(ids(&journal.tasks().unwrap()), kept.iter().collect::<Vec<_>>());
     assert_eq!(ids(&journal.active_tasks().unwrap()), kept.iter().collect::<Vec<_>>());
     for task in &expired {
@@ -859,6 +858,7 @@ async fn a_prune_in_steps_of_a_few_records_misses_none_and_keeps_the_rest() {
         journal.prune_in_steps_of(2, Cutoffs { deliveries: now, tasks: now }).await.unwrap(),
         Pruned::default()
     );
+    assert!(journal.mark_redelivery("asked-1").await.unwrap(), "forgotten with the deliveries");
 }
 
 #[tokio::test]
@@ -950,4 +950,21 @@ fn a_prepared_task_is_its_record_as_serde_writes_it_with_its_seq() {
     prepared.seq_at = None;
     let (record, json) = prepared.with_seq(3);
     assert_eq!(json, serde_json::to_vec(&record).unwrap());
+}
+
+#[tokio::test]
+async fn a_redelivery_is_noted_once_and_an_unmarked_one_can_be_noted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    assert!(journal.mark_redelivery("g").await.unwrap(), "first ask");
+    assert!(!journal.mark_redelivery("g").await.unwrap(), "already asked");
+    assert!(journal.unmark_redelivery("g").await.unwrap(), "it was noted");
+    assert!(!journal.unmark_redelivery("g").await.unwrap(), "nothing left to forget");
+    drop(journal);
+    // Across a restart too.
+    let journal = reopen(dir.path()).await;
+    assert!(journal.mark_redelivery("g").await.unwrap(), "asked again after it was forgotten");
+    drop(journal);
+    let journal = reopen(dir.path()).await;
+    assert!(!journal.mark_redelivery("g").await.unwrap(), "the note survives a restart");
 }

@@ -334,7 +334,11 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             if !self.journal.mark_redelivery(guid).await? {
                 continue;
             }
-            self.github.redeliver(id).await?;
+            if let Err(err) = self.github.redeliver(id).await {
+                // Asked for at most once, but not lost: the next pass asks again.
+                self.journal.unmark_redelivery(guid).await?;
+                return Err(err.into());
+            }
             info!(delivery = guid, "asked GitHub to redeliver a delivery Berth never received");
             asked += 1;
         }

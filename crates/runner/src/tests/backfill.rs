@@ -80,7 +80,7 @@ async fn a_delivery_the_journal_has_is_not_asked_for() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_pass_cut_short_by_github_is_read_again_whole() {
+async fn a_pass_cut_short_by_github_is_read_again_whole_and_a_failed_ask_is_made_again() {
     let rig = Rig::new(config()).await;
     rig.github.script.lock().unwrap().deliveries = failed(1..=150, 3600);
     rig.github.script.lock().unwrap().down = true;
@@ -89,10 +89,12 @@ async fn a_pass_cut_short_by_github_is_read_again_whole() {
     rig.github.script.lock().unwrap().down = false;
     rig.github.script.lock().unwrap().failing_redeliveries = 1;
     assert!(rig.held(rig.runner.backfill()).await.is_err());
-    // So the next pass reads both pages again and asks for the rest. The
-    // one whose ask failed was marked asked first, and is not asked again:
-    // a delivery is asked for at most once.
-    assert_eq!(rig.held(rig.runner.backfill()).await.unwrap(), 149);
+    // So the next pass reads both pages again and asks for all of them, the
+    // one whose ask failed too.
+    assert_eq!(rig.held(rig.runner.backfill()).await.unwrap(), 150);
+    let mut redelivered = rig.github.seen(|seen| seen.redelivered.clone());
+    redelivered.sort_unstable();
+    assert_eq!(redelivered, (1..=150).collect::<Vec<u64>>(), "each once");
     let pages = rig.github.seen(|seen| seen.delivery_pages.clone());
     assert_eq!(pages, [None, Some("50".to_owned()), None, Some("50".to_owned())]);
 }
