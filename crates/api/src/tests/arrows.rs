@@ -138,3 +138,90 @@ fn only_the_journal_names_redb_the_dispatcher_bollard_and_github_octocrab() {
         }
     }
 }
+
+/// The outside crates `core-types` and `domain` may use at run time: data,
+/// errors, hashing and the logging facade. No runtime, no I/O, no HTTP.
+const PURE: &[(&str, &[&str])] = &[
+    ("core-types", &["serde", "serde_json", "thiserror"]),
+    (
+        "domain",
+        &["core-types", "hex", "hmac", "serde", "serde_json", "sha2", "subtle", "thiserror", "tracing"],
+    ),
+];
+
+#[test]
+fn core_types_and_domain_name_only_pure_crates_outside_their_tests() {
+    let output = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    for (crate_name, allowed) in PURE {
+        let package = metadata["packages"]
+            .as_array()
+            .expect("packages")
+            .iter()
+            .find(|package| package["name"] == *crate_name)
+            .expect("the crate is in the workspace");
+        let named: BTreeSet<&str> = package["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            // `kind` is null for a normal dependency ("dev" and "build" otherwise).
+            .filter(|dep| dep["kind"].is_null())
+            .filter_map(|dep| dep["name"].as_str())
+            .collect();
+        let extra: Vec<&&str> = named.iter().filter(|dep| !allowed.contains(dep)).collect();
+        assert!(
+            extra.is_empty(),
+            "`{crate_name}` must stay pure (ARCHITECTURE.md), but depends on {extra:?}; \
+             move the I/O to a crate above it, or argue the change in an ADR and here"
+        );
+    }
+}
+
+/// A `BERTH_*` variable is named in code only through `core_types::env_names`,
+/// so that renaming one is one edit and the README's table check sees them
+/// all. Tests may spell names out (they pin what users type); `berth-stub`,
+/// which depends on nothing of ours, reads `BERTH_TASK_ID` by name.
+#[test]
+fn berth_variables_are_spelled_only_in_env_names() {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    let mut files = Vec::new();
+    let mut dirs = vec![crates.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("the crates directory reads") {
+            let path = entry.expect("a directory entry").path();
+            let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+            if path.is_dir() {
+                // Tests, and the stub with its one name.
+                if !matches!(name, "tests" | "stub" | "target") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|ext| ext == "rs")
+                && name != "tests.rs"
+                && name != "env_names.rs"
+            {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() > 50, "the walk found only {} source files under {}", files.len(), crates.display());
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("a source file reads");
+        for (number, line) in text.lines().enumerate() {
+            let mut rest = line;
+            while let Some(at) = rest.find("\"BERTH_") {
+                let literal = &rest[at + 1..];
+                let end = literal.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'));
+                if end.is_some_and(|end| literal[end..].starts_with('"')) {
+                    found.push(format!("{}:{}: {}", path.display(), number + 1, line.trim()));
+                }
+                rest = &literal[1..];
+            }
+        }
+    }
+    assert!(found.is_empty(), "BERTH_* names spelled outside env_names:\n{}", found.join("\n"));
+}
