@@ -11,9 +11,11 @@
 //! A segment is a run of frames: `length (u32 LE) | CRC-32 of the payload
 //! (u32 LE) | payload (JSON of an [`IntakeRecord`])`. Frames are only ever
 //! appended, a batch at a time, and a batch is answered only after it is
-//! synced, so a crash can leave at most the tail of one segment torn; reading
-//! stops at the first frame that does not check, and what follows it was
-//! never answered.
+//! synced, so a crash can leave at most the tail of one segment torn, and
+//! what is torn was never answered. Reading stops at a frame that does not
+//! check unless a later frame carries the log on; then the stretch between
+//! is a [`Gap`] (damage, or pages of a torn batch that reached the disk out
+//! of order), named in the start-up log, and reading goes on (ADR 30).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -23,7 +25,7 @@ use std::sync::Arc;
 
 use core_types::TaskId;
 use serde::{Deserialize, Serialize};
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::{Accepted, DeliveryRecord};
 use domain::tasks::TaskRecord;
@@ -362,33 +364,93 @@ fn write_payload(logged: &Logged, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
-/// The records of one segment's bytes, up to the first frame that does not
-/// check or does not follow the one before it (`first_lsn`, when known, is
-/// the first record's); and how many bytes were left after it. A reused
-/// segment ([`SPARE_NAME`]) holds an older segment's frames after the new
-/// ones: their places in the log are lower, so reading stops there.
-pub(crate) fn read_frames(bytes: &[u8], first_lsn: Option<u64>) -> (Vec<IntakeRecord>, usize) {
-    let mut records: Vec<IntakeRecord> = Vec::new();
+/// What [`read_frames`] read of one segment's bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Frames {
+    /// The records that check, in log order.
+    pub(crate) records: Vec<IntakeRecord>,
+    /// Bytes after the last record read: a torn batch, never answered,
+    /// a reused segment's older frames, or zeros.
+    pub(crate) left: usize,
+    /// Stretches that did not read as records although records of the log
+    /// follow them; read on after each.
+    pub(crate) gaps: Vec<Gap>,
+}
+
+/// A stretch of a segment that does not read as records, followed by
+/// records that carry the log on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Gap {
+    /// Where it starts in the segment.
+    pub(crate) offset: usize,
+    /// How long it is.
+    pub(crate) bytes: usize,
+    /// The places in the log it held (empty when none is missing).
+    pub(crate) lost: std::ops::Range<u64>,
+}
+
+/// The records of one segment's bytes, in order: each frame must check and
+/// follow the one before it (`first_lsn`, when known, is the first
+/// record's). Where one does not, the rest is searched for a later frame
+/// that carries the log on, and reading goes on from there (a [`Gap`]).
+/// Bytes that hold no such frame are left: a torn tail, or a reused
+/// segment's ([`SPARE_NAME`]) older frames, whose places in the log are
+/// lower.
+pub(crate) fn read_frames(bytes: &[u8], first_lsn: Option<u64>) -> Frames {
+    let mut read = Frames::default();
     let mut at = 0;
-    while bytes.len() - at >= 8 {
-        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
-        if len == 0 || len > MAX_FRAME || bytes.len() - at - 8 < len {
-            break;
+    // The place the next frame must have: the first's, then one on from the
+    // last read, or the place found past a gap.
+    let mut expected = first_lsn;
+    loop {
+        let next = checked_payload(bytes, at)
+            .and_then(|payload| serde_json::from_slice::<IntakeRecord>(payload).ok())
+            .filter(|record| expected.is_none_or(|expected| record.lsn == expected));
+        if let Some(record) = next {
+            at += 8 + frame_len(bytes, at);
+            expected = Some(record.lsn + 1);
+            read.records.push(record);
+            continue;
         }
-        let payload = &bytes[at + 8..at + 8 + len];
-        if crc32(payload) != crc {
-            break;
-        }
-        let Ok(record) = serde_json::from_slice::<IntakeRecord>(payload) else { break };
-        let expected = records.last().map(|last| last.lsn + 1).or(first_lsn);
-        if expected.is_some_and(|expected| record.lsn != expected) {
-            break;
-        }
-        records.push(record);
-        at += 8 + len;
+        // Without a place to carry on from, there is nothing to look for.
+        let Some(from) = expected else { break };
+        let later = (at + 1..bytes.len().saturating_sub(8)).find_map(|offset| {
+            let payload = checked_payload(bytes, offset)?;
+            let place = serde_json::from_slice::<Place>(payload).ok()?.lsn;
+            (place >= from).then_some((offset, place))
+        });
+        let Some((offset, place)) = later else { break };
+        read.gaps.push(Gap { offset: at, bytes: offset - at, lost: from..place });
+        at = offset;
+        expected = Some(place);
     }
-    (records, bytes.len() - at)
+    read.left = bytes.len() - at;
+    read
+}
+
+/// Only the place in the log of a frame's record, for the search past a gap.
+#[derive(Deserialize)]
+struct Place {
+    lsn: u64,
+}
+
+/// The length a frame at `at` declares.
+fn frame_len(bytes: &[u8], at: usize) -> usize {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+}
+
+/// The payload of the frame at `at`, if its length fits and its CRC checks.
+fn checked_payload(bytes: &[u8], at: usize) -> Option<&[u8]> {
+    if bytes.len().saturating_sub(at) < 8 {
+        return None;
+    }
+    let len = frame_len(bytes, at);
+    let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+    if len == 0 || len > MAX_FRAME || bytes.len() - at - 8 < len {
+        return None;
+    }
+    let payload = &bytes[at + 8..at + 8 + len];
+    (crc32(payload) == crc).then_some(payload)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -492,12 +554,22 @@ impl IntakeLog {
         let mut replayed = Replayed::default();
         for path in names {
             let bytes = std::fs::read(&path)?;
-            let (records, left) = read_frames(&bytes, first_lsn_of(&path));
+            let Frames { records, left, gaps } = read_frames(&bytes, first_lsn_of(&path));
             if left > 0 {
                 debug!(
                     segment = %path.display(),
                     bytes = left,
                     "the intake log segment ends in bytes that are not records: a torn batch, never answered, or a reused segment's older frames; they are left out"
+                );
+            }
+            for gap in gaps.iter().filter(|_| at_start) {
+                error!(
+                    segment = %path.display(),
+                    offset = gap.offset,
+                    bytes = gap.bytes,
+                    lost_from = gap.lost.start,
+                    lost_to = gap.lost.end.saturating_sub(1),
+                    "a stretch of the intake log does not read as records, and records follow it: read on after it. The deliveries it held are lost, unless the daemon was killed while writing them (then they were never answered); if not, the disk damaged the file"
                 );
             }
             match records.last() {
@@ -655,8 +727,8 @@ mod tests {
                 "record {}",
                 case.lsn
             );
-            let (read, left) = read_frames(&out, Some(case.lsn));
-            assert_eq!((read, left), (vec![case], 0));
+            let read = read_frames(&out, Some(case.lsn));
+            assert_eq!(read, Frames { records: vec![case], left: 0, gaps: Vec::new() });
         }
     }
 
@@ -698,16 +770,73 @@ mod tests {
         frame(&logged(4), &mut bytes);
         // Every cut inside the fourth frame reads as the first three.
         for cut in whole..bytes.len() {
-            let (records, left) = read_frames(&bytes[..cut], Some(1));
-            assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), [1, 2, 3], "cut at {cut}");
-            assert_eq!(left, cut - whole);
+            let read = read_frames(&bytes[..cut], Some(1));
+            assert_eq!(read.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), [1, 2, 3], "cut at {cut}");
+            assert_eq!(read.left, cut - whole);
+            assert!(read.gaps.is_empty());
         }
         // A flipped byte in the payload ends the reading there.
         let mut flipped = bytes.clone();
         let last = flipped.len() - 2;
         flipped[last] ^= 0x20;
-        assert_eq!(read_frames(&flipped, Some(1)).0.len(), 3);
-        assert_eq!(read_frames(&bytes, Some(1)).0.len(), 4);
+        assert_eq!(read_frames(&flipped, Some(1)).records.len(), 3);
+        assert_eq!(read_frames(&bytes, Some(1)).records.len(), 4);
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_a_segment_is_a_gap_and_the_records_after_it_are_read() {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for lsn in 1..=8 {
+            starts.push(bytes.len());
+            frame(&logged(lsn), &mut bytes);
+        }
+        let lsns = |read: &Frames| read.records.iter().map(|r| r.lsn).collect::<Vec<_>>();
+        // A flipped byte in the third record's payload: it is lost, the rest read.
+        let mut damaged = bytes.clone();
+        damaged[starts[2] + 12] ^= 0x01;
+        let read = read_frames(&damaged, Some(1));
+        assert_eq!(lsns(&read), [1, 2, 4, 5, 6, 7, 8]);
+        assert_eq!(read.gaps, [Gap { offset: starts[2], bytes: starts[3] - starts[2], lost: 3..4 }]);
+        assert_eq!(read.left, 0);
+        // A damaged length, and two stretches of zeros over the fifth and
+        // sixth records and the first: three gaps.
+        let mut damaged = bytes.clone();
+        damaged[starts[3]..starts[3] + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        damaged[starts[4]..starts[6]].fill(0);
+        damaged[..starts[1]].fill(0);
+        let read = read_frames(&damaged, Some(1));
+        assert_eq!(lsns(&read), [2, 3, 7, 8]);
+        let lost: Vec<_> = read.gaps.iter().map(|gap| gap.lost.clone()).collect();
+        assert_eq!(lost, [1..2, 4..7]);
+        // Zeros after the last record (a spare's unwritten end) are left, not a gap.
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len() + 4096, 0);
+        let read = read_frames(&padded, Some(1));
+        assert_eq!((lsns(&read).len(), read.left, read.gaps.len()), (8, 4096, 0));
+    }
+
+    #[test]
+    fn a_replay_reads_past_a_damaged_record_and_folds_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = IntakeLog::new(dir.path());
+        let mut frames = Vec::new();
+        let mut second = 0;
+        for lsn in 1..=3 {
+            if lsn == 2 {
+                second = frames.len();
+            }
+            frame(&logged(lsn), &mut frames);
+        }
+        log.append(&frames, 1, 3).unwrap();
+        let path = dir.path().join(segment_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[second + 10] ^= 0x04;
+        std::fs::write(&path, bytes).unwrap();
+        let replayed = IntakeLog::replay(dir.path()).unwrap();
+        let lsns: Vec<u64> = replayed.records.iter().map(|r| r.lsn).collect();
+        assert_eq!(lsns, [1, 3]);
+        assert_eq!(replayed.segments.last().map(|segment| segment.last_lsn), Some(3));
     }
 
     #[test]
@@ -742,9 +871,10 @@ mod tests {
         assert!(std::fs::metadata(&reused).unwrap().len() >= SEGMENT_BYTES, "written over, not cut");
         // Its old frames (records 1 to 8) are still there after the new ones, and not read.
         let bytes = std::fs::read(&reused).unwrap();
-        let (records, left) = read_frames(&bytes, Some(10));
-        assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), [10, 11]);
-        assert!(left > 0);
+        let read = read_frames(&bytes, Some(10));
+        assert_eq!(read.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), [10, 11]);
+        assert!(read.left > 0);
+        assert!(read.gaps.is_empty(), "older frames are not the log carried on");
         let replayed = IntakeLog::replay(dir.path()).unwrap();
         let lsns: Vec<u64> = replayed.records.iter().map(|r| r.lsn).collect();
         assert_eq!(lsns, [9, 10, 11], "the ninth record's segment and the reused one");
