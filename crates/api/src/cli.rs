@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use core_types::env_names::{BERTH_ADMIN_TOKEN, BERTH_ADMIN_TOKEN_FILE, BERTH_BIND};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -207,21 +206,13 @@ pub async fn http_request(
 /// `berth cancel`: asks the running daemon, through its status API.
 ///
 /// # Errors
-/// A bad task id, no token, the daemon unreachable, or a refusal.
-pub async fn cancel(args: &crate::config::CancelArgs) -> anyhow::Result<()> {
+/// A bad task id, the daemon unreachable, or a refusal.
+pub async fn cancel(
+    args: &crate::config::CancelArgs,
+    target: &crate::config::CancelTarget,
+) -> anyhow::Result<()> {
     let task_id = core_types::TaskId::new(args.task.clone())?;
-    let token = crate::config::admin_token(args.admin_token.as_deref(), args.admin_token_file.as_deref())?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "{BERTH_ADMIN_TOKEN} (or {BERTH_ADMIN_TOKEN_FILE}) is not set; the status API needs it"
-            )
-        })?;
-    let token = token.expose();
-    let mut addr: std::net::SocketAddr =
-        args.bind.parse().map_err(|_| anyhow::anyhow!("{BERTH_BIND} {:?} is not an address", args.bind))?;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let (token, addr) = (target.token.expose(), target.addr);
     let (status, body) =
         http_request(addr, "POST", &format!("/api/tasks/{task_id}/cancel"), Some(token)).await?;
     match status {

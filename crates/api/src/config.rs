@@ -35,9 +35,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Serve(Box<ServeArgs>),
-    /// List tasks from Docker's labels (works while the daemon is down).
+    /// List tasks from their workers' labels on the engine (works while the daemon is down).
     Ps(PsArgs),
-    /// Print (or follow) a worker's output, straight from Docker.
+    /// Print (or follow) a worker's output from the engine, or the log the
+    /// daemon kept of it once its container is gone.
     Logs(LogsArgs),
     /// Ask the running daemon to cancel a task.
     Cancel(CancelArgs),
@@ -59,6 +60,12 @@ pub enum Command {
 pub struct LogsArgs {
     /// The task id.
     pub task: String,
+    /// The daemon's TOML settings file (`berth setup` writes one): the
+    /// settings of this command it holds are used, the others skipped;
+    /// flags and `BERTH_*` variables take precedence over it.
+    #[arg(long, env = names::BERTH_CONFIG)]
+    pub config: Option<PathBuf>,
+
     /// The engine the worker runs on.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -127,6 +134,12 @@ impl EngineArgs {
 pub struct CancelArgs {
     /// The task id.
     pub task: String,
+    /// The daemon's TOML settings file (`berth setup` writes one): the
+    /// settings of this command it holds are used, the others skipped;
+    /// flags and `BERTH_*` variables take precedence over it.
+    #[arg(long, env = names::BERTH_CONFIG)]
+    pub config: Option<PathBuf>,
+
     /// The daemon's address.
     #[arg(long, env = names::BERTH_BIND, default_value = "127.0.0.1:8080")]
     pub bind: String,
@@ -136,6 +149,38 @@ pub struct CancelArgs {
     /// File holding the admin token (instead of BERTH_ADMIN_TOKEN).
     #[arg(long, env = names::BERTH_ADMIN_TOKEN_FILE)]
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// Where `berth cancel` sends its request, and with which token.
+#[derive(Debug)]
+pub struct CancelTarget {
+    /// The daemon's address (an unspecified IP is asked on loopback).
+    pub addr: std::net::SocketAddr,
+    /// The admin token.
+    pub token: Secret,
+}
+
+impl CancelArgs {
+    /// The daemon's address and the admin token, checked.
+    ///
+    /// # Errors
+    /// No admin token, a bad one, or an address that does not parse, naming the setting.
+    pub fn validate(&self) -> Result<CancelTarget, ConfigError> {
+        let token =
+            admin_token(self.admin_token.as_deref(), self.admin_token_file.as_deref())?.ok_or_else(|| {
+                invalid(
+                    names::BERTH_ADMIN_TOKEN,
+                    format!("required (or {}): the status API needs it", names::BERTH_ADMIN_TOKEN_FILE),
+                )
+            })?;
+        let mut addr: std::net::SocketAddr = self.bind.parse().map_err(|_| {
+            invalid(names::BERTH_BIND, format!("{:?} is not an address like 127.0.0.1:8080", self.bind))
+        })?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok(CancelTarget { addr, token })
+    }
 }
 
 /// `berth demo`.
@@ -205,6 +250,11 @@ pub struct SetupArgs {
 /// `berth ps`.
 #[derive(Debug, Args)]
 pub struct PsArgs {
+    /// The daemon's TOML settings file (`berth setup` writes one): the
+    /// settings of this command it holds are used, the others skipped;
+    /// flags and `BERTH_*` variables take precedence over it.
+    #[arg(long, env = names::BERTH_CONFIG)]
+    pub config: Option<PathBuf>,
     /// Include exited workers.
     #[arg(long, short)]
     pub all: bool,
@@ -579,6 +629,10 @@ pub fn admin_token(
     bearer_token((names::BERTH_ADMIN_TOKEN, value), (names::BERTH_ADMIN_TOKEN_FILE, file))
 }
 
+/// The shortest SIGTERM-to-SIGKILL grace for a worker's container: the
+/// worker's own for its agent is 2 s shorter, and at least 1 s.
+const MIN_STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// The shortest secret Berth takes: a webhook secret, an admin or metrics token.
 pub const MIN_SECRET_CHARS: usize = 16;
 
@@ -775,6 +829,12 @@ impl ServeArgs {
         }
         let stop_grace =
             parse_duration(&self.stop_grace).map_err(|reason| invalid(names::BERTH_STOP_GRACE, reason))?;
+        if stop_grace < MIN_STOP_GRACE {
+            return Err(invalid(
+                names::BERTH_STOP_GRACE,
+                "must be at least 3s: the worker gets 2 s less to stop its agent and write its result",
+            ));
+        }
         let delivery_retention = parse_duration(&self.delivery_retention)
             .map_err(|reason| invalid(names::BERTH_DELIVERY_RETENTION, reason))?;
         if delivery_retention < Duration::from_secs(72 * 3600) {
@@ -1047,7 +1107,10 @@ fn check_private_key(pem: &str) -> Result<(), &'static str> {
 
 /// Adds the settings of the TOML file named by `--config` (or `BERTH_CONFIG`)
 /// to the command line of `serve` and `doctor`, as flags, for every setting
-/// that neither a flag nor its `BERTH_*` variable already gives.
+/// that neither a flag nor its `BERTH_*` variable already gives. `ps`,
+/// `logs` and `cancel` take from it only the settings they have (the state
+/// directory, the engine, the address, the admin token); every key must
+/// still be one of the daemon's.
 ///
 /// # Errors
 /// An unreadable file, invalid TOML, or an unknown key, naming `BERTH_CONFIG`.
@@ -1061,7 +1124,8 @@ pub fn with_config_file(
     else {
         return Ok(args);
     };
-    if !matches!(text[position].as_str(), "serve" | "doctor") {
+    let subcommand = text[position].clone();
+    if !matches!(subcommand.as_str(), "serve" | "doctor" | "ps" | "logs" | "cancel") {
         return Ok(args);
     }
     let from_flag = text.iter().enumerate().find_map(|(index, arg)| {
@@ -1079,14 +1143,16 @@ pub fn with_config_file(
     })?;
     let command = Cli::command();
     let serve = command.find_subcommand("serve").expect("the serve command exists");
+    let this = command.find_subcommand(&subcommand).expect("one of berth's commands");
     let mut extra = Vec::new();
     for (key, value) in &table {
         let long = key.replace('_', "-");
-        let Some(arg) =
-            serve.get_arguments().find(|arg| arg.get_long() == Some(long.as_str()) && long != "config")
-        else {
+        let named = |arg: &&clap::Arg| arg.get_long() == Some(long.as_str()) && long != "config";
+        if !serve.get_arguments().any(|arg| named(&arg)) {
             return Err(invalid(names::BERTH_CONFIG, format!("{path}: unknown setting {key:?}")));
-        };
+        }
+        // A daemon setting this command does not have (`ps` and the GitHub App).
+        let Some(arg) = this.get_arguments().find(named) else { continue };
         let flag = format!("--{long}");
         let given = text.iter().any(|arg| *arg == flag || arg.starts_with(&format!("{flag}=")));
         let from_env = arg.get_env().and_then(|name| env(&name.to_string_lossy())).is_some();

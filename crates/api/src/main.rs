@@ -40,7 +40,10 @@ async fn main() -> ExitCode {
             Ok(engine) => api::cli::logs(&args, &engine).await,
             Err(err) => return api::cli::config_error(&err),
         },
-        Command::Cancel(args) => api::cli::cancel(&args).await,
+        Command::Cancel(args) => match args.validate() {
+            Ok(target) => api::cli::cancel(&args, &target).await,
+            Err(err) => return api::cli::config_error(&err),
+        },
         Command::Doctor(args) => api::doctor::run(&args).await,
         Command::Demo(args) => {
             api::cli::init_tracing(false, "warn");

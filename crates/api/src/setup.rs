@@ -120,6 +120,9 @@ pub struct Files {
     pub agent_env: PathBuf,
     /// The agent's secrets (`BERTH_WORKER_SECRETS_FILE`).
     pub agent_secrets: PathBuf,
+    /// The token of the dashboard, the status API and `berth cancel`
+    /// (`BERTH_ADMIN_TOKEN_FILE`).
+    pub admin_token: PathBuf,
 }
 
 impl Files {
@@ -132,11 +135,13 @@ impl Files {
             config: dir.join("berth.toml"),
             agent_env: dir.join("agent.env"),
             agent_secrets: dir.join("agent.secrets"),
+            admin_token: dir.join("admin-token"),
         }
     }
 
     /// The files of an App set up before, those `--force` replaces. The
-    /// agent's files are never replaced: the secrets file holds its key.
+    /// agent's files and the admin token are never replaced: the secrets
+    /// file holds the model's key, and people sign in with the token.
     pub fn existing(&self) -> Vec<&Path> {
         [&self.key, &self.webhook_secret, &self.config]
             .into_iter()
@@ -226,7 +231,9 @@ pub fn config_toml(config: &SetupConfig, files: &Files, app: &CreatedApp) -> Str
          webhook_secret_file = {secret}\n\
          github_api_url = {api}\n\
          public_url = {public}\n\
-         state_dir = {dir}\n",
+         state_dir = {dir}\n\
+         # The dashboard's sign-in, the status API and `berth cancel`.\n\
+         admin_token_file = {admin}\n",
         name = quote(&app.name),
         html_url = app.html_url,
         config = files.config.display(),
@@ -236,6 +243,7 @@ pub fn config_toml(config: &SetupConfig, files: &Files, app: &CreatedApp) -> Str
         api = quote(&config.github_api_url),
         public = quote(&config.public_url),
         dir = path(&files.dir),
+        admin = path(&files.admin_token),
     );
     if config.agent == Agent::ClaudeCode {
         let _ = write!(
@@ -353,6 +361,7 @@ pub fn done_message(config: &SetupConfig, files: &Files, app: &CreatedApp) -> St
         (&files.key, "the App's private key"),
         (&files.webhook_secret, "the webhook secret"),
         (&files.config, "the settings berth serve reads"),
+        (&files.admin_token, "the dashboard's sign-in token (kept if it was there)"),
     ];
     if config.agent == Agent::ClaudeCode {
         written.push((&files.agent_env, "Claude Code's settings (kept if it was there)"));
@@ -457,6 +466,10 @@ fn write_files(config: &SetupConfig, files: &Files, app: &CreatedApp) -> Result<
     step(&files.key, format!("{}\n", app.pem.expose().trim_end()).as_bytes(), replace)?;
     step(&files.webhook_secret, format!("{}\n", app.webhook_secret.expose()).as_bytes(), replace)?;
     step(&files.config, config_toml(config, files, app).as_bytes(), replace)?;
+    if files.admin_token.symlink_metadata().is_err() {
+        let token = random().map_err(|err| format!("cannot make the admin token: {err}"))?;
+        step(&files.admin_token, format!("{token}\n").as_bytes(), false)?;
+    }
     if config.agent == Agent::ClaudeCode {
         for (path, content) in [
             (&files.agent_env, AGENT_ENV.to_owned()),

@@ -69,6 +69,9 @@ fn each_bad_setting_is_named() {
         (&["--clone-cache-size=lots"], "BERTH_CLONE_CACHE_SIZE"),
         (&["--clone-cache-size=0"], "BERTH_CLONE_CACHE_SIZE"),
         (&["--github-private-key-file=/nonexistent/key.pem"], "BERTH_GITHUB_PRIVATE_KEY_FILE"),
+        (&["--stop-grace=2s"], "BERTH_STOP_GRACE"),
+        (&["--stop-grace=0"], "BERTH_STOP_GRACE"),
+        (&["--stop-grace=soon"], "BERTH_STOP_GRACE"),
     ];
     for (extra, setting) in cases {
         let err = serve_args(extra).validate().unwrap_err();
@@ -77,6 +80,27 @@ fn each_bad_setting_is_named() {
         assert!(!line.contains('\n') && line.contains(setting), "{line}");
     }
     assert!(serve_args(&["--bind=0.0.0.0:8080", "--allow-public-bind"]).validate().is_ok());
+    assert!(serve_args(&["--stop-grace=3s"]).validate().is_ok());
+}
+
+#[test]
+fn cancel_names_a_missing_token_and_a_bad_address() {
+    let cancel = |extra: &[&str]| {
+        let mut args = vec!["berth", "cancel", "task-1"];
+        args.extend_from_slice(extra);
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Cancel(args) => args.validate(),
+            other => panic!("not cancel: {other:?}"),
+        }
+    };
+    let err = cancel(&[]).unwrap_err();
+    assert_eq!(err.setting, "BERTH_ADMIN_TOKEN", "{err}");
+    assert!(err.to_string().contains("BERTH_ADMIN_TOKEN_FILE"), "{err}");
+    assert_eq!(cancel(&["--admin-token=short"]).unwrap_err().setting, "BERTH_ADMIN_TOKEN");
+    let token = "--admin-token=a-long-enough-admin-token";
+    assert_eq!(cancel(&[token, "--bind=nonsense"]).unwrap_err().setting, "BERTH_BIND");
+    let target = cancel(&[token, "--bind=0.0.0.0:9000"]).unwrap();
+    assert_eq!(target.addr.to_string(), "127.0.0.1:9000", "asked on loopback");
 }
 
 #[test]
@@ -175,8 +199,65 @@ fn a_toml_file_fills_what_flags_and_environment_do_not() {
     let err = crate::config::with_config_file(args, |_| None).unwrap_err();
     assert_eq!(err.setting, "BERTH_CONFIG");
     assert!(err.to_string().contains("unknown setting \"max_wokers\""), "{err}");
-    let args: Vec<std::ffi::OsString> = ["berth", "ps"].map(Into::into).to_vec();
+    let args: Vec<std::ffi::OsString> = ["berth", "app-manifest"].map(Into::into).to_vec();
     assert_eq!(crate::config::with_config_file(args.clone(), |_| Some("/nonexistent".into())).unwrap(), args);
+}
+
+/// After `berth setup --state-dir X`, `berth logs`, `ps` and `cancel` find
+/// the daemon's state, address and admin token through the same file.
+#[test]
+fn ps_logs_and_cancel_take_their_own_settings_from_the_daemons_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.toml");
+    std::fs::write(
+        &path,
+        "github_app_id = 7
+state_dir = \"/srv/berth\"
+bind = \"127.0.0.1:9090\"
+admin_token_file = \"/srv/berth/admin-token\"
+engine = \"kubernetes\"
+max_workers = 3
+",
+    )
+    .unwrap();
+    let merged = |command: &[&str], env: Option<(&str, &str)>| -> Vec<String> {
+        let mut args = vec!["berth".to_owned()];
+        args.extend(command.iter().map(|arg| (*arg).to_owned()));
+        args.push(format!("--config={}", path.display()));
+        let args = args.into_iter().map(Into::into).collect();
+        let env = |name: &str| env.filter(|(wanted, _)| *wanted == name).map(|(_, value)| value.to_owned());
+        crate::config::with_config_file(args, env)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    };
+    let logs = merged(&["logs", "task-1"], None);
+    assert!(logs.contains(&"--state-dir=/srv/berth".to_owned()), "{logs:?}");
+    assert!(logs.contains(&"--engine=kubernetes".to_owned()), "{logs:?}");
+    assert!(
+        !logs.iter().any(|arg| arg.starts_with("--github-app-id") || arg.starts_with("--bind")),
+        "{logs:?}"
+    );
+    let cancel = merged(&["cancel", "task-1"], None);
+    assert!(cancel.contains(&"--bind=127.0.0.1:9090".to_owned()), "{cancel:?}");
+    assert!(cancel.contains(&"--admin-token-file=/srv/berth/admin-token".to_owned()), "{cancel:?}");
+    let ps = merged(&["ps"], Some(("BERTH_STATE_DIR", "/elsewhere")));
+    assert!(!ps.iter().any(|arg| arg.starts_with("--state-dir")), "the environment wins: {ps:?}");
+    assert!(ps.contains(&"--engine=kubernetes".to_owned()), "{ps:?}");
+    // Each merged line parses as that command.
+    for line in [logs, cancel, ps] {
+        crate::config::Cli::try_parse_from(&line).unwrap_or_else(|err| panic!("{line:?}: {err}"));
+    }
+    // A key the daemon does not know is still an error, and so is a file
+    // that cannot be read.
+    std::fs::write(&path, "state_dri = \"/srv\"\n").unwrap();
+    let args = vec!["berth".into(), "ps".into(), format!("--config={}", path.display()).into()];
+    let err = crate::config::with_config_file(args, |_| None).unwrap_err();
+    assert!(err.to_string().contains("unknown setting \"state_dri\""), "{err}");
+    let args: Vec<std::ffi::OsString> = ["berth", "ps"].map(Into::into).to_vec();
+    let err = crate::config::with_config_file(args, |_| Some("/nonexistent".into())).unwrap_err();
+    assert_eq!(err.setting, "BERTH_CONFIG");
 }
 
 #[test]

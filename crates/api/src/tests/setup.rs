@@ -248,9 +248,18 @@ async fn the_callback_converts_the_code_once_and_writes_the_files_mode_0600() {
         done.body
     );
     let files = Files::in_dir(&state_dir);
-    for path in [&files.key, &files.webhook_secret, &files.config, &files.agent_env, &files.agent_secrets] {
+    for path in [
+        &files.key,
+        &files.webhook_secret,
+        &files.config,
+        &files.agent_env,
+        &files.agent_secrets,
+        &files.admin_token,
+    ] {
         assert_eq!(mode(path), 0o600, "{}", path.display());
     }
+    let admin_token = std::fs::read_to_string(&files.admin_token).unwrap();
+    assert_eq!(admin_token.trim().len(), 64, "a random token");
     let secret = fake.with(|fake| fake.manifest_apps[0].webhook_secret.clone()).unwrap();
     assert_eq!(std::fs::read_to_string(&files.webhook_secret).unwrap(), format!("{secret}\n"));
     let pem = std::fs::read_to_string(&files.key).unwrap();
@@ -260,6 +269,8 @@ async fn the_callback_converts_the_code_once_and_writes_the_files_mode_0600() {
     assert!(!format!("{app:?}").contains(&secret) && !format!("{app:?}").contains(pem_line));
     let message = crate::setup::done_message(&config(&state_dir, &fake.url()), &files, &app);
     assert!(!message.contains(&secret) && !message.contains(pem_line), "{message}");
+    assert!(!message.contains(admin_token.trim()), "the token is named by its file only: {message}");
+    assert!(message.contains(files.admin_token.to_str().unwrap()), "{message}");
     assert!(message.contains("/apps/berth/installations/new"), "{message}");
 
     // berth serve reads the config file, and the files it names.
@@ -279,6 +290,16 @@ async fn the_callback_converts_the_code_once_and_writes_the_files_mode_0600() {
     assert_eq!(serve.worker_image, crate::setup::CLAUDE_IMAGE);
     assert_eq!(serve.agent_command, crate::setup::CLAUDE_COMMAND);
     assert_eq!(serve.worker_memory_bytes, 4 << 30);
+    // With the admin token: the check run's task link signs in, and `berth
+    // cancel` finds the daemon and the token through the same file.
+    assert_eq!(serve.admin_token.as_ref().map(Secret::expose), Some(admin_token.trim()));
+    let args = crate::config::with_config_file(
+        ["berth", "cancel", "task-1", "--config", &config_path].map(std::ffi::OsString::from).to_vec(),
+        |_| None,
+    )
+    .unwrap();
+    let Command::Cancel(cancel) = Cli::try_parse_from(args).unwrap().command else { panic!() };
+    assert_eq!(cancel.validate().unwrap().token.expose(), admin_token.trim());
 
     // The state is good once; the code too.
     let replayed = call(&server, &format!("/callback?code={code}&state={state}"), false).await;
