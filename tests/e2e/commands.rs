@@ -226,6 +226,14 @@ async fn logs_follow_a_running_worker_and_cancel_asks_the_daemon() {
                 .unwrap()
         })
     };
+    // Without a token it is bad configuration: exit 2, one line naming it.
+    let untokened =
+        tokio::task::spawn_blocking(|| berth().args(["cancel", "any-task"]).env_clear().output().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(untokened.status.code(), Some(2), "{untokened:?}");
+    let line = String::from_utf8_lossy(&untokened.stderr).into_owned();
+    assert!(line.contains("BERTH_ADMIN_TOKEN") && line.trim().lines().count() == 1, "{line}");
     let refused = cancel("not-the-admin-token-at-all").await.unwrap();
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("(401)"), "{refused:?}");
