@@ -36,6 +36,14 @@ const LIST_INSPECT_CONCURRENCY: usize = 16;
 /// container started and ended in that moment is otherwise never seen to exit).
 const CREATED_WAIT_RECHECK: Duration = Duration::from_secs(2);
 
+/// A SIGKILLed worker read without the OOM flag is looked at again this
+/// often, this many times, before the kill is taken as one from outside:
+/// Docker sets `State.OOMKilled` from containerd's OOM event, applied in the
+/// order containerd delivers it, which can be after the exit that ended the
+/// wait (seen once in CI, on Engine 20.10).
+const OOM_FLAG_RECHECK: Duration = Duration::from_millis(100);
+const OOM_FLAG_LOOKS: usize = 5;
+
 /// The Docker Engine API on a unix socket.
 #[derive(Debug, Clone)]
 pub struct DockerEngine {
@@ -262,6 +270,28 @@ impl DockerEngine {
         }
     }
 
+    /// `exit`, or the same exit with the OOM flag once Docker has set it: a
+    /// 137 without the flag is looked at again for up to half a second.
+    async fn oom_flag_settled(&self, id: &ContainerId, exit: ExitInfo) -> ExitInfo {
+        if exit.code != 137 || exit.oom_killed {
+            return exit;
+        }
+        for _ in 0..OOM_FLAG_LOOKS {
+            tokio::time::sleep(OOM_FLAG_RECHECK).await;
+            match self.inspect(id.as_str()).await {
+                Ok(Some(ContainerState { status: ContainerStatus::Exited(later), .. }))
+                    if later.oom_killed =>
+                {
+                    return later;
+                }
+                Ok(Some(ContainerState { status: ContainerStatus::Exited(_), .. })) => {}
+                // Gone, restarted or unreadable: what was read stands.
+                _ => break,
+            }
+        }
+        exit
+    }
+
     fn call_failed(operation: &'static str, container: &str, source: BollardError) -> DispatchError {
         if status_code(&source) == Some(404) {
             DispatchError::ContainerNotFound { container: container.to_owned(), operation }
@@ -454,7 +484,7 @@ impl ContainerEngine for DockerEngine {
             let status =
                 self.inspect(id.as_str()).await?.map_or(ContainerStatus::Missing, |state| state.status);
             match status {
-                ContainerStatus::Exited(exit) => return Ok(exit),
+                ContainerStatus::Exited(exit) => return Ok(self.oom_flag_settled(id, exit).await),
                 ContainerStatus::Missing => {
                     return Err(DispatchError::ContainerNotFound {
                         container: id.to_string(),

@@ -725,8 +725,20 @@ async fn run_pod(shared: &Arc<Shared>, name: &str) -> Option<String> {
         }
     }
     drop(wait);
-    let inspect = shared.docker.inspect_container(&created, None).await.ok();
-    let state = inspect.and_then(|i| i.state).unwrap_or_default();
+    let mut state =
+        shared.docker.inspect_container(&created, None).await.ok().and_then(|i| i.state).unwrap_or_default();
+    // Docker sets the OOM flag from containerd's OOM event, which can come
+    // after the exit; a kubelet reads the cgroup instead. Look again briefly.
+    for _ in 0..5 {
+        if state.exit_code != Some(137) || state.oom_killed == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(later) = shared.docker.inspect_container(&created, None).await.ok().and_then(|i| i.state)
+        {
+            state = later;
+        }
+    }
     let exit_code = i32::try_from(state.exit_code.unwrap_or(-1)).unwrap_or(-1);
     let reason = if state.oom_killed == Some(true) {
         "OOMKilled"
