@@ -223,6 +223,14 @@ async fn missed_deliveries_are_redelivered_once() {
     rig.start_daemon().await;
     rig.until("the redelivery requests", Duration::from_secs(30), |state| state.redeliveries.len() >= 151)
         .await;
+    // Each ask is noted once GitHub took it; the pass logs its count after
+    // the last note. A kill before that would ask again (a duplicate the
+    // journal answers), which is not what this test counts.
+    let started = std::time::Instant::now();
+    while !rig.daemon.log_text().contains("asked GitHub to redeliver missed deliveries") {
+        assert!(started.elapsed() < Duration::from_secs(30), "the pass did not end:\n{}", rig.daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     rig.kill_daemon().await;
     let listings = |state: &fake_github::FakeState| {
         state.requests.iter().filter(|r| r.path.starts_with("/app/hook/deliveries?")).count()

@@ -1154,9 +1154,16 @@ pub fn with_config_file(
         // A daemon setting this command does not have (`ps` and the GitHub App).
         let Some(arg) = this.get_arguments().find(named) else { continue };
         let flag = format!("--{long}");
-        let given = text.iter().any(|arg| *arg == flag || arg.starts_with(&format!("{flag}=")));
-        let from_env = arg.get_env().and_then(|name| env(&name.to_string_lossy())).is_some();
-        if given || from_env {
+        // A secret and its file are one setting: a token given by flag or
+        // environment is not joined by the file's `admin_token_file`.
+        let sibling = long.strip_suffix("-file").map_or_else(|| format!("{long}-file"), str::to_owned);
+        let sibling = this.get_arguments().find(|arg| arg.get_long() == Some(sibling.as_str()));
+        let given = |arg: &clap::Arg| {
+            let flag = format!("--{}", arg.get_long().unwrap_or_default());
+            text.iter().any(|given| *given == flag || given.starts_with(&format!("{flag}=")))
+                || arg.get_env().and_then(|name| env(&name.to_string_lossy())).is_some()
+        };
+        if given(arg) || sibling.is_some_and(given) {
             continue;
         }
         match value {

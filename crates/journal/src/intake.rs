@@ -415,9 +415,18 @@ pub(crate) fn read_frames(bytes: &[u8], first_lsn: Option<u64>) -> Frames {
         // Without a place to carry on from, there is nothing to look for.
         let Some(from) = expected else { break };
         let later = (at + 1..bytes.len().saturating_sub(8)).find_map(|offset| {
+            // Every record starts so: checked before the CRC, which is dearer.
+            if !bytes[offset + 8..].starts_with(RECORD_START) {
+                return None;
+            }
             let payload = checked_payload(bytes, offset)?;
             let place = serde_json::from_slice::<Place>(payload).ok()?.lsn;
-            (place >= from).then_some((offset, place))
+            // The places skipped must fit in the bytes skipped. A reused
+            // segment's older frames are lower; were the counter ever set back
+            // (a journal moved aside, its spares kept), they could be higher,
+            // but not by so little.
+            let room = ((offset - at) / MIN_FRAME_BYTES) as u64;
+            (place >= from && place - from <= room).then_some((offset, place))
         });
         let Some((offset, place)) = later else { break };
         read.gaps.push(Gap { offset: at, bytes: offset - at, lost: from..place });
@@ -427,6 +436,13 @@ pub(crate) fn read_frames(bytes: &[u8], first_lsn: Option<u64>) -> Frames {
     read.left = bytes.len() - at;
     read
 }
+
+/// How every frame's payload starts (`lsn` is the record's first field).
+const RECORD_START: &[u8] = b"{\"lsn\":";
+
+/// No frame is shorter: its header and the least record there is (checked
+/// by `the_least_record_fills_a_minimum_frame`).
+const MIN_FRAME_BYTES: usize = 64;
 
 /// Only the place in the log of a frame's record, for the search past a gap.
 #[derive(Deserialize)]
@@ -814,6 +830,42 @@ mod tests {
         padded.resize(bytes.len() + 4096, 0);
         let read = read_frames(&padded, Some(1));
         assert_eq!((lsns(&read).len(), read.left, read.gaps.len()), (8, 4096, 0));
+    }
+
+    #[test]
+    fn the_least_record_fills_a_minimum_frame() {
+        let least = IntakeRecord {
+            lsn: 0,
+            delivery: String::new(),
+            event: String::new(),
+            received_unix: 0,
+            outcome: Accepted::Ignored { reason: String::new() },
+            tasks: Vec::new(),
+            notices: Vec::new(),
+        };
+        let mut out = Vec::new();
+        frame(&Logged::new(least), &mut out);
+        assert!(out.len() >= MIN_FRAME_BYTES, "{} bytes", out.len());
+        assert!(out[8..].starts_with(RECORD_START));
+    }
+
+    #[test]
+    fn a_frame_from_before_the_counter_was_set_back_does_not_carry_the_log_on() {
+        // A journal moved aside keeps its spares: a new log from place 1 over
+        // a spare that held places 5000 on.
+        let mut bytes = Vec::new();
+        frame(&logged(1), &mut bytes);
+        frame(&logged(2), &mut bytes);
+        let torn = bytes.len();
+        for lsn in 5000..5010 {
+            frame(&logged(lsn), &mut bytes);
+        }
+        // The new log's third record was torn over the old frames' start.
+        bytes[torn..torn + 20].fill(0);
+        let read = read_frames(&bytes, Some(1));
+        assert_eq!(read.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), [1, 2]);
+        assert!(read.gaps.is_empty(), "{:?}", read.gaps);
+        assert_eq!(read.left, bytes.len() - torn);
     }
 
     #[test]

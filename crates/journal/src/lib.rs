@@ -463,10 +463,8 @@ enum WriteOp {
         record: Box<TaskRecord>,
         reply: oneshot::Sender<Result<TaskRecord, JournalError>>,
     },
-    /// `asked`: note the ask; else forget it.
     MarkRedelivery {
         guid: String,
-        asked: bool,
         reply: oneshot::Sender<Result<bool, JournalError>>,
     },
     NoticeSent {
@@ -989,16 +987,17 @@ impl Journal {
     /// # Errors
     /// Storage failures.
     pub async fn mark_redelivery(&self, guid: &str) -> Result<bool, JournalError> {
-        self.write(|reply| WriteOp::MarkRedelivery { guid: guid.to_owned(), asked: true, reply }).await
+        self.write(|reply| WriteOp::MarkRedelivery { guid: guid.to_owned(), reply }).await
     }
 
-    /// Forgets that a redelivery of `guid` was asked for (the ask did not
-    /// reach GitHub), so that a later backfill asks again; false when none was noted.
+    /// Whether a redelivery of `guid` was noted as asked for.
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn unmark_redelivery(&self, guid: &str) -> Result<bool, JournalError> {
-        self.write(|reply| WriteOp::MarkRedelivery { guid: guid.to_owned(), asked: false, reply }).await
+    pub fn redelivery_asked(&self, guid: &str) -> Result<bool, JournalError> {
+        let txn = self.db()?.begin_read().map_err(storage_of("read"))?;
+        let table = txn.open_table(REDELIVERIES).map_err(storage_of("read"))?;
+        Ok(table.get(guid).map_err(storage_of("read"))?.is_some())
     }
 
     /// Notes that the answer to the refused command `comment_id` is on
@@ -1528,18 +1527,13 @@ fn apply_batch(
                     Reply::Prune(reply, prune_in(&txn, cutoffs, at, limit)?)
                 }
                 WriteOp::Adopt { record, reply } => Reply::Adopt(reply, adopt_in(&txn, *record)?),
-                WriteOp::MarkRedelivery { guid, asked: true, reply } => {
+                WriteOp::MarkRedelivery { guid, reply } => {
                     let mut asked = txn.open_table(REDELIVERIES).map_err(storage_of("write"))?;
                     let fresh = asked.get(guid.as_str()).map_err(storage_of("write"))?.is_none();
                     if fresh {
                         asked.insert(guid.as_str(), now_unix()).map_err(storage_of("write"))?;
                     }
                     Reply::MarkRedelivery(reply, fresh)
-                }
-                WriteOp::MarkRedelivery { guid, asked: false, reply } => {
-                    let mut asked = txn.open_table(REDELIVERIES).map_err(storage_of("write"))?;
-                    let noted = asked.remove(guid.as_str()).map_err(storage_of("write"))?.is_some();
-                    Reply::MarkRedelivery(reply, noted)
                 }
                 WriteOp::NoticeSent { comment_id, reply } => {
                     let mut notices = txn.open_table(NOTICES).map_err(storage_of("write"))?;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use core_types::backoff::Backoff;
 use core_types::{LabelError, TaskLabels};
 use dispatcher::{ContainerEngine, ContainerId, ContainerStatus, DispatchError, ExitInfo, ManagedContainer};
-use github::GitHubApi;
+use github::{GitHubApi, GitHubError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
@@ -313,7 +313,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// When GitHub cannot be asked.
     pub async fn backfill(&self) -> Result<usize, anyhow::Error> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
-        let deliveries = self.deliveries_to_check(now).await?;
+        let (deliveries, whole) = self.deliveries_to_check(now).await?;
         let mut asked = 0;
         for delivery in &deliveries {
             let (id, guid) = (delivery.id, delivery.guid.as_str());
@@ -328,22 +328,30 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             if delivered.is_some_and(|at| now.saturating_sub(at) > BACKFILL_WINDOW.as_secs()) {
                 continue;
             }
-            if self.journal.delivery(guid)?.is_some() {
+            if self.journal.delivery(guid)?.is_some() || self.journal.redelivery_asked(guid)? {
                 continue;
             }
-            if !self.journal.mark_redelivery(guid).await? {
-                continue;
+            // Asked first, then noted: a stop between the two asks again next
+            // time, and the second redelivery is a duplicate the journal
+            // answers as one. Noted first, an ask cut off would be lost.
+            match self.github.redeliver(id).await {
+                Ok(()) => {
+                    info!(delivery = guid, "asked GitHub to redeliver a delivery Berth never received");
+                    asked += 1;
+                }
+                // GitHub will not redeliver this one (gone, or refused): noted,
+                // so that it does not stop every later pass here.
+                Err(GitHubError::Rejected { status, message, .. }) => {
+                    warn!(delivery = guid, status, %message, "GitHub refused to redeliver a missed delivery");
+                }
+                // Unavailable, or the App's credentials: the next pass asks again.
+                Err(err) => return Err(err.into()),
             }
-            if let Err(err) = self.github.redeliver(id).await {
-                // Asked for at most once, but not lost: the next pass asks again.
-                self.journal.unmark_redelivery(guid).await?;
-                return Err(err.into());
-            }
-            info!(delivery = guid, "asked GitHub to redeliver a delivery Berth never received");
-            asked += 1;
+            self.journal.mark_redelivery(guid).await?;
         }
-        // Only a whole pass moves the mark: one cut short is read again.
-        if let Some(newest) = deliveries.iter().map(|delivery| delivery.id).max() {
+        // Only a pass that read back as far as it meant to moves the mark:
+        // one cut short is read again.
+        if whole && let Some(newest) = deliveries.iter().map(|delivery| delivery.id).max() {
             let mut mark = self.backfilled_through.lock().expect("backfill mark lock is never poisoned");
             *mark = Some(mark.map_or(newest, |mark| mark.max(newest)));
         }
@@ -354,7 +362,11 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     /// to the window's start, or, once a backfill has got there, back to the
     /// newest delivery that backfill read. GitHub numbers attempts in the
     /// order it makes them, so anything newer has a larger id.
-    async fn deliveries_to_check(&self, now: u64) -> Result<Vec<github::Delivery>, anyhow::Error> {
+    ///
+    /// Also says whether the walk got as far back as it meant to (the
+    /// window, the mark, or the log's end), rather than stopping at the page
+    /// cap or on a cursor that did not move.
+    async fn deliveries_to_check(&self, now: u64) -> Result<(Vec<github::Delivery>, bool), anyhow::Error> {
         let through = *self.backfilled_through.lock().expect("backfill mark lock is never poisoned");
         let mut deliveries: Vec<github::Delivery> = Vec::new();
         let mut cursor: Option<String> = None;
@@ -366,19 +378,27 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             let read_before =
                 through.is_some_and(|mark| page.deliveries.iter().any(|delivery| delivery.id <= mark));
             deliveries.extend(page.deliveries);
-            // A cursor that does not move would loop for ever.
-            let next = page.next.filter(|next| cursor.as_ref() != Some(next));
-            match next {
-                Some(next) if !older_than_window && !read_before => cursor = Some(next),
-                _ => return Ok(deliveries),
+            if older_than_window || read_before {
+                return Ok((deliveries, true));
+            }
+            match page.next {
+                None => return Ok((deliveries, true)),
+                // A cursor that does not move would loop for ever.
+                Some(next) if cursor.as_ref() == Some(&next) => {
+                    warn!(
+                        cursor = next,
+                        "GitHub's delivery log gave the same page again; the backfill stops there"
+                    );
+                    return Ok((deliveries, false));
+                }
+                Some(next) => cursor = Some(next),
             }
         }
-        // The mark is still set from these: the next pass reads what is new.
         warn!(
             read = deliveries.len(),
             pages = BACKFILL_MAX_PAGES,
             "GitHub's delivery log holds more than one backfill reads; older failed deliveries were not checked"
         );
-        Ok(deliveries)
+        Ok((deliveries, false))
     }
 }

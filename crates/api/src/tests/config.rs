@@ -245,6 +245,12 @@ max_workers = 3
     let ps = merged(&["ps"], Some(("BERTH_STATE_DIR", "/elsewhere")));
     assert!(!ps.iter().any(|arg| arg.starts_with("--state-dir")), "the environment wins: {ps:?}");
     assert!(ps.contains(&"--engine=kubernetes".to_owned()), "{ps:?}");
+    // A token given by the environment is not joined by the file's
+    // `admin_token_file`: the two would be refused as set twice.
+    let cancel = merged(&["cancel", "task-1"], Some(("BERTH_ADMIN_TOKEN", "a-long-enough-admin-token")));
+    assert!(!cancel.iter().any(|arg| arg.starts_with("--admin-token-file")), "{cancel:?}");
+    let serve = merged(&["serve", "--admin-token=a-long-enough-admin-token"], None);
+    assert!(!serve.iter().any(|arg| arg.starts_with("--admin-token-file")), "{serve:?}");
     // Each merged line parses as that command.
     for line in [logs, cancel, ps] {
         crate::config::Cli::try_parse_from(&line).unwrap_or_else(|err| panic!("{line:?}: {err}"));

@@ -89,8 +89,8 @@ async fn a_pass_cut_short_by_github_is_read_again_whole_and_a_failed_ask_is_made
     rig.github.script.lock().unwrap().down = false;
     rig.github.script.lock().unwrap().failing_redeliveries = 1;
     assert!(rig.held(rig.runner.backfill()).await.is_err());
-    // So the next pass reads both pages again and asks for all of them, the
-    // one whose ask failed too.
+    // Nothing is noted before GitHub takes the ask, so the next pass reads
+    // both pages again and asks for all of them, the one that failed too.
     assert_eq!(rig.held(rig.runner.backfill()).await.unwrap(), 150);
     let mut redelivered = rig.github.seen(|seen| seen.redelivered.clone());
     redelivered.sort_unstable();
@@ -107,4 +107,21 @@ async fn a_cursor_that_does_not_move_ends_the_pass() {
     assert_eq!(rig.held(rig.runner.backfill()).await.unwrap(), 200);
     let pages = rig.github.seen(|seen| seen.delivery_pages.clone());
     assert_eq!(pages, [None, Some("150".to_owned())]);
+    // Cut short, so the next pass reads the same pages again, not only the
+    // first; what was asked for is not asked again.
+    assert_eq!(rig.held(rig.runner.backfill()).await.unwrap(), 0);
+    assert_eq!(rig.github.seen(|seen| seen.delivery_pages.len()), 4);
+    assert_eq!(rig.github.seen(|seen| seen.redelivered.len()), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_github_will_not_redeliver_is_noted_and_the_pass_goes_on() {
+    let rig = Rig::new(config()).await;
+    rig.github.script.lock().unwrap().deliveries = failed(1..=150, 3600);
+    rig.github.script.lock().unwrap().refused_redeliveries = vec![120];
+    assert_eq!(rig.held(rig.runner.backfill()).await.unwrap(), 149, "every one but the refused one");
+    assert!(rig.journal.redelivery_asked("guid-120").unwrap(), "noted, so not asked again");
+    // A whole pass: the next reads one page, and asks for nothing.
+    assert_eq!(rig.held(rig.runner.backfill()).await.unwrap(), 0);
+    assert_eq!(rig.github.seen(|seen| seen.delivery_pages.len()), 3);
 }

@@ -59,6 +59,8 @@ pub(crate) struct Script {
     pub review_comments: Vec<ReviewComment>,
     /// The next this many redelivery requests fail as unavailable.
     pub failing_redeliveries: usize,
+    /// Deliveries whose redelivery GitHub refuses (422).
+    pub refused_redeliveries: Vec<u64>,
     /// A page after the first links to its own cursor again.
     pub stuck_cursor: bool,
 }
@@ -73,6 +75,7 @@ impl Default for Script {
             pull_branch: None,
             review_comments: Vec::new(),
             failing_redeliveries: 0,
+            refused_redeliveries: Vec::new(),
             stuck_cursor: false,
         }
     }
@@ -313,6 +316,13 @@ impl GitHubApi for MemoryGitHub {
         self.call("redeliver")?;
         {
             let mut script = self.script.lock().unwrap();
+            if script.refused_redeliveries.contains(&delivery_id) {
+                return Err(GitHubError::Rejected {
+                    what: "redeliver".to_owned(),
+                    status: 422,
+                    message: "Validation Failed".to_owned(),
+                });
+            }
             if script.failing_redeliveries > 0 {
                 script.failing_redeliveries -= 1;
                 return Err(GitHubError::Unavailable {
