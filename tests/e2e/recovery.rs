@@ -228,7 +228,11 @@ async fn missed_deliveries_are_redelivered_once() {
     // journal answers), which is not what this test counts.
     let started = std::time::Instant::now();
     while !rig.daemon.log_text().contains("asked GitHub to redeliver missed deliveries") {
-        assert!(started.elapsed() < Duration::from_secs(30), "the pass did not end:\n{}", rig.daemon.log_text());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the pass did not end:\n{}",
+            rig.daemon.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     rig.kill_daemon().await;
