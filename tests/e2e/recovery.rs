@@ -226,15 +226,13 @@ async fn missed_deliveries_are_redelivered_once() {
     // Each ask is noted once GitHub took it; the pass logs its count after
     // the last note. A kill before that would ask again (a duplicate the
     // journal answers), which is not what this test counts.
-    let started = std::time::Instant::now();
-    while !rig.daemon.log_text().contains("asked GitHub to redeliver missed deliveries") {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the pass did not end:\n{}",
-            rig.daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rig.daemon
+        .wait_for_log(
+            "asked GitHub to redeliver missed deliveries",
+            "the pass ended",
+            Duration::from_secs(30),
+        )
+        .await;
     rig.kill_daemon().await;
     let listings = |state: &fake_github::FakeState| {
         state.requests.iter().filter(|r| r.path.starts_with("/app/hook/deliveries?")).count()
@@ -314,11 +312,7 @@ async fn containers_of_an_unknown_label_schema_are_reported_and_left_alone() {
     let options = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&name).build();
     docker.create_container(Some(options), body).await.unwrap();
     rig.start_daemon().await;
-    let started = std::time::Instant::now();
-    while !rig.daemon.log_text().contains("written by another berth version") {
-        assert!(started.elapsed() < Duration::from_secs(30), "not reported:\n{}", rig.daemon.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    rig.daemon.wait_for_log("written by another berth version", "reported", Duration::from_secs(30)).await;
     let inspect = docker
         .inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>)
         .await

@@ -281,15 +281,9 @@ async fn refused_app_credentials_are_a_clear_error_naming_them() {
     let rig = Rig::start("credentials", &[]).await;
     rig.fake.with(|state| state.reject_credentials = true);
     let task = task_of(&rig.deliver("issue_comment", "a-1", &rig.comment(7, true, "/berth review", 9)).await);
-    let started = std::time::Instant::now();
-    while !rig.daemon.log_text().contains("BERTH_GITHUB_PRIVATE_KEY_FILE") {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no clear error in the log:\n{}",
-            rig.daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    rig.daemon
+        .wait_for_log("BERTH_GITHUB_PRIVATE_KEY_FILE", "a clear error in the log", Duration::from_secs(30))
+        .await;
     let log = rig.daemon.log_text();
     assert!(
         log.contains("GitHub refused the App's credentials") && log.contains("BERTH_GITHUB_APP_ID"),

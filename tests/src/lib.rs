@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use core_types::{TaskId, TaskKind, TaskLabels};
 use dispatcher::image::ImageContext;
@@ -402,6 +402,16 @@ impl Daemon {
     /// Everything it logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").clone()
+    }
+
+    /// Waits until its log holds `needle`; panics with the log (saying
+    /// `what` did not happen) after `limit`.
+    pub async fn wait_for_log(&self, needle: &str, what: &str, limit: Duration) {
+        let started = std::time::Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(started.elapsed() < limit, "{what} within {limit:?}:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

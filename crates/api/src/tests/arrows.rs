@@ -55,14 +55,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
 ];
 
-fn workspace_graph() -> BTreeMap<String, BTreeSet<String>> {
+/// `cargo metadata` of the workspace, without its dependencies.
+fn metadata() -> Value {
     let output = Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
     assert!(output.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&output.stderr));
-    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON")
+}
+
+fn workspace_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let metadata = metadata();
     let packages = metadata["packages"].as_array().expect("packages");
     let ours: BTreeSet<String> =
         packages.iter().filter_map(|package| package["name"].as_str().map(str::to_owned)).collect();
@@ -112,12 +117,7 @@ fn the_table_names_only_crates_that_exist() {
 
 #[test]
 fn only_the_journal_names_redb_the_dispatcher_bollard_and_github_octocrab() {
-    let output = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata runs");
-    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let metadata = metadata();
     for package in metadata["packages"].as_array().expect("packages") {
         let name = package["name"].as_str().expect("name");
         for dep in package["dependencies"].as_array().expect("dependencies") {
@@ -151,12 +151,7 @@ const PURE: &[(&str, &[&str])] = &[
 
 #[test]
 fn core_types_and_domain_name_only_pure_crates_outside_their_tests() {
-    let output = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata runs");
-    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let metadata = metadata();
     for (crate_name, allowed) in PURE {
         let package = metadata["packages"]
             .as_array()
