@@ -473,7 +473,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn segment_name(first_lsn: u64) -> String {
+pub(crate) fn segment_name(first_lsn: u64) -> String {
     format!("{first_lsn:020}.log")
 }
 

@@ -965,3 +965,47 @@ async fn a_redelivery_is_noted_once_and_read_back_across_a_restart() {
     assert!(journal.redelivery_asked("g").unwrap(), "the note survives a restart");
     assert!(!journal.redelivery_asked("other").unwrap());
 }
+
+/// A record damaged in the middle of an intake log segment costs only that
+/// delivery: the journal opens, and the deliveries after it are known and
+/// folded (ADR 30).
+#[tokio::test]
+async fn a_journal_opens_past_a_damaged_intake_record_and_keeps_the_ones_after_it() {
+    use crate::intake::{IntakeRecord, Logged, frame, segment_name};
+    let dir = tempfile::tempdir().unwrap();
+    drop(Journal::open(dir.path()).unwrap());
+    let record = |lsn: u64| IntakeRecord {
+        lsn,
+        delivery: format!("d-{lsn}"),
+        event: "ping".to_owned(),
+        received_unix: crate::now_unix(),
+        outcome: Accepted::Ignored { reason: "ping".to_owned() },
+        tasks: Vec::new(),
+        notices: Vec::new(),
+    };
+    let mut bytes = Vec::new();
+    let mut second = 0;
+    for lsn in 1..=4 {
+        if lsn == 2 {
+            second = bytes.len();
+        }
+        frame(&Logged::new(record(lsn)), &mut bytes);
+    }
+    bytes[second + 20] ^= 0x08;
+    let intake = dir.path().join(crate::intake::DIR_NAME);
+    std::fs::create_dir_all(&intake).unwrap();
+    std::fs::write(intake.join(segment_name(1)), &bytes).unwrap();
+
+    let journal = reopen(dir.path()).await;
+    let known: Vec<bool> =
+        (1..=4).map(|lsn| journal.delivery(&format!("d-{lsn}")).unwrap().is_some()).collect();
+    assert_eq!(known, [true, false, true, true], "only the damaged record is lost");
+    // Still known after another restart.
+    drop(journal);
+    let journal = reopen(dir.path()).await;
+    assert!(journal.delivery("d-4").unwrap().is_some());
+    // The next delivery takes a place after the last one read.
+    let next = journal.accept("d-5", "ping", Decision::Ignore("ping".to_owned())).await.unwrap();
+    assert!(matches!(next, Accepted::Ignored { .. }), "{next:?}");
+    assert!(journal.delivery("d-5").unwrap().is_some());
+}
