@@ -60,12 +60,9 @@ pub enum Command {
 pub struct LogsArgs {
     /// The task id.
     pub task: String,
-    /// The daemon's TOML settings file (`berth setup` writes one): the
-    /// settings of this command it holds are used, the others skipped;
-    /// flags and `BERTH_*` variables take precedence over it.
-    #[arg(long, env = names::BERTH_CONFIG)]
-    pub config: Option<PathBuf>,
-
+    /// The daemon's settings file.
+    #[command(flatten)]
+    pub config: DaemonFileArgs,
     /// The engine the worker runs on.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -80,6 +77,17 @@ pub struct LogsArgs {
     /// from `logs/` under it once its container is gone.
     #[arg(long, env = names::BERTH_STATE_DIR, default_value = "/var/lib/berth")]
     pub state_dir: PathBuf,
+}
+
+/// The daemon's settings file, for `ps`, `logs` and `cancel`: read (and
+/// merged as flags) by [`with_config_file`] before parsing.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonFileArgs {
+    /// The daemon's TOML settings file (`berth setup` writes one): the
+    /// settings of this command it holds are used, the others skipped;
+    /// flags and `BERTH_*` variables take precedence over it.
+    #[arg(long, env = names::BERTH_CONFIG)]
+    pub config: Option<PathBuf>,
 }
 
 /// Which engine runs the workers; shared by `serve`, `ps`, `logs` and `doctor`.
@@ -134,12 +142,9 @@ impl EngineArgs {
 pub struct CancelArgs {
     /// The task id.
     pub task: String,
-    /// The daemon's TOML settings file (`berth setup` writes one): the
-    /// settings of this command it holds are used, the others skipped;
-    /// flags and `BERTH_*` variables take precedence over it.
-    #[arg(long, env = names::BERTH_CONFIG)]
-    pub config: Option<PathBuf>,
-
+    /// The daemon's settings file.
+    #[command(flatten)]
+    pub config: DaemonFileArgs,
     /// The daemon's address.
     #[arg(long, env = names::BERTH_BIND, default_value = "127.0.0.1:8080")]
     pub bind: String,
@@ -250,11 +255,9 @@ pub struct SetupArgs {
 /// `berth ps`.
 #[derive(Debug, Args)]
 pub struct PsArgs {
-    /// The daemon's TOML settings file (`berth setup` writes one): the
-    /// settings of this command it holds are used, the others skipped;
-    /// flags and `BERTH_*` variables take precedence over it.
-    #[arg(long, env = names::BERTH_CONFIG)]
-    pub config: Option<PathBuf>,
+    /// The daemon's settings file.
+    #[command(flatten)]
+    pub config: DaemonFileArgs,
     /// Include exited workers.
     #[arg(long, short)]
     pub all: bool,

@@ -2343,23 +2343,11 @@ fn prune_in(
             // A delivery asked for again is kept as long as deliveries are,
             // which is at least as long as GitHub lists it.
             let mut asked = txn.open_table(REDELIVERIES).map_err(storage_of("write"))?;
-            let mut old = Vec::new();
-            let mut next = PruneAt::Done;
-            for (looked_at, entry) in asked.range(from.as_str()..).map_err(storage_of("write"))?.enumerate() {
-                let (guid, asked_unix) = entry.map_err(storage_of("write"))?;
-                if looked_at == limit {
-                    next = PruneAt::Redeliveries(guid.value().to_owned());
-                    break;
-                }
-                if asked_unix.value() < cutoffs.deliveries {
-                    old.push(guid.value().to_owned());
-                }
-            }
-            for guid in &old {
-                asked.remove(guid.as_str()).map_err(storage_of("write"))?;
-            }
-            pruned.redeliveries = old.len();
-            next
+            let swept = prune_text_keyed(&mut asked, &from, limit, |_, asked_unix| {
+                Ok((asked_unix < cutoffs.deliveries).then_some(()))
+            })?;
+            pruned.redeliveries = swept.removed.len();
+            swept.next.map_or(PruneAt::Done, PruneAt::Redeliveries)
         }
         PruneAt::Done => PruneAt::Done,
     };
@@ -2437,11 +2425,11 @@ struct Swept<T> {
 
 /// Looks at no more than `limit` records of a table keyed by text, from
 /// `from`, and removes each that `expired` returns something for.
-fn prune_text_keyed<T>(
-    table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+fn prune_text_keyed<V: redb::Value + 'static, T>(
+    table: &mut redb::Table<'_, &'static str, V>,
     from: &str,
     limit: usize,
-    mut expired: impl FnMut(&str, &[u8]) -> Result<Option<T>, JournalError>,
+    mut expired: impl FnMut(&str, V::SelfType<'_>) -> Result<Option<T>, JournalError>,
 ) -> Result<Swept<T>, JournalError> {
     let mut old = Vec::new();
     let mut next = None;

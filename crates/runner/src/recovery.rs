@@ -25,6 +25,12 @@ use journal::now_unix;
 /// Deliveries older than this are not backfilled (GitHub keeps three days).
 const BACKFILL_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
 
+/// Whether GitHub sent `delivery` before the backfill's window (`now` in
+/// seconds since the epoch).
+fn before_window(delivery: &github::Delivery, now: u64) -> bool {
+    delivery.delivered_unix.is_some_and(|at| now.saturating_sub(at) > BACKFILL_WINDOW.as_secs())
+}
+
 /// At most this many pages of a hundred deliveries are read in one backfill.
 /// A busier log than that is read back only this far, and the rest is named
 /// in a warning.
@@ -307,7 +313,8 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
     }
 
     /// Asks GitHub to redeliver the App's failed deliveries of the last
-    /// three days that the journal never saw, once each.
+    /// three days that the journal never saw: once each, or twice when a
+    /// stop falls between an ask and its note.
     ///
     /// # Errors
     /// When GitHub cannot be asked.
@@ -324,8 +331,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
             if deliveries.iter().any(|other| other.guid == guid && other.succeeded()) {
                 continue;
             }
-            let delivered = delivery.delivered_unix;
-            if delivered.is_some_and(|at| now.saturating_sub(at) > BACKFILL_WINDOW.as_secs()) {
+            if before_window(delivery, now) {
                 continue;
             }
             if self.journal.delivery(guid)?.is_some() || self.journal.redelivery_asked(guid)? {
@@ -372,9 +378,7 @@ impl<E: ContainerEngine, G: GitHubApi> Runner<E, G> {
         let mut cursor: Option<String> = None;
         for _ in 0..BACKFILL_MAX_PAGES {
             let page = self.github.deliveries_page(cursor.as_deref()).await?;
-            let older_than_window = page.deliveries.iter().any(|delivery| {
-                delivery.delivered_unix.is_some_and(|at| now.saturating_sub(at) > BACKFILL_WINDOW.as_secs())
-            });
+            let older_than_window = page.deliveries.iter().any(|delivery| before_window(delivery, now));
             let read_before =
                 through.is_some_and(|mark| page.deliveries.iter().any(|delivery| delivery.id <= mark));
             deliveries.extend(page.deliveries);
