@@ -273,14 +273,7 @@ async fn setup_in_chromium_creates_the_app_and_berth_serve_starts_from_its_files
 
     let files = api::setup::Files::in_dir(&state_dir);
     assert_eq!(mode(&state_dir), 0o700);
-    for path in [
-        &files.key,
-        &files.webhook_secret,
-        &files.config,
-        &files.agent_env,
-        &files.agent_secrets,
-        &files.admin_token,
-    ] {
+    for path in files.all() {
         assert_eq!(mode(path), 0o600, "{}", path.display());
     }
     assert_eq!(
@@ -458,10 +451,8 @@ async fn setup_refuses_a_wrong_state_a_replayed_code_and_an_earlier_app() {
     assert_eq!(status, 200, "{done}");
     let (exit, first_output) = first.finish().await;
     assert_eq!(exit, 0, "{first_output}");
-    for name in
-        ["github-app-key.pem", "webhook-secret", "berth.toml", "agent.env", "agent.secrets", "admin-token"]
-    {
-        assert_eq!(mode(&first_dir.join(name)), 0o600, "{name}");
+    for path in api::setup::Files::in_dir(&first_dir).all() {
+        assert_eq!(mode(path), 0o600, "{}", path.display());
     }
 
     // The same code again, with a good state of another setup: GitHub says no, nothing is written.

@@ -139,6 +139,19 @@ impl Files {
         }
     }
 
+    /// Every file setup writes when the agent is Claude Code, each mode 0600.
+    pub fn all(&self) -> [&Path; 6] {
+        [
+            &self.key,
+            &self.webhook_secret,
+            &self.config,
+            &self.agent_env,
+            &self.agent_secrets,
+            &self.admin_token,
+        ]
+        .map(PathBuf::as_path)
+    }
+
     /// The files of an App set up before, those `--force` replaces. The
     /// agent's files and the admin token are never replaced: the secrets
     /// file holds the model's key, and people sign in with the token.

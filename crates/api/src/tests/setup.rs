@@ -248,14 +248,7 @@ async fn the_callback_converts_the_code_once_and_writes_the_files_mode_0600() {
         done.body
     );
     let files = Files::in_dir(&state_dir);
-    for path in [
-        &files.key,
-        &files.webhook_secret,
-        &files.config,
-        &files.agent_env,
-        &files.agent_secrets,
-        &files.admin_token,
-    ] {
+    for path in files.all() {
         assert_eq!(mode(path), 0o600, "{}", path.display());
     }
     let admin_token = std::fs::read_to_string(&files.admin_token).unwrap();
